@@ -1,0 +1,53 @@
+"""sdevp_jax: the variance-preserving SDE scheduler of Song et al. (ICLR 2021) in JAX.
+
+diffusers' ``ScoreSdeVpScheduler`` as pure functions over an immutable state, a
+compiled ``lax.scan`` sampling loop with per-sample PRNG streams, and an exact
+closed-form Gaussian-mixture model to run and check it with.
+
+Typical use::
+
+    import jax, sdevp_jax as sv
+    state = sv.set_timesteps(sv.create_state(), 1000)
+    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    x = jax.jit(sv.sample, static_argnums=(1, 3))(state, model_fn, jax.random.key(0), (512, 2))
+"""
+
+from . import sde
+from .loops import sample
+from .models import (
+    GaussianMixture,
+    assign_modes,
+    default_mixture,
+    diffused_log_prob,
+    make_mixture,
+    make_mixture_eps_fn,
+    mixture_eps,
+    sample_mixture,
+)
+from .scheduler import (
+    ScoreSdeVpSchedulerState,
+    StepOutput,
+    create_state,
+    set_timesteps,
+    step_pred,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianMixture",
+    "ScoreSdeVpSchedulerState",
+    "StepOutput",
+    "assign_modes",
+    "create_state",
+    "default_mixture",
+    "diffused_log_prob",
+    "make_mixture",
+    "make_mixture_eps_fn",
+    "mixture_eps",
+    "sample",
+    "sample_mixture",
+    "sde",
+    "set_timesteps",
+    "step_pred",
+]

@@ -1,0 +1,106 @@
+"""Host-side argument checks shared by the public functions.
+
+Every check runs at call or trace time (never inside compiled code) and raises
+``TypeError`` for a wrong kind of value and ``ValueError`` for a wrong value,
+with a message that names the argument, what it got and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` is an abstract tracer (its value unknown until run time)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int >= 1; bools and non-integers are a TypeError."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int >= 1, got the bool {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an int >= 1, got {value!r} of type {type(value).__name__}"
+        ) from None
+    if number < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {number}")
+    return number
+
+
+def real_scalar(name: str, value: Any) -> Any:
+    """A 0-d real number; a finite Python float when it is concrete.
+
+    Tracers (a state built under ``jit`` or ``vmap``) are returned unchanged after
+    a shape and dtype check: their values are not known at trace time.
+    """
+    if is_traced(value):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a 0-d float, got a traced {value.aval}")
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got the bool {value!r}")
+    array = np.asarray(value)
+    if array.shape != () or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
+        )
+    number = float(array)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def float_array(name: str, value: Any) -> jax.Array:
+    """``value`` as a JAX array of a floating dtype (TypeError otherwise)."""
+    if not hasattr(value, "dtype"):
+        raise TypeError(f"{name} must be a float array, got {type(value).__name__}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}")
+    return jnp.asarray(value)
+
+
+def prng_key(name: str, key: Any) -> None:
+    """Accept one typed key (``jax.random.key``) or one legacy uint32 key (``PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(
+                f"{name} must be a single PRNG key, got a key array of shape {shape}; "
+                "use jax.vmap to sample with a batch of keys"
+            )
+        return
+    if dtype == jnp.uint32 and shape is not None and len(shape) == 1:
+        if shape in ((2,), (4,)):  # threefry / rbg raw keys
+            return
+        raise ValueError(
+            f"{name} must be a single PRNG key; got a uint32 array of shape {shape} "
+            "(a raw key has shape (2,) or (4,)); use jax.vmap for a batch of keys"
+        )
+    raise TypeError(
+        f"{name} must be a JAX PRNG key from jax.random.key(seed) or "
+        f"jax.random.PRNGKey(seed), got {type(key).__name__}"
+        + (f" of dtype {dtype} and shape {shape}" if dtype is not None else "")
+    )
+
+
+def sample_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A non-empty tuple of positive ints, ``(batch, *event)``."""
+    if isinstance(shape, (int, np.integer)) or not isinstance(shape, (tuple, list)):
+        raise TypeError(
+            f"{name} must be a non-empty tuple of ints (batch, *event), got {shape!r}"
+        )
+    if len(shape) == 0:
+        raise ValueError(f"{name} must be non-empty: (batch, *event); got ()")
+    return tuple(positive_int(f"{name}[{i}]", s) for i, s in enumerate(shape))
