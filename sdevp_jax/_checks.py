@@ -104,3 +104,13 @@ def sample_shape(name: str, shape: Any) -> tuple[int, ...]:
     if len(shape) == 0:
         raise ValueError(f"{name} must be non-empty: (batch, *event); got ()")
     return tuple(positive_int(f"{name}[{i}]", s) for i, s in enumerate(shape))
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """The dtype coefficients are computed in: ``dtype`` if at least float32 wide, else float32.
+
+    Written out rather than ``jnp.promote_types`` so that it also holds under
+    strict dtype promotion (where bfloat16 and float32 have no implicit path).
+    """
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype.itemsize >= 4 else jnp.dtype(jnp.float32)

@@ -102,7 +102,7 @@ def sample(
         raise TypeError(f"dtype must be a float dtype, got {jnp.dtype(dtype)}")
     dtype = jnp.dtype(dtype)
     batch, event = shape[0], shape[1:]
-    noise_dtype = jnp.promote_types(dtype, jnp.float32)
+    noise_dtype = _checks.compute_dtype(dtype)
     timesteps = state.timesteps
 
     _check_model_output(

@@ -23,7 +23,7 @@ import numpy as np
 from flax import struct
 from jax.typing import ArrayLike
 
-from . import sde
+from . import _checks, sde
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = [
@@ -163,7 +163,7 @@ def diffused_log_prob(
       Shape ``(batch,)``, in nats.
     """
     flat, _ = _flatten(x, mixture)
-    dtype = jnp.promote_types(flat.dtype, jnp.float32)
+    dtype = _checks.compute_dtype(flat.dtype)
     flat = flat.astype(dtype)
     batch = flat.shape[0]
     logits, _, _ = _component_log_probs(
@@ -191,7 +191,7 @@ def mixture_eps(
       An array of x's shape and dtype (computed in at least float32).
     """
     flat, shape = _flatten(x, mixture)
-    dtype = jnp.promote_types(flat.dtype, jnp.float32)
+    dtype = _checks.compute_dtype(flat.dtype)
     xf = flat.astype(dtype)
     t = _per_sample(t, xf.shape[0], dtype)
     bmin, bmax = jnp.asarray(beta_min, dtype), jnp.asarray(beta_max, dtype)
@@ -235,7 +235,7 @@ def sample_mixture(
 def assign_modes(mixture: GaussianMixture, x: ArrayLike) -> jax.Array:
     """Index of the most responsible component of each sample (at t = 0), shape ``(batch,)``."""
     flat, _ = _flatten(x, mixture)
-    flat = flat.astype(jnp.promote_types(flat.dtype, jnp.float32))
+    flat = flat.astype(_checks.compute_dtype(flat.dtype))
     ones = jnp.ones((flat.shape[0],), flat.dtype)
     logits, _, _ = _component_log_probs(mixture, flat, ones, 0.0 * ones)
     return jnp.argmax(logits, axis=-1)

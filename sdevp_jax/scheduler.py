@@ -235,7 +235,7 @@ def step_pred(
         if noise.shape != x.shape:
             raise ValueError(f"noise must have x's shape {x.shape}, got {noise.shape}")
 
-    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    dtype = _checks.compute_dtype(x.dtype)
     t = _broadcast_t(t.astype(dtype), x)
     beta_min = jnp.asarray(state.beta_min, dtype)
     beta_max = jnp.asarray(state.beta_max, dtype)

@@ -19,7 +19,9 @@ CONFIGS = [(0.1, 20.0, 1e-3), (0.05, 12.5, 1e-5), (1.0, 5.0, 0.2)]
 NUM_STEPS = [1, 2, 10, 1000]
 SHAPES = [(5,), (5, 3), (2, 3, 4, 4)]
 T_FORMS = ["scalar", "vector"]
-LOOP_CASES = [(0, 10, (4, 3)), (0, 100, (4, 3)), (1, 50, (3, 2, 2))]  # (config, N, shape)
+# (config, N, shape); not config 1, whose sampling_eps = 1e-5 is where diffusers'
+# float64 itself loses ~10 digits (the step cases cover it against exact results).
+LOOP_CASES = [(0, 10, (4, 3)), (0, 100, (4, 3)), (2, 50, (3, 2, 2))]
 DTYPES = ["float64", "float32"]
 
 

@@ -1,0 +1,25 @@
+"""Test configuration: make silent dtype and rank promotion errors, as diffrax's suite does.
+
+Under "strict" dtype promotion a float32 array never silently meets a float64 or
+bfloat16 one, and under "raise" rank promotion a (batch,) vector never silently
+broadcasts against (batch, dim): the library has to cast and reshape explicitly.
+"""
+
+import os
+import sys
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Shared test helpers (parity_cases.py) live beside the tests.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def x64():
+    """Run the test with 64-bit floats enabled (and back to the default after)."""
+    with jax.enable_x64(True):
+        yield
