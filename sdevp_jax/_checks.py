@@ -114,3 +114,22 @@ def compute_dtype(dtype: Any) -> np.dtype:
     """
     dtype = jnp.dtype(dtype)
     return dtype if dtype.itemsize >= 4 else jnp.dtype(jnp.float32)
+
+
+def index_offset(name: str, value: Any, batch: int) -> None:
+    """A sample-index offset: a 0-d integer; when concrete, ``0 <= value <= 2**32 - batch``."""
+    if is_traced(value):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(f"{name} must be a 0-d integer, got a traced {value.aval}")
+        return
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int >= 0, got the bool {value!r}")
+    try:
+        offset = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}") from None
+    if not 0 <= offset <= 2**32 - batch:
+        raise ValueError(
+            f"{name} must be in [0, 2**32 - batch] = [0, {2**32 - batch}] "
+            f"(sample indices are uint32), got {offset}"
+        )

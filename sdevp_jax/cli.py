@@ -23,8 +23,8 @@ OUTPUT_NAMES = ("samples.npz", "samples.png")
 MAX_PLOTTED = 5000
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type=`` that parses an int >= ``minimum``."""
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=`` that parses an int in ``[minimum, maximum]``."""
 
     def parse(text: str) -> int:
         try:
@@ -33,6 +33,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
     return parse
@@ -51,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and write OUT/samples.npz and OUT/samples.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sample.add_argument("--steps", type=_int_at_least(1), default=1000, help="number of reverse-SDE steps")
-    sample.add_argument("--num-samples", type=_int_at_least(1), default=4096, help="number of samples")
-    sample.add_argument("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call")
-    sample.add_argument("--seed", type=_int_at_least(0), default=0, help="PRNG seed")
-    sample.add_argument("--out", type=Path, default=Path("samples"), help="output directory (created if missing)")
-    sample.add_argument("--force", action="store_true", help="overwrite existing output files")
-    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add = sample.add_argument
+    add("--steps", type=_int_at_least(1), default=1000, help="number of reverse-SDE steps")
+    add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
+    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call")
+    # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
+    add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
+    add("--out", type=Path, default=Path("samples"), help="output directory (created if missing)")
+    add("--force", action="store_true", help="overwrite existing output files")
+    add("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -93,7 +97,7 @@ def draw_samples(
       The samples, shape ``(num_samples, 2)``, float32.
     """
     import jax
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     import sdevp_jax as sv
 
@@ -136,7 +140,8 @@ def plot_samples(samples: np.ndarray, steps: int, file: IO[bytes]) -> None:
     axis = np.linspace(-lim, lim, 300, dtype=np.float32)
     gx, gy = np.meshgrid(axis, axis)
     grid = jnp.asarray(np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1))
-    density = np.exp(np.asarray(sv.diffused_log_prob(mixture, grid, alpha, sigma))).reshape(gx.shape)
+    log_density = np.asarray(sv.diffused_log_prob(mixture, grid, alpha, sigma))
+    density = np.exp(log_density).reshape(gx.shape)
 
     fig, ax = plt.subplots(figsize=(6, 6))
     filled = ax.contourf(gx, gy, density, levels=30, cmap="viridis")
@@ -156,7 +161,8 @@ def run_sample(args: argparse.Namespace) -> int:
     if not args.force:
         for path in paths:
             if path.exists():
-                print(f"sdevp-jax: error: {path} exists; pass --force to overwrite it", file=sys.stderr)
+                msg = f"sdevp-jax: error: {path} exists; pass --force to overwrite it"
+                print(msg, file=sys.stderr)
                 return 2
     try:
         out.mkdir(parents=True, exist_ok=True)

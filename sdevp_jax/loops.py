@@ -75,7 +75,9 @@ def sample(
     ``x_mean``, the denoised sample, as diffusers' pipelines do.
 
     Not jitted inside: jit the call, with ``model_fn`` and ``shape`` static, e.g.
-    ``jax.jit(sv.sample, static_argnums=(1, 3))``. It then traces once per shape
+    ``sample_fn = jax.jit(sv.sample, static_argnums=(1, 3))``; build ``sample_fn``
+    and ``model_fn`` once and reuse them (a static ``model_fn`` is cached by
+    identity, so a new closure recompiles). It then traces once per shape
     and step count, makes no host round trip inside the loop, and uses memory
     independent of the number of steps. ``jax.vmap`` over a batch of keys works.
 
@@ -88,7 +90,10 @@ def sample(
       shape: ``(batch, *event)``, a non-empty tuple of positive ints.
       dtype: the float dtype of the samples (bfloat16 allowed; coefficients stay float32).
       index_offset: the global index of this call's first sample: sample ``b`` of
-        the call is sample ``index_offset + b`` of the stream of ``key``.
+        the call is sample ``index_offset + b`` of the stream of ``key``. An int
+        (or 0-d integer array) with ``0 <= index_offset`` and
+        ``index_offset + batch <= 2**32``; pass ``np.uint32(offset)`` to a jitted
+        call to reuse one compilation for every offset up to ``2**32``.
 
     Returns:
       The samples, an array of ``shape`` and ``dtype``.
@@ -111,18 +116,20 @@ def sample(
         jax.ShapeDtypeStruct((batch,), timesteps.dtype),
     )
 
+    _checks.index_offset("index_offset", index_offset, batch)
     indices = jnp.asarray(index_offset, jnp.uint32) + jnp.arange(batch, dtype=jnp.uint32)
     sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
     x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
 
-    def body(carry, step):
-        x, _ = carry
-        i, t = step
+    def body(carry, t):
+        x, _, i = carry
         t_vec = jnp.full((batch,), t, timesteps.dtype)
         eps_hat = model_fn(x, t_vec)
         z = per_sample_normal(sample_keys, i + 1, event, noise_dtype)
-        return tuple(step_pred(state, eps_hat, x, t_vec, None, noise=z)), None
+        x_next, x_mean = step_pred(state, eps_hat, x, t_vec, None, noise=z)
+        return (x_next, x_mean, i + 1), None
 
-    steps = (jnp.arange(timesteps.shape[0], dtype=jnp.uint32), timesteps)
-    (_, x_mean), _ = lax.scan(body, (x_init, x_init), steps)
+    # The step index rides in the carry (not as an arange over the steps), so
+    # nothing but the timestep grid itself has the length of the loop.
+    (_, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps)
     return x_mean

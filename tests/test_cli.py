@@ -34,13 +34,14 @@ def base_out(tmp_path_factory) -> Path:
     return out
 
 
-def test_writes_samples_and_plot(base_out, capsys):
+def test_writes_samples_and_plot(base_out):
     samples = load(base_out)
     assert samples.shape == (50, 2)
     assert samples.dtype == np.float32
     assert np.all(np.isfinite(samples))
     assert (base_out / "samples.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(p.name for p in base_out.iterdir()) == ["samples.npz", "samples.png"]  # no temp files left
+    # No temporary files are left behind.
+    assert sorted(p.name for p in base_out.iterdir()) == ["samples.npz", "samples.png"]
 
 
 def test_summary_line(tmp_path, capsys):
@@ -90,6 +91,7 @@ def test_rerun_needs_force(tmp_path, capsys):
         ["sample", "--num-samples", "-1"],
         ["sample", "--batch-size", "0"],
         ["sample", "--seed", "-1"],
+        ["sample", "--seed", str(2**32)],
         ["sample", "--steps", "abc"],
         ["sample", "--bogus"],
         ["nope"],
