@@ -13,7 +13,7 @@ Typical use::
 """
 
 from . import sde
-from .loops import sample
+from .loops import SamplerInfo, sample, sample_ode
 from .models import (
     GaussianMixture,
     assign_modes,
@@ -23,6 +23,16 @@ from .models import (
     make_mixture_eps_fn,
     mixture_eps,
     sample_mixture,
+)
+from .samplers import (
+    METHODS,
+    MethodInfo,
+    ancestral,
+    euler_maruyama,
+    langevin_correct,
+    list_methods,
+    probability_flow_drift,
+    reverse_diffusion,
 )
 from .scheduler import (
     ScoreSdeVpSchedulerState,
@@ -35,6 +45,16 @@ from .scheduler import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
+    "MethodInfo",
+    "SamplerInfo",
+    "ancestral",
+    "euler_maruyama",
+    "langevin_correct",
+    "list_methods",
+    "probability_flow_drift",
+    "reverse_diffusion",
+    "sample_ode",
     "GaussianMixture",
     "ScoreSdeVpSchedulerState",
     "StepOutput",

@@ -1,26 +1,30 @@
-"""The compiled sampling loop: the whole reverse SDE as one ``lax.scan``.
+"""The compiled sampling loops: the reverse SDE (``sample``) and the probability-flow ODE (``sample_ode``).
 
-Noise is addressed per sample, in the manner of EDM's ``StackedRandomGenerator``
-(Karras et al., 2022): sample ``b`` of a call owns the key ``fold_in(key, b)``, and
-its noise at slot ``j`` is ``normal(fold_in(fold_in(key, b), j), event_shape)`` --
-slot 0 for the prior draw :math:`x_T`, slot ``i + 1`` for step ``i``. Sample ``b``
+Each is one ``lax.scan`` over the timesteps (the adaptive ODE solver is a
+``while_loop``, inside diffrax). Noise is addressed per sample, in the manner of
+EDM's ``StackedRandomGenerator`` (Karras et al., 2022): sample ``b`` of a call owns
+the key ``fold_in(key, b)``, and its noise at slot ``j`` is
+``normal(fold_in(fold_in(key, b), j), event_shape)`` -- slot 0 for the prior draw
+:math:`x_T`, then the slots of the steps (see :func:`sample`). Sample ``b``
 therefore depends only on ``(key, b)``: it is the same in a batch of 1 or of 4096,
 and a batch can be cut into chunks (``index_offset``) without changing any sample.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
+import diffrax
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from . import _checks
-from .scheduler import ScoreSdeVpSchedulerState, require_timesteps, step_pred
+from . import _checks, sde
+from .samplers import CORRECTORS, PREDICTORS, lookup, probability_flow_drift
+from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
 
-__all__ = ["sample", "per_sample_normal"]
+__all__ = ["sample", "sample_ode", "per_sample_normal", "SamplerInfo"]
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -58,28 +62,82 @@ def _check_model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> None:
         raise TypeError(f"model_fn must return a float array, got dtype {out.dtype}")
 
 
+class SamplerInfo(NamedTuple):
+    """Diagnostics of a sampling call (returned with ``return_info=True``).
+
+    Attributes:
+      nfe: the batched network calls made: ``model_fn`` evaluations on the whole
+        batch (0-d int32). For the adaptive solver, which steps each sample on
+        its own, this is the largest per-sample count.
+      nfe_per_sample: the calls each sample needed, shape ``(batch,)`` int32.
+    """
+
+    nfe: jax.Array
+    nfe_per_sample: jax.Array
+
+
+def _check_common(state, model_fn, key, shape, dtype, caller):
+    """Checks shared by the loops; returns ``(shape, dtype)`` normalised."""
+    require_timesteps(state, caller)
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be callable (x, t) -> eps_hat, got {type(model_fn).__name__}")
+    _checks.prng_key("key", key)
+    shape = _checks.sample_shape("shape", shape)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a float dtype, got {jnp.dtype(dtype)}")
+    dtype = jnp.dtype(dtype)
+    _check_model_output(
+        model_fn,
+        jax.ShapeDtypeStruct(shape, dtype),
+        jax.ShapeDtypeStruct((shape[0],), state.timesteps.dtype),
+    )
+    return shape, dtype
+
+
+def _sample_keys(key, batch, index_offset):
+    """The per-sample keys ``fold_in(key, index_offset + b)``, b < batch."""
+    _checks.index_offset("index_offset", index_offset, batch)
+    indices = jnp.asarray(index_offset, jnp.uint32) + jnp.arange(batch, dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+
+
 def sample(
     state: ScoreSdeVpSchedulerState,
     model_fn: ModelFn,
     key: jax.Array,
     shape: tuple[int, ...],
     *,
+    predictor: str = "euler_maruyama",
+    corrector: Optional[str] = None,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    batch_mean: bool = False,
+    denoise: bool = True,
     dtype: DTypeLike = jnp.float32,
     index_offset: int | jax.Array = 0,
 ) -> jax.Array:
-    r"""Draw samples by running the reverse VP SDE with :func:`step_pred`, in one ``lax.scan``.
+    r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
-    Draws :math:`x_T \sim N(0, I)`, then for each ``t`` in ``state.timesteps`` calls
-    ``model_fn(x, t_vec)`` (``t_vec`` of shape ``(batch,)``, the continuous time in
-    ``[sampling_eps, 1]``) and applies :func:`step_pred`. Returns the last step's
-    ``x_mean``, the denoised sample, as diffusers' pipelines do.
+    Draws :math:`x_T \sim N(0, I)`, then for each ``t`` in ``state.timesteps``
+    calls ``model_fn(x, t_vec)`` (``t_vec`` of shape ``(batch,)``, the continuous
+    time in ``[sampling_eps, 1]``), takes one ``predictor`` step and then, if a
+    ``corrector`` is named, ``corrector_steps`` corrector steps at the same ``t``
+    (each with its own model call). This is the paper's order (Song et al. 2021,
+    Algorithms 2-3: predictor, then corrector); the paper's reference code runs
+    the corrector first. With the defaults it is exactly diffusers'
+    ``ScoreSdeVpScheduler`` loop and returns the last step's ``x_mean``.
 
     Not jitted inside: jit the call, with ``model_fn`` and ``shape`` static, e.g.
     ``sample_fn = jax.jit(sv.sample, static_argnums=(1, 3))``; build ``sample_fn``
     and ``model_fn`` once and reuse them (a static ``model_fn`` is cached by
-    identity, so a new closure recompiles). It then traces once per shape
-    and step count, makes no host round trip inside the loop, and uses memory
+    identity, so a new closure recompiles). It then traces once per shape and
+    configuration, makes no host round trip inside the loop, and uses memory
     independent of the number of steps. ``jax.vmap`` over a batch of keys works.
+
+    Noise: sample ``b`` uses only ``fold_in(key, index_offset + b)``; from it, slot 0
+    draws :math:`x_T`, and step ``i`` uses slot ``1 + i (1 + M)`` for the predictor
+    and the next ``M = corrector_steps`` slots for the corrector (``M = 0`` without
+    one).
 
     Args:
       state: a state after :func:`set_timesteps`.
@@ -88,48 +146,253 @@ def sample(
         paper's labels wrap it as ``lambda x, t: net(x, t * 999)``.
       key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``).
       shape: ``(batch, *event)``, a non-empty tuple of positive ints.
+      predictor: one of ``sv.list_methods("predictor")``.
+      corrector: ``None`` or one of ``sv.list_methods("corrector")``.
+      snr: the corrector's signal-to-noise ratio ``r`` > 0 (the paper's 0.16 for VP).
+      corrector_steps: corrector steps per timestep, an int >= 1.
+      batch_mean: the corrector's norms averaged over the batch, as the paper's
+        code (breaks batch invariance); per sample by default.
+      denoise: return the last update's noise-free ``x_mean`` (default), else its ``x``.
       dtype: the float dtype of the samples (bfloat16 allowed; coefficients stay float32).
       index_offset: the global index of this call's first sample: sample ``b`` of
         the call is sample ``index_offset + b`` of the stream of ``key``. An int
         (or 0-d integer array) with ``0 <= index_offset`` and
         ``index_offset + batch <= 2**32``; pass ``np.uint32(offset)`` to a jitted
-        call to reuse one compilation for every offset up to ``2**32``.
+        call to reuse one compilation for every offset.
 
     Returns:
       The samples, an array of ``shape`` and ``dtype``.
     """
-    require_timesteps(state, "sample")
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable (x, t) -> eps_hat, got {type(model_fn).__name__}")
-    _checks.prng_key("key", key)
-    shape = _checks.sample_shape("shape", shape)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a float dtype, got {jnp.dtype(dtype)}")
-    dtype = jnp.dtype(dtype)
+    shape, dtype = _check_common(state, model_fn, key, shape, dtype, "sample")
+    predict = PREDICTORS[lookup("predictor", predictor, "predictor")]
+    if corrector is None:
+        correct, num_corrector = None, 0
+    else:
+        correct = CORRECTORS[lookup("corrector", corrector, "corrector")]
+        num_corrector = _checks.positive_int("corrector_steps", corrector_steps)
+        if not _checks.is_traced(snr):
+            snr = _checks.real_scalar("snr", snr)
+            if not snr > 0:
+                raise ValueError(f"snr must be > 0, got {snr}")
     batch, event = shape[0], shape[1:]
     noise_dtype = _checks.compute_dtype(dtype)
     timesteps = state.timesteps
-
-    _check_model_output(
-        model_fn,
-        jax.ShapeDtypeStruct(shape, dtype),
-        jax.ShapeDtypeStruct((batch,), timesteps.dtype),
-    )
-
-    _checks.index_offset("index_offset", index_offset, batch)
-    indices = jnp.asarray(index_offset, jnp.uint32) + jnp.arange(batch, dtype=jnp.uint32)
-    sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+    sample_keys = _sample_keys(key, batch, index_offset)
     x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
+    slots_per_step = 1 + num_corrector
 
     def body(carry, t):
         x, _, i = carry
         t_vec = jnp.full((batch,), t, timesteps.dtype)
-        eps_hat = model_fn(x, t_vec)
-        z = per_sample_normal(sample_keys, i + 1, event, noise_dtype)
-        x_next, x_mean = step_pred(state, eps_hat, x, t_vec, None, noise=z)
-        return (x_next, x_mean, i + 1), None
+        slot = 1 + i * slots_per_step
+        z = per_sample_normal(sample_keys, slot, event, noise_dtype)
+        x, x_mean = predict(state, model_fn(x, t_vec), x, t_vec, None, noise=z)
+        for j in range(num_corrector):  # static: unrolled at trace time
+            z = per_sample_normal(sample_keys, slot + 1 + j, event, noise_dtype)
+            x, x_mean = correct(state, model_fn(x, t_vec), x, t_vec, None, noise=z,
+                                snr=snr, batch_mean=batch_mean)
+        return (x, x_mean, i + 1), None
 
     # The step index rides in the carry (not as an arange over the steps), so
     # nothing but the timestep grid itself has the length of the loop.
-    (_, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps)
-    return x_mean
+    (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps)
+    return x_mean if denoise else x_last
+
+
+ODE_METHODS = ("euler", "heun", "dpm_solver", "adaptive")
+
+
+def _log_snr(t, beta_min, beta_max):
+    r""":math:`\lambda(t) = \log(\alpha/\sigma) = m - \tfrac12\log(-\operatorname{expm1}(2m))`."""
+    m = sde.log_mean_coeff(t, beta_min, beta_max)
+    return m - 0.5 * jnp.log(-jnp.expm1(2.0 * m))
+
+
+def _t_of_log_snr(lam, beta_min, beta_max):
+    r"""The inverse of :func:`_log_snr` (Lu et al. 2022, app. on the VP schedule).
+
+    :math:`m = -\tfrac12\log(1 + e^{-2\lambda})`, then the positive root of
+    :math:`\tfrac14\Delta\beta\,t^2 + \tfrac12\beta_{\min} t + m = 0`, written as
+    :math:`t = -2m / (\tfrac12\beta_{\min} + \sqrt{\tfrac14\beta_{\min}^2 - \Delta\beta\, m})`
+    to avoid cancellation.
+    """
+    m = -0.5 * jax.nn.softplus(-2.0 * lam)
+    return -2.0 * m / (0.5 * beta_min + jnp.sqrt(0.25 * beta_min**2 - (beta_max - beta_min) * m))
+
+
+def _ode_grid(state, method, dtype):
+    """The times the fixed-step ODE methods step through, from 1 down to sampling_eps."""
+    if method != "dpm_solver":
+        return state.timesteps.astype(dtype)
+    bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
+    lam = jnp.linspace(_log_snr(jnp.asarray(1.0, dtype), bmin, bmax),
+                       _log_snr(jnp.asarray(state.sampling_eps, dtype), bmin, bmax),
+                       state.timesteps.shape[0], dtype=dtype)
+    t = _t_of_log_snr(lam, bmin, bmax)
+    # the end points exactly (the inverse is accurate to rounding in between)
+    return t.at[0].set(1.0).at[-1].set(jnp.asarray(state.sampling_eps, dtype))
+
+
+def _fixed_step_ode(state, model_fn, x, method, dtype):
+    """Euler, Heun or multistep DPM-Solver-3 through the grid; returns (x, nfe)."""
+    batch, dtype_out = x.shape[0], x.dtype
+    grid = _ode_grid(state, method, dtype)
+    bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
+
+    def eps(x, t):
+        """The model at (x, t), called in the samples' dtype, returned in the work dtype."""
+        return model_fn(x.astype(dtype_out), jnp.full((batch,), t, state.timesteps.dtype)).astype(dtype)
+
+    x = x.astype(dtype)
+
+    if method in ("euler", "heun"):
+        def body(x, ts):
+            t, t_next = ts
+            d1 = probability_flow_drift(state, eps(x, t), x, t)
+            x_euler = x + (t_next - t) * d1
+            if method == "euler":
+                return x_euler, None
+            d2 = probability_flow_drift(state, eps(x_euler, t_next), x_euler, t_next)
+            return x + (t_next - t) * 0.5 * (d1 + d2), None
+
+        x, _ = lax.scan(body, x, (grid[:-1], grid[1:]))
+        return x, (1 if method == "euler" else 2) * (grid.shape[0] - 1)
+
+    # dpm_solver: x_t = (a_t/a_s) x_s - s_t [phi1 e + phi2 e' + phi3 e''] with
+    # phi1 = e^h - 1, phi2 = e^h - 1 - h, phi3 = e^h - 1 - h - h^2/2 (the exact
+    # integrals of the Taylor terms of eps in lambda; Lu et al. 2022), e' and e''
+    # from divided differences of the last three eps: order 1, 2, then 3.
+    lam = _log_snr(grid, bmin, bmax)
+    log_alpha = sde.log_mean_coeff(grid, bmin, bmax)
+    sigma = sde.sigma(grid, bmin, bmax)
+
+    def body(carry, k):
+        x, e1, e2, h1, h2 = carry  # previous eps values and the lambda steps before them
+        e0 = eps(x, grid[k])
+        h = lam[k + 1] - lam[k]
+        use2 = (k >= 1).astype(dtype)
+        use3 = (k >= 2).astype(dtype)
+        f01 = (e0 - e1) / h1
+        f12 = (e1 - e2) / h2
+        f012 = (f01 - f12) / (h1 + h2)
+        d1 = use2 * (f01 + use3 * h1 * f012)
+        d2 = use3 * 2.0 * f012
+        phi1 = jnp.expm1(h)
+        phi2 = phi1 - h
+        phi3 = phi2 - 0.5 * h * h
+        x_next = jnp.exp(log_alpha[k + 1] - log_alpha[k]) * x - sigma[k + 1] * (phi1 * e0 + phi2 * d1 + phi3 * d2)
+        return (x_next, e0, e1, h, h1), None
+
+    one = jnp.ones((), dtype)
+    init = (x, jnp.zeros_like(x), jnp.zeros_like(x), one, one)
+    (x, *_), _ = lax.scan(body, init, jnp.arange(grid.shape[0] - 1))
+    return x, grid.shape[0] - 1
+
+
+def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps):
+    """Tsit5 with a PID controller (diffrax), each sample with its own steps; returns (x, nfe per sample)."""
+    t_dtype = state.timesteps.dtype
+    dtype_out = x.dtype
+
+    def field(t, y, args):
+        y1 = y[None]
+        t1 = jnp.full((1,), t, t_dtype)
+        e = model_fn(y1.astype(dtype_out), t1).astype(dtype)
+        return probability_flow_drift(state, e, y1, t1)[0]
+
+    def solve(y0):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            diffrax.Tsit5(),
+            t0=jnp.asarray(1.0, dtype),
+            t1=jnp.asarray(state.sampling_eps, dtype),
+            dt0=None,
+            y0=y0,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            saveat=diffrax.SaveAt(t1=True),
+            max_steps=max_steps,
+        )
+        return sol.ys[0], sol.stats["num_steps"]
+
+    y, steps = jax.vmap(solve)(x.astype(dtype))
+    # Tsit5 is first-same-as-last: one evaluation at t0, then six per step tried.
+    return y, 1 + 6 * steps
+
+
+def sample_ode(
+    state: ScoreSdeVpSchedulerState,
+    model_fn: ModelFn,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    *,
+    method: str = "dpm_solver",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 4096,
+    return_info: bool = False,
+    dtype: DTypeLike = jnp.float32,
+    index_offset: int | jax.Array = 0,
+):
+    r"""Draw samples by solving the probability-flow ODE from ``t = 1`` to ``sampling_eps``.
+
+    .. math::
+
+        \frac{dx}{dt} = -\tfrac12\beta(t)\Big(x - \frac{\hat\epsilon(x, t)}{\sigma(t)}\Big)
+        \qquad\text{(Song et al. 2021, eq. 13).}
+
+    Deterministic given :math:`x_T`: the key only draws :math:`x_T`, per sample, as
+    in :func:`sample` (sample ``b`` depends only on ``(key, index_offset + b)``).
+
+    Methods (``sv.list_methods("ode")``), with ``N = len(state.timesteps)``:
+
+    * ``"euler"`` (order 1) and ``"heun"`` (order 2): fixed steps through the
+      state's grid, ``N - 1`` and ``2 (N - 1)`` network calls.
+    * ``"dpm_solver"`` (order 3): multistep DPM-Solver in :math:`\epsilon` form, an
+      exponential integrator of the ODE in log-SNR :math:`\lambda = \log(\alpha/\sigma)`
+      (Lu et al., NeurIPS 2022), on ``N`` points uniform in :math:`\lambda`;
+      ``N - 1`` network calls. The few-step method: ``N`` of 10 to 20 is typical.
+    * ``"adaptive"``: diffrax's Tsit5 (5th order) with a PID step-size controller
+      at ``rtol``/``atol``, on device; each sample is solved with its own steps (so
+      the result does not depend on the rest of the batch), and the batch runs
+      until its slowest sample is done.
+
+    Args:
+      state: a state after :func:`set_timesteps` (``N >= 2`` for the fixed-step methods).
+      model_fn: ``(x, t) -> eps_hat``, as for :func:`sample`.
+      key: a PRNG key; draws :math:`x_T` only.
+      shape: ``(batch, *event)``.
+      method: the solver, one of ``sv.list_methods("ode")``.
+      rtol, atol: tolerances of the adaptive solver, > 0.
+      max_steps: the adaptive solver's step budget per sample (an error past it).
+      return_info: also return a :class:`SamplerInfo` with the network calls made.
+      dtype: the samples' float dtype; the solver runs in ``compute_dtype(dtype)``.
+      index_offset: as for :func:`sample`.
+
+    Returns:
+      The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
+    """
+    shape, dtype = _check_common(state, model_fn, key, shape, dtype, "sample_ode")
+    method = lookup("ode", method, "method")
+    n = state.timesteps.shape[0]
+    if method != "adaptive" and n < 2:
+        raise ValueError(f"method={method!r} steps between grid points: num_inference_steps must be >= 2, got {n}")
+    if method == "adaptive":
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            tol = _checks.real_scalar(name, tol)
+            if not tol > 0:
+                raise ValueError(f"{name} must be > 0, got {tol}")
+        max_steps = _checks.positive_int("max_steps", max_steps)
+    batch, event = shape[0], shape[1:]
+    work_dtype = _checks.compute_dtype(dtype)
+    sample_keys = _sample_keys(key, batch, index_offset)
+    x = per_sample_normal(sample_keys, 0, event, work_dtype).astype(dtype)
+    if method == "adaptive":
+        x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps)
+        nfe_per_sample = nfe_per_sample.astype(jnp.int32)
+    else:
+        x, nfe = _fixed_step_ode(state, model_fn, x, method, work_dtype)
+        nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
+    x = x.astype(dtype)
+    if return_info:
+        return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)
+    return x

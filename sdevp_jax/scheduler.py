@@ -167,7 +167,7 @@ def require_timesteps(state: ScoreSdeVpSchedulerState, caller: str) -> int:
     return state.timesteps.shape[0]
 
 
-def _broadcast_t(t: jax.Array, x: jax.Array) -> jax.Array:
+def broadcast_t(t: jax.Array, x: jax.Array) -> jax.Array:
     """Check ``t`` (0-d or ``(batch,)``) against ``x`` and shape it to broadcast from the left."""
     if t.ndim == 0:
         return t
@@ -178,6 +178,55 @@ def _broadcast_t(t: jax.Array, x: jax.Array) -> jax.Array:
             f"t of shape {t.shape} must match x's batch dimension: x has shape {x.shape}"
         )
     return t.reshape(t.shape + (1,) * (x.ndim - 1))
+
+
+class PreparedStep:
+    """The checked inputs of one step and the per-sample time, in the compute dtype.
+
+    Shared by :func:`step_pred` and every sampler in :mod:`sdevp_jax.samplers`, so
+    that they validate alike (at call or trace time) and compute alike: in
+    ``compute_dtype(x.dtype)`` (at least float32), returning ``x``'s dtype.
+    """
+
+    def __init__(self, caller, state, model_output, x, t, key, noise):
+        self.n = require_timesteps(state, caller)
+        self.x = _checks.float_array("x", x)
+        eps = _checks.float_array("model_output", model_output)
+        if eps.shape != self.x.shape:
+            raise ValueError(f"model_output must have x's shape {self.x.shape}, got {eps.shape}")
+        t = jnp.asarray(t)
+        if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
+            raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
+        if not _checks.is_traced(t) and not bool(jnp.all(jnp.isfinite(t) & (t > 0))):
+            raise ValueError(f"t must be finite and > 0 (sigma(0) = 0), got {t}")
+        if noise is None:
+            _checks.prng_key("key", key)
+        else:
+            noise = _checks.float_array("noise", noise)
+            if noise.shape != self.x.shape:
+                raise ValueError(f"noise must have x's shape {self.x.shape}, got {noise.shape}")
+        self.dtype = _checks.compute_dtype(self.x.dtype)
+        self.t = broadcast_t(t.astype(self.dtype), self.x)
+        self.beta_min = jnp.asarray(state.beta_min, self.dtype)
+        self.beta_max = jnp.asarray(state.beta_max, self.dtype)
+        self.xc = self.x.astype(self.dtype)
+        self.eps = eps.astype(self.dtype)
+        self._key, self._noise = key, noise
+
+    def beta(self) -> jax.Array:
+        return sde.beta(self.t, self.beta_min, self.beta_max)
+
+    def sigma(self) -> jax.Array:
+        return sde.sigma(self.t, self.beta_min, self.beta_max)
+
+    def z(self) -> jax.Array:
+        """The step's standard normal noise: the given ``noise``, or a draw from ``key``."""
+        if self._noise is None:
+            return jax.random.normal(self._key, self.x.shape, self.dtype)
+        return self._noise.astype(self.dtype)
+
+    def out(self, x_next: jax.Array, x_mean: jax.Array) -> StepOutput:
+        return StepOutput(x_next.astype(self.x.dtype), x_mean.astype(self.x.dtype))
 
 
 def step_pred(
@@ -215,44 +264,17 @@ def step_pred(
         that is not finite and > 0.
       TypeError: non-float ``x``/``model_output``/``noise``; a bad ``key``.
     """
-    n = require_timesteps(state, "step_pred")
-    x = _checks.float_array("x", x)
-    model_output = _checks.float_array("model_output", model_output)
-    if model_output.shape != x.shape:
-        raise ValueError(
-            f"model_output must have x's shape {x.shape}, got {model_output.shape}"
-        )
-    t = jnp.asarray(t)
-    if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
-        raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
-    if not _checks.is_traced(t):
-        if not bool(jnp.all(jnp.isfinite(t) & (t > 0))):
-            raise ValueError(f"t must be finite and > 0 (sigma(0) = 0), got {t}")
-    if noise is None:
-        _checks.prng_key("key", key)
-    else:
-        noise = _checks.float_array("noise", noise)
-        if noise.shape != x.shape:
-            raise ValueError(f"noise must have x's shape {x.shape}, got {noise.shape}")
-
-    dtype = _checks.compute_dtype(x.dtype)
-    t = _broadcast_t(t.astype(dtype), x)
-    beta_min = jnp.asarray(state.beta_min, dtype)
-    beta_max = jnp.asarray(state.beta_max, dtype)
-
+    p = PreparedStep("step_pred", state, model_output, x, t, key, noise)
     # The reference computes x + (-beta x / 2 - beta * (-eps / std)) * dt with
     # dt = -h = -1/N. With its per-sample coefficients collected, that is
     #     x_mean = x + [(h beta / 2) x - (h beta / std) eps],
     # the same number with fewer roundings on the sample arrays; the increment in
     # brackets is formed first, so its rounding error is relative to the
     # increment, not to x (which matters for small h).
-    h = 1.0 / n  # the reference's |dt|: 1/N, not the grid spacing.
-    beta_t = sde.beta(t, beta_min, beta_max)
+    h = 1.0 / p.n  # the reference's |dt|: 1/N, not the grid spacing.
+    beta_t = p.beta()
     coeff_x = 0.5 * h * beta_t
-    coeff_eps = h * beta_t / sde.sigma(t, beta_min, beta_max)
+    coeff_eps = h * beta_t / p.sigma()
     coeff_z = sde.diffusion(h * beta_t)  # sqrt(beta) * sqrt(-dt)
-    xc = x.astype(dtype)
-    x_mean = xc + (coeff_x * xc - coeff_eps * model_output.astype(dtype))
-    z = jax.random.normal(key, x.shape, dtype) if noise is None else noise.astype(dtype)
-    x_next = x_mean + coeff_z * z
-    return StepOutput(x_next.astype(x.dtype), x_mean.astype(x.dtype))
+    x_mean = p.xc + (coeff_x * p.xc - coeff_eps * p.eps)
+    return p.out(x_mean + coeff_z * p.z(), x_mean)

@@ -1,0 +1,156 @@
+"""The probability-flow ODE samplers (sv.sample_ode): determinism, orders, NFE, statistics, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdevp_jax as sv
+from sdevp_jax import sde
+
+# A smooth two-mode mixture: its ODE is not stiff, so the methods reach their
+# asymptotic orders at moderate step counts.
+SMOOTH = dict(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.0, 0.0]], scales=0.5)
+
+
+def smooth_setup(n):
+    state = sv.set_timesteps(sv.create_state(), n)
+    return state, sv.make_mixture_eps_fn(state, sv.make_mixture(**SMOOTH))
+
+
+@pytest.mark.parametrize("method", sv.list_methods("ode"))
+def test_ode_samplers_are_deterministic_functions_of_x_T(method):
+    state, model_fn = smooth_setup(8)
+    f = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))
+    a = f(state, model_fn, jax.random.key(1), (5, 2), method=method)
+    b = f(state, model_fn, jax.random.key(1), (5, 2), method=method)
+    np.testing.assert_array_equal(a, b)
+    # Batch invariance: the first 2 samples alone are the same (each adaptive solve
+    # is per sample). To float rounding: XLA's CPU code for a batch of 2 and of 5
+    # may round an element's arithmetic differently (vector body vs scalar tail),
+    # which moves heun and dpm_solver by up to an ulp.
+    np.testing.assert_allclose(f(state, model_fn, jax.random.key(1), (2, 2), method=method), a[:2],
+                               rtol=4e-7, atol=4e-7)
+
+
+def test_euler_is_the_loop_through_the_grid_from_the_prior_draw():
+    state, model_fn = smooth_setup(6)
+    key = jax.random.key(4)
+    x = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, b), 0), (2,)) for b in range(3)])
+    ts = state.timesteps
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        t_vec = jnp.full((3,), t)
+        x = x + (t_next - t) * sv.probability_flow_drift(state, model_fn(x, t_vec), x, t_vec)
+    np.testing.assert_allclose(sv.sample_ode(state, model_fn, key, (3, 2), method="euler"), x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference_solution():
+    """A tight adaptive solve (rtol = atol = 1e-11, float64) of 32 samples."""
+    with jax.enable_x64(True):
+        state, model_fn = smooth_setup(2)
+        x = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method="adaptive", rtol=1e-11,
+                          atol=1e-11, dtype=jnp.float64, max_steps=100_000)
+    return np.asarray(x)
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("dpm_solver", 3)])
+def test_fixed_step_methods_reach_their_order(x64, reference_solution, method, order):
+    """Fit log(max error) against log(step count): the slope is the order within +-0.3 (diffrax's test).
+
+    Step counts 32..256: past the pre-asymptotic range, and with errors (>= 1e-6)
+    far above the reference's own (~1e-10).
+    """
+    steps = np.array([32, 64, 128, 256])
+    errors = []
+    for n in steps:
+        state, model_fn = smooth_setup(int(n) + 1)
+        x = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method=method, dtype=jnp.float64)
+        errors.append(float(np.max(np.abs(np.asarray(x) - reference_solution))))
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.3, (slope, errors)
+
+
+def test_adaptive_solver_meets_its_tolerance_in_under_200_nfe(x64, reference_solution):
+    state, model_fn = smooth_setup(2)
+    x, info = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method="adaptive", return_info=True,
+                            dtype=jnp.float64)
+    assert int(info.nfe) < 200
+    # global error of a 1e-5 local tolerance over ~15 steps of an expanding flow: allow 100x
+    assert float(np.max(np.abs(np.asarray(x) - reference_solution))) < 1e-3
+
+
+@pytest.mark.parametrize("method", sv.list_methods("ode"))
+def test_nfe_counts_the_model_calls_exactly(method):
+    """Count real calls with a host callback in the model (test-only; the library has none)."""
+    state, model_fn = smooth_setup(7)
+    calls = []  # how many samples each callback saw
+
+    def counted(x, t):
+        jax.debug.callback(lambda x: calls.append(np.asarray(x).size // 2), x)
+        return model_fn(x, t)
+
+    for batch in (1, 3):
+        calls.clear()
+        x, info = sv.sample_ode(state, counted, jax.random.key(2), (batch, 2), method=method, return_info=True)
+        jax.block_until_ready(x)
+        assert info.nfe_per_sample.shape == (batch,)
+        assert int(info.nfe) == int(jnp.max(info.nfe_per_sample))
+        # Each batched call evaluates all `batch` samples (under the adaptive
+        # solver's per-sample vmap, finished samples are evaluated and masked), so
+        # the samples seen add up to batch * nfe, however JAX splits the callbacks.
+        assert sum(calls) == batch * int(info.nfe)
+        if method != "adaptive":
+            assert int(info.nfe) == {"euler": 6, "heun": 12, "dpm_solver": 6}[method]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, n", [("dpm_solver", 21), ("adaptive", 2), ("heun", 101)])
+def test_ode_samplers_reach_the_mixture(method, n):
+    """The default 2-D mixture, M = 5,000 samples; mode weights and mean within 5 standard errors."""
+    from test_samplers import target_check
+
+    m_samples = 5000
+    mixture = sv.default_mixture()
+    state = sv.set_timesteps(sv.create_state(), n)
+    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    x = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))(
+        state, model_fn, jax.random.key(5), (m_samples, 2), method=method)
+    x = np.asarray(x, np.float64)
+    assert np.all(np.isfinite(x))
+    target_check(x, mixture, float(sde.alpha(1e-3, 0.1, 20.0)), float(sde.sigma(1e-3, 0.1, 20.0)), m_samples)
+
+
+def test_dpm_solver_grid_is_uniform_in_log_snr(x64):
+    from sdevp_jax.loops import _log_snr, _ode_grid
+
+    state = sv.set_timesteps(sv.create_state(), 11)
+    grid = _ode_grid(state, "dpm_solver", jnp.float64)
+    assert float(grid[0]) == 1.0 and float(grid[-1]) == 1e-3
+    lam = _log_snr(grid, 0.1, 20.0)
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
+    # and lambda is log(alpha / sigma)
+    np.testing.assert_allclose(lam, np.log(sde.alpha(grid, 0.1, 20.0) / sde.sigma(grid, 0.1, 20.0)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, n, err, match", [
+    ({"method": "rk4"}, 5, ValueError, "method must be one of"),
+    ({"method": "euler"}, 1, ValueError, "num_inference_steps must be >= 2"),
+    ({"method": "adaptive", "rtol": 0.0}, 5, ValueError, "rtol must be > 0"),
+    ({"method": "adaptive", "atol": float("nan")}, 5, ValueError, "atol must be finite"),
+    ({"method": "adaptive", "max_steps": 0}, 5, ValueError, "max_steps must be an int >= 1"),
+])
+def test_sample_ode_rejects_bad_options(kwargs, n, err, match):
+    state, model_fn = smooth_setup(n)
+    with pytest.raises(err, match=match):
+        sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), **kwargs)
+
+
+def test_sample_ode_shares_the_loops_input_checks():
+    state, model_fn = smooth_setup(5)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        sv.sample_ode(sv.create_state(), model_fn, jax.random.key(0), (2, 2))
+    with pytest.raises(ValueError, match="model_fn must return"):
+        sv.sample_ode(state, lambda x, t: x[:, :1], jax.random.key(0), (2, 2))
+    with pytest.raises(ValueError, match="shape must be non-empty"):
+        sv.sample_ode(state, model_fn, jax.random.key(0), ())
