@@ -133,3 +133,11 @@ def index_offset(name: str, value: Any, batch: int) -> None:
             f"{name} must be in [0, 2**32 - batch] = [0, {2**32 - batch}] "
             f"(sample indices are uint32), got {offset}"
         )
+
+
+def positive_real(name: str, value: Any) -> Any:
+    """A real scalar > 0 (checked when concrete; a tracer passes through after a shape check)."""
+    value = real_scalar(name, value)
+    if not is_traced(value) and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value

@@ -170,10 +170,7 @@ def sample(
     else:
         correct = CORRECTORS[lookup("corrector", corrector, "corrector")]
         num_corrector = _checks.positive_int("corrector_steps", corrector_steps)
-        if not _checks.is_traced(snr):
-            snr = _checks.real_scalar("snr", snr)
-            if not snr > 0:
-                raise ValueError(f"snr must be > 0, got {snr}")
+        snr = _checks.positive_real("snr", snr)
     batch, event = shape[0], shape[1:]
     noise_dtype = _checks.compute_dtype(dtype)
     timesteps = state.timesteps
@@ -377,10 +374,8 @@ def sample_ode(
     if method != "adaptive" and n < 2:
         raise ValueError(f"method={method!r} steps between grid points: num_inference_steps must be >= 2, got {n}")
     if method == "adaptive":
-        for name, tol in (("rtol", rtol), ("atol", atol)):
-            tol = _checks.real_scalar(name, tol)
-            if not tol > 0:
-                raise ValueError(f"{name} must be > 0, got {tol}")
+        rtol = _checks.positive_real("rtol", rtol)
+        atol = _checks.positive_real("atol", atol)
         max_steps = _checks.positive_int("max_steps", max_steps)
     batch, event = shape[0], shape[1:]
     work_dtype = _checks.compute_dtype(dtype)

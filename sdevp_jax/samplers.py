@@ -165,10 +165,7 @@ def langevin_correct(
       batch_mean: average the norms over the batch (the reference code's choice).
       noise: optional ``z``.
     """
-    if not _checks.is_traced(snr):
-        snr = _checks.real_scalar("snr", snr)
-        if not snr > 0:
-            raise ValueError(f"snr must be > 0, got {snr}")
+    snr = _checks.positive_real("snr", snr)
     p = PreparedStep("langevin_correct", state, model_output, x, t, key, noise)
     if p.x.ndim == 0:
         raise ValueError("langevin_correct needs x of shape (batch, ...) to take per-sample norms")

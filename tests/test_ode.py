@@ -154,3 +154,12 @@ def test_sample_ode_shares_the_loops_input_checks():
         sv.sample_ode(state, lambda x, t: x[:, :1], jax.random.key(0), (2, 2))
     with pytest.raises(ValueError, match="shape must be non-empty"):
         sv.sample_ode(state, model_fn, jax.random.key(0), ())
+
+
+def test_adaptive_tolerances_may_be_traced():
+    """rtol/atol are numbers a user may pass through jit: checked only when concrete."""
+    state, model_fn = smooth_setup(2)
+    f = jax.jit(lambda tol: sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="adaptive",
+                                          rtol=tol, atol=tol))
+    np.testing.assert_allclose(f(1e-4), sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="adaptive",
+                                                      rtol=1e-4, atol=1e-4), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,51 @@
+"""Smoke tests of the benchmark scripts (tiny sizes; the real runs are not tests)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    return load("accuracy_vs_nfe")
+
+
+def test_sliced_w2_of_a_shift_is_the_projected_shift(accuracy):
+    """Shifting a sample by v moves every projection by d.v, so SW2 = sqrt(mean_d (d.v)^2) exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 3))
+    directions = rng.standard_normal((50, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    v = np.array([0.3, -0.2, 0.5])
+    assert accuracy.sliced_w2(x, x[::-1].copy(), directions) == 0.0
+    np.testing.assert_allclose(accuracy.sliced_w2(x + v, x, directions), np.sqrt(np.mean((directions @ v) ** 2)),
+                               rtol=1e-12)
+
+
+def test_accuracy_benchmark_smoke(accuracy, tmp_path, capsys):
+    args = ["--quick", "--num-samples", "200", "--dims", "2", "--directions", "16", "--floor-repeats", "2",
+            "--out", str(tmp_path)]
+    assert accuracy.main(args) == 0
+    results = json.loads((tmp_path / "accuracy_vs_nfe.json").read_text())
+    rows = results["dims"]["2"]["rows"]
+    assert {r["method"] for r in rows} == {"euler_maruyama", "pc (EM + langevin)", "dpm_solver (ODE)", "adaptive (ODE)"}
+    assert all(np.isfinite(r["sw2"]) and r["nfe"] >= 1 for r in rows)
+    assert (tmp_path / "accuracy_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method |" in (tmp_path / "accuracy_vs_nfe.md").read_text()
+    # never overwrite silently
+    before = (tmp_path / "accuracy_vs_nfe.json").read_bytes()
+    assert accuracy.main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "accuracy_vs_nfe.json").read_bytes() == before
