@@ -10,10 +10,12 @@ measures, against exact samples of the same law -- the data diffused to
 * the error of the mean (Euclidean norm) and of the covariance (Frobenius norm),
   against the mixture's exact moments.
 
-The noise floor is the same distance between two independent exact sample sets
-(mean and spread over ``--floor-repeats`` pairs): a sampler is "as accurate as"
-another within statistical noise when their distances differ by less than ~2
-spreads of the floor.
+Each row averages ``--replicates`` independent runs (replicate ``r`` uses the same
+key for every method, so the rows share their random numbers). The noise floor
+is the distance between independent exact sample sets (mean and spread ``s`` over
+``--floor-repeats`` pairs); two rows are "as accurate" within statistical noise
+when their mean distances differ by at most ``2 s sqrt(2 / replicates)``, twice
+the standard error of a difference of two such means.
 
 Writes ``accuracy_vs_nfe.md`` (a table), ``accuracy_vs_nfe.json`` and
 ``accuracy_vs_nfe.png`` (SW2 against NFE) under ``--out``; refuses to overwrite
@@ -94,7 +96,7 @@ def draw(kind, state, model_fn, key, shape, opts, tol):
 def run(args) -> dict:
     results = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
                "device": str(jax.devices()[0]), "jax": jax.__version__, "num_samples": args.num_samples,
-               "directions": args.directions, "dims": {}}
+               "directions": args.directions, "replicates": args.replicates, "dims": {}}
     plan = quick_plan() if args.quick else FULL_PLAN
     base = sv.create_state()
     a = float(sde.alpha(base.sampling_eps, base.beta_min, base.beta_max))
@@ -118,20 +120,25 @@ def run(args) -> dict:
                 state = sv.set_timesteps(base, 2 if isinstance(n, str) else n)
                 model_fn = sv.make_mixture_eps_fn(state, mixture)
                 start = time.perf_counter()
-                x, info = draw(kind, state, model_fn, jax.random.key(dim), (args.num_samples, dim), opts, nfe_or_tol)
-                x = np.asarray(jax.block_until_ready(x), np.float64)
-                seconds = time.perf_counter() - start
-                if info is not None:
-                    nfe = int(info.nfe)
-                    nfe_mean = float(jnp.mean(info.nfe_per_sample))
-                else:
-                    nfe, nfe_mean = int(nfe_or_tol), float(nfe_or_tol)
-                row = {"method": label, "N": n, "nfe": nfe, "nfe_mean_per_sample": nfe_mean,
-                       "sw2": sliced_w2(x, reference, directions) if np.all(np.isfinite(x)) else float("nan"),
-                       "mean_err": float(np.linalg.norm(x.mean(0) - mean)),
-                       "cov_err": float(np.linalg.norm(np.cov(x.T) - cov)), "seconds": seconds}
+                reps = []  # replicate r uses the same key for every method (common random numbers)
+                for r in range(args.replicates):
+                    key = jax.random.fold_in(jax.random.key(dim), r)
+                    x, info = draw(kind, state, model_fn, key, (args.num_samples, dim), opts, nfe_or_tol)
+                    x = np.asarray(jax.block_until_ready(x), np.float64)
+                    if info is not None:
+                        nfe, nfe_mean = int(info.nfe), float(jnp.mean(info.nfe_per_sample))
+                    else:
+                        nfe, nfe_mean = int(nfe_or_tol), float(nfe_or_tol)
+                    reps.append((sliced_w2(x, reference, directions) if np.all(np.isfinite(x)) else float("nan"),
+                                 float(np.linalg.norm(x.mean(0) - mean)), float(np.linalg.norm(np.cov(x.T) - cov)),
+                                 nfe, nfe_mean))
+                seconds = (time.perf_counter() - start) / args.replicates
+                sw2, mean_err, cov_err, nfes, nfe_means = (np.array(v) for v in zip(*reps))
+                row = {"method": label, "N": n, "nfe": int(nfes.max()), "nfe_mean_per_sample": float(nfe_means.mean()),
+                       "sw2": float(sw2.mean()), "sw2_sd": float(sw2.std(ddof=1)) if len(sw2) > 1 else 0.0,
+                       "mean_err": float(mean_err.mean()), "cov_err": float(cov_err.mean()), "seconds": seconds}
                 rows.append(row)
-                print(f"D={dim:3d} {label:22s} N={n!s:16s} NFE={nfe:5d} SW2={row['sw2']:.4f} "
+                print(f"D={dim:3d} {label:22s} N={n!s:16s} NFE={row['nfe']:5d} SW2={row['sw2']:.4f}+-{row['sw2_sd']:.4f} "
                       f"mean={row['mean_err']:.4f} cov={row['cov_err']:.4f} ({seconds:.1f} s)", flush=True)
         results["dims"][str(dim)] = {"floor_mean": float(np.mean(floor)), "floor_std": float(np.std(floor, ddof=1))
                                      if len(floor) > 1 else 0.0, "rows": rows}
@@ -147,12 +154,12 @@ def verdicts(results) -> list[str]:
         few = [r for r in rows if r["nfe"] <= 20 and np.isfinite(r["sw2"])]
         if em and few:
             best = min(few, key=lambda r: r["sw2"])
-            margin = 2 * max(d["floor_std"], 1e-12) * np.sqrt(2)
+            margin = 2 * d["floor_std"] * np.sqrt(2 / results["replicates"])
             ok = best["sw2"] <= em[0]["sw2"] + margin
             lines.append(f"- D = {dim}: best at <= 20 NFE is {best['method']} (N={best['N']}, {best['nfe']} NFE) with "
                          f"SW2 {best['sw2']:.4f}; Euler-Maruyama at 1000 NFE: {em[0]['sw2']:.4f}; noise floor "
                          f"{d['floor_mean']:.4f} +- {d['floor_std']:.4f}. As accurate within noise "
-                         f"(difference <= 2 sqrt(2) floor spreads = {margin:.4f}): {'yes' if ok else 'NO'}.")
+                         f"(difference <= 2 sqrt(2/replicates) floor spreads = {margin:.4f}): {'yes' if ok else 'NO'}.")
         adaptive = [r for r in rows if r["method"] == "adaptive (ODE)" and r["N"] == "rtol=atol=1e-05"]
         if adaptive:
             lines.append(f"- D = {dim}: adaptive ODE at rtol = atol = 1e-5 made {adaptive[0]['nfe']} batched network "
@@ -166,15 +173,16 @@ def markdown(results, command) -> str:
            f"Command: `{command}`  ",
            f"Machine: {results['machine']} ({results['processor']}), device {results['device']}, JAX {results['jax']}.  ",
            f"{results['num_samples']} samples per row against {results['num_samples']} exact samples of the default "
-           f"mixture diffused to t = sampling_eps; sliced W2 over {results['directions']} directions.", "",
+           f"mixture diffused to t = sampling_eps; sliced W2 over {results['directions']} directions; each row the "
+           f"mean of {results['replicates']} replicates (+- their standard deviation).", "",
            "## Targets", ""] + verdicts(results)
     for dim, d in results["dims"].items():
         out += ["", f"## D = {dim}", "",
                 f"Noise floor (exact vs exact): SW2 {d['floor_mean']:.4f} +- {d['floor_std']:.4f}.", "",
-                "| method | N / tolerance | NFE (batched) | NFE per sample (mean) | sliced W2 | mean error | cov error | seconds (incl. compile) |",
+                "| method | N / tolerance | NFE (batched) | NFE per sample (mean) | sliced W2 | mean error | cov error | seconds per run (incl. compile) |",
                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in d["rows"]:
-            out.append(f"| {r['method']} | {r['N']} | {r['nfe']} | {r['nfe_mean_per_sample']:.1f} | {r['sw2']:.4f} | "
+            out.append(f"| {r['method']} | {r['N']} | {r['nfe']} | {r['nfe_mean_per_sample']:.1f} | {r['sw2']:.4f} +- {r['sw2_sd']:.4f} | "
                        f"{r['mean_err']:.4f} | {r['cov_err']:.4f} | {r['seconds']:.1f} |")
     return "\n".join(out) + "\n"
 
@@ -220,13 +228,16 @@ def main(argv=None) -> int:
     parser.add_argument("--num-samples", type=int, default=20_000)
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64])
     parser.add_argument("--directions", type=int, default=256)
-    parser.add_argument("--floor-repeats", type=int, default=5)
+    parser.add_argument("--floor-repeats", type=int, default=8)
+    parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="a few rows at the given size (smoke test)")
     parser.add_argument("--force", action="store_true", help="overwrite existing results")
     args = parser.parse_args(argv)
-    if args.num_samples < 2 or args.directions < 1 or args.floor_repeats < 1 or min(args.dims) < 2:
-        parser.error("need --num-samples >= 2, --directions >= 1, --floor-repeats >= 1 and every --dims >= 2")
+    if (args.num_samples < 2 or args.directions < 1 or args.floor_repeats < 2 or args.replicates < 1
+            or min(args.dims) < 2):
+        parser.error("need --num-samples >= 2, --directions >= 1, --floor-repeats >= 2, --replicates >= 1 "
+                     "and every --dims >= 2")
     paths = [args.out / name for name in NAMES]
     existing = [p for p in paths if p.exists()]
     if existing and not args.force:

@@ -115,6 +115,7 @@ def sample(
     denoise: bool = True,
     dtype: DTypeLike = jnp.float32,
     index_offset: int | jax.Array = 0,
+    unroll: int = 1,
 ) -> jax.Array:
     r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
@@ -159,11 +160,15 @@ def sample(
         (or 0-d integer array) with ``0 <= index_offset`` and
         ``index_offset + batch <= 2**32``; pass ``np.uint32(offset)`` to a jitted
         call to reuse one compilation for every offset.
+      unroll: steps per iteration of the compiled loop (``lax.scan``'s ``unroll``),
+        an int >= 1; the result is the same, only speed and compile time change
+        (see benchmarks/results/options.md).
 
     Returns:
       The samples, an array of ``shape`` and ``dtype``.
     """
     shape, dtype = _check_common(state, model_fn, key, shape, dtype, "sample")
+    unroll = _checks.positive_int("unroll", unroll)
     predict = PREDICTORS[lookup("predictor", predictor, "predictor")]
     if corrector is None:
         correct, num_corrector = None, 0
@@ -192,7 +197,7 @@ def sample(
 
     # The step index rides in the carry (not as an arange over the steps), so
     # nothing but the timestep grid itself has the length of the loop.
-    (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps)
+    (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps, unroll=unroll)
     return x_mean if denoise else x_last
 
 

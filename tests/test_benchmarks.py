@@ -35,7 +35,7 @@ def test_sliced_w2_of_a_shift_is_the_projected_shift(accuracy):
 
 
 def test_accuracy_benchmark_smoke(accuracy, tmp_path, capsys):
-    args = ["--quick", "--num-samples", "200", "--dims", "2", "--directions", "16", "--floor-repeats", "2",
+    args = ["--quick", "--num-samples", "200", "--dims", "2", "--directions", "16", "--floor-repeats", "2", "--replicates", "2",
             "--out", str(tmp_path)]
     assert accuracy.main(args) == 0
     results = json.loads((tmp_path / "accuracy_vs_nfe.json").read_text())
@@ -49,3 +49,21 @@ def test_accuracy_benchmark_smoke(accuracy, tmp_path, capsys):
     assert accuracy.main(args) == 2
     assert "--force" in capsys.readouterr().err
     assert (tmp_path / "accuracy_vs_nfe.json").read_bytes() == before
+
+
+def test_speed_worker_and_runner_smoke(tmp_path):
+    """The speed runner at a tiny size: every JAX implementation times, the table has ratios."""
+    speed = load("speed")
+    args = ["run", "--shapes", "4,2@5", "--impls", "noise", "sv", "naive", "diffrax", "diffusers",
+            "--repeats", "1", "--scaling-steps", "5", "10", "--scaling-shape", "4,2", "--out", str(tmp_path)]
+    assert speed.main(args) == 0
+    results = json.loads((tmp_path / "speed.json").read_text())
+    impls = {r["impl"] for r in results["rows"]}
+    assert {"noise", "sv", "naive", "diffrax", "diffusers"} <= impls
+    for r in results["rows"]:
+        if "missing" not in r:
+            assert r["per_step_min_us"] <= r["per_step_median_us"] <= r["per_step_max_us"]
+    assert [r["steps"] for r in results["scaling"]] == [5, 10]
+    table = (tmp_path / "speed.md").read_text()
+    assert "÷ sv.sample" in table and "not measured yet" in table
+    assert speed.main(args) == 2  # never overwrite without --force

@@ -201,3 +201,14 @@ def test_largest_index_offset_is_accepted(setup):
     state, model_fn = setup
     x = sv.sample(state, model_fn, jax.random.key(0), (4, 2), index_offset=np.uint32(2**32 - 4))
     assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_unroll_changes_nothing_but_speed(setup):
+    state, model_fn = setup
+    f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("unroll",))
+    base = f(state, model_fn, jax.random.key(0), (8, 2))
+    for unroll in (2, 8):
+        np.testing.assert_allclose(f(state, model_fn, jax.random.key(0), (8, 2), unroll=unroll), base,
+                                   rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unroll must be an int >= 1"):
+        sv.sample(state, model_fn, jax.random.key(0), (8, 2), unroll=0)
