@@ -13,6 +13,7 @@ Typical use::
 """
 
 from . import sde
+from .config import load_config, save_config
 from .loops import SamplerInfo, sample, sample_ode
 from .models import (
     GaussianMixture,
@@ -45,6 +46,8 @@ from .scheduler import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "load_config",
+    "save_config",
     "METHODS",
     "MethodInfo",
     "SamplerInfo",
