@@ -12,6 +12,8 @@ Typical use::
     x = jax.jit(sv.sample, static_argnums=(1, 3))(state, model_fn, jax.random.key(0), (512, 2))
 """
 
+__version__ = "0.1.0"  # before the submodules, which record it
+
 from . import sde
 from .config import load_config, save_config
 from .loops import SamplerInfo, sample, sample_ode
@@ -43,9 +45,14 @@ from .scheduler import (
     step_pred,
 )
 
-__version__ = "0.1.0"
+from . import distributed, jobs  # noqa: E402  (they build on everything above)
+from .jobs import JobSpec, run_job  # noqa: E402
 
 __all__ = [
+    "JobSpec",
+    "distributed",
+    "jobs",
+    "run_job",
     "load_config",
     "save_config",
     "METHODS",

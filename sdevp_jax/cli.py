@@ -1,18 +1,20 @@
 """The ``sdevp-jax`` console script.
 
-``sdevp-jax sample`` draws samples of the embedded 2-D Gaussian mixture with the
-VP-SDE scheduler and its exact noise-prediction model, and writes them to
-``OUT/samples.npz`` (array ``samples``, shape ``(num_samples, 2)``, float32) and a
-plot over the target density to ``OUT/samples.png``. Existing files are never
-overwritten without ``--force``, and each file is written atomically.
+``sdevp-jax sample`` runs a resumable sampling job (:mod:`sdevp_jax.jobs`): by
+default the embedded 2-D Gaussian mixture with its exact noise model, any
+sampler of the registry, written in chunks to ``OUT/chunks/`` with a manifest,
+then ``OUT/samples.npz`` (array ``samples``) and, for 2-D samples, a plot over the
+target density in ``OUT/samples.png``. Rerunning the same command resumes an
+interrupted job and recomputes nothing already written; a different job aimed at
+the same directory is refused. Files that are not a job's are never overwritten
+without ``--force``. ``sdevp-jax info`` prints the backend, devices and versions.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Callable, Sequence
@@ -40,84 +42,71 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
     return parse
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _event_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 3,32,32, got {text!r}") from None
+    if any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"every dimension must be >= 1, got {text!r}")
+    return shape
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sdevp-jax`` and its subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="sdevp-jax", description="The VP-SDE diffusion scheduler in JAX."
-    )
+    from .samplers import list_methods
+
+    parser = argparse.ArgumentParser(prog="sdevp-jax", description="The VP-SDE diffusion scheduler in JAX.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("info", help="print the backend, devices and versions")
     sample = commands.add_parser(
         "sample",
-        help="sample the embedded 2-D Gaussian mixture",
-        description="Sample the embedded 2-D Gaussian mixture with the exact noise model, "
-        "and write OUT/samples.npz and OUT/samples.png.",
+        help="run a resumable sampling job",
+        description="Draw samples in chunks (resumable after a crash) and write OUT/samples.npz "
+        "and, for 2-D samples, OUT/samples.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = sample.add_argument
-    add("--steps", type=_int_at_least(1), default=1000, help="number of reverse-SDE steps")
+    add("--method", default="euler_maruyama", choices=list_methods("predictor") + list_methods("ode"),
+        help="sampler: a predictor of the reverse SDE or a probability-flow ODE method")
+    add("--corrector", default=None, choices=list_methods("corrector"), help="corrector after each predictor step")
+    add("--snr", type=_positive_float, default=0.16, help="the corrector's signal-to-noise ratio")
+    add("--corrector-steps", type=_int_at_least(1), default=1, help="corrector steps per timestep")
+    add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
-    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call")
+    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call and per chunk file")
     # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
     add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
-    add("--out", type=Path, default=Path("samples"), help="output directory (created if missing)")
-    add("--force", action="store_true", help="overwrite existing output files")
+    add("--config", type=Path, default=None, help="a diffusers scheduler_config.json (default: the paper's VP)")
+    add("--model", default="default", help="'default' (the embedded mixture) or module:function, an eps-model")
+    add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
+    add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the samples' dtype")
+    add("--plot", action=argparse.BooleanOptionalAction, default=None,
+        help="write OUT/samples.png (default: when samples are 2-D)")
+    add("--out", type=Path, default=Path("samples"), help="the job directory (created if missing)")
+    add("--force", action="store_true", help="overwrite samples.npz / samples.png that are not from a job")
     add("--no-progress", action="store_true", help="hide the progress bar")
+    add("--coordinator", default=None, metavar="HOST:PORT", help="multi-process run: process 0's address")
+    add("--num-processes", type=_int_at_least(1), default=1, help="multi-process run: the number of processes")
+    add("--process-id", type=_int_at_least(0), default=0, help="multi-process run: this process's id")
     return parser
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via a temporary file in its directory and ``os.replace``."""
-    tmp = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with tmp:
-            write(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp.name, 0o666 & ~umask)  # the mode a plain open() would give
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+def plot_samples(samples: np.ndarray, spec, file: IO[bytes]) -> None:
+    """Save a PNG scatter of (at most 5000) samples over the target density at ``t = sampling_eps``.
 
-
-def draw_samples(
-    steps: int, num_samples: int, batch_size: int, seed: int, progress: bool = True
-) -> np.ndarray:
-    """Sample the default mixture in chunks of one compiled batch size.
-
-    Every chunk has the full batch size (the last one is cut after the call), so
-    the sampler compiles once; sample ``b`` depends only on ``(seed, b)``, so the
-    result does not depend on ``batch_size``.
-
-    Returns:
-      The samples, shape ``(num_samples, 2)``, float32.
+    The density is drawn for the default model only (the mixture's is known).
     """
-    import jax
-    from tqdm import tqdm
-
-    import sdevp_jax as sv
-
-    state = sv.set_timesteps(sv.create_state(), steps)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
-    sample_fn = jax.jit(sv.sample, static_argnums=(1, 3))
-    key = jax.random.key(seed)
-    batch = min(batch_size, num_samples)
-    chunks = []
-    with tqdm(total=num_samples, unit="samples", disable=None if progress else True) as bar:
-        for offset in range(0, num_samples, batch):
-            x = sample_fn(state, model_fn, key, (batch, 2), index_offset=np.uint32(offset))
-            take = min(batch, num_samples - offset)
-            chunks.append(np.asarray(x, dtype=np.float32)[:take])
-            bar.update(take)
-    return np.concatenate(chunks, axis=0)
-
-
-def plot_samples(samples: np.ndarray, steps: int, file: IO[bytes]) -> None:
-    """Save a PNG scatter of (at most 5000) samples over the density at ``t = sampling_eps``."""
     import jax.numpy as jnp
     import matplotlib
 
@@ -126,62 +115,137 @@ def plot_samples(samples: np.ndarray, steps: int, file: IO[bytes]) -> None:
 
     import sdevp_jax as sv
 
-    state = sv.create_state()
-    mixture = sv.default_mixture()
-    eps, bmin, bmax = state.sampling_eps, state.beta_min, state.beta_max
-    alpha, sigma = sv.sde.alpha(eps, bmin, bmax), sv.sde.sigma(eps, bmin, bmax)
-
-    shown = samples[:MAX_PLOTTED]
-    means, scales = np.asarray(mixture.means), np.asarray(mixture.scales)
-    lim = float(np.max(np.abs(means)) + 4.0 * np.max(scales))
+    shown = np.asarray(samples[:MAX_PLOTTED, :2], np.float32)
     finite = shown[np.all(np.isfinite(shown), axis=1)]
+    lim = 2.5
     if finite.size:  # widen the view to show stray samples, up to a point
         lim = max(lim, min(float(np.max(np.abs(finite))) * 1.05, 10.0))
-    axis = np.linspace(-lim, lim, 300, dtype=np.float32)
-    gx, gy = np.meshgrid(axis, axis)
-    grid = jnp.asarray(np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1))
-    log_density = np.asarray(sv.diffused_log_prob(mixture, grid, alpha, sigma))
-    density = np.exp(log_density).reshape(gx.shape)
-
     fig, ax = plt.subplots(figsize=(6, 6))
-    filled = ax.contourf(gx, gy, density, levels=30, cmap="viridis")
-    fig.colorbar(filled, ax=ax, fraction=0.046, pad=0.04, label=f"target density at t = {eps:g}")
-    ax.scatter(shown[:, 0], shown[:, 1], s=2, c="white", alpha=0.6, linewidths=0)
+    if spec.model == "default" and spec.event_shape == (2,):
+        eps, bmin, bmax = (spec.scheduler[k] for k in ("sampling_eps", "beta_min", "beta_max"))
+        alpha, sigma = sv.sde.alpha(eps, bmin, bmax), sv.sde.sigma(eps, bmin, bmax)
+        axis = np.linspace(-lim, lim, 300, dtype=np.float32)
+        gx, gy = np.meshgrid(axis, axis)
+        grid = jnp.asarray(np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1))
+        density = np.exp(np.asarray(sv.diffused_log_prob(sv.default_mixture(), grid, alpha, sigma)))
+        filled = ax.contourf(gx, gy, density.reshape(gx.shape), levels=30, cmap="viridis")
+        fig.colorbar(filled, ax=ax, fraction=0.046, pad=0.04, label=f"target density at t = {eps:g}")
+    ax.scatter(shown[:, 0], shown[:, 1], s=2, c="white" if spec.model == "default" else "black", alpha=0.6,
+               linewidths=0)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
-    ax.set_title(f"VP-SDE: {len(samples)} samples, {steps} steps ({len(shown)} shown)")
+    ax.set_title(f"VP-SDE {spec.method}: {len(samples)} samples, {spec.steps} steps ({len(shown)} shown)")
     fig.tight_layout()
     fig.savefig(file, format="png", dpi=120)
     plt.close(fig)
 
 
+def _error(message: str, code: int = 2) -> int:
+    print(f"sdevp-jax: error: {message}", file=sys.stderr)
+    return code
+
+
 def run_sample(args: argparse.Namespace) -> int:
     """The ``sample`` subcommand; returns the exit code."""
+    from . import jobs
+    from .config import load_config
+
+    if args.coordinator is None and (args.num_processes != 1 or args.process_id != 0):
+        return _error("--num-processes/--process-id need --coordinator HOST:PORT")
+    if args.process_id >= args.num_processes:
+        return _error(f"--process-id must be < --num-processes = {args.num_processes}, got {args.process_id}")
+    try:
+        scheduler = {"num_train_timesteps": 2000, "beta_min": 0.1, "beta_max": 20.0, "sampling_eps": 1e-3}
+        if args.config is not None:
+            from .config import config_dict
+
+            cfg = config_dict(load_config(args.config))
+            scheduler = {k: cfg[k] for k in scheduler}
+        spec = jobs.JobSpec(
+            num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+            method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
+            event_shape=tuple(args.shape), model=args.model, scheduler=scheduler, dtype=args.dtype,
+        )
+    except (OSError, ValueError) as err:
+        return _error(str(err))
     out: Path = args.out
-    paths = [out / name for name in OUTPUT_NAMES]
-    if not args.force:
-        for path in paths:
-            if path.exists():
-                msg = f"sdevp-jax: error: {path} exists; pass --force to overwrite it"
-                print(msg, file=sys.stderr)
-                return 2
+    plot = (spec.event_shape == (2,)) if args.plot is None else args.plot
+    if plot and math.prod(spec.event_shape) < 2:
+        return _error("--plot needs samples with at least 2 entries")
+
+    # Never touch files that are not a job's without --force; never mix jobs.
+    try:
+        manifest = jobs.check_manifest(spec, out) if out.exists() else None
+    except jobs.JobMismatchError as err:
+        return _error(str(err))
+    if manifest is None and args.process_id == 0:
+        foreign = [out / name for name in OUTPUT_NAMES if (out / name).exists()]
+        if foreign and not args.force:
+            return _error(f"{foreign[0]} exists and is not from a sdevp-jax job; pass --force to overwrite it")
+        for path in foreign:
+            path.unlink()
+    if spec.model != "default":  # fail before any work if the user's model cannot be imported
+        try:
+            jobs.load_model(spec, None)
+        except ValueError as err:
+            return _error(str(err))
+
+    if args.coordinator is not None:
+        from .distributed import initialize
+
+        try:
+            initialize(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as err:
+            return _error(str(err))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        print(f"sdevp-jax: error: cannot create output directory {out}: {err}", file=sys.stderr)
-        return 1
+        return _error(f"cannot create output directory {out}: {err}", 1)
+
+    from tqdm import tqdm
+
+    bar = tqdm(unit="samples", unit_scale=True, disable=True if args.no_progress else None, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
 
     start = time.perf_counter()
-    samples = draw_samples(
-        args.steps, args.num_samples, args.batch_size, args.seed, progress=not args.no_progress
-    )
+    try:
+        with bar:
+            samples_path = jobs.run_job(spec, out, progress=progress)
+    except jobs.JobMismatchError as err:
+        return _error(str(err))
     seconds = time.perf_counter() - start
-    npz_path, png_path = paths
-    _atomic_write(npz_path, lambda f: np.savez(f, samples=samples))
-    _atomic_write(png_path, lambda f: plot_samples(samples, args.steps, f))
-    print(
-        f"wrote {npz_path} and {png_path}: {args.num_samples} samples, "
-        f"{args.steps} steps, seed {args.seed}, sampled in {seconds:.1f} s"
-    )
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
+    written = [samples_path]
+    if plot:
+        from ._io import atomic_write
+
+        with np.load(samples_path) as data:
+            samples = data["samples"].reshape(spec.num_samples, -1)
+        written.append(atomic_write(out / "samples.png", lambda f: plot_samples(samples, spec, f)))
+    print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {spec.method}, "
+          f"{spec.steps} steps, seed {spec.seed}, in {seconds:.1f} s")
+    return 0
+
+
+def run_info() -> int:
+    """The ``info`` subcommand: backend, devices and versions."""
+    from importlib.metadata import version
+
+    import jax
+
+    import sdevp_jax
+
+    print(f"sdevp_jax {sdevp_jax.__version__}")
+    print(f"jax {jax.__version__}, jaxlib {version('jaxlib')}")
+    print(f"backend {jax.default_backend()}, processes {jax.process_count()}, x64 {jax.config.jax_enable_x64}")
+    for device in jax.devices():
+        print(f"device {device.id}: {device.device_kind} ({device.platform})")
     return 0
 
 
@@ -192,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments after the program name; ``None`` reads ``sys.argv``.
 
     Returns:
-      The exit code: 0 on success, 2 for a usage error or an output file that
-      exists without ``--force``, 1 if the output directory cannot be created.
+      The exit code: 0 on success, 2 for a usage error, a refused output
+      directory or a bad configuration, 1 if the output directory cannot be created.
     """
     parser = build_parser()
     try:
@@ -203,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "info":
+        return run_info()
     return run_sample(args)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from importlib import metadata
@@ -34,14 +35,15 @@ def base_out(tmp_path_factory) -> Path:
     return out
 
 
-def test_writes_samples_and_plot(base_out):
+def test_writes_samples_plot_and_job_files(base_out):
     samples = load(base_out)
     assert samples.shape == (50, 2)
     assert samples.dtype == np.float32
     assert np.all(np.isfinite(samples))
     assert (base_out / "samples.png").read_bytes().startswith(PNG_SIGNATURE)
-    # No temporary files are left behind.
-    assert sorted(p.name for p in base_out.iterdir()) == ["samples.npz", "samples.png"]
+    # The job's files, and no temporary files left behind.
+    assert sorted(p.name for p in base_out.iterdir()) == ["chunks", "manifest.json", "samples.npz", "samples.png"]
+    assert sorted(p.name for p in (base_out / "chunks").iterdir()) == [f"chunk_00000{i}.npy" for i in range(4)]
 
 
 def test_summary_line(tmp_path, capsys):
@@ -72,16 +74,66 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys, existing):
     assert sorted(p.name for p in tmp_path.iterdir()) == [existing]  # nothing computed or written
 
 
-def test_rerun_needs_force(tmp_path, capsys):
+def test_rerun_of_a_finished_job_recomputes_nothing(tmp_path):
     assert run_sample(tmp_path, "--seed", "3") == 0
-    before = {name: (tmp_path / name).read_bytes() for name in cli.OUTPUT_NAMES}
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*.np*")}
+    assert run_sample(tmp_path, "--seed", "3") == 0
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*.np*")} == before
+
+
+def test_a_different_job_is_refused_not_mixed(tmp_path, capsys):
+    assert run_sample(tmp_path, "--seed", "3") == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     capsys.readouterr()
-    assert run_sample(tmp_path, "--seed", "4") == 2
-    assert "--force" in capsys.readouterr().err
-    assert {name: (tmp_path / name).read_bytes() for name in cli.OUTPUT_NAMES} == before
-    assert run_sample(tmp_path, "--seed", "4", "--force") == 0
-    assert (tmp_path / "samples.npz").read_bytes() != before["samples.npz"]
+    assert run_sample(tmp_path, "--seed", "4", "--force") == 2
+    err = capsys.readouterr().err
+    assert "different job" in err and "seed: 3 there, 4 now" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_force_overwrites_files_that_are_not_a_jobs(tmp_path):
+    (tmp_path / "samples.npz").write_bytes(b"old")
+    assert run_sample(tmp_path, "--force") == 0
     assert load(tmp_path).shape == (50, 2)
+
+
+@pytest.mark.parametrize("method", ["reverse_diffusion", "ancestral", "euler", "heun", "dpm_solver", "adaptive"])
+def test_every_registered_method_runs(tmp_path, method):
+    steps = "25" if method in ("reverse_diffusion", "ancestral") else "6"
+    assert cli.main(["sample", "--method", method, "--steps", steps, "--num-samples", "8", "--batch-size", "8",
+                     "--no-plot", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert np.all(np.isfinite(load(tmp_path)))
+    assert not (tmp_path / "samples.png").exists()
+
+
+def test_corrector_and_config_and_shape(tmp_path):
+    import sdevp_jax as sv
+
+    config = sv.save_config(sv.create_state(beta_max=10.0), tmp_path / "scheduler_config.json")
+    out = tmp_path / "job"
+    assert cli.main(["sample", "--corrector", "langevin", "--snr", "0.1", "--steps", "25", "--num-samples", "6",
+                     "--shape", "2,2,2", "--config", str(config), "--no-progress", "--out", str(out)]) == 0
+    assert load(out).shape == (6, 2, 2, 2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["scheduler"]["beta_max"] == 10.0 and manifest["config"]["corrector"] == "langevin"
+    assert manifest["complete"] and manifest["finished_chunks"] == [0]
+    assert set(manifest["versions"]) == {"sdevp_jax", "jax", "jaxlib"}
+
+
+def test_user_model_by_module_and_function(tmp_path, monkeypatch):
+    (tmp_path / "my_eps_model.py").write_text("def eps(x, t):\n    return 0.5 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "job"
+    assert cli.main(["sample", "--model", "my_eps_model:eps", "--shape", "3", "--steps", "10", "--num-samples", "4",
+                     "--no-progress", "--out", str(out)]) == 0
+    assert load(out).shape == (4, 3)
+    assert cli.main(["sample", "--model", "my_eps_model:nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_info_prints_backend_devices_and_versions(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backend cpu" in out and "jax " in out and "device 0" in out
 
 
 @pytest.mark.parametrize(
@@ -93,6 +145,15 @@ def test_rerun_needs_force(tmp_path, capsys):
         ["sample", "--seed", "-1"],
         ["sample", "--seed", str(2**32)],
         ["sample", "--steps", "abc"],
+        ["sample", "--method", "rk4"],
+        ["sample", "--snr", "0"],
+        ["sample", "--shape", "0,3"],
+        ["sample", "--shape", "a"],
+        ["sample", "--config", "/nonexistent/scheduler_config.json"],
+        ["sample", "--model", "nocolon"],
+        ["sample", "--method", "heun", "--corrector", "langevin"],
+        ["sample", "--num-processes", "2"],
+        ["sample", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
         ["sample", "--bogus"],
         ["nope"],
         [],

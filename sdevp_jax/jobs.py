@@ -1,0 +1,276 @@
+"""Resumable sampling jobs: chunks written atomically, a manifest, nothing computed twice.
+
+A job draws ``num_samples`` samples in chunks of ``batch_size`` into a directory::
+
+    DIR/manifest.json          the job's configuration and versions, written first
+    DIR/chunks/chunk_000000.npy  samples [0, batch_size), float array (n, *event_shape)
+    DIR/chunks/chunk_000001.npy  ...
+    DIR/samples.npz            array ``samples``: all chunks in order, written last
+
+Every file is written to a temporary name and renamed into place, so after a
+crash at any moment (``kill -9`` included) each chunk is either complete or absent.
+Running the same job again reads the manifest, checks that the configuration is
+the same, skips every chunk already on disk, and computes the rest. Because
+sample ``b`` depends only on ``(seed, b)`` (see :mod:`sdevp_jax.loops`), the result
+is bitwise the same as an uninterrupted run's, and does not depend on the batch
+size or on how chunks were shared between processes. A different configuration
+pointed at an existing job directory is refused, never mixed in.
+
+Over several processes (:mod:`sdevp_jax.distributed`), chunk ``c`` is computed by
+process ``c % process_count`` and written to the shared directory; process 0
+writes the manifest and, after a barrier, assembles ``samples.npz``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from . import __version__
+from ._io import atomic_write
+from .config import config_dict, state_from_config
+from .distributed import barrier, batch_sharding
+from .loops import sample, sample_ode
+from .models import default_mixture, make_mixture_eps_fn
+from .samplers import METHODS, list_methods
+from .scheduler import set_timesteps
+
+__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model"]
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class JobMismatchError(ValueError):
+    """The directory holds a job whose configuration (or versions) differ from this one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything that determines a job's samples.
+
+    Attributes:
+      num_samples: the number of samples, >= 1.
+      batch_size: samples per compiled call and per chunk file, >= 1.
+      seed: the PRNG seed, in [0, 2**32).
+      steps: ``num_inference_steps`` of the scheduler.
+      method: a predictor or ODE method of the registry (``sv.list_methods()``).
+      corrector: ``None`` or a corrector name (predictors only).
+      snr, corrector_steps: the corrector's options.
+      event_shape: the shape of one sample.
+      model: ``"default"`` (the embedded mixture in ``prod(event_shape)`` dimensions)
+        or ``"module:function"``, a user's ``model_fn(x, t) -> eps_hat``.
+      scheduler: the diffusers config fields (``num_train_timesteps``, ``beta_min``,
+        ``beta_max``, ``sampling_eps``).
+      dtype: the samples' dtype name.
+    """
+
+    num_samples: int
+    batch_size: int
+    seed: int
+    steps: int
+    method: str = "euler_maruyama"
+    corrector: Optional[str] = None
+    snr: float = 0.16
+    corrector_steps: int = 1
+    event_shape: tuple[int, ...] = (2,)
+    model: str = "default"
+    scheduler: dict = dataclasses.field(default_factory=lambda: {
+        "num_train_timesteps": 2000, "beta_min": 0.1, "beta_max": 20.0, "sampling_eps": 1e-3})
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("num_samples", "batch_size", "steps", "corrector_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
+        if self.num_samples > 2**32:
+            raise ValueError(f"num_samples must be <= 2**32 (sample indices are uint32), got {self.num_samples}")
+        choices = list_methods("predictor") + list_methods("ode")
+        if self.method not in choices:
+            raise ValueError(f"method must be one of {choices}, got {self.method!r}")
+        if self.corrector is not None:
+            if self.corrector not in list_methods("corrector"):
+                raise ValueError(f"corrector must be one of {list_methods('corrector')} or None, got {self.corrector!r}")
+            if METHODS[self.method].kind != "predictor":
+                raise ValueError(f"a corrector needs a predictor method, got the ODE method {self.method!r}")
+        if not self.event_shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.event_shape):
+            raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
+        state_from_config(dict(self.scheduler), source="scheduler")  # validates
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"event_shape": list(self.event_shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "JobSpec":
+        return cls(**(data | {"event_shape": tuple(data["event_shape"])}))
+
+
+def versions() -> dict:
+    """The versions a job's numbers depend on (recorded in, and checked against, the manifest)."""
+    from importlib.metadata import version
+
+    return {"sdevp_jax": __version__, "jax": jax.__version__, "jaxlib": version("jaxlib")}
+
+
+def load_model(spec: JobSpec, state) -> Callable:
+    """The job's ``model_fn``: the embedded mixture, or the ``module:function`` it names."""
+    if spec.model == "default":
+        dim = math.prod(spec.event_shape)
+        if dim < 2:
+            raise ValueError(f"the default model needs at least 2 dimensions, got event_shape {spec.event_shape}")
+        return make_mixture_eps_fn(state, default_mixture(dim))
+    module_name, sep, attr = spec.model.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model must be 'default' or 'module:function', got {spec.model!r}")
+    try:
+        model_fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load model {spec.model!r}: {err}") from None
+    if not callable(model_fn):
+        raise ValueError(f"model {spec.model!r} is not callable")
+    return model_fn
+
+
+def chunk_path(out: Path, c: int) -> Path:
+    return out / "chunks" / f"chunk_{c:06d}.npy"
+
+
+def chunk_size(spec: JobSpec, c: int) -> int:
+    return min(spec.batch_size, spec.num_samples - c * spec.batch_size)
+
+
+def finished_chunks(spec: JobSpec, out: Path) -> list[int]:
+    return [c for c in range(spec.num_chunks) if chunk_path(out, c).exists()]
+
+
+def _write_manifest(spec: JobSpec, out: Path, *, complete: bool = False, create: bool = False) -> None:
+    manifest = {"format": FORMAT, "config": spec.to_json(), "versions": versions(),
+                "num_chunks": spec.num_chunks, "finished_chunks": finished_chunks(spec, out), "complete": complete}
+    text = json.dumps(manifest, indent=1) + "\n"
+    atomic_write(out / MANIFEST, lambda f: f.write(text.encode()), overwrite=not create)
+
+
+def check_manifest(spec: JobSpec, out: Path) -> Optional[dict]:
+    """The manifest in ``out`` if it matches ``spec`` (None if there is none); JobMismatchError otherwise."""
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        theirs = manifest["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise JobMismatchError(f"{path} is not a sdevp-jax job manifest ({err}); use another output directory") from None
+    ours = spec.to_json()
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in diff)
+        raise JobMismatchError(f"{out} holds a different job ({detail}); use another output directory")
+    if manifest.get("versions") != versions():
+        raise JobMismatchError(
+            f"{out} was started with {manifest.get('versions')}; this is {versions()}: the samples could differ, so "
+            "finish it with the same versions or use another output directory")
+    return manifest
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporaries of writes that a crash interrupted (our own names only).
+
+    ``atomic_write`` names them ``.NAME.XXXXXXXX.tmp`` beside ``NAME``; a killed
+    process leaves its unfinished one behind. They were never renamed into
+    place, so nothing refers to them.
+    """
+    patterns = [(out, f".{MANIFEST}.*.tmp"), (out, ".samples.npz.*.tmp"), (out / "chunks", ".chunk_*.npy.*.tmp")]
+    for directory, pattern in patterns:
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _sampler(spec: JobSpec, state, model_fn):
+    """A jitted ``(key, index_offset) -> samples`` for one full chunk, sharded over local devices."""
+    shape = (spec.batch_size, *spec.event_shape)
+    if METHODS[spec.method].kind == "ode":
+        def draw(key, offset):
+            return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset)
+    else:
+        def draw(key, offset):
+            return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,
+                          corrector_steps=spec.corrector_steps, dtype=spec.dtype, index_offset=offset)
+    devices = jax.local_devices()
+    if len(devices) > 1 and spec.batch_size % len(devices) == 0:
+        return jax.jit(draw, out_shardings=batch_sharding(devices))
+    return jax.jit(draw)
+
+
+def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = None,
+            progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Run (or resume) ``spec`` in directory ``out``; returns the path of ``samples.npz``.
+
+    Args:
+      spec: the job.
+      out: the job directory (created if missing).
+      model_fn: overrides ``spec.model``'s loading (for callers that hold the function).
+      progress: called as ``progress(done, total)`` with this process's sample counts,
+        once before the first chunk and after each one.
+
+    Raises:
+      JobMismatchError: ``out`` holds another job, or one started with other versions.
+    """
+    out = Path(out)
+    process, count = jax.process_index(), jax.process_count()
+    if process == 0:
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        if check_manifest(spec, out) is None:
+            _write_manifest(spec, out, create=True)
+        else:
+            _remove_stale_temporaries(out)
+    barrier("sdevp_jax.jobs.manifest")  # no process writes before this: the clean-up above is safe
+    check_manifest(spec, out)
+
+    state = set_timesteps(state_from_config(dict(spec.scheduler)), spec.steps)
+    model_fn = load_model(spec, state) if model_fn is None else model_fn
+    mine = [c for c in range(spec.num_chunks) if c % count == process]
+    todo = [c for c in mine if not chunk_path(out, c).exists()]
+    total = sum(chunk_size(spec, c) for c in mine)
+    done = total - sum(chunk_size(spec, c) for c in todo)
+    if progress:
+        progress(done, total)
+    if todo:
+        draw = _sampler(spec, state, model_fn)
+        key = jax.random.key(spec.seed)
+        for c in todo:
+            x = np.asarray(draw(key, np.uint32(c * spec.batch_size)))[: chunk_size(spec, c)]
+            atomic_write(chunk_path(out, c), lambda f: np.save(f, x))
+            done += len(x)
+            if count == 1:
+                _write_manifest(spec, out)
+            if progress:
+                progress(done, total)
+    barrier("sdevp_jax.jobs.chunks")
+    samples_path = out / "samples.npz"
+    if process == 0 and not samples_path.exists():
+        parts = []
+        for c in range(spec.num_chunks):
+            part = np.load(chunk_path(out, c))
+            if part.shape != (chunk_size(spec, c), *spec.event_shape):
+                raise ValueError(f"{chunk_path(out, c)} has shape {part.shape}; expected "
+                                 f"{(chunk_size(spec, c), *spec.event_shape)}")
+            parts.append(part)
+        samples = np.concatenate(parts)
+        atomic_write(samples_path, lambda f: np.savez(f, samples=samples))
+        _write_manifest(spec, out, complete=True)
+    barrier("sdevp_jax.jobs.done")
+    return samples_path
