@@ -11,7 +11,8 @@ Implementations (all sample the same exact Gaussian-mixture epsilon-model, float
   a Python loop -- a direct port of the pipelines' loop;
 * ``diffrax``: diffrax's Euler solve of the same reverse SDE (in forward time
   ``s = 1 - t``, with an ``UnsafeBrownianPath``), on the same grid;
-* ``noise``: ``jax.random.normal`` of the sample's shape, once: the CPU floor of a step;
+* ``noise``: a scan that only draws each step's noise (sv's per-sample streams) and
+  adds it: the CPU floor of a step (a step cannot cost less than drawing its noise);
 * ``diffusers``: in ``speed_torch.py``, diffusers' ``ScoreSdeVpScheduler`` driven as
   its pipelines drive it (a Python loop in torch), with the same model in torch.
 
@@ -139,13 +140,28 @@ def worker(args) -> dict:
 
         run = lambda: solve(key)  # noqa: E731
     elif args.impl == "noise":
-        f = jax.jit(lambda k: jax.random.normal(k, shape, dtype))
-        run = lambda: f(key)  # noqa: E731
+        # The cheapest loop that still draws a step's noise -- the same per-sample
+        # streams sv.sample draws -- and adds it: x <- x + z, as one scan. (A
+        # standalone normal() call would also time dispatch and a fresh buffer;
+        # and one batch-shaped normal() measured slower here than the per-sample
+        # draws, so it would not be a floor.)
+        from sdevp_jax.loops import per_sample_normal
+
+        @jax.jit
+        def noise_loop(k):
+            sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, jnp.arange(shape[0], dtype=jnp.uint32))
+
+            def body(x, i):
+                return x + per_sample_normal(sample_keys, i, shape[1:], dtype), None
+
+            return jax.lax.scan(body, jnp.zeros(shape, dtype), jnp.arange(args.steps, dtype=jnp.uint32))[0]
+
+        run = lambda: noise_loop(key)  # noqa: E731
     else:
         raise SystemExit(f"unknown --impl {args.impl!r}")
 
     first, times = timed(run, args.repeats)
-    per = 1 if args.impl == "noise" else args.steps
+    per = args.steps
     result.update(first_call_s=first, times_s=times, per_step_median_us=statistics.median(times) / per * 1e6,
                   per_step_min_us=min(times) / per * 1e6, per_step_max_us=max(times) / per * 1e6)
     return result

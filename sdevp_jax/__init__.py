@@ -46,9 +46,18 @@ from .scheduler import (
 )
 
 from . import distributed, jobs  # noqa: E402  (they build on everything above)
+from .inverse import colorize, inpaint  # noqa: E402
+from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
+from .training import add_noise, dsm_loss  # noqa: E402
 from .jobs import JobSpec, run_job  # noqa: E402
 
 __all__ = [
+    "add_noise",
+    "bits_per_dim",
+    "colorize",
+    "dsm_loss",
+    "inpaint",
+    "log_likelihood",
     "JobSpec",
     "distributed",
     "jobs",

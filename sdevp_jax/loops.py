@@ -24,7 +24,7 @@ from . import _checks, sde
 from .samplers import CORRECTORS, PREDICTORS, lookup, probability_flow_drift
 from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
 
-__all__ = ["sample", "sample_ode", "per_sample_normal", "SamplerInfo"]
+__all__ = ["sample", "sample_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -76,7 +76,7 @@ class SamplerInfo(NamedTuple):
     nfe_per_sample: jax.Array
 
 
-def _check_common(state, model_fn, key, shape, dtype, caller):
+def check_common(state, model_fn, key, shape, dtype, caller):
     """Checks shared by the loops; returns ``(shape, dtype)`` normalised."""
     require_timesteps(state, caller)
     if not callable(model_fn):
@@ -94,11 +94,60 @@ def _check_common(state, model_fn, key, shape, dtype, caller):
     return shape, dtype
 
 
-def _sample_keys(key, batch, index_offset):
+def make_sample_keys(key, batch, index_offset):
     """The per-sample keys ``fold_in(key, index_offset + b)``, b < batch."""
     _checks.index_offset("index_offset", index_offset, batch)
     indices = jnp.asarray(index_offset, jnp.uint32) + jnp.arange(batch, dtype=jnp.uint32)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+
+
+def sde_options(predictor, corrector, corrector_steps, snr):
+    """Checked ``(predict, correct, num_corrector, snr)`` for :func:`sde_loop`."""
+    predict = PREDICTORS[lookup("predictor", predictor, "predictor")]
+    if corrector is None:
+        return predict, None, 0, snr
+    correct = CORRECTORS[lookup("corrector", corrector, "corrector")]
+    return (predict, correct, _checks.positive_int("corrector_steps", corrector_steps),
+            _checks.positive_real("snr", snr))
+
+
+def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_corrector, snr, batch_mean, unroll,
+             project=None):
+    """The reverse-SDE scan shared by :func:`sample` and the inverse-problem solvers.
+
+    Each step runs the predictor, then ``num_corrector`` corrector updates; after
+    every update, ``project(x, x_mean, t_vec, z)`` (if given) may replace part of
+    the sample, with its own standard normal ``z``. Noise slots of sample ``b``:
+    0 for x_T; update ``u`` of step ``i`` uses slot ``1 + (i (1 + M) + u) k`` (and the
+    next one for ``project``), ``k = 2`` with ``project`` and 1 without.
+    Returns the last ``(x, x_mean)``.
+    """
+    batch, event = shape[0], shape[1:]
+    noise_dtype = _checks.compute_dtype(dtype)
+    timesteps = state.timesteps
+    x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
+    per_update = 1 if project is None else 2
+
+    def update(step_fn, x, t_vec, slot, **kwargs):
+        z = per_sample_normal(sample_keys, slot, event, noise_dtype)
+        x, x_mean = step_fn(state, model_fn(x, t_vec), x, t_vec, None, noise=z, **kwargs)
+        if project is not None:
+            x, x_mean = project(x, x_mean, t_vec, per_sample_normal(sample_keys, slot + 1, event, noise_dtype))
+        return x, x_mean
+
+    def body(carry, t):
+        x, _, i = carry
+        t_vec = jnp.full((batch,), t, timesteps.dtype)
+        first = 1 + i * ((1 + num_corrector) * per_update)
+        x, x_mean = update(predict, x, t_vec, first)
+        for j in range(num_corrector):  # static: unrolled at trace time
+            x, x_mean = update(correct, x, t_vec, first + (1 + j) * per_update, snr=snr, batch_mean=batch_mean)
+        return (x, x_mean, i + 1), None
+
+    # The step index rides in the carry (not as an arange over the steps), so
+    # nothing but the timestep grid itself has the length of the loop.
+    (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps, unroll=unroll)
+    return x_last, x_mean
 
 
 def sample(
@@ -167,37 +216,10 @@ def sample(
     Returns:
       The samples, an array of ``shape`` and ``dtype``.
     """
-    shape, dtype = _check_common(state, model_fn, key, shape, dtype, "sample")
-    unroll = _checks.positive_int("unroll", unroll)
-    predict = PREDICTORS[lookup("predictor", predictor, "predictor")]
-    if corrector is None:
-        correct, num_corrector = None, 0
-    else:
-        correct = CORRECTORS[lookup("corrector", corrector, "corrector")]
-        num_corrector = _checks.positive_int("corrector_steps", corrector_steps)
-        snr = _checks.positive_real("snr", snr)
-    batch, event = shape[0], shape[1:]
-    noise_dtype = _checks.compute_dtype(dtype)
-    timesteps = state.timesteps
-    sample_keys = _sample_keys(key, batch, index_offset)
-    x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
-    slots_per_step = 1 + num_corrector
-
-    def body(carry, t):
-        x, _, i = carry
-        t_vec = jnp.full((batch,), t, timesteps.dtype)
-        slot = 1 + i * slots_per_step
-        z = per_sample_normal(sample_keys, slot, event, noise_dtype)
-        x, x_mean = predict(state, model_fn(x, t_vec), x, t_vec, None, noise=z)
-        for j in range(num_corrector):  # static: unrolled at trace time
-            z = per_sample_normal(sample_keys, slot + 1 + j, event, noise_dtype)
-            x, x_mean = correct(state, model_fn(x, t_vec), x, t_vec, None, noise=z,
-                                snr=snr, batch_mean=batch_mean)
-        return (x, x_mean, i + 1), None
-
-    # The step index rides in the carry (not as an arange over the steps), so
-    # nothing but the timestep grid itself has the length of the loop.
-    (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps, unroll=unroll)
+    shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample")
+    x_last, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
+                              *sde_options(predictor, corrector, corrector_steps, snr), batch_mean,
+                              _checks.positive_int("unroll", unroll))
     return x_mean if denoise else x_last
 
 
@@ -373,7 +395,7 @@ def sample_ode(
     Returns:
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
     """
-    shape, dtype = _check_common(state, model_fn, key, shape, dtype, "sample_ode")
+    shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode")
     method = lookup("ode", method, "method")
     n = state.timesteps.shape[0]
     if method != "adaptive" and n < 2:
@@ -384,8 +406,8 @@ def sample_ode(
         max_steps = _checks.positive_int("max_steps", max_steps)
     batch, event = shape[0], shape[1:]
     work_dtype = _checks.compute_dtype(dtype)
-    sample_keys = _sample_keys(key, batch, index_offset)
-    x = per_sample_normal(sample_keys, 0, event, work_dtype).astype(dtype)
+    keys = make_sample_keys(key, batch, index_offset)
+    x = per_sample_normal(keys, 0, event, work_dtype).astype(dtype)
     if method == "adaptive":
         x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps)
         nfe_per_sample = nfe_per_sample.astype(jnp.int32)

@@ -1,0 +1,70 @@
+"""Inpainting and colorization by the replacement method."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdevp_jax as sv
+from sdevp_jax import sde
+
+
+def test_inpaint_keeps_known_entries_exactly_and_fills_the_rest():
+    state = sv.set_timesteps(sv.create_state(), 50)
+    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim=4))
+    y = jnp.asarray(np.random.default_rng(0).standard_normal((6, 4)), jnp.float32)
+    mask = jnp.array([1, 0, 1, 0])
+    x = sv.inpaint(state, model_fn, jax.random.key(0), y, mask)
+    np.testing.assert_array_equal(x[:, [0, 2]], y[:, [0, 2]])
+    assert bool(jnp.all(jnp.isfinite(x))) and not np.allclose(x[:, [1, 3]], y[:, [1, 3]])
+    # batch invariance: the first 2 rows alone are the same
+    np.testing.assert_array_equal(sv.inpaint(state, model_fn, jax.random.key(0), y[:2], mask), x[:2])
+
+
+@pytest.mark.slow
+def test_unknown_entries_of_independent_gaussian_follow_their_marginal():
+    """Independent dims: knowing dims 0-1 says nothing about dims 2-3, whose law stays N(a mu, a^2 s^2 + s_t^2).
+
+    M = 10,000 samples at N = 1000; mean and variance within 5 standard errors
+    (se of the mean sqrt(v/M); of the variance v sqrt(2/(M-1)) for a Gaussian).
+    """
+    state = sv.set_timesteps(sv.create_state(), 1000)
+    mu, scale = np.array([0.5, -1.0, 0.8, -0.3]), np.array([0.3, 0.5, 0.4, 0.7])
+    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [mu], [scale]))
+    m = 10_000
+    y = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))  # unlikely known values on purpose
+    x = np.asarray(jax.jit(lambda k: sv.inpaint(state, model_fn, k, y, jnp.array([1, 1, 0, 0])))(jax.random.key(1)),
+                   np.float64)
+    a, s = float(sde.alpha(1e-3, 0.1, 20.0)), float(sde.sigma(1e-3, 0.1, 20.0))
+    mean, var = a * mu[2:], a**2 * scale[2:] ** 2 + s**2
+    np.testing.assert_array_less(np.abs(x[:, 2:].mean(0) - mean), 5 * np.sqrt(var / m))
+    np.testing.assert_array_less(np.abs(x[:, 2:].var(0, ddof=1) - var), 5 * var * np.sqrt(2 / (m - 1)))
+
+
+def test_inpaint_with_a_corrector_and_bad_masks():
+    state = sv.set_timesteps(sv.create_state(), 30)
+    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim=4))
+    y = jnp.ones((3, 4))
+    x = sv.inpaint(state, model_fn, jax.random.key(0), y, jnp.array([1, 0, 0, 1]), corrector="langevin")
+    np.testing.assert_array_equal(x[:, 0], 1.0)
+    with pytest.raises(ValueError, match="mask must contain only 0 and 1"):
+        sv.inpaint(state, model_fn, jax.random.key(0), y, jnp.full((4,), 0.5))
+    with pytest.raises(ValueError, match="must broadcast to y's shape"):
+        sv.inpaint(state, model_fn, jax.random.key(0), y, jnp.ones((5,)))
+
+
+def test_colorize_keeps_the_grey_image():
+    state = sv.set_timesteps(sv.create_state(), 40)
+    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim=3 * 2 * 2))
+    gray = jnp.asarray(np.random.default_rng(2).uniform(-0.5, 0.5, (4, 2, 2)), jnp.float32)
+    x = sv.colorize(state, model_fn, jax.random.key(0), gray)
+    assert x.shape == (4, 3, 2, 2) and bool(jnp.all(jnp.isfinite(x)))
+    np.testing.assert_allclose(x.mean(axis=1), gray, atol=2e-6)
+    np.testing.assert_allclose(sv.colorize(state, model_fn, jax.random.key(0), gray[:, None]), x, atol=1e-6)
+    assert float(jnp.std(x - x.mean(axis=1, keepdims=True))) > 0.01  # colour was added
+
+
+def test_color_decoupling_is_orthogonal_with_the_grey_axis_first():
+    m = np.asarray(sv.inverse.COLOR_DECOUPLING)
+    np.testing.assert_allclose(m @ m.T, np.eye(3), atol=1e-15)
+    np.testing.assert_allclose(m[0], np.full(3, 1 / np.sqrt(3)))
