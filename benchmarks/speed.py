@@ -139,6 +139,29 @@ def worker(args) -> dict:
             return sol.ys[0]
 
         run = lambda: solve(key)  # noqa: E731
+    elif args.impl in ("unet_sv", "unet_model"):
+        # The scheduler's share of a realistic step: sv.sample with a small UNet,
+        # against the same scan that only evaluates the UNet (no scheduler, no noise).
+        sys.path.insert(0, str(HERE))
+        from unet import SmallUNet
+
+        net = SmallUNet()
+        params = net.init(key, jnp.zeros((1, *shape[1:]), dtype), jnp.zeros((1,), dtype))
+
+        def unet_fn(x, t):
+            return net.apply(params, x, t)
+
+        if args.impl == "unet_sv":
+            f = jax.jit(lambda k: sv.sample(state, unet_fn, k, shape, dtype=dtype))
+        else:
+            @jax.jit
+            def f(k):
+                def body(x, t):
+                    return unet_fn(x, jnp.full((shape[0],), t, dtype)), None
+
+                return jax.lax.scan(body, jax.random.normal(k, shape, dtype), state.timesteps)[0]
+
+        run = lambda: f(key)  # noqa: E731
     elif args.impl == "noise":
         # The cheapest loop that still draws a step's noise -- the same per-sample
         # streams sv.sample draws -- and adds it: x <- x + z, as one scan. (A
@@ -151,10 +174,11 @@ def worker(args) -> dict:
         def noise_loop(k):
             sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, jnp.arange(shape[0], dtype=jnp.uint32))
 
-            def body(x, i):
-                return x + per_sample_normal(sample_keys, i, shape[1:], dtype), None
+            def body(carry, _):  # the step index in the carry, as in sv.sample
+                x, i = carry
+                return (x + per_sample_normal(sample_keys, i, shape[1:], dtype), i + 1), None
 
-            return jax.lax.scan(body, jnp.zeros(shape, dtype), jnp.arange(args.steps, dtype=jnp.uint32))[0]
+            return jax.lax.scan(body, (jnp.zeros(shape, dtype), jnp.uint32(0)), None, length=args.steps)[0][0]
 
         run = lambda: noise_loop(key)  # noqa: E731
     else:
@@ -186,27 +210,73 @@ def environment() -> dict:
             "jax": jax.__version__, "python": platform.python_version()}
 
 
+def summarize(times: list[float], steps: int) -> dict:
+    per = [t / steps * 1e6 for t in times]
+    return {"per_step_median_us": statistics.median(per), "per_step_min_us": min(per), "per_step_max_us": max(per)}
+
+
 def run_all(args) -> dict:
+    """``--rounds`` rounds; each launches every implementation once, in turn, per shape.
+
+    Interleaving the processes keeps the comparison side by side in time: this
+    machine's speed drifts (by 2x over minutes, measured), so one
+    implementation timed after another would compare different machines. Each
+    launch compiles, warms up, then times ``--repeats`` runs; the summary is the
+    median and range of all timed runs over the rounds, and every ratio is the
+    median over rounds of the ratio within a round.
+    """
     env = environment()
     torch_python = args.torch_python
     rows = []
     for spec in args.shapes:
         shape, steps = spec.split("@") if "@" in spec else (spec, str(args.steps))
         common = ["--shape", shape, "--steps", steps, "--repeats", str(args.repeats), "--model", args.model]
-        for impl in args.impls:
-            if impl == "diffusers":
-                if torch_python is None:
-                    rows.append({"impl": impl, "shape": [int(s) for s in shape.split(",")], "steps": int(steps),
-                                 "missing": "torch/diffusers not installed for --torch-python"})
-                    continue
-                row = launch(["--shape", shape, "--steps", steps, "--repeats", str(args.repeats),
-                              "--model", args.model], torch_python, HERE / "speed_torch.py")
-            else:
-                row = launch(["worker", "--impl", impl, *common], sys.executable, Path(__file__))
-            if row is not None:
-                rows.append(row)
-                print(f"{impl:10s} {shape:14s} x{steps:>5s}: {row['per_step_median_us']:10.1f} us/step "
-                      f"[{row['per_step_min_us']:.1f}, {row['per_step_max_us']:.1f}]", flush=True)
+        per_impl: dict[str, list[dict]] = {impl: [] for impl in args.impls}
+        for _ in range(args.rounds):
+            for impl in args.impls:
+                if impl == "diffusers":
+                    if torch_python is None:
+                        continue
+                    row = launch(common, torch_python, HERE / "speed_torch.py")
+                else:
+                    row = launch(["worker", "--impl", impl, *common], sys.executable, Path(__file__))
+                if row is not None:
+                    per_impl[impl].append(row)
+        sv_rounds = [r["times_s"] for r in per_impl.get("sv", [])]
+        for impl, runs in per_impl.items():
+            if not runs:
+                rows.append({"impl": impl, "shape": [int(s) for s in shape.split(",")], "steps": int(steps),
+                             "missing": "torch/diffusers not installed for --torch-python" if impl == "diffusers"
+                             else "failed"})
+                continue
+            row = dict(runs[0])
+            row["times_s"] = [t for r in runs for t in r["times_s"]]
+            row["rounds"] = len(runs)
+            row.update(summarize(row["times_s"], int(steps)))
+            if len(sv_rounds) == len(runs):  # this / sv, median over rounds of the within-round ratio
+                row["ratio_to_sv"] = statistics.median(
+                    statistics.median(r["times_s"]) / statistics.median(s) for r, s in zip(runs, sv_rounds))
+            rows.append(row)
+            print(f"{impl:10s} {shape:14s} x{steps:>5s}: {row['per_step_median_us']:10.1f} us/step "
+                  f"[{row['per_step_min_us']:.1f}, {row['per_step_max_us']:.1f}]", flush=True)
+        floor = next((r for r in rows[-len(per_impl):] if r["impl"] == "noise" and "missing" not in r), None)
+        for r in rows[-len(per_impl):]:
+            if floor is not None and "missing" not in r and r["impl"] != "noise" and "ratio_to_sv" in floor:
+                r["ratio_to_floor"] = r["ratio_to_sv"] / floor["ratio_to_sv"]
+    unet = []
+    if args.unet_shape:
+        shape, steps = args.unet_shape.split("@")
+        for _ in range(args.rounds):
+            pair = [launch(["worker", "--impl", impl, "--shape", shape, "--steps", steps, "--repeats",
+                            str(args.repeats)], sys.executable, Path(__file__)) for impl in ("unet_sv", "unet_model")]
+            if None not in pair:
+                unet.append({"shape": pair[0]["shape"], "steps": int(steps),
+                             "step_us": statistics.median(pair[0]["times_s"]) / int(steps) * 1e6,
+                             "model_us": statistics.median(pair[1]["times_s"]) / int(steps) * 1e6})
+        for u in unet:
+            u["scheduler_share"] = 1.0 - u["model_us"] / u["step_us"]
+            print(f"unet {shape}: step {u['step_us']:.0f} us, model alone {u['model_us']:.0f} us, "
+                  f"scheduler share {100 * u['scheduler_share']:.2f}%", flush=True)
     scaling = []
     if args.scaling_shape:
         for steps in args.scaling_steps:
@@ -216,7 +286,8 @@ def run_all(args) -> dict:
                 scaling.append(row)
                 print(f"scaling {steps:6d} steps: compile {row['compile_s']:.2f} s, temp {row.get('temp_bytes')} B",
                       flush=True)
-    return {"environment": env, "repeats": args.repeats, "model": args.model, "rows": rows, "scaling": scaling}
+    return {"environment": env, "repeats": args.repeats, "rounds": args.rounds, "model": args.model, "rows": rows,
+            "scaling": scaling, "unet": unet}
 
 
 def fmt_shape(shape) -> str:
@@ -229,26 +300,34 @@ def markdown(results: dict, command: str) -> str:
            f"Command: `{command}`  ",
            f"Machine: {env['machine']} ({env['processor']}, {env['cores']} cores), backend {env['backend']} "
            f"({env['device']}), JAX {env['jax']}, Python {env['python']}.  ",
-           f"Model: the exact `{results['model']}` epsilon-model; float32; median and [min, max] of "
-           f"{results['repeats']} timed runs after a warm-up, divided by the step count.", "",
-           "| shape | steps | implementation | µs per step, median [min, max] | ÷ sv.sample | sv.sample ÷ this | ÷ noise floor |",
+           f"Model: the exact `{results['model']}` epsilon-model; float32. {results['rounds']} rounds, each launching "
+           f"every implementation in turn (its own process; compile and warm-up, then {results['repeats']} timed "
+           "runs): median and [min, max] of all timed runs, divided by the step count. Ratios: the median over "
+           "rounds of the ratio within a round.", "",
+           "| shape | steps | implementation | µs per step, median [min, max] | ÷ sv.sample | sv.sample speed-up | "
+           "÷ noise floor |",
            "|---|---:|---|---|---:|---:|---:|"]
-    by_shape: dict = {}
     for r in results["rows"]:
-        by_shape.setdefault(tuple(r["shape"]), []).append(r)
-    for shape, rows in by_shape.items():
-        sv_row = next((r for r in rows if r["impl"] == "sv" and "missing" not in r), None)
-        floor = next((r for r in rows if r["impl"] == "noise" and "missing" not in r), None)
-        for r in rows:
-            if "missing" in r:
-                out.append(f"| {fmt_shape(shape)} | {r['steps']} | {r['impl']} | not measured ({r['missing']}) | | | |")
-                continue
-            med = r["per_step_median_us"]
-            ratio = f"{med / sv_row['per_step_median_us']:.2f}" if sv_row else ""
-            speedup = f"{sv_row['per_step_median_us'] / med:.3f}" if sv_row else ""
-            to_floor = f"{med / floor['per_step_median_us']:.2f}" if floor and r["impl"] != "noise" else ""
-            out.append(f"| {fmt_shape(shape)} | {r['steps']} | {r['impl']} | {med:.1f} "
-                       f"[{r['per_step_min_us']:.1f}, {r['per_step_max_us']:.1f}] | {ratio} | {speedup} | {to_floor} |")
+        if "missing" in r:
+            out.append(f"| {fmt_shape(r['shape'])} | {r['steps']} | {r['impl']} | not measured ({r['missing']}) | | | |")
+            continue
+        ratio = r.get("ratio_to_sv")
+        to_floor = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else ""
+        out.append(f"| {fmt_shape(r['shape'])} | {r['steps']} | {r['impl']} | {r['per_step_median_us']:.1f} "
+                   f"[{r['per_step_min_us']:.1f}, {r['per_step_max_us']:.1f}] | "
+                   f"{'' if ratio is None else f'{ratio:.2f}'} | {'' if ratio is None else f'{ratio:.1f}x'} | "
+                   f"{to_floor} |")
+    if results.get("unet"):
+        shares = [u["scheduler_share"] for u in results["unet"]]
+        u0 = results["unet"][0]
+        out += ["", "## The scheduler's share of a step with a small Flax UNet", "",
+                f"Shape {fmt_shape(u0['shape'])}, {u0['steps']} steps (benchmarks/unet.py, untrained): per round, "
+                "sv.sample with the UNet against the same scan evaluating only the UNet.", "",
+                "| round | µs per step (sv.sample + UNet) | µs per step (UNet alone) | scheduler share |",
+                "|---:|---:|---:|---:|"]
+        for i, u in enumerate(results["unet"]):
+            out.append(f"| {i + 1} | {u['step_us']:.0f} | {u['model_us']:.0f} | {100 * u['scheduler_share']:.2f}% |")
+        out.append(f"\nMedian share: {100 * statistics.median(shares):.2f}% (a negative share is timing noise).")
     if results["scaling"]:
         out += ["", "## Compile time and memory against the step count (sv.sample)", "",
                 "| shape | steps | compile (s) | compiled temp memory (bytes) | argument memory (bytes) |",
@@ -280,19 +359,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="time one implementation at one shape; print a JSON line")
-    w.add_argument("--impl", required=True, choices=["sv", "naive", "diffrax", "noise"])
+    w.add_argument("--impl", required=True, choices=["sv", "naive", "diffrax", "noise", "unet_sv", "unet_model"])
     r = sub.add_parser("run", help="run every worker in its own process and write the results")
-    r.add_argument("--shapes", nargs="+", default=["16,2", "256,3072", "64,3,64,64@200", "1024,12288@100"],
+    r.add_argument("--shapes", nargs="*", default=["16,2", "256,3072", "64,3,64,64@200", "1024,12288@100"],
                    help="shapes as comma lists, optionally @steps")
-    r.add_argument("--impls", nargs="+", default=["noise", "sv", "naive", "diffrax", "diffusers"])
+    r.add_argument("--impls", nargs="*", default=["noise", "sv", "naive", "diffrax", "diffusers"])
+    r.add_argument("--unet-shape", default="16,3,32,32@50", help="shape@steps of the UNet share measurement; '' to skip")
     r.add_argument("--torch-python", default=None, help="a python with torch and diffusers (default: this one)")
+    r.add_argument("--rounds", type=int, default=5, help="interleaved rounds of launches")
     r.add_argument("--scaling-shape", default="256,3072")
     r.add_argument("--scaling-steps", type=int, nargs="+", default=[10, 100, 1000, 10000])
     r.add_argument("--out", type=Path, default=HERE / "results")
     r.add_argument("--force", action="store_true", help="overwrite existing results")
+    r.add_argument("--name", default="speed", help="the results' file stem under --out")
     for p in (w, r):
         p.add_argument("--steps", type=int, default=1000)
-        p.add_argument("--repeats", type=int, default=5)
+        p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--model", choices=["gaussian", "mixture"], default="gaussian")
     w.add_argument("--shape", required=True)
     w.add_argument("--dtype", default="float32")
@@ -302,9 +384,9 @@ def main(argv=None) -> int:
     if args.command == "worker":
         print(json.dumps(worker(args)))
         return 0
-    paths = [args.out / "speed.json", args.out / "speed.md"]
+    paths = [args.out / f"{args.name}.json", args.out / f"{args.name}.md"]
     if any(p.exists() for p in paths) and not args.force:
-        print(f"speed: {args.out}/speed.* exist; pass --force to overwrite", file=sys.stderr)
+        print(f"speed: {paths[0]} or {paths[1]} exists; pass --force to overwrite", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     args.torch_python = find_torch_python(args.torch_python)

@@ -34,7 +34,7 @@ from .scheduler import ScoreSdeVpSchedulerState
 __all__ = ["log_likelihood", "bits_per_dim", "TRACE_ESTIMATORS"]
 
 TRACE_ESTIMATORS = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
-DATA_RANGE_OFFSETS = {"[0, 1]": 8.0, "[-1, 1]": 7.0}
+DATA_RANGE_WIDTHS = {"[0, 1]": 1.0, "[-1, 1]": 2.0}
 
 
 def log_likelihood(
@@ -132,27 +132,31 @@ def bits_per_dim(
     key: Optional[jax.Array],
     *,
     data_range: Optional[str] = None,
+    num_bins: int = 256,
     **kwargs,
 ) -> jax.Array:
     r"""Negative log-likelihood in bits per dimension, per sample: :math:`-\log_2 p(x) / D` + offset.
 
-    For 8-bit data the caller dequantizes (adds uniform noise of one bin to the
-    integers) and scales; ``data_range`` then adds the log of the bin width, so
-    the number is comparable with discrete-data results: ``"[0, 1]"`` (bins of
-    1/256) adds 8 bits, ``"[-1, 1]"`` (bins of 2/256) adds 7. ``None`` adds nothing.
+    For discrete data (8-bit images: ``num_bins = 256``) the caller dequantizes
+    (adds uniform noise of one bin to the integers) and scales; ``data_range`` then
+    adds minus the log of the bin width, so the number is comparable with
+    discrete-data results: for 8-bit data ``"[0, 1]"`` (bins of 1/256) adds 8 bits
+    and ``"[-1, 1]"`` (bins of 2/256) adds 7. ``None`` adds nothing.
 
     Args:
       state, model_fn, x, key: as for :func:`log_likelihood`.
       data_range: ``None``, ``"[0, 1]"`` or ``"[-1, 1]"``.
+      num_bins: the number of levels of the discrete data (256 for 8 bits).
       **kwargs: passed to :func:`log_likelihood` (``trace``, ``rtol``, ...).
 
     Returns:
       Shape ``(batch,)``.
     """
-    if data_range is not None and data_range not in DATA_RANGE_OFFSETS:
-        raise ValueError(f"data_range must be None or one of {list(DATA_RANGE_OFFSETS)}, got {data_range!r}")
+    if data_range is not None and data_range not in DATA_RANGE_WIDTHS:
+        raise ValueError(f"data_range must be None or one of {list(DATA_RANGE_WIDTHS)}, got {data_range!r}")
     x = _checks.float_array("x", x)
     dim = math.prod(x.shape[1:])
     nats = log_likelihood(state, model_fn, x, key, **kwargs)
-    offset = DATA_RANGE_OFFSETS.get(data_range, 0.0)
+    num_bins = _checks.positive_int("num_bins", num_bins)
+    offset = 0.0 if data_range is None else math.log2(num_bins / DATA_RANGE_WIDTHS[data_range])
     return -nats / (dim * math.log(2.0)) + offset

@@ -56,17 +56,8 @@ def _discrete_beta(p: PreparedStep, state: ScoreSdeVpSchedulerState, caller: str
     return p.beta() / p.n
 
 
-def euler_maruyama(
-    state: ScoreSdeVpSchedulerState,
-    model_output: ArrayLike,
-    x: ArrayLike,
-    t: ArrayLike,
-    key: Optional[jax.Array],
-    *,
-    noise: Optional[ArrayLike] = None,
-) -> StepOutput:
-    """The reference predictor: exactly :func:`~sdevp_jax.step_pred` (diffusers' step)."""
-    return step_pred(state, model_output, x, t, key, noise=noise)
+# The reference predictor is diffusers' step itself.
+euler_maruyama = step_pred
 
 
 def reverse_diffusion(

@@ -51,19 +51,34 @@ def test_accuracy_benchmark_smoke(accuracy, tmp_path, capsys):
     assert (tmp_path / "accuracy_vs_nfe.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_speed_worker_and_runner_smoke(tmp_path):
     """The speed runner at a tiny size: every JAX implementation times, the table has ratios."""
     speed = load("speed")
-    args = ["run", "--shapes", "4,2@5", "--impls", "noise", "sv", "naive", "diffrax", "diffusers",
-            "--repeats", "1", "--scaling-steps", "5", "10", "--scaling-shape", "4,2", "--out", str(tmp_path)]
+    args = ["run", "--shapes", "4,2@5", "--impls", "noise", "sv", "diffusers", "--repeats", "2", "--rounds", "1",
+            "--scaling-steps", "5", "--scaling-shape", "4,2", "--unet-shape", "2,3,8,8@2", "--out", str(tmp_path)]
     assert speed.main(args) == 0
     results = json.loads((tmp_path / "speed.json").read_text())
     impls = {r["impl"] for r in results["rows"]}
-    assert {"noise", "sv", "naive", "diffrax", "diffusers"} <= impls
+    assert {"noise", "sv", "diffusers"} <= impls
     for r in results["rows"]:
         if "missing" not in r:
             assert r["per_step_min_us"] <= r["per_step_median_us"] <= r["per_step_max_us"]
-    assert [r["steps"] for r in results["scaling"]] == [5, 10]
+    assert [r["steps"] for r in results["scaling"]] == [5]
     table = (tmp_path / "speed.md").read_text()
     assert "÷ sv.sample" in table and "not measured yet" in table
+    sv_row = next(r for r in results["rows"] if r["impl"] == "sv")
+    assert sv_row["rounds"] == 1 and len(sv_row["times_s"]) == 2 and sv_row["ratio_to_sv"] == 1.0
+    assert len(results["unet"]) == 1 and all(u["model_us"] > 0 for u in results["unet"])
+    assert "scheduler's share" in table
     assert speed.main(args) == 2  # never overwrite without --force
+
+
+@pytest.mark.parametrize("impl", ["naive", "diffrax", "unet_sv", "unet_model"])
+def test_speed_workers_time_every_implementation(impl):
+    speed = load("speed")
+    args = speed.main.__globals__["argparse"].Namespace(
+        impl=impl, shape="2,3,8,8" if impl.startswith("unet") else "4,2", steps=3, repeats=1, model="gaussian",
+        dtype="float32", prng="threefry", unroll=1)
+    row = speed.worker(args)
+    assert row["impl"] == impl and row["per_step_median_us"] > 0 and len(row["times_s"]) == 1

@@ -58,6 +58,8 @@ def test_bits_per_dim_offsets(setup):
                                bpd + 8, rtol=1e-6)
     np.testing.assert_allclose(sv.bits_per_dim(state, model_fn, x[:2], None, trace="exact", data_range="[-1, 1]"),
                                bpd + 7, rtol=1e-6)
+    np.testing.assert_allclose(sv.bits_per_dim(state, model_fn, x[:2], None, trace="exact", data_range="[0, 1]",
+                                               num_bins=17), bpd + np.log2(17), rtol=1e-6)
     with pytest.raises(ValueError, match="data_range must be None or one of"):
         sv.bits_per_dim(state, model_fn, x[:2], None, data_range="[0, 255]")
 

@@ -18,3 +18,4 @@ def test_readme_examples_run():
     assert namespace["samples"].shape == (4096, 2)
     assert namespace["many"].shape == (16, 256, 2)
     assert int(namespace["info"].nfe) > 0
+    assert namespace["rgb"].shape == (4, 3, 2, 2) and namespace["logp"].shape == (8,)
