@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +41,7 @@ import numpy as np
 
 import sdevp_jax as sv
 from sdevp_jax import sde
+from sdevp_jax._io import atomic_write
 
 NAMES = ("accuracy_vs_nfe.md", "accuracy_vs_nfe.json", "accuracy_vs_nfe.png")
 
@@ -208,19 +207,8 @@ def plot(results, path):
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
-
-
-def atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv=None) -> int:
@@ -247,9 +235,9 @@ def main(argv=None) -> int:
     command = "python benchmarks/accuracy_vs_nfe.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = run(args)
     results["command"] = command.strip()
-    atomic_write(paths[1], lambda p: Path(p).write_text(json.dumps(results, indent=1) + "\n"))
-    atomic_write(paths[0], lambda p: Path(p).write_text(markdown(results, command.strip())))
-    atomic_write(paths[2], lambda p: plot(results, p + ".png") or os.replace(p + ".png", p))
+    atomic_write(paths[1], lambda f: f.write((json.dumps(results, indent=1) + "\n").encode()))
+    atomic_write(paths[0], lambda f: f.write(markdown(results, command.strip()).encode()))
+    atomic_write(paths[2], lambda f: plot(results, f))
     print("\n".join(verdicts(results)))
     print("wrote", ", ".join(str(p) for p in paths))
     return 0

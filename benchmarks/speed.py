@@ -34,7 +34,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -340,10 +339,9 @@ def markdown(results: dict, command: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from sdevp_jax._io import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def find_torch_python(given: str | None) -> str | None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from ._io import atomic_write
-from .config import config_dict, state_from_config
+from .config import state_from_config
 from .distributed import barrier, batch_sharding
 from .loops import sample, sample_ode
 from .models import default_mixture, make_mixture_eps_fn
