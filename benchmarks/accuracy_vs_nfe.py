@@ -43,7 +43,6 @@ import sdevp_jax as sv
 from sdevp_jax import sde
 from sdevp_jax._io import atomic_write
 
-NAMES = ("accuracy_vs_nfe.md", "accuracy_vs_nfe.json", "accuracy_vs_nfe.png")
 
 # (label, kind, options, [(N, NFE)]) -- kind "sde" uses sv.sample, "ode" sv.sample_ode.
 # reverse_diffusion, ancestral and the corrector need N > beta_max = 20.
@@ -97,6 +96,12 @@ def run(args) -> dict:
                "device": str(jax.devices()[0]), "jax": jax.__version__, "num_samples": args.num_samples,
                "directions": args.directions, "replicates": args.replicates, "dims": {}}
     plan = quick_plan() if args.quick else FULL_PLAN
+    if args.only:  # a subset of rows: "LABEL" or "LABEL@N"
+        wanted = [w.split("@") for w in args.only]
+        plan = [(label, kind, opts, [b for b in budgets if any(w[0] == label and (len(w) == 1 or w[1] == str(b[0]))
+                                                               for w in wanted)])
+                for label, kind, opts, budgets in plan]
+        plan = [entry for entry in plan if entry[3]]
     base = sv.create_state()
     a = float(sde.alpha(base.sampling_eps, base.beta_min, base.beta_max))
     s = float(sde.sigma(base.sampling_eps, base.beta_min, base.beta_max))
@@ -221,12 +226,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="a few rows at the given size (smoke test)")
     parser.add_argument("--force", action="store_true", help="overwrite existing results")
+    parser.add_argument("--only", nargs="+", default=None, metavar="LABEL[@N]",
+                        help="only these rows, e.g. 'euler_maruyama@1000' 'dpm_solver (ODE)@21'")
+    parser.add_argument("--name", default="accuracy_vs_nfe", help="the results' file stem under --out")
     args = parser.parse_args(argv)
     if (args.num_samples < 2 or args.directions < 1 or args.floor_repeats < 2 or args.replicates < 1
             or min(args.dims) < 2):
         parser.error("need --num-samples >= 2, --directions >= 1, --floor-repeats >= 2, --replicates >= 1 "
                      "and every --dims >= 2")
-    paths = [args.out / name for name in NAMES]
+    paths = [args.out / f"{args.name}{suffix}" for suffix in (".md", ".json", ".png")]
     existing = [p for p in paths if p.exists()]
     if existing and not args.force:
         print(f"accuracy_vs_nfe: {existing[0]} exists; pass --force to overwrite", file=sys.stderr)
