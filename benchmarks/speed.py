@@ -167,11 +167,11 @@ def worker(args) -> dict:
         # standalone normal() call would also time dispatch and a fresh buffer;
         # and one batch-shaped normal() measured slower here than the per-sample
         # draws, so it would not be a floor.)
-        from sdevp_jax.loops import per_sample_normal
+        from sdevp_jax.loops import make_sample_keys, per_sample_normal
 
         @jax.jit
         def noise_loop(k):
-            sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, jnp.arange(shape[0], dtype=jnp.uint32))
+            sample_keys = make_sample_keys(k, shape[0], 0)
 
             def body(carry, _):  # the step index in the carry, as in sv.sample
                 x, i = carry

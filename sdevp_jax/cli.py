@@ -154,16 +154,16 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.process_id >= args.num_processes:
         return _error(f"--process-id must be < --num-processes = {args.num_processes}, got {args.process_id}")
     try:
-        scheduler = {"num_train_timesteps": 2000, "beta_min": 0.1, "beta_max": 20.0, "sampling_eps": 1e-3}
+        options = {}  # the scheduler config: JobSpec's default (the paper's VP) unless --config
         if args.config is not None:
-            from .config import config_dict
+            from .config import FIELDS, config_dict
 
             cfg = config_dict(load_config(args.config))
-            scheduler = {k: cfg[k] for k in scheduler}
+            options["scheduler"] = {k: cfg[k] for k in FIELDS}
         spec = jobs.JobSpec(
             num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
             method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
-            event_shape=tuple(args.shape), model=args.model, scheduler=scheduler, dtype=args.dtype,
+            event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
         )
     except (OSError, ValueError) as err:
         return _error(str(err))

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
+from .loops import make_sample_keys
 from .samplers import probability_flow_drift
 from .scheduler import ScoreSdeVpSchedulerState
 
@@ -117,7 +118,7 @@ def log_likelihood(
     if trace == "exact":
         probes = jnp.zeros(x.shape, dtype)
     else:
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch, dtype=jnp.uint32))
+        keys = make_sample_keys(key, batch, 0)
         if trace == "hutchinson_rademacher":
             probes = jax.vmap(lambda k: jax.random.rademacher(k, event, dtype))(keys)
         else:

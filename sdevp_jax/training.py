@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks, sde
+from .loops import make_sample_keys
 from .scheduler import ScoreSdeVpSchedulerState, broadcast_t
 
 __all__ = ["add_noise", "dsm_loss"]
@@ -97,7 +98,7 @@ def dsm_loss(
         raise ValueError(f"eps must be in the open interval (0, 1), got {eps}")
     batch = x0.shape[0]
     dtype = _checks.compute_dtype(x0.dtype)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch, dtype=jnp.uint32))
+    keys = make_sample_keys(key, batch, 0)
 
     def draw(k):
         k_t, k_z = jax.random.split(k)
