@@ -54,7 +54,7 @@ def inpaint(
     corrector: Optional[str] = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
-    batch_mean: bool = False,
+    step_rule: str = "sigma",
     unroll: int = 1,
     index_offset: int | jax.Array = 0,
 ) -> jax.Array:
@@ -66,7 +66,7 @@ def inpaint(
       key: a PRNG key; sample ``b`` uses ``fold_in(key, index_offset + b)`` only.
       y: the observations, shape ``(batch, ...)``, float; its unknown entries are ignored.
       mask: 1 where ``y`` is known, 0 where it is not; ``y``'s shape, or broadcastable to it.
-      predictor, corrector, snr, corrector_steps, batch_mean, unroll, index_offset:
+      predictor, corrector, snr, corrector_steps, step_rule, unroll, index_offset:
         as for :func:`~sdevp_jax.sample`.
 
     Returns:
@@ -95,7 +95,7 @@ def inpaint(
         return x.astype(dtype), x_mean.astype(dtype)
 
     _, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
-                         *sde_options(predictor, corrector, corrector_steps, snr), batch_mean,
+                         *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
                          _checks.positive_int("unroll", unroll), project=project)
     return jnp.where(mask == 1, y, x_mean)
 

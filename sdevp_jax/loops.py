@@ -21,7 +21,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from . import _checks, sde
-from .samplers import CORRECTORS, PREDICTORS, lookup, probability_flow_drift
+from .samplers import CORRECTORS, PREDICTORS, check_step_rule, lookup, probability_flow_drift
 from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
 
 __all__ = ["sample", "sample_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
@@ -101,26 +101,28 @@ def make_sample_keys(key, batch, index_offset):
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
-def sde_options(predictor, corrector, corrector_steps, snr):
-    """Checked ``(predict, correct, num_corrector, snr)`` for :func:`sde_loop`."""
+def sde_options(predictor, corrector, corrector_steps, snr, step_rule):
+    """Checked ``(predict, correct, num_corrector, corrector_options)`` for :func:`sde_loop`."""
     predict = PREDICTORS[lookup("predictor", predictor, "predictor")]
     if corrector is None:
-        return predict, None, 0, snr
+        return predict, None, 0, {}
     correct = CORRECTORS[lookup("corrector", corrector, "corrector")]
-    return (predict, correct, _checks.positive_int("corrector_steps", corrector_steps),
-            _checks.positive_real("snr", snr))
+    options = {"snr": _checks.positive_real("snr", snr), "step_rule": check_step_rule(step_rule)}
+    return predict, correct, _checks.positive_int("corrector_steps", corrector_steps), options
 
 
-def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_corrector, snr, batch_mean, unroll,
+def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_corrector, corrector_options, unroll,
              project=None):
     """The reverse-SDE scan shared by :func:`sample` and the inverse-problem solvers.
 
-    Each step runs the predictor, then ``num_corrector`` corrector updates; after
-    every update, ``project(x, x_mean, t_vec, z)`` (if given) may replace part of
-    the sample, with its own standard normal ``z``. Noise slots of sample ``b``:
-    0 for x_T; update ``u`` of step ``i`` uses slot ``1 + (i (1 + M) + u) k`` (and the
-    next one for ``project``), ``k = 2`` with ``project`` and 1 without.
-    Returns the last ``(x, x_mean)``.
+    At each grid time ``t`` it runs ``num_corrector`` corrector updates at ``t``,
+    then the predictor from ``t`` to the next time (see :func:`sample` for why this
+    order); after every update, ``project(x, x_mean, t_vec, z)`` (if given) may
+    replace part of the sample, with its own standard normal ``z``. Noise slots of
+    sample ``b``: 0 for x_T; update ``u`` of step ``i`` (``u < M`` the correctors,
+    ``u = M`` the predictor) uses slot ``1 + (i (1 + M) + u) k`` (and the next one
+    for ``project``), ``k = 2`` with ``project`` and 1 without.
+    Returns the last ``(x, x_mean)``: the predictor's.
     """
     batch, event = shape[0], shape[1:]
     noise_dtype = _checks.compute_dtype(dtype)
@@ -139,9 +141,9 @@ def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_c
         x, _, i = carry
         t_vec = jnp.full((batch,), t, timesteps.dtype)
         first = 1 + i * ((1 + num_corrector) * per_update)
-        x, x_mean = update(predict, x, t_vec, first)
         for j in range(num_corrector):  # static: unrolled at trace time
-            x, x_mean = update(correct, x, t_vec, first + (1 + j) * per_update, snr=snr, batch_mean=batch_mean)
+            x, _ = update(correct, x, t_vec, first + j * per_update, **corrector_options)
+        x, x_mean = update(predict, x, t_vec, first + num_corrector * per_update)
         return (x, x_mean, i + 1), None
 
     # The step index rides in the carry (not as an arange over the steps), so
@@ -160,7 +162,7 @@ def sample(
     corrector: Optional[str] = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
-    batch_mean: bool = False,
+    step_rule: str = "sigma",
     denoise: bool = True,
     dtype: DTypeLike = jnp.float32,
     index_offset: int | jax.Array = 0,
@@ -168,14 +170,23 @@ def sample(
 ) -> jax.Array:
     r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
-    Draws :math:`x_T \sim N(0, I)`, then for each ``t`` in ``state.timesteps``
-    calls ``model_fn(x, t_vec)`` (``t_vec`` of shape ``(batch,)``, the continuous
-    time in ``[sampling_eps, 1]``), takes one ``predictor`` step and then, if a
-    ``corrector`` is named, ``corrector_steps`` corrector steps at the same ``t``
-    (each with its own model call). This is the paper's order (Song et al. 2021,
-    Algorithms 2-3: predictor, then corrector); the paper's reference code runs
-    the corrector first. With the defaults it is exactly diffusers'
+    Draws :math:`x_T \sim N(0, I)`, then for each ``t`` in ``state.timesteps``: if a
+    ``corrector`` is named, ``corrector_steps`` corrector steps at ``t``, then one
+    ``predictor`` step from ``t`` (each update with its own model call
+    ``model_fn(x, t_vec)``, ``t_vec`` of shape ``(batch,)``, the continuous time in
+    ``[sampling_eps, 1]``). With the defaults it is exactly diffusers'
     ``ScoreSdeVpScheduler`` loop and returns the last step's ``x_mean``.
+
+    Order of predictor and corrector: the paper's code's (Song et al. 2021,
+    ``score_sde``'s ``pc_sampler``), corrector first. At the top of step ``i`` the
+    sample is at time ``t_i``, so the corrector, which targets :math:`p_{t_i}` with
+    the score at ``t_i``, runs where its target is; the predictor then moves the
+    sample on to the next time. (The paper's Algorithms 2-3 write the predictor
+    first, which runs each corrector at the time the predictor has just left.)
+    The last update is therefore the predictor, and ``denoise=True`` returns its
+    noise-free mean, a denoising step; a corrector's noise-free mean
+    :math:`x + \epsilon s` would shrink each mode of variance ``v`` by about
+    :math:`2\epsilon/v`, not remove the last noise.
 
     Not jitted inside: jit the call, with ``model_fn`` and ``shape`` static, e.g.
     ``sample_fn = jax.jit(sv.sample, static_argnums=(1, 3))``; build ``sample_fn``
@@ -185,9 +196,9 @@ def sample(
     independent of the number of steps. ``jax.vmap`` over a batch of keys works.
 
     Noise: sample ``b`` uses only ``fold_in(key, index_offset + b)``; from it, slot 0
-    draws :math:`x_T`, and step ``i`` uses slot ``1 + i (1 + M)`` for the predictor
-    and the next ``M = corrector_steps`` slots for the corrector (``M = 0`` without
-    one).
+    draws :math:`x_T`, and step ``i`` uses slots ``1 + i (1 + M)`` to ``i (1 + M) + M``
+    for its ``M = corrector_steps`` corrector updates and slot ``1 + i (1 + M) + M``
+    for the predictor (``M = 0`` without a corrector).
 
     Args:
       state: a state after :func:`set_timesteps`.
@@ -200,9 +211,11 @@ def sample(
       corrector: ``None`` or one of ``sv.list_methods("corrector")``.
       snr: the corrector's signal-to-noise ratio ``r`` > 0 (the paper's 0.16 for VP).
       corrector_steps: corrector steps per timestep, an int >= 1.
-      batch_mean: the corrector's norms averaged over the batch, as the paper's
-        code (breaks batch invariance); per sample by default.
-      denoise: return the last update's noise-free ``x_mean`` (default), else its ``x``.
+      step_rule: the corrector's step size, ``"sigma"`` (default: per sample, a
+        function of ``t``), ``"snr_batch"`` (the paper's code: batch-mean norms, so
+        samples depend on their batch) or ``"snr_sample"`` (per-sample norms, biased
+        in low dimension); see :func:`~sdevp_jax.langevin_correct`.
+      denoise: return the last predictor step's noise-free ``x_mean`` (default), else its ``x``.
       dtype: the float dtype of the samples (bfloat16 allowed; coefficients stay float32).
       index_offset: the global index of this call's first sample: sample ``b`` of
         the call is sample ``index_offset + b`` of the stream of ``key``. An int
@@ -218,7 +231,7 @@ def sample(
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample")
     x_last, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
-                              *sde_options(predictor, corrector, corrector_steps, snr), batch_mean,
+                              *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
                               _checks.positive_int("unroll", unroll))
     return x_mean if denoise else x_last
 
