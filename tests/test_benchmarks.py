@@ -40,8 +40,11 @@ def test_accuracy_benchmark_smoke(accuracy, tmp_path, capsys):
     assert accuracy.main(args) == 0
     results = json.loads((tmp_path / "accuracy_vs_nfe.json").read_text())
     rows = results["dims"]["2"]["rows"]
-    assert {r["method"] for r in rows} == {"euler_maruyama", "pc (EM + langevin)", "dpm_solver (ODE)", "adaptive (ODE)"}
+    assert {r["method"] for r in rows} == {"euler_maruyama", "pc, step_rule=sigma", "dpm_solver (ODE)", "adaptive (ODE)"}
     assert all(np.isfinite(r["sw2"]) and r["nfe"] >= 1 for r in rows)
+    # the ODE rows carry their error to the tight ODE solution from the same x_T; the SDE rows do not
+    assert all(np.isfinite(r["ode_err"]) == (r["method"].endswith("(ODE)")) for r in rows)
+    assert 0 < min(r["ode_err"] for r in rows if r["method"] == "dpm_solver (ODE)") < 1
     assert (tmp_path / "accuracy_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| method |" in (tmp_path / "accuracy_vs_nfe.md").read_text()
     # never overwrite silently
