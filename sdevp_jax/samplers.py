@@ -138,17 +138,22 @@ def langevin_correct(
       this is the paper's step at the largest score norm the data allow: it is never
       larger than the paper's on average, it does not depend on the sample
       (each sample's update depends on that sample alone: batch invariance), and
-      it does not depend on the noise draw (so the chain is an ordinary
-      fixed-step Langevin chain, correct in any dimension).
+      it does not depend on the noise draw: each sample runs an ordinary
+      fixed-step Langevin chain, whose stationary law tends to :math:`p_t` as the
+      step shrinks, in any dimension.
     * ``"snr_batch"``: the paper's rule with the batch means of :math:`\lVert z\rVert`
       and :math:`\lVert s\rVert`, as the reference code computes it
-      (``score_sde``'s ``LangevinCorrector``); correct, but each sample then
-      depends on the rest of the batch.
+      (``score_sde``'s ``LangevinCorrector``). Each sample then depends on the rest
+      of the batch, and where coordinates have very different scales the step,
+      set by the average score norm, is too large for the narrow ones (the default
+      mixture in 64-D: within-mode variance in its narrow plane about 20 % too
+      large, ``benchmarks/results/corrector_rules.md``).
     * ``"snr_sample"``: the paper's rule with each sample's own norms. Batch
       invariant, but biased in low dimension: the step is a function of the
       sample's own noise :math:`z` and score, so the chain no longer leaves
-      :math:`p_t` invariant; on a 3-D mixture it misplaces mode weights by 5-9
-      points (``benchmarks/results/accuracy_vs_nfe.md``). Kept for comparison; it
+      :math:`p_t` invariant; on a 3-D mixture it misses a mode weight by 0.05 to
+      0.08 and inflates the within-mode variance 1.6 to 3 times
+      (``benchmarks/results/corrector_rules.md``). Kept for comparison; it
       approaches the others as the dimension grows (:math:`\lVert z\rVert^2/D \to 1`).
 
     Which :math:`\alpha_i`: the paper's Algorithm 5 writes the cumulative
