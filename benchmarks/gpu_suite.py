@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -72,7 +73,8 @@ def rows_for(tiny: bool) -> list[dict]:
                 row(f"diffusers_{name}", "diffusers (torch loop)", "diffusers", shape, 1000),
                 row(f"naive_{name}", "jitted step, Python loop", "naive", shape, 1000)]
     for name, shape in (("target", TARGET), ("small", SMALL)):
-        out += [row(f"unroll{u}_{name}", f"sv.sample unroll {u}", "sv", shape, 1000, "--unroll", str(u)) for u in (4, 8)]
+        out += [row(f"unroll{u}_{name}", f"sv.sample unroll {u}", "sv", shape, 1000, "--unroll", str(u))
+                for u in (4, 8)]
     out += [row(f"bf16_{name}", "sv.sample bfloat16", "sv", shape, 1000, "--dtype", "bfloat16")
             for name, shape in (("target", TARGET), ("small", SMALL))]
     out += [row("unet_sv", "UNet + sv.sample", "unet_sv", UNET, 100),
@@ -119,7 +121,7 @@ def dpm_worker(a) -> dict:
 
     shape = tuple(int(s) for s in a.shape.split(","))
     state = sv.set_timesteps(sv.create_state(), a.steps + 1)
-    model_fn = sv.make_mixture_eps_fn(state, speed.make_mixture("gaussian", int(jnp.prod(jnp.array(shape[1:])))))
+    model_fn = sv.make_mixture_eps_fn(state, speed.make_mixture("gaussian", math.prod(shape[1:])))
     key = jax.random.key(0)
     f = jax.jit(lambda st, k: sv.sample_ode(st, model_fn, k, shape, method="dpm_solver", dtype=jnp.dtype(a.dtype)))
     start = time.perf_counter()
@@ -224,8 +226,8 @@ def markdown(results: dict) -> str:
             out.append(f"| {i} | {r['label']} | {shape} | {r['steps']} | | | | | | | {r['status'][:160]} |")
             continue
         base = by_id.get("sv_" + r["id"].rsplit("_", 1)[-1])
-        rel = "" if r["impl"] in ("unet_sv", "unet_model", "dpm_solver") or base is None or base["status"] != "ok" else \
-            f"{r['per_step_median_us'] / base['per_step_median_us']:.2f}"
+        comparable = r["impl"] in ("sv", "naive", "diffusers") and base is not None and base["status"] == "ok"
+        rel = f"{r['per_step_median_us'] / base['per_step_median_us']:.2f}" if comparable else ""
         compile_s = f"{r['compile_s']:.2f}" if "compile_s" in r else ""
         device = r.get("device_kind") or r.get("device_name", "")
         out.append(f"| {i} | {r['label']} | {shape} | {r['steps']} | {r['per_step_median_us']:.2f} "
