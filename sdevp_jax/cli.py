@@ -7,7 +7,10 @@ then ``OUT/samples.npz`` (array ``samples``) and, for 2-D samples, a plot over t
 target density in ``OUT/samples.png``. Rerunning the same command resumes an
 interrupted job and recomputes nothing already written; a different job aimed at
 the same directory is refused. Files that are not a job's are never overwritten
-without ``--force``. ``sdevp-jax info`` prints the backend, devices and versions.
+without ``--force``. Compiled samplers go to JAX's persistent compilation cache
+(``--cache-dir``, default ``$SDEVP_JAX_CACHE_DIR`` or ``~/.cache/sdevp-jax/jax``;
+``--no-cache`` to skip it), so a rerun or a resumed job does not compile again.
+``sdevp-jax info`` prints the backend, devices and versions.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--coordinator", default=None, metavar="HOST:PORT", help="multi-process run: process 0's address")
     add("--num-processes", type=_int_at_least(1), default=1, help="multi-process run: the number of processes")
     add("--process-id", type=_int_at_least(0), default=0, help="multi-process run: this process's id")
+    add("--cache-dir", type=Path, default=None,
+        help="JAX's persistent compilation cache: a rerun or resumed job loads the compiled sampler from here "
+        "(default: $SDEVP_JAX_CACHE_DIR, else $XDG_CACHE_HOME/sdevp-jax/jax or ~/.cache/sdevp-jax/jax)")
+    add("--no-cache", action="store_true", help="do not use the persistent compilation cache")
     return parser
 
 
@@ -151,6 +158,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.coordinator is None and (args.num_processes != 1 or args.process_id != 0):
         return _error("--num-processes/--process-id need --coordinator HOST:PORT")
+    if args.no_cache and args.cache_dir is not None:
+        return _error("--cache-dir and --no-cache exclude each other")
     if args.process_id >= args.num_processes:
         return _error(f"--process-id must be < --num-processes = {args.num_processes}, got {args.process_id}")
     try:
@@ -201,6 +210,15 @@ def run_sample(args: argparse.Namespace) -> int:
     except OSError as err:
         return _error(f"cannot create output directory {out}: {err}", 1)
 
+    from ._cache import default_cache_dir
+
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    if cache_dir is not None and not cache_dir.is_dir():
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return _error(f"--cache-dir: cannot create {cache_dir} ({err}); pass another directory or --no-cache")
+
     from tqdm import tqdm
 
     bar = tqdm(unit="samples", unit_scale=True, disable=True if args.no_progress else None, dynamic_ncols=True)
@@ -213,7 +231,7 @@ def run_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         with bar:
-            samples_path = jobs.run_job(spec, out, progress=progress)
+            samples_path = jobs.run_job(spec, out, progress=progress, cache_dir=cache_dir)
     except jobs.JobMismatchError as err:
         return _error(str(err))
     seconds = time.perf_counter() - start

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from . import __version__
+from ._cache import compilation_cache
 from ._io import atomic_write
 from .config import state_from_config
 from .distributed import barrier, batch_sharding
@@ -215,8 +216,15 @@ def _sampler(spec: JobSpec, state, model_fn):
     return jax.jit(draw)
 
 
+def _compile(draw, key, cache_dir):
+    """``draw`` compiled ahead of its first call, through the persistent cache in ``cache_dir`` (if not None)."""
+    with compilation_cache(cache_dir):
+        return draw.lower(key, np.uint32(0)).compile()
+
+
 def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = None,
-            progress: Optional[Callable[[int, int], None]] = None) -> Path:
+            progress: Optional[Callable[[int, int], None]] = None,
+            cache_dir: Optional[str | Path] = None) -> Path:
     """Run (or resume) ``spec`` in directory ``out``; returns the path of ``samples.npz``.
 
     Args:
@@ -225,6 +233,9 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
       model_fn: overrides ``spec.model``'s loading (for callers that hold the function).
       progress: called as ``progress(done, total)`` with this process's sample counts,
         once before the first chunk and after each one.
+      cache_dir: a directory for JAX's persistent compilation cache (see
+        :mod:`sdevp_jax._cache`), so that a rerun or a resumed job loads the compiled
+        sampler instead of compiling it; ``None`` leaves JAX's settings alone.
 
     Raises:
       JobMismatchError: ``out`` holds another job, or one started with other versions.
@@ -249,8 +260,8 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
     if progress:
         progress(done, total)
     if todo:
-        draw = _sampler(spec, state, model_fn)
         key = jax.random.key(spec.seed)
+        draw = _compile(_sampler(spec, state, model_fn), key, cache_dir)
         for c in todo:
             x = np.asarray(draw(key, np.uint32(c * spec.batch_size)))[: chunk_size(spec, c)]
             atomic_write(chunk_path(out, c), lambda f: np.save(f, x))

@@ -18,6 +18,18 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache_in_tmp(tmp_path_factory):
+    """The CLI's default persistent compilation cache under pytest's tmp dir, never the user's ~/.cache."""
+    old = os.environ.get("SDEVP_JAX_CACHE_DIR")
+    os.environ["SDEVP_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
+    yield
+    if old is None:
+        del os.environ["SDEVP_JAX_CACHE_DIR"]
+    else:
+        os.environ["SDEVP_JAX_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def x64():
     """Run the test with 64-bit floats enabled (and back to the default after)."""

@@ -85,3 +85,51 @@ def test_speed_workers_time_every_implementation(impl):
         dtype="float32", prng="threefry", unroll=1)
     row = speed.worker(args)
     assert row["impl"] == impl and row["per_step_median_us"] > 0 and len(row["times_s"]) == 1
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny_dry_run(tmp_path):
+    """The GPU suite's CPU dry run: every row runs (or fails) in its own process; the files hold the results.
+
+    Without torch/diffusers the diffusers row must be an error row, not an abort.
+    """
+    suite = load("gpu_suite")
+    assert suite.main(["--tiny", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_suite.json", "gpu_suite.log", "gpu_suite.md"]
+    results = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert results["finished"] and results["tiny"]
+    rows = {r["id"]: r for r in results["rows"]}
+    assert list(rows) == [r["id"] for r in suite.rows_for(tiny=True)]
+    for rid, r in rows.items():
+        if r["impl"] == "diffusers" and r["status"] != "ok":
+            assert r["status"].startswith("error")  # torch/diffusers absent here
+            continue
+        assert r["status"] == "ok", (rid, r["status"])
+        assert len(r["times_s"]) == 2 and r["per_step_min_us"] <= r["per_step_median_us"] <= r["per_step_max_us"]
+        assert r["device_kind"] and r["jax"] and r["first_call_s"] >= 0
+        if r["impl"] in ("sv", "dpm_solver"):
+            assert r["compile_s"] > 0
+    assert rows["unroll4_small"]["unroll"] == 4 and rows["bf16_target"]["dtype"] == "bfloat16"
+    table = (tmp_path / "gpu_suite.md").read_text()
+    assert "## Targets" in table and table.count("| ok |") == sum(r["status"] == "ok" for r in rows.values())
+    assert "not measured yet" in table  # the diffusers ratio and the UNet share are not measured in the dry run
+    log = (tmp_path / "gpu_suite.log").read_text()
+    assert log.count("\n[") == len(rows) and "wrote" in log
+
+
+def test_gpu_suite_budget_skips_rows_and_targets_read_the_rows(tmp_path):
+    suite = load("gpu_suite")
+    assert suite.main(["--tiny", "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    results = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert {r["status"] for r in results["rows"]} == {"skipped: budget"}
+    assert all(v["met"] is None for v in suite.verdicts(results))
+
+    def timed(rid, impl, us):
+        return {"id": rid, "impl": impl, "status": "ok", "per_step_median_us": us}
+
+    rows = [timed("sv_target", "sv", 2.0), timed("diffusers_target", "diffusers", 150.0),
+            timed("sv_small", "sv", 6.5), timed("unet_sv", "unet_sv", 1000.0), timed("unet_model", "unet_model", 995.0)]
+    speedup, small, share = suite.verdicts({"rows": rows})
+    assert (speedup["value"], speedup["met"]) == (75.0, True)
+    assert (small["value"], small["met"]) == (6.5, False)
+    assert share["value"] == pytest.approx(0.005) and share["met"]
