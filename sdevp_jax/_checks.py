@@ -21,6 +21,20 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def host_value(value: Any) -> Any:
+    """``value`` as a NumPy array when it lives on the host (a Python number, a NumPy value), else ``None``.
+
+    A ``jax.Array`` -- concrete on a device or a tracer -- gives ``None``: reading
+    it back would wait for the device (a sync per call on an accelerator), so
+    callers check such values another way (statically, or with ``checkify``).
+    """
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        return None
+    if isinstance(value, (int, float, np.ndarray, np.generic)) and not isinstance(value, (bool, np.bool_)):
+        return np.asarray(value)
+    return None
+
+
 def positive_int(name: str, value: Any) -> int:
     """``value`` as a Python int >= 1; bools and non-integers are a TypeError."""
     if isinstance(value, (bool, np.bool_)):

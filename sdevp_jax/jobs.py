@@ -27,6 +27,7 @@ import dataclasses
 import importlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -47,6 +48,8 @@ __all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+CORRECTOR_FIELDS = ("snr", "corrector_steps")  # part of a job's identity only when a corrector runs
 
 
 class JobMismatchError(ValueError):
@@ -64,13 +67,14 @@ class JobSpec:
       steps: ``num_inference_steps`` of the scheduler.
       method: a predictor or ODE method of the registry (``sv.list_methods()``).
       corrector: ``None`` or a corrector name (predictors only).
-      snr, corrector_steps: the corrector's options.
+      snr, corrector_steps: the corrector's options; without a corrector they change
+        nothing, and are left out of the job's identity (``to_json``).
       event_shape: the shape of one sample.
       model: ``"default"`` (the embedded mixture in ``prod(event_shape)`` dimensions)
         or ``"module:function"``, a user's ``model_fn(x, t) -> eps_hat``.
       scheduler: the diffusers config fields (``num_train_timesteps``, ``beta_min``,
         ``beta_max``, ``sampling_eps``).
-      dtype: the samples' dtype name.
+      dtype: the samples' dtype name, one of ``DTYPES``.
     """
 
     num_samples: int
@@ -106,6 +110,8 @@ class JobSpec:
                 raise ValueError(f"a corrector needs a predictor method, got the ODE method {self.method!r}")
         if not self.event_shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.event_shape):
             raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         state_from_config(dict(self.scheduler), source="scheduler")  # validates
 
     @property
@@ -113,11 +119,23 @@ class JobSpec:
         return math.ceil(self.num_samples / self.batch_size)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"event_shape": list(self.event_shape)}
+        """The job's identity, as stored in the manifest: every field that changes the samples."""
+        return identity(dataclasses.asdict(self) | {"event_shape": list(self.event_shape)})
 
     @classmethod
     def from_json(cls, data: dict) -> "JobSpec":
         return cls(**(data | {"event_shape": tuple(data["event_shape"])}))
+
+
+def identity(config: dict) -> dict:
+    """A job config without the corrector's options when no corrector runs.
+
+    Manifests written before this normalisation hold them; they compare equal
+    after it, so such jobs still resume.
+    """
+    if config.get("corrector") is None:
+        return {k: v for k, v in config.items() if k not in CORRECTOR_FIELDS}
+    return config
 
 
 def versions() -> dict:
@@ -158,9 +176,10 @@ def finished_chunks(spec: JobSpec, out: Path) -> list[int]:
     return [c for c in range(spec.num_chunks) if chunk_path(out, c).exists()]
 
 
-def _write_manifest(spec: JobSpec, out: Path, *, complete: bool = False, create: bool = False) -> None:
+def _write_manifest(spec: JobSpec, out: Path, finished: list[int], *, complete: bool = False,
+                    create: bool = False) -> None:
     manifest = {"format": FORMAT, "config": spec.to_json(), "versions": versions(),
-                "num_chunks": spec.num_chunks, "finished_chunks": finished_chunks(spec, out), "complete": complete}
+                "num_chunks": spec.num_chunks, "finished_chunks": sorted(finished), "complete": complete}
     text = json.dumps(manifest, indent=1) + "\n"
     atomic_write(out / MANIFEST, lambda f: f.write(text.encode()), overwrite=not create)
 
@@ -172,8 +191,8 @@ def check_manifest(spec: JobSpec, out: Path) -> Optional[dict]:
         return None
     try:
         manifest = json.loads(path.read_text())
-        theirs = manifest["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        theirs = identity(manifest["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise JobMismatchError(f"{path} is not a sdevp-jax job manifest ({err}); use another output directory") from None
     ours = spec.to_json()
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -200,9 +219,27 @@ def _remove_stale_temporaries(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def padded_batch(batch_size: int, num_devices: int) -> int:
+    """``batch_size`` rounded up to a multiple of ``num_devices``."""
+    return -(-batch_size // num_devices) * num_devices
+
+
 def _sampler(spec: JobSpec, state, model_fn):
-    """A jitted ``(key, index_offset) -> samples`` for one full chunk, sharded over local devices."""
-    shape = (spec.batch_size, *spec.event_shape)
+    """A jitted ``(key, index_offset) -> samples`` for one chunk, sharded over the local devices.
+
+    With several devices the batch is split over all of them. When ``batch_size``
+    does not divide by the device count, each call draws a padded batch (the next
+    multiple of it) and the extra samples are dropped: sample ``b`` depends only
+    on ``(seed, b)``, so padding changes no sample, only wastes fewer than one
+    sample per device; a warning says so.
+    """
+    devices = jax.local_devices()
+    batch = padded_batch(spec.batch_size, len(devices))
+    if batch != spec.batch_size:
+        warnings.warn(f"batch_size={spec.batch_size} is not a multiple of the {len(devices)} local devices: "
+                      f"each chunk draws {batch} samples over all devices and keeps the first {spec.batch_size}",
+                      stacklevel=3)
+    shape = (batch, *spec.event_shape)
     if METHODS[spec.method].kind == "ode":
         def draw(key, offset):
             return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset)
@@ -210,8 +247,7 @@ def _sampler(spec: JobSpec, state, model_fn):
         def draw(key, offset):
             return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,
                           corrector_steps=spec.corrector_steps, dtype=spec.dtype, index_offset=offset)
-    devices = jax.local_devices()
-    if len(devices) > 1 and spec.batch_size % len(devices) == 0:
+    if len(devices) > 1:
         return jax.jit(draw, out_shardings=batch_sharding(devices))
     return jax.jit(draw)
 
@@ -245,7 +281,7 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
     if process == 0:
         (out / "chunks").mkdir(parents=True, exist_ok=True)
         if check_manifest(spec, out) is None:
-            _write_manifest(spec, out, create=True)
+            _write_manifest(spec, out, finished_chunks(spec, out), create=True)
         else:
             _remove_stale_temporaries(out)
     barrier("sdevp_jax.jobs.manifest")  # no process writes before this: the clean-up above is safe
@@ -254,7 +290,8 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
     state = set_timesteps(state_from_config(dict(spec.scheduler)), spec.steps)
     model_fn = load_model(spec, state) if model_fn is None else model_fn
     mine = [c for c in range(spec.num_chunks) if c % count == process]
-    todo = [c for c in mine if not chunk_path(out, c).exists()]
+    finished = set(finished_chunks(spec, out))  # scanned once; then kept up to date (no rescan per chunk)
+    todo = [c for c in mine if c not in finished]
     total = sum(chunk_size(spec, c) for c in mine)
     done = total - sum(chunk_size(spec, c) for c in todo)
     if progress:
@@ -265,9 +302,10 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
         for c in todo:
             x = np.asarray(draw(key, np.uint32(c * spec.batch_size)))[: chunk_size(spec, c)]
             atomic_write(chunk_path(out, c), lambda f: np.save(f, x))
+            finished.add(c)
             done += len(x)
             if count == 1:
-                _write_manifest(spec, out)
+                _write_manifest(spec, out, finished)
             if progress:
                 progress(done, total)
     barrier("sdevp_jax.jobs.chunks")
@@ -282,6 +320,6 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
             parts.append(part)
         samples = np.concatenate(parts)
         atomic_write(samples_path, lambda f: np.savez(f, samples=samples))
-        _write_manifest(spec, out, complete=True)
+        _write_manifest(spec, out, list(range(spec.num_chunks)), complete=True)
     barrier("sdevp_jax.jobs.done")
     return samples_path

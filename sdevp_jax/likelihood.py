@@ -22,15 +22,14 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
-import diffrax
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import make_sample_keys
+from .loops import make_sample_keys, tsit5_solve
 from .samplers import probability_flow_drift
-from .scheduler import ScoreSdeVpSchedulerState
+from .scheduler import ScoreSdeVpSchedulerState, model_time_dtype
 
 __all__ = ["log_likelihood", "bits_per_dim", "TRACE_ESTIMATORS"]
 
@@ -84,9 +83,11 @@ def log_likelihood(
     batch, event = x.shape[0], x.shape[1:]
     dim = math.prod(event)
 
+    t_dtype = model_time_dtype(state)  # the dtype sample/sample_ode pass t in, for the same model inputs
+
     def field(t, y, probe):
         x_b, _ = y
-        t1 = jnp.full((1,), t, dtype)
+        t1 = jnp.full((1,), t, t_dtype)
 
         def f(z):
             return probability_flow_drift(state, model_fn(z[None], t1).astype(dtype), z[None], t1)[0]
@@ -101,14 +102,8 @@ def log_likelihood(
         return velocity, divergence
 
     def solve(x_b, probe):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), diffrax.Tsit5(),
-            t0=jnp.asarray(state.sampling_eps, dtype), t1=jnp.asarray(1.0, dtype), dt0=None,
-            y0=(x_b, jnp.zeros((), dtype)), args=probe,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
-        )
-        x_1, delta = sol.ys[0][0], sol.ys[1][0]
+        (x_1, delta), _ = tsit5_solve(field, (x_b, jnp.zeros((), dtype)), jnp.asarray(state.sampling_eps, dtype),
+                                      jnp.asarray(1.0, dtype), rtol, atol, max_steps, args=probe)
         if prior_logp is None:
             prior = -0.5 * dim * math.log(2.0 * math.pi) - 0.5 * jnp.sum(jnp.square(x_1))
         else:

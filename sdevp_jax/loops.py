@@ -22,7 +22,7 @@ from jax.typing import DTypeLike
 
 from . import _checks, sde
 from .samplers import CORRECTORS, PREDICTORS, check_step_rule, lookup, probability_flow_drift
-from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
+from .scheduler import ScoreSdeVpSchedulerState, model_time_dtype, require_timesteps
 
 __all__ = ["sample", "sample_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
 
@@ -236,36 +236,15 @@ def sample(
     return x_mean if denoise else x_last
 
 
-ODE_METHODS = ("euler", "heun", "dpm_solver", "adaptive")
-
-
-def _log_snr(t, beta_min, beta_max):
-    r""":math:`\lambda(t) = \log(\alpha/\sigma) = m - \tfrac12\log(-\operatorname{expm1}(2m))`."""
-    m = sde.log_mean_coeff(t, beta_min, beta_max)
-    return m - 0.5 * jnp.log(-jnp.expm1(2.0 * m))
-
-
-def _t_of_log_snr(lam, beta_min, beta_max):
-    r"""The inverse of :func:`_log_snr` (Lu et al. 2022, app. on the VP schedule).
-
-    :math:`m = -\tfrac12\log(1 + e^{-2\lambda})`, then the positive root of
-    :math:`\tfrac14\Delta\beta\,t^2 + \tfrac12\beta_{\min} t + m = 0`, written as
-    :math:`t = -2m / (\tfrac12\beta_{\min} + \sqrt{\tfrac14\beta_{\min}^2 - \Delta\beta\, m})`
-    to avoid cancellation.
-    """
-    m = -0.5 * jax.nn.softplus(-2.0 * lam)
-    return -2.0 * m / (0.5 * beta_min + jnp.sqrt(0.25 * beta_min**2 - (beta_max - beta_min) * m))
-
-
 def _ode_grid(state, method, dtype):
     """The times the fixed-step ODE methods step through, from 1 down to sampling_eps."""
     if method != "dpm_solver":
         return state.timesteps.astype(dtype)
     bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
-    lam = jnp.linspace(_log_snr(jnp.asarray(1.0, dtype), bmin, bmax),
-                       _log_snr(jnp.asarray(state.sampling_eps, dtype), bmin, bmax),
+    lam = jnp.linspace(sde.log_snr(jnp.asarray(1.0, dtype), bmin, bmax),
+                       sde.log_snr(jnp.asarray(state.sampling_eps, dtype), bmin, bmax),
                        state.timesteps.shape[0], dtype=dtype)
-    t = _t_of_log_snr(lam, bmin, bmax)
+    t = sde.t_of_log_snr(lam, bmin, bmax)
     # the end points exactly (the inverse is accurate to rounding in between)
     return t.at[0].set(1.0).at[-1].set(jnp.asarray(state.sampling_eps, dtype))
 
@@ -299,7 +278,7 @@ def _fixed_step_ode(state, model_fn, x, method, dtype):
     # phi1 = e^h - 1, phi2 = e^h - 1 - h, phi3 = e^h - 1 - h - h^2/2 (the exact
     # integrals of the Taylor terms of eps in lambda; Lu et al. 2022), e' and e''
     # from divided differences of the last three eps: order 1, 2, then 3.
-    lam = _log_snr(grid, bmin, bmax)
+    lam = sde.log_snr(grid, bmin, bmax)
     log_alpha = sde.log_mean_coeff(grid, bmin, bmax)
     sigma = sde.sigma(grid, bmin, bmax)
 
@@ -326,9 +305,32 @@ def _fixed_step_ode(state, model_fn, x, method, dtype):
     return x, grid.shape[0] - 1
 
 
+def tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps, args=None):
+    """Solve ``dy/dt = field(t, y, args)`` from ``t0`` to ``t1`` with diffrax's Tsit5 and a PID controller.
+
+    The one adaptive-ODE setup of the package (the ODE sampler and the
+    likelihood both use it). ``y0`` may be any pytree; returns ``(y(t1), steps)``
+    with ``steps`` diffrax's count of steps taken (accepted and rejected).
+    Past ``max_steps`` diffrax raises.
+    """
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        args=args,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=max_steps,
+    )
+    return jax.tree.map(lambda y: y[0], sol.ys), sol.stats["num_steps"]
+
+
 def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps):
     """Tsit5 with a PID controller (diffrax), each sample with its own steps; returns (x, nfe per sample)."""
-    t_dtype = state.timesteps.dtype
+    t_dtype = model_time_dtype(state)
     dtype_out = x.dtype
 
     def field(t, y, args):
@@ -338,18 +340,8 @@ def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps):
         return probability_flow_drift(state, e, y1, t1)[0]
 
     def solve(y0):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field),
-            diffrax.Tsit5(),
-            t0=jnp.asarray(1.0, dtype),
-            t1=jnp.asarray(state.sampling_eps, dtype),
-            dt0=None,
-            y0=y0,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            saveat=diffrax.SaveAt(t1=True),
-            max_steps=max_steps,
-        )
-        return sol.ys[0], sol.stats["num_steps"]
+        return tsit5_solve(field, y0, jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype),
+                           rtol, atol, max_steps)
 
     y, steps = jax.vmap(solve)(x.astype(dtype))
     # Tsit5 is first-same-as-last: one evaluation at t0, then six per step tried.

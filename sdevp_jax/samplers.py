@@ -23,6 +23,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from . import _checks, sde
@@ -48,11 +50,30 @@ __all__ = [
 
 
 def _discrete_beta(p: PreparedStep, state: ScoreSdeVpSchedulerState, caller: str) -> jax.Array:
-    r""":math:`\beta_i = \beta(t)/N`, after checking :math:`\beta_{\max}/N < 1` when concrete."""
-    if not _checks.is_traced(state.beta_max) and not state.beta_max < p.n:
+    r""":math:`\beta_i = \beta(t)/N`, after checking :math:`\beta_{\max} < N` (else :math:`\sqrt{1 - \beta_i}` is NaN).
+
+    Checked at call or trace time -- also under ``jit``, where the state's floats
+    are tracers -- from ``beta_max`` itself when it is on the host, else from the
+    state's static ``min_discrete_steps``. Only when ``beta_max`` was traced when
+    the state was built (a state made inside ``jit``/``vmap``/``grad``) is neither
+    known; then the check is a ``checkify.debug_check``, which raises under
+    ``checkify.checkify`` and is compiled away otherwise (see
+    :mod:`sdevp_jax.scheduler`).
+    """
+    bmax = _checks.host_value(state.beta_max)
+    if bmax is not None:
+        ok, shown = bool(np.all(bmax < p.n)), f"beta_max={state.beta_max}"
+    elif state.min_discrete_steps is not None:
+        ok = p.n >= state.min_discrete_steps
+        shown = f"beta_max >= {state.min_discrete_steps - 1} (num_inference_steps must be >= {state.min_discrete_steps})"
+    else:
+        checkify.debug_check(jnp.all(jnp.asarray(state.beta_max) < p.n),
+                             f"{caller} needs num_inference_steps > beta_max; got num_inference_steps={p.n}")
+        ok, shown = True, ""
+    if not ok:
         raise ValueError(
             f"{caller} needs num_inference_steps > beta_max (its per-step rate beta(t)/N "
-            f"must be < 1): got num_inference_steps={p.n}, beta_max={state.beta_max}"
+            f"must be < 1): got num_inference_steps={p.n}, {shown}"
         )
     return p.beta() / p.n
 

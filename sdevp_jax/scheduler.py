@@ -22,15 +22,40 @@ still consistent (the two differ by :math:`O(1/N^2)` per step).
 The one deliberate difference from diffusers: :math:`\sigma(t)` is computed with
 ``expm1`` (see :mod:`sdevp_jax.sde`), which is more accurate near ``sampling_eps``
 and agrees with diffusers to rounding elsewhere.
+
+Checks under ``jit`` (no silent NaN). Under ``jax.jit(sv.sample, static_argnums=(1, 3))``
+the state's floats are tracers, so a check on their values cannot run at trace
+time. Each check therefore runs where the value is known:
+
+* the config (``beta_min > 0``, ``beta_max > beta_min``, ``0 < sampling_eps < 1``) is
+  checked by :func:`create_state` and by ``state.replace`` whenever the values are
+  concrete, so a state's grid lies in ``[sampling_eps, 1]``, away from
+  :math:`\sigma(0) = 0`;
+* the discrete chain's bound ``num_inference_steps > beta_max`` (see
+  :mod:`sdevp_jax.samplers`) is checked against the static field
+  ``min_discrete_steps``, recorded from the concrete ``beta_max`` by ``create_state``
+  and ``replace``: a jitted call raises a ValueError at trace time;
+* a step's ``t`` is checked on the host when it is a Python number or a NumPy
+  value. A ``t`` that is a ``jax.Array`` is not read back (on an accelerator that
+  would stall an eager loop at every step); under a trace it is checked by
+  :func:`jax.experimental.checkify.debug_check`, as is the discrete bound when
+  ``beta_max`` itself is traced (a state built inside ``jit``/``vmap``/``grad``).
+  Those checks raise only when the caller wraps the function with
+  ``checkify.checkify`` (``err.throw()``); without it they compile away and a
+  ``t <= 0`` or a ``beta_max >= num_inference_steps`` gives NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from . import _checks, sde
@@ -41,6 +66,7 @@ __all__ = [
     "create_state",
     "set_timesteps",
     "step_pred",
+    "model_time_dtype",
 ]
 
 
@@ -54,6 +80,10 @@ class ScoreSdeVpSchedulerState:
     ``num_train_timesteps`` is static metadata that the sampler never uses
     (diffusers only reports it as the scheduler's ``len``).
 
+    ``state.replace(**fields)`` checks concrete config values as
+    :func:`create_state` does and keeps ``min_discrete_steps`` up to date (a
+    ``dataclasses.replace`` or the raw constructor does neither: use ``replace``).
+
     Attributes:
       beta_min: :math:`\\beta_{\\min} > 0`.
       beta_max: :math:`\\beta_{\\max} > \\beta_{\\min}`.
@@ -61,6 +91,11 @@ class ScoreSdeVpSchedulerState:
       timesteps: ``linspace(1, sampling_eps, N)``, shape ``(N,)``; ``None`` until
         :func:`set_timesteps` is called.
       num_train_timesteps: static; defaults to 2000 as in diffusers.
+      min_discrete_steps: static; the smallest ``num_inference_steps`` the discrete
+        chain accepts, ``floor(beta_max) + 1`` (its per-step rates ``beta(t)/N`` must
+        be < 1), recorded whenever ``beta_max`` is concrete; ``None`` when it was
+        traced. Static so that a jitted sampler can check it at trace time; a
+        jitted function therefore compiles once per value of ``floor(beta_max)``.
     """
 
     beta_min: Any
@@ -68,6 +103,7 @@ class ScoreSdeVpSchedulerState:
     sampling_eps: Any
     timesteps: Optional[jax.Array] = None
     num_train_timesteps: int = struct.field(pytree_node=False, default=2000)
+    min_discrete_steps: Optional[int] = struct.field(pytree_node=False, default=None)
 
     @property
     def num_inference_steps(self) -> Optional[int]:
@@ -76,6 +112,52 @@ class ScoreSdeVpSchedulerState:
 
     def __len__(self) -> int:
         return self.num_train_timesteps
+
+
+def _concrete(value: Any) -> Optional[np.ndarray]:
+    """``value`` as a NumPy array if it is known now (host or a concrete ``jax.Array``), else ``None``."""
+    if _checks.is_traced(value):
+        return None
+    host = _checks.host_value(value)
+    if host is not None:
+        return host
+    return np.asarray(value) if isinstance(value, jax.Array) else None
+
+
+def _min_discrete_steps(beta_max: Any) -> Optional[int]:
+    """``floor(max beta_max) + 1`` from a concrete ``beta_max`` (``None`` when traced or not finite)."""
+    value = _concrete(beta_max)
+    if value is None or value.size == 0 or not np.all(np.isfinite(value)):
+        return None
+    return int(math.floor(float(np.max(value)))) + 1
+
+
+def _check_config(beta_min: Any, beta_max: Any, sampling_eps: Any) -> None:
+    """The config's ranges, elementwise, for the values that are concrete (tracers are skipped)."""
+    bmin, bmax, eps = _concrete(beta_min), _concrete(beta_max), _concrete(sampling_eps)
+    for name, value in (("beta_min", bmin), ("beta_max", bmax), ("sampling_eps", eps)):
+        if value is not None and not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if bmin is not None and not np.all(bmin > 0):
+        raise ValueError(f"beta_min must be > 0, got {beta_min}")
+    if bmin is not None and bmax is not None and not np.all(bmax > bmin):
+        raise ValueError(f"beta_max must be > beta_min = {beta_min}, got {beta_max}")
+    if eps is not None and not np.all((eps > 0.0) & (eps < 1.0)):
+        raise ValueError(f"sampling_eps must be in the open interval (0, 1), got {sampling_eps}")
+
+
+def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedulerState:
+    """A new state with ``updates``: checked like :func:`create_state`, ``min_discrete_steps`` kept up to date."""
+    config = {k: updates.get(k, getattr(self, k)) for k in ("beta_min", "beta_max", "sampling_eps")}
+    if any(k in updates for k in config):
+        _check_config(**config)
+    if "beta_max" in updates and "min_discrete_steps" not in updates:
+        updates["min_discrete_steps"] = _min_discrete_steps(updates["beta_max"])
+    return dataclasses.replace(self, **updates)
+
+
+# flax.struct installs a plain dataclasses.replace; ours also checks and keeps the static bound.
+ScoreSdeVpSchedulerState.replace = _replace
 
 
 class StepOutput(NamedTuple):
@@ -115,21 +197,13 @@ def create_state(
     beta_min = _checks.real_scalar("beta_min", beta_min)
     beta_max = _checks.real_scalar("beta_max", beta_max)
     sampling_eps = _checks.real_scalar("sampling_eps", sampling_eps)
-    if not _checks.is_traced(beta_min) and not beta_min > 0:
-        raise ValueError(f"beta_min must be > 0, got {beta_min}")
-    if (
-        not _checks.is_traced(beta_min)
-        and not _checks.is_traced(beta_max)
-        and not beta_max > beta_min
-    ):
-        raise ValueError(f"beta_max must be > beta_min = {beta_min}, got {beta_max}")
-    if not _checks.is_traced(sampling_eps) and not 0.0 < sampling_eps < 1.0:
-        raise ValueError(f"sampling_eps must be in the open interval (0, 1), got {sampling_eps}")
+    _check_config(beta_min, beta_max, sampling_eps)
     return ScoreSdeVpSchedulerState(
         beta_min=beta_min,
         beta_max=beta_max,
         sampling_eps=sampling_eps,
         num_train_timesteps=num_train_timesteps,
+        min_discrete_steps=_min_discrete_steps(beta_max),
     )
 
 
@@ -167,6 +241,27 @@ def require_timesteps(state: ScoreSdeVpSchedulerState, caller: str) -> int:
     return state.timesteps.shape[0]
 
 
+def model_time_dtype(state: ScoreSdeVpSchedulerState) -> np.dtype:
+    """The dtype every loop passes ``t`` to ``model_fn`` in: the grid's (JAX's default float before a grid is set)."""
+    if state.timesteps is None:
+        return jnp.zeros(()).dtype
+    return state.timesteps.dtype
+
+
+def check_t(t: jax.Array, t_host: Optional[np.ndarray]) -> None:
+    """``t`` finite and > 0: on the host if it is there, with ``checkify.debug_check`` if traced.
+
+    A concrete ``jax.Array`` is not read back (that would sync with the device
+    at every eager step); see the module docstring.
+    """
+    message = "t must be finite and > 0 (sigma(0) = 0)"
+    if t_host is not None:
+        if not np.all(np.isfinite(t_host) & (t_host > 0)):
+            raise ValueError(f"{message}, got {t_host}")
+    elif _checks.is_traced(t):
+        checkify.debug_check(jnp.all(jnp.isfinite(t) & (t > 0)), message)
+
+
 def broadcast_t(t: jax.Array, x: jax.Array) -> jax.Array:
     """Check ``t`` (0-d or ``(batch,)``) against ``x`` and shape it to broadcast from the left."""
     if t.ndim == 0:
@@ -194,11 +289,11 @@ class PreparedStep:
         eps = _checks.float_array("model_output", model_output)
         if eps.shape != self.x.shape:
             raise ValueError(f"model_output must have x's shape {self.x.shape}, got {eps.shape}")
+        t_host = _checks.host_value(t)
         t = jnp.asarray(t)
         if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
             raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
-        if not _checks.is_traced(t) and not bool(jnp.all(jnp.isfinite(t) & (t > 0))):
-            raise ValueError(f"t must be finite and > 0 (sigma(0) = 0), got {t}")
+        check_t(t, t_host)
         if noise is None:
             _checks.prng_key("key", key)
         else:
@@ -260,8 +355,9 @@ def step_pred(
       ``StepOutput(prev_sample, prev_sample_mean)``, which unpacks as ``x, x_mean``.
 
     Raises:
-      ValueError: timesteps not set; shapes that do not match; a concrete ``t``
-        that is not finite and > 0.
+      ValueError: timesteps not set; shapes that do not match; a ``t`` on the host
+        (Python number, NumPy value) that is not finite and > 0 (a traced ``t`` is
+        checked under ``checkify``; see the module docstring).
       TypeError: non-float ``x``/``model_output``/``noise``; a bad ``key``.
     """
     p = PreparedStep("step_pred", state, model_output, x, t, key, noise)
@@ -275,6 +371,6 @@ def step_pred(
     beta_t = p.beta()
     coeff_x = 0.5 * h * beta_t
     coeff_eps = h * beta_t / p.sigma()
-    coeff_z = sde.diffusion(h * beta_t)  # sqrt(beta) * sqrt(-dt)
+    coeff_z = sde.diffusion(beta_t) * math.sqrt(h)  # g(t) sqrt(-dt), in the reference's order
     x_mean = p.xc + (coeff_x * p.xc - coeff_eps * p.eps)
     return p.out(x_mean + coeff_z * p.z(), x_mean)

@@ -34,9 +34,12 @@ __all__ = [
     "log_mean_coeff",
     "alpha",
     "sigma",
+    "alpha_sigma",
     "drift",
     "diffusion",
     "marginal_mean_std",
+    "log_snr",
+    "t_of_log_snr",
 ]
 
 
@@ -60,9 +63,20 @@ def alpha(t: ArrayLike, beta_min: ArrayLike, beta_max: ArrayLike) -> jax.Array:
     return jnp.exp(log_mean_coeff(t, beta_min, beta_max))
 
 
+def _sigma_of_m(m: jax.Array) -> jax.Array:
+    r""":math:`\sigma = \sqrt{1 - e^{2m}}`, as :math:`\sqrt{-\operatorname{expm1}(2m)}`: the one place it is written."""
+    return jnp.sqrt(-jnp.expm1(2.0 * m))
+
+
 def sigma(t: ArrayLike, beta_min: ArrayLike, beta_max: ArrayLike) -> jax.Array:
     r"""The noise scale :math:`\sigma(t) = \sqrt{-\operatorname{expm1}(2 m(t))}` of the kernel."""
-    return jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff(t, beta_min, beta_max)))
+    return _sigma_of_m(log_mean_coeff(t, beta_min, beta_max))
+
+
+def alpha_sigma(t: ArrayLike, beta_min: ArrayLike, beta_max: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    r""":math:`(\alpha(t), \sigma(t))` from one evaluation of :math:`m(t)`; equal to :func:`alpha` and :func:`sigma`."""
+    m = log_mean_coeff(t, beta_min, beta_max)
+    return jnp.exp(m), _sigma_of_m(m)
 
 
 def drift(x: ArrayLike, beta_t: ArrayLike) -> jax.Array:
@@ -83,5 +97,27 @@ def marginal_mean_std(
     ``t`` must broadcast against ``x0`` (reshape a per-sample ``t`` to
     ``(batch, 1, ..., 1)`` first).
     """
+    alpha_t, sigma_t = alpha_sigma(t, beta_min, beta_max)
+    return alpha_t * x0, sigma_t
+
+
+def log_snr(t: ArrayLike, beta_min: ArrayLike, beta_max: ArrayLike) -> jax.Array:
+    r"""The half log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha(t)/\sigma(t))`.
+
+    Written as :math:`m - \tfrac12\log(-\operatorname{expm1}(2m))`, which keeps its
+    digits at both ends (Lu et al., NeurIPS 2022, sec. 3.1 and app. on the VP schedule).
+    """
     m = log_mean_coeff(t, beta_min, beta_max)
-    return jnp.exp(m) * x0, jnp.sqrt(-jnp.expm1(2.0 * m))
+    return m - 0.5 * jnp.log(-jnp.expm1(2.0 * m))
+
+
+def t_of_log_snr(lam: ArrayLike, beta_min: ArrayLike, beta_max: ArrayLike) -> jax.Array:
+    r"""The inverse of :func:`log_snr` on the linear schedule (Lu et al. 2022, app. on the VP schedule).
+
+    :math:`m = -\tfrac12\log(1 + e^{-2\lambda})` (a softplus), then the positive root of
+    :math:`\tfrac14\Delta\beta\,t^2 + \tfrac12\beta_{\min} t + m = 0`, written as
+    :math:`t = -2m / (\tfrac12\beta_{\min} + \sqrt{\tfrac14\beta_{\min}^2 - \Delta\beta\, m})`
+    to avoid cancellation.
+    """
+    m = -0.5 * jax.nn.softplus(-2.0 * jnp.asarray(lam))
+    return -2.0 * m / (0.5 * beta_min + jnp.sqrt(0.25 * beta_min**2 - (beta_max - beta_min) * m))

@@ -106,11 +106,14 @@ def dsm_loss(
                 jax.random.normal(k_z, x0.shape[1:], dtype))
 
     t, z = jax.vmap(draw)(keys)
-    x_t = add_noise(state, x0, z.astype(x0.dtype), t)
+    # The noise in x_t is z in x0's dtype (rounded for bfloat16/float16 data); the
+    # target is that same noise, so a model that recovers it exactly scores 0.
+    z = z.astype(x0.dtype)
+    x_t = add_noise(state, x0, z, t)
     eps_hat = model_fn(x_t, t)
     if getattr(eps_hat, "shape", None) != x0.shape:
         raise ValueError(f"model_fn must return an array of x0's shape {x0.shape}, got {getattr(eps_hat, 'shape', eps_hat)}")
-    per_sample = jnp.sum(jnp.square(eps_hat.astype(dtype) - z).reshape(batch, -1), axis=1)
+    per_sample = jnp.sum(jnp.square(eps_hat.astype(dtype) - z.astype(dtype)).reshape(batch, -1), axis=1)
     if likelihood_weighting:
         bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
         per_sample = per_sample * sde.beta(t, bmin, bmax) / jnp.square(sde.sigma(t, bmin, bmax))

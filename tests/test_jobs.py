@@ -158,3 +158,101 @@ def test_sharded_sampling_equals_single_device_with_no_gather():
             assert r["equal"], (name, r)
         assert r["all_gather"] == 0, name
         assert r["devices"] == 8 and r["shards"] == [[8, 2]], name
+
+
+def test_job_dtype_is_validated():
+    for name in jobs.DTYPES:
+        jobs.JobSpec(num_samples=4, batch_size=2, seed=0, steps=10, dtype=name)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        jobs.JobSpec(num_samples=4, batch_size=2, seed=0, steps=10, dtype="float8")
+
+
+def test_snr_alone_without_a_corrector_does_not_refuse_the_job(tmp_path):
+    """snr and corrector_steps change nothing without a corrector, so they are not part of the job's identity."""
+    spec = jobs.JobSpec(num_samples=4, batch_size=2, seed=0, steps=5)
+    first = load_after(jobs.run_job(spec, tmp_path))
+    again = jobs.run_job(jobs.JobSpec(num_samples=4, batch_size=2, seed=0, steps=5, snr=0.3, corrector_steps=3), tmp_path)
+    np.testing.assert_array_equal(np.load(again)["samples"], first)
+    # a manifest written before the normalisation (with snr in its config) still resumes
+    manifest = json.loads((tmp_path / jobs.MANIFEST).read_text())
+    manifest["config"] |= {"snr": 0.16, "corrector_steps": 1}
+    (tmp_path / jobs.MANIFEST).write_text(json.dumps(manifest))
+    assert jobs.check_manifest(spec, tmp_path) is not None
+    # with a corrector, snr is part of the identity
+    pc = dict(num_samples=4, batch_size=2, seed=0, steps=30, corrector="langevin")
+    jobs.run_job(jobs.JobSpec(**pc), tmp_path / "pc")
+    with pytest.raises(jobs.JobMismatchError, match="snr"):
+        jobs.run_job(jobs.JobSpec(**pc, snr=0.3), tmp_path / "pc")
+
+
+def load_after(path):
+    with np.load(path) as data:
+        return data["samples"]
+
+
+def test_manifest_updates_are_linear_in_the_chunk_count(tmp_path, monkeypatch):
+    """Each chunk adds itself to the manifest; no rescan of every chunk file after each one.
+
+    With C chunks a rescan per chunk stats C files each time (C^2 = 900 here);
+    tracking finished chunks needs one scan (C stats) at the start.
+    """
+    calls = {"n": 0}
+    real = jobs.chunk_path
+
+    def counting(out, c):
+        calls["n"] += 1
+        return real(out, c)
+
+    monkeypatch.setattr(jobs, "chunk_path", counting)
+    spec = jobs.JobSpec(num_samples=30, batch_size=1, seed=0, steps=2)
+    jobs.run_job(spec, tmp_path)
+    # a scan for the new manifest (C) and one for the work list (C), a write per chunk (C), a read per
+    # chunk to assemble (C): 4C = 120. A rescan per chunk adds C(C+1)/2 = 465 more.
+    assert calls["n"] <= 4 * spec.num_chunks, calls["n"]
+    manifest = json.loads((tmp_path / jobs.MANIFEST).read_text())
+    assert manifest["finished_chunks"] == list(range(30)) and manifest["complete"]
+
+
+def test_job_manifest_lists_chunks_as_they_finish(tmp_path, monkeypatch):
+    seen = []
+    real = jobs._write_manifest
+
+    def spy(spec, out, finished, **kw):
+        seen.append(sorted(finished))
+        return real(spec, out, finished, **kw)
+
+    monkeypatch.setattr(jobs, "_write_manifest", spy)
+    jobs.run_job(jobs.JobSpec(num_samples=3, batch_size=1, seed=0, steps=2), tmp_path)
+    assert seen == [[], [0], [0, 1], [0, 1, 2], [0, 1, 2]]
+
+
+PADDED = textwrap.dedent("""
+    import os, json, warnings
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax, numpy as np
+    from sdevp_jax import jobs
+    assert len(jax.devices()) == 2
+    spec = jobs.JobSpec(num_samples=5, batch_size=3, seed=1, steps=10)
+    state = jobs.set_timesteps(jobs.state_from_config(dict(spec.scheduler)), spec.steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw = jobs._sampler(spec, state, jobs.load_model(spec, state))
+    out = draw(jax.random.key(1), np.uint32(0))
+    path = jobs.run_job(spec, os.environ["JOB_DIR"])
+    print(json.dumps({"devices": len(out.sharding.device_set), "shape": list(out.shape),
+                      "warning": [str(w.message) for w in caught],
+                      "samples": np.load(path)["samples"].tolist()}))
+""")
+
+
+@pytest.mark.slow
+def test_batch_not_divisible_by_devices_is_padded_and_uses_every_device(tmp_path):
+    """2 CPU devices, batch_size 3: the chunk is drawn as 4 over both devices (with a warning), same samples."""
+    env = dict(os.environ, JOB_DIR=str(tmp_path / "two"))
+    proc = subprocess.run([sys.executable, "-c", PADDED], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2 and result["shape"] == [4, 2]
+    assert any("batch_size=3" in w and "2 local devices" in w for w in result["warning"]), result["warning"]
+    single = load_after(jobs.run_job(jobs.JobSpec(num_samples=5, batch_size=3, seed=1, steps=10), tmp_path / "one"))
+    np.testing.assert_array_equal(np.asarray(result["samples"], single.dtype), single)

@@ -75,3 +75,22 @@ def test_log_likelihood_vmaps_and_rejects_bad_options(setup):
         sv.log_likelihood(state, model_fn, x, None)
     with pytest.raises(ValueError, match="rtol must be > 0"):
         sv.log_likelihood(state, model_fn, x, None, trace="exact", rtol=0.0)
+
+
+def test_log_likelihood_passes_t_in_the_samplers_dtype(x64):
+    """Under x64 with float32 data the grid is float64: the model must see t as sample/sample_ode give it."""
+    state = sv.set_timesteps(sv.create_state(), 5)
+    seen = {}
+
+    def model_fn(name):
+        def f(x, t):
+            seen.setdefault(name, set()).add(t.dtype)
+            return 0.1 * x
+        return f
+
+    x = jnp.zeros((2, 2), jnp.float32)
+    sv.sample(state, model_fn("sample"), jax.random.key(0), x.shape)
+    sv.sample_ode(state, model_fn("sample_ode"), jax.random.key(0), x.shape, method="adaptive", rtol=1e-2, atol=1e-2)
+    sv.log_likelihood(state, model_fn("log_likelihood"), x, None, trace="exact", rtol=1e-2, atol=1e-2)
+    assert seen["sample"] == {jnp.dtype(jnp.float64)}
+    assert seen["log_likelihood"] == seen["sample"] == seen["sample_ode"]

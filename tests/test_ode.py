@@ -122,7 +122,8 @@ def test_ode_samplers_reach_the_mixture(method, n):
 
 
 def test_dpm_solver_grid_is_uniform_in_log_snr(x64):
-    from sdevp_jax.loops import _log_snr, _ode_grid
+    from sdevp_jax.loops import _ode_grid
+    from sdevp_jax.sde import log_snr as _log_snr
 
     state = sv.set_timesteps(sv.create_state(), 11)
     grid = _ode_grid(state, "dpm_solver", jnp.float64)

@@ -117,3 +117,26 @@ def test_dsm_loss_rejects_bad_input():
         sv.dsm_loss(state, lambda x, t: x[:, :1], jnp.ones((2, 2)), jax.random.key(0))
     with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
         sv.dsm_loss(state, lambda x, t: x, jnp.ones((2, 2)), 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_dsm_loss_targets_the_noise_that_was_added(monkeypatch, dtype):
+    """Low-precision data: x_t holds z rounded to x0's dtype, and the loss must target that z.
+
+    A model that returns the very noise add_noise used scores exactly 0; with the
+    unrounded z as target it would score sum((round(z) - z)^2) ~ D * (2^-9 |z|)^2 > 0.
+    """
+    from sdevp_jax import training
+
+    used = {}
+    real_add_noise = training.add_noise
+
+    def spy(state, x0, noise, t):
+        used["noise"] = noise
+        return real_add_noise(state, x0, noise, t)
+
+    monkeypatch.setattr(training, "add_noise", spy)
+    x0 = jnp.zeros((4, 8), dtype)
+    loss = sv.dsm_loss(sv.create_state(), lambda x, t: used["noise"], x0, jax.random.key(0))
+    assert used["noise"].dtype == dtype
+    assert float(loss) == 0.0
