@@ -207,10 +207,10 @@ def test_a_write_that_dies_half_way_loses_nothing_and_leaves_nothing(tmp_path, m
     with pytest.raises(OSError, match="injected"):
         jobs.run_job(spec, out)
     monkeypatch.setattr(np, "save", real_save)
-    assert len(left_behind) == 1  # the injection did hit a temporary mid-write
 
     survivors = chunk_files(out)
     assert sorted(survivors) == ["chunk_000000.npy", "chunk_000001.npy"]  # no half chunk under a final name
+    assert len(left_behind) == 1  # the injection did hit a temporary mid-write
     for name, (_, _, data) in survivors.items():
         np.testing.assert_array_equal(np.load(io.BytesIO(data)), clean[2 * int(name[6:12]):][:2])
     assert not (out / "samples.npz").exists()
