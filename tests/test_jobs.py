@@ -1,5 +1,6 @@
 """Resumable jobs (kill -9 and resume), multi-process and multi-device sampling."""
 
+import io
 import json
 import os
 import signal
@@ -256,3 +257,73 @@ def test_batch_not_divisible_by_devices_is_padded_and_uses_every_device(tmp_path
     assert any("batch_size=3" in w and "2 local devices" in w for w in result["warning"]), result["warning"]
     single = load_after(jobs.run_job(jobs.JobSpec(num_samples=5, batch_size=3, seed=1, steps=10), tmp_path / "one"))
     np.testing.assert_array_equal(np.asarray(result["samples"], single.dtype), single)
+
+
+# ---------------------------------------------------------------- faults injected into the chunk writer
+
+FAULT_SPEC = dict(num_samples=10, batch_size=2, seed=3, steps=15)  # 5 chunks of 2 samples
+
+
+def chunk_files(out: Path) -> dict:
+    """Each chunk file's identity (inode, mtime) and bytes."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted((out / "chunks").glob("chunk_*.npy"))}
+
+
+def test_a_write_that_dies_half_way_loses_nothing_and_leaves_nothing(tmp_path, monkeypatch):
+    """Chunk 2's writer writes half of its bytes and dies (as a full disk or a kill would stop it).
+
+    The temporary it leaves (atomic_write removes its own on an exception; a
+    killed process cannot, so we put its half-written bytes back under the same
+    name) and a stale temporary of every kind a job writes are planted. The rerun
+    keeps chunks 0 and 1 untouched (same inode, mtime and bytes), removes every
+    temporary of ours (but not a user's file), writes the rest, and ends bitwise
+    equal to an uninterrupted run. Writing chunks in place (not through a
+    temporary and a rename) fails this: the half chunk would sit under its final
+    name, be taken as finished and break the assembly.
+    """
+    spec = jobs.JobSpec(**FAULT_SPEC)
+    clean = np.load(jobs.run_job(spec, tmp_path / "clean"))["samples"]
+    out = tmp_path / "crashed"
+    real_save = np.save
+    calls, left_behind = [], {}
+
+    def dying_save(file, array, *args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) - 1 != 2:
+            return real_save(file, array, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(buffer, array, *args, **kwargs)
+        data = buffer.getvalue()
+        file.write(data[: len(data) // 2])
+        file.flush()
+        for tmp in (out / "chunks").glob(".chunk_*.tmp"):  # the writer's temporary, as a kill leaves it
+            left_behind[tmp] = tmp.read_bytes()
+        raise OSError("injected: the disk died half-way through chunk 2")
+
+    monkeypatch.setattr(np, "save", dying_save)
+    with pytest.raises(OSError, match="injected"):
+        jobs.run_job(spec, out)
+    monkeypatch.setattr(np, "save", real_save)
+
+    survivors = chunk_files(out)
+    assert sorted(survivors) == ["chunk_000000.npy", "chunk_000001.npy"]  # no half chunk under a final name
+    assert len(left_behind) == 1  # the injection did hit a temporary mid-write
+    for name, (_, _, data) in survivors.items():
+        np.testing.assert_array_equal(np.load(io.BytesIO(data)), clean[2 * int(name[6:12]):][:2])
+    assert not (out / "samples.npz").exists()
+    for tmp, data in left_behind.items():  # a killed writer's temporary, still there
+        tmp.write_bytes(data)
+    planted = [out / "chunks" / ".chunk_000003.npy.stale123.tmp", out / ".manifest.json.stale456.tmp",
+               out / ".samples.npz.stale789.tmp"]
+    for path in planted:
+        path.write_bytes(b"half a file")
+    users = out / "chunks" / "notes.tmp"  # not a name atomic_write gives: not ours to delete
+    users.write_text("keep me")
+
+    resumed = np.load(jobs.run_job(spec, out))["samples"]
+    assert {k: v for k, v in chunk_files(out).items() if k in survivors} == survivors
+    assert len(chunk_files(out)) == 5
+    assert not [p for p in out.rglob("*.tmp") if p != users] and users.read_text() == "keep me"
+    np.testing.assert_array_equal(resumed, clean)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
