@@ -22,7 +22,7 @@ from jax.typing import DTypeLike
 
 from . import _checks, sde
 from .samplers import CORRECTORS, PREDICTORS, check_step_rule, lookup, probability_flow_drift
-from .scheduler import ScoreSdeVpSchedulerState, model_time_dtype, require_timesteps
+from .scheduler import ScoreSdeVpSchedulerState, model_time_dtype, require_timesteps, times_from_grid
 
 __all__ = ["sample", "sample_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
 
@@ -148,7 +148,8 @@ def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_c
 
     # The step index rides in the carry (not as an arange over the steps), so
     # nothing but the timestep grid itself has the length of the loop.
-    (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps, unroll=unroll)
+    with times_from_grid():
+        (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps, unroll=unroll)
     return x_last, x_mean
 
 

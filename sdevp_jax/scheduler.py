@@ -38,7 +38,8 @@ time. Each check therefore runs where the value is known:
 * a step's ``t`` is checked on the host when it is a Python number or a NumPy
   value. A ``t`` that is a ``jax.Array`` is not read back (on an accelerator that
   would stall an eager loop at every step); under a trace it is checked by
-  :func:`jax.experimental.checkify.debug_check`, as is the discrete bound when
+  :func:`jax.experimental.checkify.debug_check` (except inside the package's own
+  loops, whose ``t`` come from the validated grid), as is the discrete bound when
   ``beta_max`` itself is traced (a state built inside ``jit``/``vmap``/``grad``).
   Those checks raise only when the caller wraps the function with
   ``checkify.checkify`` (``err.throw()``); without it they compile away and a
@@ -47,6 +48,8 @@ time. Each check therefore runs where the value is known:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
@@ -248,17 +251,38 @@ def model_time_dtype(state: ScoreSdeVpSchedulerState) -> np.dtype:
     return state.timesteps.dtype
 
 
+_TIMES_FROM_GRID = contextvars.ContextVar("sdevp_jax_times_from_grid", default=False)
+
+
+@contextlib.contextmanager
+def times_from_grid():
+    """While tracing a loop over ``state.timesteps``: its steps' ``t`` need no check.
+
+    The grid was validated where it was built (``set_timesteps`` on a checked
+    state), so the loops trace their steps inside this block. That keeps the
+    compiled loop free of a per-step check, and keeps its program the same from
+    one trace to the next (a ``checkify.debug_check`` numbers its error codes per
+    process, which would change the persistent compilation cache's key).
+    """
+    token = _TIMES_FROM_GRID.set(True)
+    try:
+        yield
+    finally:
+        _TIMES_FROM_GRID.reset(token)
+
+
 def check_t(t: jax.Array, t_host: Optional[np.ndarray]) -> None:
     """``t`` finite and > 0: on the host if it is there, with ``checkify.debug_check`` if traced.
 
     A concrete ``jax.Array`` is not read back (that would sync with the device
-    at every eager step); see the module docstring.
+    at every eager step); see the module docstring. Inside :func:`times_from_grid`
+    a traced ``t`` is not checked: it comes from a validated grid.
     """
     message = "t must be finite and > 0 (sigma(0) = 0)"
     if t_host is not None:
         if not np.all(np.isfinite(t_host) & (t_host > 0)):
             raise ValueError(f"{message}, got {t_host}")
-    elif _checks.is_traced(t):
+    elif _checks.is_traced(t) and not _TIMES_FROM_GRID.get():
         checkify.debug_check(jnp.all(jnp.isfinite(t) & (t > 0)), message)
 
 

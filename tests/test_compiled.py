@@ -39,7 +39,7 @@ from jax import export
 import sdevp_jax as sv
 
 # N and 2N steps; no dimension of the sample, nor threefry's 5 rounds, equals N, 2N or a neighbour.
-N = 11
+N = 23  # > beta_max = 20, as the corrector needs
 BATCH, EVENT = 8, (64,)
 CONFIGS = {
     "sample pc": ("sample", dict(predictor="euler_maruyama", corrector="langevin")),
@@ -97,6 +97,15 @@ def tensor_shapes(text: str) -> set[tuple[int, ...]]:
     for dims in re.findall(r"tensor<((?:\d+x)*)[a-z]", text):
         shapes.add(tuple(int(d) for d in dims.split("x") if d))
     return shapes
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_a_second_trace_lowers_to_the_same_program(config):
+    """The persistent compilation cache keys on the program: tracing again must not change it
+    (a per-step ``checkify.debug_check`` did: its error codes are numbered per process)."""
+    f, state = sampler(config, N)
+    again = f.lower(state, jax.random.key(0)).as_text()
+    assert again == lowered_text(config, N)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
