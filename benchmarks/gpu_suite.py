@@ -69,16 +69,18 @@ def rows_for(tiny: bool) -> list[dict]:
                 row("dpm10_target", "sample_ode dpm_solver, 10 NFE", "dpm_solver", t, 10)]
     out = []
     for name, shape in (("target", TARGET), ("small", SMALL), ("large", LARGE)):
-        out += [row(f"sv_{name}", "sv.sample", "sv", shape, 1000),
+        out += [row(f"sv_{name}", "sv.sample (default unroll)", "sv", shape, 1000),
                 row(f"diffusers_{name}", "diffusers (torch loop)", "diffusers", shape, 1000),
                 row(f"naive_{name}", "jitted step, Python loop", "naive", shape, 1000)]
     for name, shape in (("target", TARGET), ("small", SMALL)):
         out += [row(f"unroll{u}_{name}", f"sv.sample unroll {u}", "sv", shape, 1000, "--unroll", str(u))
-                for u in (4, 8)]
+                for u in (1, 4, 8)]
     out += [row(f"bf16_{name}", "sv.sample bfloat16", "sv", shape, 1000, "--dtype", "bfloat16")
             for name, shape in (("target", TARGET), ("small", SMALL))]
-    out += [row("unet_sv", "UNet + sv.sample", "unet_sv", UNET, 100),
-            row("unet_model", "UNet alone (scan)", "unet_model", UNET, 100),
+    out += [row("unet_sv", "UNet + sv.sample (default unroll)", "unet_sv", UNET, 100),
+            row("unet_model", "UNet alone (scan, same unroll)", "unet_model", UNET, 100),
+            row("unet1_sv", "UNet + sv.sample, unroll 1", "unet_sv", UNET, 100, "--unroll", "1"),
+            row("unet1_model", "UNet alone (scan), unroll 1", "unet_model", UNET, 100, "--unroll", "1"),
             row("dpm10_target", "sample_ode dpm_solver, 10 NFE", "dpm_solver", TARGET, 10),
             row("dpm10_small", "sample_ode dpm_solver, 10 NFE", "dpm_solver", SMALL, 10)]
     return out
@@ -99,7 +101,7 @@ def worker(argv: list[str]) -> dict:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--repeats", type=int, required=True)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--unroll", type=int, default=1)
+    p.add_argument("--unroll", type=int, default=None)
     a = p.parse_args(argv)
     if a.impl == "dpm_solver":
         result = dpm_worker(a)

@@ -82,12 +82,15 @@ def worker(args) -> dict:
     state = sv.set_timesteps(sv.create_state(), args.steps)
     model_fn = sv.make_mixture_eps_fn(state, make_mixture(args.model, dim))
     key = jax.random.key(0)
+    from sdevp_jax.loops import resolve_unroll
+
+    unroll = resolve_unroll(args.unroll)  # None: the backend's default, recorded as the number it means
     result = {"impl": args.impl, "shape": list(shape), "steps": args.steps, "model": args.model,
-              "dtype": args.dtype, "prng": args.prng, "unroll": args.unroll}
+              "dtype": args.dtype, "prng": args.prng, "unroll": unroll}
 
     if args.impl == "sv":
         f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("dtype", "unroll"))
-        kwargs = {"dtype": dtype} | ({"unroll": args.unroll} if args.unroll != 1 else {})
+        kwargs = {"dtype": dtype, "unroll": unroll}
         start = time.perf_counter()
         compiled = f.lower(state, model_fn, key, shape, **kwargs).compile()
         result["compile_s"] = time.perf_counter() - start
@@ -151,14 +154,14 @@ def worker(args) -> dict:
             return net.apply(params, x, t)
 
         if args.impl == "unet_sv":
-            f = jax.jit(lambda k: sv.sample(state, unet_fn, k, shape, dtype=dtype))
+            f = jax.jit(lambda k: sv.sample(state, unet_fn, k, shape, dtype=dtype, unroll=unroll))
         else:
             @jax.jit
             def f(k):
                 def body(x, t):
                     return unet_fn(x, jnp.full((shape[0],), t, dtype)), None
 
-                return jax.lax.scan(body, jax.random.normal(k, shape, dtype), state.timesteps)[0]
+                return jax.lax.scan(body, jax.random.normal(k, shape, dtype), state.timesteps, unroll=unroll)[0]
 
         run = lambda: f(key)  # noqa: E731
     elif args.impl == "noise":
@@ -377,7 +380,7 @@ def main(argv=None) -> int:
     w.add_argument("--shape", required=True)
     w.add_argument("--dtype", default="float32")
     w.add_argument("--prng", default="threefry", choices=["threefry", "rbg", "unsafe_rbg"])
-    w.add_argument("--unroll", type=int, default=1)
+    w.add_argument("--unroll", type=int, default=None, help="scan unroll (default: sv's default for the backend)")
     args = parser.parse_args(argv)
     if args.command == "worker":
         print(json.dumps(worker(args)))

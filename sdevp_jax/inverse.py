@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks, sde
-from .loops import check_common, make_sample_keys, sde_loop, sde_options
+from .loops import check_common, make_sample_keys, resolve_unroll, sde_loop, sde_options
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["inpaint", "colorize", "COLOR_DECOUPLING"]
@@ -55,7 +55,7 @@ def inpaint(
     snr: float = 0.16,
     corrector_steps: int = 1,
     step_rule: str = "sigma",
-    unroll: int = 1,
+    unroll: Optional[int] = None,
     index_offset: int | jax.Array = 0,
 ) -> jax.Array:
     """Fill in the unknown entries of ``y`` (``mask == 0``) with the replacement method.
@@ -96,7 +96,7 @@ def inpaint(
 
     _, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
                          *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
-                         _checks.positive_int("unroll", unroll), project=project)
+                         resolve_unroll(unroll), project=project)
     return jnp.where(mask == 1, y, x_mean)
 
 

@@ -212,3 +212,14 @@ def test_unroll_changes_nothing_but_speed(setup):
                                    rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="unroll must be an int >= 1"):
         sv.sample(state, model_fn, jax.random.key(0), (8, 2), unroll=0)
+
+
+def test_default_unroll_is_8_on_gpu_and_1_elsewhere(monkeypatch):
+    """unroll=None resolves per backend (measured: benchmarks/results/gpu_suite.md, options.md)."""
+    from sdevp_jax import loops
+
+    assert loops.default_unroll() == 1 and loops.resolve_unroll(None) == 1  # the tests run on CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert loops.resolve_unroll(None) == 8 and loops.resolve_unroll(3) == 3
+    with pytest.raises(ValueError, match="unroll must be an int >= 1"):
+        loops.resolve_unroll(0)
