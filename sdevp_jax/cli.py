@@ -3,10 +3,12 @@
 ``sdevp-jax sample`` runs a resumable sampling job (:mod:`sdevp_jax.jobs`): by
 default the embedded 2-D Gaussian mixture with its exact noise model, any
 sampler of the registry, written in chunks to ``OUT/chunks/`` with a manifest,
-then ``OUT/samples.npz`` (array ``samples``) and, for 2-D samples, a plot over the
-target density in ``OUT/samples.png``. Rerunning the same command resumes an
-interrupted job and recomputes nothing already written; a different job aimed at
-the same directory is refused. Files that are not a job's are never overwritten
+then ``OUT/samples.npz`` (array ``samples``) and, for 2-D samples, a picture in
+``OUT/samples.png``: the samples over contour lines of the exact target density,
+and their per-mode weights against the exact ones. Rerunning the same command
+resumes an interrupted job, recomputes nothing already written and ends bitwise
+equal to an uninterrupted run; a different job (another batch size included)
+aimed at the same directory is refused. Files that are not a job's are never overwritten
 without ``--force``. ``sdevp-jax info`` prints the backend, devices and versions.
 """
 
@@ -72,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser(
         "sample",
         help="run a resumable sampling job",
-        description="Draw samples in chunks (resumable after a crash) and write OUT/samples.npz "
-        "and, for 2-D samples, OUT/samples.png.",
+        description="Draw samples in chunks (resumable after a crash, bitwise equal to an uninterrupted run) "
+        "and write OUT/samples.npz and, for 2-D samples, OUT/samples.png (samples over the exact target "
+        "density, per-mode weights against the exact ones). Each sample's noise depends only on the seed "
+        "and its index; another --batch-size gives the same samples to float rounding, not bitwise.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = sample.add_argument
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--corrector-steps", type=_int_at_least(1), default=1, help="corrector steps per timestep")
     add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
-    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call and per chunk file")
+    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call and per chunk file (other sizes: same samples to float rounding)")
     # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
     add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
     add("--config", type=Path, default=None, help="a diffusers scheduler_config.json (default: the paper's VP)")
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
     add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the samples' dtype")
     add("--plot", action=argparse.BooleanOptionalAction, default=None,
-        help="write OUT/samples.png (default: when samples are 2-D)")
+        help="write OUT/samples.png, the first two coordinates (default: when samples are 2-D)")
     add("--out", type=Path, default=Path("samples"), help="the job directory (created if missing)")
     add("--force", action="store_true", help="overwrite samples.npz / samples.png that are not from a job")
     add("--no-progress", action="store_true", help="hide the progress bar")
