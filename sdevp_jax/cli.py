@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--corrector-steps", type=_int_at_least(1), default=1, help="corrector steps per timestep")
     add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
-    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call and per chunk file (other sizes: same samples to float rounding)")
+    add("--batch-size", type=_int_at_least(1), default=1024,
+        help="samples per compiled call and per chunk file (other sizes: same samples to float rounding)")
     # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
     add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
     add("--config", type=Path, default=None, help="a diffusers scheduler_config.json (default: the paper's VP)")

@@ -14,7 +14,8 @@ the same, skips every chunk already on disk, and computes the rest. Chunk ``c``
 holds samples ``[c B, (c + 1) B)`` (``B = batch_size``) and is computed by the same
 compiled call whenever it runs, so the result is bitwise the same as an
 uninterrupted run's, and on one machine (as tested) does not depend on how chunks
-were shared between processes (hosts with other CPUs may compile other code). The noise of sample ``b`` depends only on ``(seed, b)`` (see
+were shared between processes (hosts with other CPUs may compile other code).
+The noise of sample ``b`` depends only on ``(seed, b)`` (see
 :mod:`sdevp_jax.loops`); a job with another batch size draws the same samples to
 float rounding, not bitwise (XLA compiles other shapes differently). A different
 configuration (``batch_size`` included) pointed at an existing job directory is
