@@ -3,10 +3,12 @@
 ``sdevp-jax sample`` runs a resumable sampling job (:mod:`sdevp_jax.jobs`): by
 default the embedded 2-D Gaussian mixture with its exact noise model, any
 sampler of the registry, written in chunks to ``OUT/chunks/`` with a manifest,
-then ``OUT/samples.npz`` (array ``samples``) and, for 2-D samples, a plot over the
-target density in ``OUT/samples.png``. Rerunning the same command resumes an
-interrupted job and recomputes nothing already written; a different job aimed at
-the same directory is refused. Files that are not a job's are never overwritten
+then ``OUT/samples.npz`` (array ``samples``) and, for 2-D samples, a picture in
+``OUT/samples.png``: the samples over contour lines of the exact target density,
+and their per-mode weights against the exact ones. Rerunning the same command
+resumes an interrupted job, recomputes nothing already written and ends bitwise
+equal to an uninterrupted run; a different job (another batch size included)
+aimed at the same directory is refused. Files that are not a job's are never overwritten
 without ``--force``. Compiled samplers go to JAX's persistent compilation cache
 (``--cache-dir``, default ``$SDEVP_JAX_CACHE_DIR`` or ``~/.cache/sdevp-jax/jax``;
 ``--no-cache`` to skip it), so a rerun or a resumed job does not compile again.
@@ -75,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser(
         "sample",
         help="run a resumable sampling job",
-        description="Draw samples in chunks (resumable after a crash) and write OUT/samples.npz "
-        "and, for 2-D samples, OUT/samples.png.",
+        description="Draw samples in chunks (resumable after a crash, bitwise equal to an uninterrupted run) "
+        "and write OUT/samples.npz and, for 2-D samples, OUT/samples.png (samples over the exact target "
+        "density, per-mode weights against the exact ones). Each sample's noise depends only on the seed "
+        "and its index; another --batch-size gives the same samples to float rounding, not bitwise.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = sample.add_argument
@@ -87,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--corrector-steps", type=_int_at_least(1), default=1, help="corrector steps per timestep")
     add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
-    add("--batch-size", type=_int_at_least(1), default=1024, help="samples per compiled call and per chunk file")
+    add("--batch-size", type=_int_at_least(1), default=1024,
+        help="samples per compiled call and per chunk file (other sizes: same samples to float rounding)")
     # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
     add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
     add("--config", type=Path, default=None, help="a diffusers scheduler_config.json (default: the paper's VP)")
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
     add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the samples' dtype")
     add("--plot", action=argparse.BooleanOptionalAction, default=None,
-        help="write OUT/samples.png (default: when samples are 2-D)")
+        help="write OUT/samples.png, the first two coordinates (default: when samples are 2-D)")
     add("--out", type=Path, default=Path("samples"), help="the job directory (created if missing)")
     add("--force", action="store_true", help="overwrite samples.npz / samples.png that are not from a job")
     add("--no-progress", action="store_true", help="hide the progress bar")
@@ -109,12 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plot_samples(samples: np.ndarray, spec, file: IO[bytes]) -> None:
-    """Save a PNG scatter of (at most 5000) samples over the target density at ``t = sampling_eps``.
+def mode_weights(samples: np.ndarray, mixture) -> tuple[np.ndarray, np.ndarray]:
+    """The fraction of ``samples`` that ``sv.assign_modes`` gives to each mode, and its binomial standard error.
 
-    The density is drawn for the default model only (the mixture's is known).
+    For ``n`` samples and a fraction ``p``, the standard error is ``sqrt(p (1 - p) / n)``.
+    Non-finite samples count in ``n`` but in no mode.
     """
-    import jax.numpy as jnp
+    import sdevp_jax as sv
+
+    flat = np.asarray(samples, np.float32).reshape(len(samples), -1)
+    finite = np.all(np.isfinite(flat), axis=1)
+    modes = np.asarray(sv.assign_modes(mixture, flat[finite])) if finite.any() else np.zeros(0, int)
+    p = np.bincount(modes, minlength=mixture.num_components) / len(flat)
+    return p, np.sqrt(p * (1.0 - p) / len(flat))
+
+
+def make_figure(samples: np.ndarray, spec):
+    """The figure of :func:`plot_samples` (a matplotlib Figure, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,27 +138,72 @@ def plot_samples(samples: np.ndarray, spec, file: IO[bytes]) -> None:
 
     import sdevp_jax as sv
 
-    shown = np.asarray(samples[:MAX_PLOTTED, :2], np.float32)
+    flat = np.asarray(samples, np.float32).reshape(len(samples), -1)
+    shown = flat[:MAX_PLOTTED, :2]
     finite = shown[np.all(np.isfinite(shown), axis=1)]
     lim = 2.5
     if finite.size:  # widen the view to show stray samples, up to a point
         lim = max(lim, min(float(np.max(np.abs(finite))) * 1.05, 10.0))
-    fig, ax = plt.subplots(figsize=(6, 6))
-    if spec.model == "default" and spec.event_shape == (2,):
+    exact = spec.model == "default"
+    fig, axes = plt.subplots(1, 2 if exact else 1, figsize=(11, 5) if exact else (6, 5.5), layout="constrained",
+                             squeeze=False)
+    ax = axes[0, 0]
+    coords = "" if flat.shape[1] == 2 else f" (coordinates 1-2 of {flat.shape[1]})"
+    if exact:
+        # The marginal of a diagonal mixture in two coordinates is the mixture of the
+        # components' 2-D marginals, with the same weights: exact, in any dimension.
+        mixture = sv.default_mixture(flat.shape[1])
+        plane = sv.make_mixture(np.asarray(mixture.weights), np.asarray(mixture.means)[:, :2],
+                                np.asarray(mixture.scales)[:, :2])
         eps, bmin, bmax = (spec.scheduler[k] for k in ("sampling_eps", "beta_min", "beta_max"))
         alpha, sigma = sv.sde.alpha(eps, bmin, bmax), sv.sde.sigma(eps, bmin, bmax)
         axis = np.linspace(-lim, lim, 300, dtype=np.float32)
         gx, gy = np.meshgrid(axis, axis)
-        grid = jnp.asarray(np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1))
-        density = np.exp(np.asarray(sv.diffused_log_prob(sv.default_mixture(), grid, alpha, sigma)))
-        filled = ax.contourf(gx, gy, density.reshape(gx.shape), levels=30, cmap="viridis")
-        fig.colorbar(filled, ax=ax, fraction=0.046, pad=0.04, label=f"target density at t = {eps:g}")
-    ax.scatter(shown[:, 0], shown[:, 1], s=2, c="white" if spec.model == "default" else "black", alpha=0.6,
-               linewidths=0)
-    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
-    ax.set_title(f"VP-SDE {spec.method}: {len(samples)} samples, {spec.steps} steps ({len(shown)} shown)")
-    fig.tight_layout()
-    fig.savefig(file, format="png", dpi=120)
+        grid = np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1)
+        density = np.exp(np.asarray(sv.diffused_log_prob(plane, grid, alpha, sigma))).reshape(gx.shape)
+        # Contours at fixed fractions of the peak, so every mode shows the same rings.
+        levels = float(density.max()) * np.array([0.01, 0.05, 0.2, 0.5, 0.8])
+        ax.contour(gx, gy, density, levels=levels, colors="tab:blue", linewidths=1.0, zorder=1)
+        ax.plot([], [], color="tab:blue", label=f"exact density at t = {eps:g}:\n1, 5, 20, 50, 80% of its peak")
+    # Translucent enough that the contours show through wherever the dots are dense.
+    ax.scatter(shown[:, 0], shown[:, 1], s=3, c="tab:red", alpha=min(0.5, 400.0 / max(len(shown), 1)) + 0.1,
+               linewidths=0, zorder=2, label=f"samples ({len(shown)} of {len(flat)} shown)")
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
+           title=("samples over the target" if exact else "samples (the target of a user's model is unknown)")
+           + coords)
+    legend = ax.legend(loc="upper right", fontsize=8, framealpha=0.9, markerscale=3)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1.0)
+    if exact:
+        p, se = mode_weights(flat, mixture)
+        k = np.arange(mixture.num_components)
+        bx = axes[0, 1]
+        bx.bar(k - 0.2, np.asarray(mixture.weights), width=0.4, color="tab:blue", alpha=0.7, label="exact weight")
+        bx.bar(k + 0.2, p, width=0.4, yerr=2 * se, capsize=4, color="tab:red", alpha=0.7,
+               label="sampled fraction, ±2 SE (binomial)")
+        bx.set(xticks=k, xlabel="mode (nearest component, sv.assign_modes)", ylabel="weight",
+               title="per-mode weight: sampled vs exact")
+        bx.legend(fontsize=8)
+    bad = len(flat) - int(np.sum(np.all(np.isfinite(flat), axis=1)))
+    fig.suptitle(f"sdevp-jax {spec.method}{'' if spec.corrector is None else ' + ' + spec.corrector}: "
+                 f"{len(flat)} samples, {spec.steps} steps, seed {spec.seed}"
+                 + (f", {bad} non-finite" if bad else ""))
+    return fig
+
+
+def plot_samples(samples: np.ndarray, spec, file: IO[bytes]) -> None:
+    """Save a PNG: the samples over the target, and their per-mode weights against the exact ones.
+
+    Left, at most 5000 samples (their first two coordinates) as small translucent
+    dots over contour lines of the exact density at ``t = sampling_eps`` (the
+    default model's mixture, marginalised to those coordinates). Right, for the
+    default model, the fraction of samples nearest each mode against the mode's
+    weight, with binomial error bars. A user's model gets the scatter only.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(samples, spec)
+    fig.savefig(file, format="png", dpi=110)
     plt.close(fig)
 
 

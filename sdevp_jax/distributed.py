@@ -1,12 +1,14 @@
 """Devices and processes: a batch sharding over local devices, and JAX's multi-controller runtime.
 
-Sampling needs no communication between samples (sample ``b`` depends only on
-``(key, b)``), so spreading it out is a matter of placement:
+Sampling needs no communication between samples (the noise of sample ``b``
+depends only on ``(key, b)``), so spreading it out is a matter of placement:
 
 * over the devices of one process, jit ``sample`` / ``sample_ode`` with the batch
   sharded (``out_shardings=batch_sharding()``): each device computes its own
-  shard, with no gather, and the result equals the single-device run bitwise in
-  the tests (both run the same per-sample arithmetic);
+  shard, with no gather. Each shard is bitwise the single-device call of the
+  shard's size at the shard's ``index_offset`` (the same compiled shapes); the
+  whole equals the single-device call of the whole batch to float rounding
+  (XLA compiles a batch of B and of B/n differently; tests/test_invariance.py);
 * over processes (hosts), each process computes its own slice of sample
   indices (``index_offset``) -- see :mod:`sdevp_jax.jobs` -- after
   :func:`initialize` has joined them into one JAX runtime.

@@ -10,11 +10,16 @@ A job draws ``num_samples`` samples in chunks of ``batch_size`` into a directory
 Every file is written to a temporary name and renamed into place, so after a
 crash at any moment (``kill -9`` included) each chunk is either complete or absent.
 Running the same job again reads the manifest, checks that the configuration is
-the same, skips every chunk already on disk, and computes the rest. Because
-sample ``b`` depends only on ``(seed, b)`` (see :mod:`sdevp_jax.loops`), the result
-is bitwise the same as an uninterrupted run's, and does not depend on the batch
-size or on how chunks were shared between processes. A different configuration
-pointed at an existing job directory is refused, never mixed in.
+the same, skips every chunk already on disk, and computes the rest. Chunk ``c``
+holds samples ``[c B, (c + 1) B)`` (``B = batch_size``) and is computed by the same
+compiled call whenever it runs, so the result is bitwise the same as an
+uninterrupted run's, and on one machine (as tested) does not depend on how chunks
+were shared between processes (hosts with other CPUs may compile other code).
+The noise of sample ``b`` depends only on ``(seed, b)`` (see
+:mod:`sdevp_jax.loops`); a job with another batch size draws the same samples to
+float rounding, not bitwise (XLA compiles other shapes differently). A different
+configuration (``batch_size`` included) pointed at an existing job directory is
+refused, never mixed in.
 
 Over several processes (:mod:`sdevp_jax.distributed`), chunk ``c`` is computed by
 process ``c % process_count`` and written to the shared directory; process 0
