@@ -42,10 +42,11 @@ def test_job_spec_validation():
 
 
 def test_chunks_and_batch_size_do_not_change_the_samples(tmp_path):
+    """Other batch sizes compile other programs: equal to 1e-5, not bitwise (tests/test_invariance.py)."""
     a = jobs.JobSpec(num_samples=10, batch_size=3, seed=5, steps=15)
     b = jobs.JobSpec(num_samples=10, batch_size=10, seed=5, steps=15)
-    np.testing.assert_array_equal(np.load(jobs.run_job(a, tmp_path / "a"))["samples"],
-                                  np.load(jobs.run_job(b, tmp_path / "b"))["samples"])
+    np.testing.assert_allclose(np.load(jobs.run_job(a, tmp_path / "a"))["samples"],
+                               np.load(jobs.run_job(b, tmp_path / "b"))["samples"], rtol=0, atol=1e-5)
 
 
 def test_other_versions_are_refused(tmp_path, monkeypatch):
@@ -141,11 +142,11 @@ SHARDED = textwrap.dedent("""
 def test_sharded_sampling_equals_single_device_with_no_gather():
     """8 CPU devices (XLA_FLAGS): jit with out_shardings splits the batch; each device keeps its shard.
 
-    Equal bitwise for the predictors and the ODE solvers: every device runs the
-    same per-sample arithmetic on its rows. With the Langevin corrector, equal to
-    float rounding: XLA compiles the partitioned program's norm reductions a
-    little differently, and the corrector's norm-based step amplifies that
-    rounding (measured: 2.8e-5 at most, on samples of size ~1). The adaptive
+    Equal to 1e-5 for the predictors and the ODE solvers, not bitwise: each device
+    compiles a program for its own 8-row shard, and XLA may sum and fuse a batch
+    of 8 differently from one of 64 (tests/test_invariance.py compares each shard
+    bitwise with a single-device call of its own size). With the Langevin
+    corrector, to 1e-4 (measured: 2.8e-5 at most, on samples of size ~1). The adaptive
     solver's while-loop needs an all-reduce of its stop flag, a scalar; no
     sampler gathers the batch.
     """
@@ -153,10 +154,7 @@ def test_sharded_sampling_equals_single_device_with_no_gather():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, r in result.items():
-        if name == "sample_pc":
-            assert r["max_diff"] <= 1e-4, r
-        else:
-            assert r["equal"], (name, r)
+        assert r["max_diff"] <= (1e-4 if name == "sample_pc" else 1e-5), (name, r)
         assert r["all_gather"] == 0, name
         assert r["devices"] == 8 and r["shards"] == [[8, 2]], name
 

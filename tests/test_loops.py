@@ -84,15 +84,17 @@ def test_vmap_over_keys_equals_a_loop_over_keys(setup, make_keys):
 
 
 def test_batch_invariance_sample_b_is_the_same_in_batches_of_1_7_and_64(setup):
+    """To 1e-5, not bitwise: XLA sums and fuses differently for other batch sizes (the noise
+    itself is bitwise; see tests/test_invariance.py for the tolerance's derivation)."""
     state, model_fn = setup
     f = jit_sample()
     key = jax.random.key(5)
     big = np.asarray(f(state, model_fn, key, (64, 2)))
     seven = np.asarray(f(state, model_fn, key, (7, 2)))
-    np.testing.assert_array_equal(seven, big[:7])
+    np.testing.assert_allclose(seven, big[:7], rtol=0, atol=1e-5)
     for b in (0, 3, 6):  # a batch of 1 whose only sample has global index b
         one = np.asarray(f(state, model_fn, key, (1, 2), index_offset=b))
-        np.testing.assert_array_equal(one[0], big[b])
+        np.testing.assert_allclose(one[0], big[b], rtol=0, atol=1e-5)
 
 
 def test_index_offset_chunks_reassemble_the_batch(setup):
