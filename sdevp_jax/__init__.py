@@ -12,7 +12,7 @@ Typical use::
     x = jax.jit(sv.sample, static_argnums=(1, 3))(state, model_fn, jax.random.key(0), (512, 2))
 """
 
-__version__ = "0.1.0"  # before the submodules, which record it
+__version__ = "0.2.0"  # before the submodules, which record it
 
 from . import sde
 from .config import load_config, save_config
@@ -29,6 +29,7 @@ from .models import (
 )
 from .samplers import (
     METHODS,
+    STEP_RULES,
     MethodInfo,
     ancestral,
     euler_maruyama,
@@ -65,6 +66,7 @@ __all__ = [
     "load_config",
     "save_config",
     "METHODS",
+    "STEP_RULES",
     "MethodInfo",
     "SamplerInfo",
     "ancestral",

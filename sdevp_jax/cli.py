@@ -69,7 +69,7 @@ def _event_shape(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sdevp-jax`` and its subcommands."""
-    from .samplers import list_methods
+    from .samplers import STEP_RULES, list_methods
 
     parser = argparse.ArgumentParser(prog="sdevp-jax", description="The VP-SDE diffusion scheduler in JAX.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -86,9 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = sample.add_argument
     add("--method", default="euler_maruyama", choices=list_methods("predictor") + list_methods("ode"),
         help="sampler: a predictor of the reverse SDE or a probability-flow ODE method")
-    add("--corrector", default=None, choices=list_methods("corrector"), help="corrector after each predictor step")
+    add("--corrector", default=None, choices=list_methods("corrector"), help="corrector at each time, before the predictor step")
     add("--snr", type=_positive_float, default=0.16, help="the corrector's signal-to-noise ratio")
     add("--corrector-steps", type=_int_at_least(1), default=1, help="corrector steps per timestep")
+    add("--step-rule", default="sigma", choices=list(STEP_RULES),
+        help="the corrector's step size: 'sigma' (default; 2 a_i (snr sigma(t))^2, per sample), 'snr_batch' "
+             "(the paper's code: batch-mean norms, couples the batch), 'snr_sample' (per-sample norms; biased "
+             "in low dimension)")
     add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
     add("--batch-size", type=_int_at_least(1), default=1024,
@@ -233,7 +237,7 @@ def run_sample(args: argparse.Namespace) -> int:
         spec = jobs.JobSpec(
             num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
             method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
-            event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
+            step_rule=args.step_rule, event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
         )
     except (OSError, ValueError) as err:
         return _error(str(err))

@@ -46,7 +46,7 @@ from .config import state_from_config
 from .distributed import barrier, batch_sharding
 from .loops import sample, sample_ode
 from .models import default_mixture, make_mixture_eps_fn
-from .samplers import METHODS, list_methods
+from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import set_timesteps
 
 __all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model"]
@@ -54,7 +54,7 @@ __all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model"]
 MANIFEST = "manifest.json"
 FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "float64")
-CORRECTOR_FIELDS = ("snr", "corrector_steps")  # part of a job's identity only when a corrector runs
+CORRECTOR_FIELDS = ("snr", "corrector_steps", "step_rule")  # part of a job's identity only when a corrector runs
 
 
 class JobMismatchError(ValueError):
@@ -72,7 +72,8 @@ class JobSpec:
       steps: ``num_inference_steps`` of the scheduler.
       method: a predictor or ODE method of the registry (``sv.list_methods()``).
       corrector: ``None`` or a corrector name (predictors only).
-      snr, corrector_steps: the corrector's options; without a corrector they change
+      snr, corrector_steps, step_rule: the corrector's options (``step_rule`` one of
+        ``sv.STEP_RULES``, see ``sv.langevin_correct``); without a corrector they change
         nothing, and are left out of the job's identity (``to_json``).
       event_shape: the shape of one sample.
       model: ``"default"`` (the embedded mixture in ``prod(event_shape)`` dimensions)
@@ -90,6 +91,7 @@ class JobSpec:
     corrector: Optional[str] = None
     snr: float = 0.16
     corrector_steps: int = 1
+    step_rule: str = "sigma"
     event_shape: tuple[int, ...] = (2,)
     model: str = "default"
     scheduler: dict = dataclasses.field(default_factory=lambda: {
@@ -113,6 +115,7 @@ class JobSpec:
                 raise ValueError(f"corrector must be one of {list_methods('corrector')} or None, got {self.corrector!r}")
             if METHODS[self.method].kind != "predictor":
                 raise ValueError(f"a corrector needs a predictor method, got the ODE method {self.method!r}")
+        check_step_rule(self.step_rule)
         if not self.event_shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.event_shape):
             raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
         if self.dtype not in DTYPES:
@@ -251,7 +254,8 @@ def _sampler(spec: JobSpec, state, model_fn):
     else:
         def draw(key, offset):
             return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,
-                          corrector_steps=spec.corrector_steps, dtype=spec.dtype, index_offset=offset)
+                          corrector_steps=spec.corrector_steps, step_rule=spec.step_rule, dtype=spec.dtype,
+                          index_offset=offset)
     if len(devices) > 1:
         return jax.jit(draw, out_shardings=batch_sharding(devices))
     return jax.jit(draw)

@@ -251,3 +251,14 @@ def test_module_runs_as_script():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--steps" in proc.stdout
+
+
+def test_step_rule_reaches_the_job_and_its_identity(tmp_path):
+    """--step-rule is recorded in the manifest with a corrector, and a changed rule refuses to resume."""
+    import json
+
+    base = ["sample", "--corrector", "langevin", "--steps", "25", "--num-samples", "4", "--batch-size", "4",
+            "--no-plot", "--no-progress", "--no-cache", "--out", str(tmp_path)]
+    assert cli.main(base + ["--step-rule", "snr_batch"]) == 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["config"]["step_rule"] == "snr_batch"
+    assert cli.main(base) != 0  # the default rule ("sigma") is another job
