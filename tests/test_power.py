@@ -26,9 +26,9 @@ are written out from the papers' formulas, not read off the library:
 
 The Monte Carlo check then compares sample moments with (m, v), and each test
 first proves its own power: the exact moments of the same recursion with any one
-coefficient 5% off land outside twice the tolerance band. (Langevin corrector:
-its step size is a ratio of norms, not affine in x; its power test is left to
-the corrector's own rework, issue 9.)
+coefficient 5% off land outside twice the tolerance band. The Langevin corrector
+with its default step rule ("sigma": a step that depends on t alone) is affine
+too: see test_langevin_corrector_moments_match_the_exact_recursion.
 """
 
 import jax
@@ -138,3 +138,53 @@ def test_predictor_moments_match_the_exact_recursion(method, dtype):
     sample_var = x.var(axis=0, ddof=1).mean()
     assert abs(sample_mean - m) < tol_m, (sample_mean, m, tol_m)
     assert abs(sample_var - v) < tol_v, (sample_var, v, tol_v)
+
+
+def test_langevin_corrector_moments_match_the_exact_recursion():
+    """K Langevin steps at a fixed t (default "sigma" rule), from x = 0, against their exact law.
+
+    The step (Song et al. 2021, Algorithm 5, with the sigma rule of
+    sv.langevin_correct) is x' = x + e score + sqrt(2 e) z with
+    e = 2 (1 - beta(t)/N) (snr sigma(t))^2, written out here from the formula. For
+    data N(mu, s^2 I) the score is -(x - alpha mu)/v, so x' = A x + B + C z with
+    A = 1 - e/v, B = e alpha mu / v, C = sqrt(2 e): mean and variance follow the
+    recursion exactly. Starting from x = 0 with mu = 10, K = 30 steps leave the
+    chain half-way to p_t, so the mean shows a wrong step size (e x 1.05, in the
+    drift and the noise alike) and the variance a wrong score or noise coefficient;
+    each 5% perturbation is asserted to land more than two bands away. Bands as
+    in :func:`tolerances` (6 SE of B x D i.i.d. draws).
+    """
+    n, t, snr, mu, steps, d = 50, 0.5, 0.16, 10.0, 30, 64
+    beta, alpha, sigma = kernel(t)
+    v = alpha**2 * SCALE**2 + sigma**2
+    e = 2.0 * (1.0 - beta / n) * (snr * sigma) ** 2
+
+    def moments(score=1.0, noise=1.0, step=1.0):
+        m, var = 0.0, 0.0
+        for _ in range(steps):
+            a = 1.0 - score * step * e / v
+            m, var = a * m + score * step * e * alpha * mu / v, a * a * var + noise**2 * 2.0 * step * e
+        return m, var
+
+    m, var = moments()
+    tol_m, tol_v = 6.0 * np.sqrt(var / (B * d)), 6.0 * var * np.sqrt(2.0 / (d * (B - 1)))
+    for perturbation in [{"score": 1.05}, {"score": 0.95}, {"noise": 1.05}, {"noise": 0.95},
+                         {"step": 1.05}, {"step": 0.95}]:
+        m1, v1 = moments(**perturbation)
+        assert abs(m1 - m) > 2 * tol_m or abs(v1 - var) > 2 * tol_v, (perturbation, m1 - m, v1 - var)
+
+    state = sv.set_timesteps(sv.create_state(beta_min=BMIN, beta_max=BMAX, sampling_eps=EPS), n)
+    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [[mu] * d], SCALE))
+    t_vec = jnp.full((B,), t, jnp.float32)
+
+    @jax.jit
+    def chain(key):
+        def body(x, k):
+            z = jax.random.normal(k, x.shape, jnp.float32)
+            return sv.langevin_correct(state, model_fn(x, t_vec), x, t_vec, None, snr=snr, noise=z).prev_sample, None
+
+        return jax.lax.scan(body, jnp.zeros((B, d), jnp.float32), jax.random.split(key, steps))[0]
+
+    x = np.asarray(chain(jax.random.key(15)), np.float64)
+    assert abs(x.mean() - m) < tol_m, (x.mean(), m, tol_m)
+    assert abs(x.var(axis=0, ddof=1).mean() - var) < tol_v, (x.var(axis=0, ddof=1).mean(), var, tol_v)
