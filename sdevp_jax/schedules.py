@@ -234,8 +234,8 @@ class CosineSchedule(_VPSchedule):
         half = jnp.asarray(0.5, t.dtype)
         scale = (0.5 * math.pi) / (1.0 + self.s)
         tan0, logcos0 = self._theta0()
-        t_lo = jnp.minimum(t, half)  # each branch sees only its own half (finite gradients)
-        t_hi = jnp.maximum(t, half)
+        t_lo = jnp.where(t <= half, t, half)  # each branch sees only its own half (finite gradients)
+        t_hi = jnp.where(t <= half, half, t)
         delta = t_lo * scale
         small = jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - tan0 * jnp.sin(delta))
         large = jnp.log(jnp.sin((1.0 - t_hi) * scale)) - logcos0
@@ -246,8 +246,8 @@ class CosineSchedule(_VPSchedule):
         t = _float_t(t)
         half = jnp.asarray(0.5, t.dtype)
         scale = (0.5 * math.pi) / (1.0 + self.s)
-        t_lo = jnp.minimum(t, half)
-        t_hi = jnp.maximum(t, half)
+        t_lo = jnp.where(t <= half, t, half)
+        t_hi = jnp.where(t <= half, half, t)
         tan_lo = jnp.tan((t_lo + self.s) * scale)
         phi = (1.0 - t_hi) * scale
         tan_hi = jnp.cos(phi) / jnp.sin(phi)
@@ -309,55 +309,60 @@ class DiscreteSchedule(_VPSchedule):
     between the knots :math:`(0, 0), (t_0, \log\alpha_0), \dots, (1, \log\alpha_{N-1})`,
     :math:`\log\alpha_n = \tfrac12\log\bar\alpha_n` (``alphas_cumprod``). Hence
     :math:`\alpha(t_n)^2 = \bar\alpha_n` (to rounding), :math:`\beta(t)` is piecewise
-    constant, :math:`-2N(\log\alpha_{k} - \log\alpha_{k-1})` on the ``k``-th piece,
+    constant, :math:`-2N(\log\alpha_{k} - \log\alpha_{k-1})` on the ``k``-th piece
+    (:math:`= -N\log(1 - \beta_k)`, close to :math:`N\beta_k`),
     and :math:`\lambda` is monotone, so its inverse finds the piece by a sorted search
     and inverts the linear piece. Valid on :math:`(0, 1]`.
+
+    The per-piece increments are stored beside the knots, each computed from the
+    input directly in float64 (:math:`\tfrac12\operatorname{log1p}(-\beta_n)`), so that
+    :math:`\beta(t)` keeps full relative precision in float32 (a difference of two
+    float32 knots of size ~5 would lose up to ~1e-3 of a :math:`\beta` ~ 0.1).
 
     Attributes:
       knots: :math:`(\log\alpha \text{ at } t = k/N)_{k = 0..N}`, shape ``(N + 1,)``,
         ``knots[0] = 0``, strictly decreasing; a float64 NumPy array when built by
         :func:`discrete` (cast to the dtype of ``t`` at each use).
+      increments: ``knots[k + 1] - knots[k] < 0``, shape ``(N,)``, likewise.
       num_train_timesteps: static, ``N``.
     """
 
     knots: Any
+    increments: Any
     num_train_timesteps: int = struct.field(pytree_node=False)
 
-    def _knots(self, dtype: Any) -> jax.Array:
-        return jnp.asarray(self.knots).astype(dtype)
-
-    def _piece(self, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(k, frac, knots)``: ``t N = k + frac`` with the piece index ``k`` in ``[0, N - 1]``."""
+    def _piece(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(k, frac)``: ``t N = k + frac`` with the piece index ``k`` in ``[0, N - 1]``."""
         n = self.num_train_timesteps
-        knots = self._knots(t.dtype)
         u = t * n
         k = jnp.clip(jnp.floor(u), 0, n - 1)
-        return k.astype(jnp.int32), u - k, knots
+        return k.astype(jnp.int32), u - k
 
     def log_alpha(self, t: ArrayLike) -> jax.Array:
         r"""Linear interpolation of :math:`\log\alpha` between the knots at :math:`t = k/N`."""
         t = _float_t(t)
-        k, frac, knots = self._piece(t)
-        lo, hi = knots[k], knots[k + 1]
-        return lo + frac * (hi - lo)
+        k, frac = self._piece(t)
+        knots = jnp.asarray(self.knots).astype(t.dtype)
+        step = jnp.asarray(self.increments).astype(t.dtype)
+        return knots[k] + frac * step[k]
 
     def beta(self, t: ArrayLike) -> jax.Array:
         r""":math:`\beta = -2N(\log\alpha_{k+1} - \log\alpha_k)` on the piece :math:`t \in [k/N, (k+1)/N)`."""
         t = _float_t(t)
-        k, _, knots = self._piece(t)
-        return (-2.0 * self.num_train_timesteps) * (knots[k + 1] - knots[k])
+        k, _ = self._piece(t)
+        return (-2.0 * self.num_train_timesteps) * jnp.asarray(self.increments).astype(t.dtype)[k]
 
     def t_from_log_snr(self, lam: ArrayLike) -> jax.Array:
         r"""The inverse of :meth:`log_snr`: :math:`m = -\tfrac12\operatorname{softplus}(-2\lambda)`,
         the piece by ``searchsorted`` over the decreasing knots, then
         :math:`t = (k + (m - \log\alpha_k)/(\log\alpha_{k+1} - \log\alpha_k))/N`."""
         lam = _float_t(lam)
-        knots = self._knots(lam.dtype)
+        knots = jnp.asarray(self.knots).astype(lam.dtype)
+        step = jnp.asarray(self.increments).astype(lam.dtype)
         m = -0.5 * jax.nn.softplus(-2.0 * lam)
         n = self.num_train_timesteps
         k = jnp.clip(jnp.searchsorted(-knots, -m, side="right") - 1, 0, n - 1)
-        lo, hi = knots[k], knots[k + 1]
-        return (k.astype(lam.dtype) + (m - lo) / (hi - lo)) / n
+        return (k.astype(lam.dtype) + (m - knots[k]) / step[k]) / n
 
     @property
     def t_max(self) -> float:
@@ -404,7 +409,8 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
         bad = np.flatnonzero(~((b > 0.0) & (b < 1.0)))
         if bad.size:
             raise ValueError(f"betas must lie in (0, 1), got betas[{bad[0]}] = {b[bad[0]]!r}")
-        log_alpha = 0.5 * np.cumsum(np.log1p(-b))
+        increments = 0.5 * np.log1p(-b)
+        log_alpha = np.cumsum(increments)
     else:
         a = _host_1d("alphas_cumprod", alphas_cumprod)
         if a[-1] == 0.0:
@@ -423,14 +429,33 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
                 f"alphas_cumprod[{i}] = {a[i]!r} <= alphas_cumprod[{i + 1}] = {a[i + 1]!r}"
             )
         log_alpha = 0.5 * np.log(a)
-    if not np.all(np.diff(log_alpha) < 0.0) or not log_alpha[0] < 0.0:
+        previous = np.concatenate([np.ones(1), a[:-1]])
+        increments = 0.5 * np.log1p((a - previous) / previous)  # no log a - log a' cancellation
+    if not np.all(increments < 0.0) or not np.all(np.diff(log_alpha) < 0.0) or not log_alpha[0] < 0.0:
         # betas this close to 0 (or alphas_cumprod this close to 1) round to a flat knot.
         raise ValueError(
             "the schedule's log alpha must be strictly decreasing in float64; "
             "betas are too close to 0 (or alphas_cumprod to 1) to resolve"
         )
     knots = np.concatenate([np.zeros(1), log_alpha])
-    return DiscreteSchedule(knots=knots, num_train_timesteps=int(log_alpha.shape[0]))
+    return DiscreteSchedule(knots=knots, increments=increments, num_train_timesteps=int(log_alpha.shape[0]))
+
+
+def _cosine_betas(n: int) -> np.ndarray:
+    r"""iDDPM's uncapped betas :math:`1 - \cos^2 b_i/\cos^2 a_i`, :math:`a_i = \theta(i/n)`, :math:`b_i = \theta((i+1)/n)`.
+
+    Written as :math:`\sin d\,\sin(2a + d)/\cos^2 a` with :math:`d = b - a` (no ``1 - ratio``
+    cancellation for small betas) and, in the upper half, with :math:`c = \pi/2 - a`
+    computed from :math:`1 - i/n`, as :math:`\sin d\,\sin(2c - d)/\sin^2 c` (no cosine of an
+    angle near :math:`\pi/2`). float64, on the host.
+    """
+    i = np.arange(n, dtype=np.float64)
+    d = (math.pi / 2) / (1.008 * n)
+    a = (i / n + 0.008) / 1.008 * (math.pi / 2)
+    c = ((n - i) / n) / 1.008 * (math.pi / 2)
+    lower = np.sin(d) * np.sin(2.0 * a + d) / np.cos(a) ** 2
+    upper = np.sin(d) * np.sin(2.0 * c - d) / np.sin(c) ** 2
+    return np.where(i < n / 2, lower, upper)
 
 
 def from_diffusers(
@@ -446,7 +471,8 @@ def from_diffusers(
     * ``"scaled_linear"``: ``linspace(sqrt(beta_start), sqrt(beta_end), N) ** 2`` (Stable Diffusion);
     * ``"squaredcos_cap_v2"``: iDDPM's :math:`\beta_n = \min(1 - \bar\alpha(\tfrac{n+1}N)/\bar\alpha(\tfrac nN), 0.999)`
       with :math:`\bar\alpha(t) = \cos^2(\tfrac{t + 0.008}{1.008}\tfrac\pi2)`
-      (Nichol & Dhariwal 2021, eq. 17; ``beta_start`` and ``beta_end`` are unused).
+      (Nichol & Dhariwal 2021, eq. 17; ``beta_start`` and ``beta_end`` are unused),
+      evaluated as :math:`\sin(b - a)\sin(b + a)/\cos^2 a` to avoid ``1 - ratio``'s cancellation.
 
     ``trained_betas``, when given, are used as they are (as diffusers does) and the
     other fields are ignored except ``num_train_timesteps``, which must match their length.
@@ -465,11 +491,7 @@ def from_diffusers(
             f"beta_schedule must be one of {', '.join(map(repr, DIFFUSERS_BETA_SCHEDULES))}, got {beta_schedule!r}"
         )
     if beta_schedule == "squaredcos_cap_v2":
-        def alpha_bar(t: np.ndarray) -> np.ndarray:
-            return np.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        grid = np.arange(n, dtype=np.float64)
-        betas = np.minimum(1.0 - alpha_bar((grid + 1.0) / n) / alpha_bar(grid / n), 0.999)
+        betas = np.minimum(_cosine_betas(n), 0.999)
         return discrete(betas=betas)
     start = _checks.real_scalar("beta_start", beta_start)
     end = _checks.real_scalar("beta_end", beta_end)
