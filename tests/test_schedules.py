@@ -249,3 +249,133 @@ def test_t_from_log_snr_matches_the_reference_lambda(x64):
         lam_ref = np.asarray(m_ref - np.log(-np.expm1(2 * m_ref)) / 2, np.float64)
         back = np.asarray(sch.t_from_log_snr(jnp.asarray(lam_ref)))
         np.testing.assert_array_less(np.abs(back - t), lam_tolerance(sch, t, lam_ref, u), err_msg=name)
+
+
+# ---------------------------------------------------------------- discrete vs diffusers' goldens
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS_CASES))
+def test_discrete_matches_diffusers_alphas_cumprod(name, dtype):
+    """alpha(t_n)^2 at t_n = (n + 1)/N against diffusers' alphas_cumprod (tests/golden/make_schedule_golden.py)."""
+    golden = np.load(GOLDEN)
+    want64, diffusers32 = golden[f"{name}/float64"], golden[f"{name}/float32"].astype(np.float64)
+    sch = schedules.from_diffusers(*DIFFUSERS_CASES[name], 1000)
+    n = np.arange(1000)
+    t = jnp.asarray((n + 1.0) / 1000, dtype)
+    got = np.asarray(sch.alpha(t), np.float64) ** 2
+    u = unit_roundoff(dtype)
+    if dtype == np.float64:
+        # float64: cumsum of log1p vs torch's cumprod, each ~(n + 1) u64 at worst: 1e-12 covers n < 1000.
+        np.testing.assert_array_less(np.abs(got / want64 - 1), 1e-12)
+    else:
+        # float32: t_n's rounding moves log alpha by u t beta/2 (as in the closed-form test),
+        # exp and the knots' rounding add 8 u |log alpha_n| + 2u; squaring doubles it.
+        m = 0.5 * np.log(want64)
+        beta = np.asarray(schedules.from_diffusers(*DIFFUSERS_CASES[name], 1000).beta(
+            jnp.asarray((n + 0.5) / 1000, dtype)), np.float64)
+        tol = 2 * (8 * u * np.abs(m) + u * np.asarray(t, np.float64) * beta + 2 * u)
+        np.testing.assert_array_less(np.abs(got / want64 - 1), tol)
+        # diffusers' own float32 cumprod is within (n + 1) u of float64 (one rounding a product,
+        # 0.37 (n + 1) u measured), so ours agrees with it within the sum of the two bounds.
+        np.testing.assert_array_less(np.abs(diffusers32 / want64 - 1), (n + 1) * u)
+        np.testing.assert_array_less(np.abs(got / diffusers32 - 1), tol + (n + 1) * u * 1.01)
+    # and from alphas_cumprod itself: the same knots to rounding.
+    if dtype == np.float64:
+        other = schedules.discrete(alphas_cumprod=want64)
+        np.testing.assert_allclose(np.asarray(other.alpha(t)) ** 2, want64, rtol=1e-14)
+
+
+def test_discrete_shape_and_knots():
+    sch = schedules.discrete(betas=np.full(10, 0.1))
+    assert sch.is_discrete and sch.num_train_timesteps == 10 and sch.t_max == 1.0 and sch.t_min == 0.0
+    assert float(sch.log_alpha(0.0)) == 0.0
+    # log alpha is linear between knots: the midpoint is the knots' mean (to float32 rounding, 4 u |m|).
+    m = np.asarray(sch.log_alpha(jnp.asarray([0.25, 0.35], jnp.float32)))
+    want = [0.5 * (2 + 3) * 0.5 * np.log(0.9), 3.5 * 0.5 * np.log(0.9)]
+    np.testing.assert_allclose(m, want, rtol=4 * unit_roundoff(np.float32) * 4)
+    assert [leaf.shape for leaf in jax.tree.leaves(sch)] == [(11,), (10,)]  # N is static
+
+
+# ---------------------------------------------------------------- cosine: finite beta
+
+
+def test_cosine_beta_is_finite_and_capped_on_its_range(dtype):
+    sch = schedules.cosine()
+    t_max = sch.t_max
+    # beta(t_max) = 999 by construction (rel. error ~ u / phi, phi ~ 3e-3: 1e3 u).
+    np.testing.assert_allclose(float(sch.beta(jnp.asarray(t_max, dtype))), schedules.COSINE_BETA_CAP,
+                               rtol=1e3 * unit_roundoff(dtype))
+    t = jnp.asarray(np.linspace(0.0, t_max, 2001), dtype)
+    beta = np.asarray(sch.beta(t))
+    assert np.all(np.isfinite(beta)) and np.all(beta > 0) and np.all(np.diff(beta) >= 0)
+    assert beta.max() <= schedules.COSINE_BETA_CAP * (1 + 1e3 * unit_roundoff(dtype))
+    lam = np.asarray(sch.log_snr(t[1:]))
+    assert np.all(np.isfinite(lam)) and np.all(np.diff(lam) < 0)
+    # t_max follows s: beta(t_max(s)) = 999 for another s.
+    other = schedules.cosine(0.02)
+    np.testing.assert_allclose(float(other.beta(jnp.asarray(other.t_max, dtype))), 999.0,
+                               rtol=1e3 * unit_roundoff(dtype))
+
+
+# ---------------------------------------------------------------- pytrees under jit and vmap
+
+
+def test_schedules_under_jit_and_vmap():
+    t = jnp.asarray([1e-3, 0.5, 0.9], jnp.float32)
+    lin = jax.vmap(lambda b: schedules.linear(0.1, b).alpha(t))(jnp.asarray([10.0, 20.0], jnp.float32))
+    for row, b in zip(lin, [10.0, 20.0]):  # vmap compiles the same formula; fusion may move an ulp (4 u)
+        np.testing.assert_allclose(row, sde.alpha(t, 0.1, jnp.float32(b)), rtol=4 * unit_roundoff(np.float32))
+    cos = jax.vmap(lambda s: schedules.cosine(s).sigma(t))(jnp.asarray([0.008, 0.02], jnp.float32))
+    # traced s vs Python s: theta0 is computed in float32 vs float64, ~ 4 u relative in sigma.
+    np.testing.assert_allclose(cos[1], schedules.cosine(0.02).sigma(t), rtol=8 * unit_roundoff(np.float32))
+    for sch in (schedules.linear(), schedules.cosine(), schedules.from_diffusers("scaled_linear", 0.00085, 0.012)):
+        jitted = jax.jit(lambda s, t: (s.log_snr(t), s.t_from_log_snr(s.log_snr(t)), s.beta(t)))(sch, t)
+        eager = (sch.log_snr(t), sch.t_from_log_snr(sch.log_snr(t)), sch.beta(t))
+        for a, b in zip(jitted, eager):  # XLA may fuse differently: a few ulps (8 u relative, 1e-6 absolute)
+            np.testing.assert_allclose(a, b, rtol=8 * unit_roundoff(np.float32), atol=1e-6)
+    # a batch of discrete schedules of the same N (stacked leaves) maps too.
+    stacked = jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v, jnp.float32) for v in x]),
+                           schedules.discrete(betas=np.full(4, 0.1)), schedules.discrete(betas=np.full(4, 0.2)))
+    got = jax.vmap(lambda s: s.alpha(jnp.float32(1.0)))(stacked)
+    np.testing.assert_allclose(got, [0.9**2, 0.8**2], rtol=8 * unit_roundoff(np.float32))
+    assert sv.schedules is schedules
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: schedules.linear(0.1, 0.05), ValueError, "beta_max"),
+        (lambda: schedules.linear(-1.0, 20.0), ValueError, "beta_min"),
+        (lambda: schedules.cosine(-0.1), ValueError, "s must be >= 0"),
+        (lambda: schedules.discrete(), ValueError, "exactly one.*neither"),
+        (lambda: schedules.discrete(betas=[0.1], alphas_cumprod=[0.9]), ValueError, "exactly one.*both"),
+        (lambda: schedules.discrete(betas=[0.1, 0.0]), ValueError, r"betas must lie in \(0, 1\).*betas\[1\]"),
+        (lambda: schedules.discrete(betas=[0.1, 1.0]), ValueError, r"betas\[1\]"),
+        (lambda: schedules.discrete(betas=[-0.1]), ValueError, r"betas\[0\]"),
+        (lambda: schedules.discrete(betas=[[0.1, 0.2]]), ValueError, "betas must be a non-empty 1-D"),
+        (lambda: schedules.discrete(betas=[]), ValueError, "non-empty 1-D"),
+        (lambda: schedules.discrete(betas=["a"]), TypeError, "betas"),
+        (lambda: schedules.discrete(betas=[0.1, np.nan]), ValueError, "finite"),
+        (lambda: schedules.discrete(alphas_cumprod=[0.9, 0.95]), ValueError, "strictly decreasing"),
+        (lambda: schedules.discrete(alphas_cumprod=[0.9, 0.9]), ValueError, "strictly decreasing"),
+        (lambda: schedules.discrete(alphas_cumprod=[1.2, 0.9]), ValueError, r"\(0, 1\]"),
+        (lambda: schedules.discrete(alphas_cumprod=[0.9, 0.0]), ValueError, "zero terminal SNR.*not supported yet"),
+        (lambda: schedules.from_diffusers("sigmoid"), ValueError, "'linear', 'scaled_linear', 'squaredcos_cap_v2'"),
+        (lambda: schedules.from_diffusers("linear", num_train_timesteps=0), ValueError, "num_train_timesteps"),
+        (lambda: schedules.from_diffusers(trained_betas=[0.1, 0.2], num_train_timesteps=3), ValueError, "len"),
+    ],
+)
+def test_bad_input_is_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_from_diffusers_trained_betas_and_defaults():
+    betas = np.linspace(1e-4, 0.02, 1000)
+    a = schedules.from_diffusers(trained_betas=betas)
+    b = schedules.from_diffusers("linear", 1e-4, 0.02, 1000)
+    np.testing.assert_array_equal(a.knots, b.knots)
+    assert schedules.from_diffusers("squaredcos_cap_v2", num_train_timesteps=50).num_train_timesteps == 50
