@@ -14,7 +14,7 @@ Typical use::
 
 __version__ = "0.2.0"  # before the submodules, which record it
 
-from . import sde
+from . import schedules, sde
 from .config import load_config, save_config
 from .loops import SamplerInfo, sample, sample_ode
 from .models import (
@@ -88,6 +88,7 @@ __all__ = [
     "mixture_eps",
     "sample",
     "sample_mixture",
+    "schedules",
     "sde",
     "set_timesteps",
     "step_pred",

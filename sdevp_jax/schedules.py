@@ -1,0 +1,504 @@
+r"""Variance-preserving noise schedules: one protocol for every VP model.
+
+A VP model diffuses data as :math:`x_t = \alpha(t) x_0 + \sigma(t) \epsilon` with
+:math:`\alpha(t)^2 + \sigma(t)^2 = 1`, for :math:`t` in :math:`(t_{\min}, t_{\max}]`
+(Song et al., ICLR 2021, sec. 3.4; the forward SDE is
+:math:`dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)}\,dw`). A schedule is fixed by
+:math:`\log\alpha(t)`; everything else follows from it:
+
+.. math::
+
+    \sigma = \sqrt{-\operatorname{expm1}(2\log\alpha)}, \qquad
+    \beta(t) = -2\,\frac{d\log\alpha}{dt}, \qquad
+    \lambda(t) = \log\frac{\alpha}{\sigma}
+               = \log\alpha - \tfrac12\log\!\big(-\operatorname{expm1}(2\log\alpha)\big),
+
+and the inverse of :math:`\lambda` goes through
+:math:`\log\alpha = -\tfrac12\operatorname{softplus}(-2\lambda)` (Lu et al., NeurIPS
+2022, "DPM-Solver", sec. 3 and app. D).
+
+Every schedule here is an immutable pytree (a ``flax.struct`` dataclass) with the same
+methods: ``log_alpha(t)``, ``alpha(t)``, ``sigma(t)``, ``alpha_sigma(t)``, ``beta(t)``,
+``log_snr(t)``, ``t_from_log_snr(lam)``, and the properties ``t_min``, ``t_max`` and
+``is_discrete``. Numbers a user may ``vmap`` over or differentiate (``beta_min``,
+``beta_max``, ``s``, a discrete schedule's knots) are leaves; the number of training
+steps of a discrete schedule is static.
+
+* :func:`linear` -- the paper's continuous schedule, the coefficients of
+  :mod:`sdevp_jax.sde` bit for bit;
+* :func:`cosine` -- Nichol & Dhariwal (ICML 2021, eq. 17) in continuous time;
+* :func:`discrete` -- a discrete-time model's ``betas`` or ``alphas_cumprod`` on the
+  continuous time of Lu et al. (2022, app. D), with :func:`from_diffusers` for the
+  ``beta_schedule`` names of diffusers' discrete schedulers.
+
+The methods are elementwise in ``t`` and do no range checks (they run inside compiled
+loops); times outside ``(t_min, t_max]`` are the caller's to reject on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.typing import ArrayLike
+
+from . import _checks, sde
+
+__all__ = [
+    "LinearSchedule",
+    "CosineSchedule",
+    "DiscreteSchedule",
+    "linear",
+    "cosine",
+    "discrete",
+    "from_diffusers",
+    "DIFFUSERS_BETA_SCHEDULES",
+    "COSINE_BETA_CAP",
+]
+
+#: The ``beta_schedule`` names :func:`from_diffusers` understands.
+DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+#: The cosine schedule's largest rate :math:`\beta(t_{\max})`. iDDPM caps its discrete
+#: betas at 0.999 over 1000 steps, i.e. a continuous rate of about 0.999 * 1000; the
+#: same cap fixes ``t_max`` (DPM-Solver's ``cosine_beta_max``, Lu et al. 2022).
+COSINE_BETA_CAP = 999.0
+
+
+class _VPSchedule:
+    """The protocol's methods that follow from ``log_alpha`` alone (a mixin)."""
+
+    def log_alpha(self, t: ArrayLike) -> jax.Array:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def alpha(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\alpha(t) = e^{\log\alpha(t)}`."""
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\sigma(t) = \sqrt{-\operatorname{expm1}(2\log\alpha(t))}` (no ``1 - exp`` cancellation)."""
+        return sde._sigma_of_m(self.log_alpha(t))
+
+    def alpha_sigma(self, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
+        r""":math:`(\alpha(t), \sigma(t))` from one evaluation of :math:`\log\alpha(t)`."""
+        m = self.log_alpha(t)
+        return jnp.exp(m), sde._sigma_of_m(m)
+
+    def log_snr(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\lambda(t) = \log\alpha - \tfrac12\log(-\operatorname{expm1}(2\log\alpha))`.
+
+        Accurate at both ends as long as :math:`\log\alpha` is: near :math:`t = 0` the
+        ``expm1`` keeps the digits of :math:`\sigma^2`, near :math:`t_{\max}` the second
+        term is small.
+        """
+        m = self.log_alpha(t)
+        return m - 0.5 * jnp.log(-jnp.expm1(2.0 * m))
+
+    @property
+    def t_min(self) -> float:
+        """The open lower end of the time range: ``alpha = 1``, ``sigma = 0``, ``log_snr = inf`` there."""
+        return 0.0
+
+
+def _float_t(t: ArrayLike) -> jax.Array:
+    """``t`` as a floating JAX array (an int becomes the default float dtype)."""
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        t = t.astype(jnp.result_type(float))
+    return t
+
+
+# --------------------------------------------------------------------------- linear
+
+
+@struct.dataclass
+class LinearSchedule(_VPSchedule):
+    r"""The VP SDE's linear schedule :math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`.
+
+    Every method calls the function of :mod:`sdevp_jax.sde` of the same meaning, so the
+    results are bitwise those of today's scheduler (tested in float32 and float64).
+    Valid on :math:`(0, 1]`.
+    """
+
+    beta_min: Any
+    beta_max: Any
+
+    def log_alpha(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\log\alpha(t) = -\tfrac14 t^2(\beta_{\max} - \beta_{\min}) - \tfrac12 t\beta_{\min}`."""
+        return sde.log_mean_coeff(t, self.beta_min, self.beta_max)
+
+    def alpha(self, t: ArrayLike) -> jax.Array:
+        return sde.alpha(t, self.beta_min, self.beta_max)
+
+    def sigma(self, t: ArrayLike) -> jax.Array:
+        return sde.sigma(t, self.beta_min, self.beta_max)
+
+    def alpha_sigma(self, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
+        return sde.alpha_sigma(t, self.beta_min, self.beta_max)
+
+    def beta(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`."""
+        return sde.beta(t, self.beta_min, self.beta_max)
+
+    def log_snr(self, t: ArrayLike) -> jax.Array:
+        return sde.log_snr(t, self.beta_min, self.beta_max)
+
+    def t_from_log_snr(self, lam: ArrayLike) -> jax.Array:
+        r"""The inverse of :meth:`log_snr`: the positive root of a quadratic (see :func:`sde.t_of_log_snr`)."""
+        return sde.t_of_log_snr(lam, self.beta_min, self.beta_max)
+
+    @property
+    def t_max(self) -> float:
+        return 1.0
+
+    @property
+    def is_discrete(self) -> bool:
+        return False
+
+
+def linear(beta_min: Any = 0.1, beta_max: Any = 20.0) -> LinearSchedule:
+    """The paper's linear schedule; ``0 < beta_min < beta_max`` (checked when concrete; tracers pass)."""
+    beta_min = _checks.positive_real("beta_min", beta_min)
+    beta_max = _checks.positive_real("beta_max", beta_max)
+    if not (_checks.is_traced(beta_min) or _checks.is_traced(beta_max)) and not beta_max > beta_min:
+        raise ValueError(f"beta_max must be > beta_min = {beta_min}, got {beta_max}")
+    return LinearSchedule(beta_min=beta_min, beta_max=beta_max)
+
+
+# --------------------------------------------------------------------------- cosine
+
+
+@struct.dataclass
+class CosineSchedule(_VPSchedule):
+    r"""The cosine schedule of Nichol & Dhariwal (ICML 2021, "Improved DDPM", eq. 17).
+
+    .. math::
+
+        \bar\alpha(t) = \frac{f(t)}{f(0)}, \quad
+        f(t) = \cos^2\theta(t), \quad \theta(t) = \frac{t + s}{1 + s}\,\frac{\pi}{2},
+        \qquad \log\alpha = \tfrac12\log\bar\alpha, \qquad
+        \beta(t) = \frac{\pi}{1 + s}\tan\theta(t).
+
+    **Keeping** :math:`\beta` **finite.** :math:`\beta(t) \to \infty` as :math:`t \to 1`
+    (:math:`\alpha(1) = 0`). The schedule is therefore defined on :math:`(0, t_{\max}]`
+    with :math:`t_{\max}` the time where :math:`\beta` reaches :data:`COSINE_BETA_CAP`
+    = 999, the continuous counterpart of iDDPM's cap of its discrete betas at 0.999
+    over 1000 steps (and DPM-Solver's ``cosine_beta_max``, Lu et al. 2022):
+
+    .. math::
+
+        t_{\max} = \frac{2(1 + s)}{\pi}\arctan\frac{999(1 + s)}{\pi} - s
+        \approx 0.99800 \ (s = 0.008),
+
+    where :math:`\lambda(t_{\max}) \approx -5.78` (DDPM's linear schedule ends at
+    :math:`\lambda \approx -5.06`). The schedule is the exact closed form on that
+    range -- nothing is clipped -- and samplers start at ``t_max``; times above it
+    are out of range (:math:`\beta` turns negative past :math:`t = 1` in floating
+    point).
+
+    **Accuracy.** With :math:`\theta_0 = \theta(0)`, :math:`\delta = t\pi/(2(1+s))` and
+    :math:`\varphi = (1 - t)\pi/(2(1+s)) = \pi/2 - \theta`,
+
+    .. math::
+
+        \log\alpha = \log\frac{\cos\theta}{\cos\theta_0}
+                   = \operatorname{log1p}\big(-2\sin^2\tfrac\delta2 - \tan\theta_0\sin\delta\big)
+                     \ (t \le \tfrac12), \qquad
+                   = \log\sin\varphi - \log\cos\theta_0 \ (t > \tfrac12),
+
+    so neither end subtracts nearly equal numbers; :meth:`t_from_log_snr` is written
+    the same way.
+    """
+
+    s: Any
+
+    def _theta0(self) -> tuple[Any, Any]:
+        r""":math:`(\tan\theta_0, \log\cos\theta_0)`, :math:`\theta_0 = \tfrac{s}{1+s}\tfrac\pi2`.
+
+        Python floats (rounded once, to the dtype of ``t``, where used) when ``s`` is a
+        concrete number; arrays when it is an array or a tracer.
+        """
+        if isinstance(self.s, (int, float)):
+            theta0 = self.s / (1.0 + self.s) * (0.5 * math.pi)
+            return math.tan(theta0), math.log(math.cos(theta0))
+        theta0 = self.s / (1.0 + self.s) * (0.5 * math.pi)
+        return jnp.tan(theta0), jnp.log(jnp.cos(theta0))
+
+    def log_alpha(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\log\alpha(t) = \log\cos\theta(t) - \log\cos\theta(0)` (see the class docstring)."""
+        t = _float_t(t)
+        half = jnp.asarray(0.5, t.dtype)
+        scale = (0.5 * math.pi) / (1.0 + self.s)
+        tan0, logcos0 = self._theta0()
+        t_lo = jnp.where(t <= half, t, half)  # each branch sees only its own half (finite gradients)
+        t_hi = jnp.where(t <= half, half, t)
+        delta = t_lo * scale
+        small = jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - tan0 * jnp.sin(delta))
+        large = jnp.log(jnp.sin((1.0 - t_hi) * scale)) - logcos0
+        return jnp.where(t <= half, small, large)
+
+    def beta(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\beta(t) = \frac{\pi}{1+s}\tan\theta(t)`; near :math:`t = 1` as :math:`\cot\varphi`."""
+        t = _float_t(t)
+        half = jnp.asarray(0.5, t.dtype)
+        scale = (0.5 * math.pi) / (1.0 + self.s)
+        t_lo = jnp.where(t <= half, t, half)
+        t_hi = jnp.where(t <= half, half, t)
+        tan_lo = jnp.tan((t_lo + self.s) * scale)
+        phi = (1.0 - t_hi) * scale
+        tan_hi = jnp.cos(phi) / jnp.sin(phi)
+        return (2.0 * scale) * jnp.where(t <= half, tan_lo, tan_hi)
+
+    def t_from_log_snr(self, lam: ArrayLike) -> jax.Array:
+        r"""The inverse of :meth:`log_snr`, in closed form through :math:`\arctan`.
+
+        From :math:`\alpha^2 = \cos^2\theta/\cos^2\theta_0` and
+        :math:`\sigma^2/\alpha^2 = e^{-2\lambda}`:
+        :math:`\tan^2\theta = \tan^2\theta_0 + e^{-2\lambda}/\cos^2\theta_0` (a sum of
+        positive terms), and, with :math:`T = \tan\theta`,
+
+        .. math::
+
+            \theta - \theta_0 = \arctan\frac{T - \tan\theta_0}{1 + T\tan\theta_0},
+            \qquad T - \tan\theta_0 = \frac{e^{-2\lambda}}{\cos^2\theta_0\,(T + \tan\theta_0)},
+
+        so :math:`t = (\theta - \theta_0)\,2(1+s)/\pi` keeps its digits as
+        :math:`t \to 0` (no :math:`\theta - \theta_0` cancellation).
+        """
+        lam = _float_t(lam)
+        tan0, logcos0 = self._theta0()
+        e = jnp.exp(-2.0 * lam - 2.0 * logcos0)  # e^{-2 lam} / cos^2(theta0)
+        big_t = jnp.sqrt(tan0**2 + e)
+        dtheta = jnp.arctan2(e / (big_t + tan0), 1.0 + big_t * tan0)
+        return dtheta * ((1.0 + self.s) * (2.0 / math.pi))
+
+    @property
+    def t_max(self) -> Any:
+        r""":math:`t` where :math:`\beta(t) =` :data:`COSINE_BETA_CAP` (about 0.998 for ``s = 0.008``)."""
+        s = self.s
+        if _checks.is_traced(s) or isinstance(s, jax.Array):
+            return jnp.arctan(COSINE_BETA_CAP * (1.0 + s) / jnp.pi) * (2.0 * (1.0 + s) / jnp.pi) - s
+        return math.atan(COSINE_BETA_CAP * (1.0 + s) / math.pi) * (2.0 * (1.0 + s) / math.pi) - s
+
+    @property
+    def is_discrete(self) -> bool:
+        return False
+
+
+def cosine(s: Any = 0.008) -> CosineSchedule:
+    """The cosine schedule of Nichol & Dhariwal (2021) with offset ``s >= 0`` (checked when concrete)."""
+    s = _checks.real_scalar("s", s)
+    if not _checks.is_traced(s) and not s >= 0.0:
+        raise ValueError(f"s must be >= 0, got {s}")
+    return CosineSchedule(s=s)
+
+
+# --------------------------------------------------------------------------- discrete
+
+
+@struct.dataclass
+class DiscreteSchedule(_VPSchedule):
+    r"""A discrete-time model's schedule in continuous time (Lu et al. 2022, app. D).
+
+    Label :math:`n = 0, \dots, N-1` (``N = num_train_timesteps``) sits at time
+    :math:`t_n = (n + 1)/N`, and :math:`\log\alpha` is piecewise linear in :math:`t`
+    between the knots :math:`(0, 0), (t_0, \log\alpha_0), \dots, (1, \log\alpha_{N-1})`,
+    :math:`\log\alpha_n = \tfrac12\log\bar\alpha_n` (``alphas_cumprod``). Hence
+    :math:`\alpha(t_n)^2 = \bar\alpha_n` (to rounding), :math:`\beta(t)` is piecewise
+    constant, :math:`-2N(\log\alpha_{k} - \log\alpha_{k-1})` on the ``k``-th piece
+    (:math:`= -N\log(1 - \beta_k)`, close to :math:`N\beta_k`),
+    and :math:`\lambda` is monotone, so its inverse finds the piece by a sorted search
+    and inverts the linear piece. Valid on :math:`(0, 1]`.
+
+    The per-piece increments are stored beside the knots, each computed from the
+    input directly in float64 (:math:`\tfrac12\operatorname{log1p}(-\beta_n)`), so that
+    :math:`\beta(t)` keeps full relative precision in float32 (a difference of two
+    float32 knots of size ~5 would lose up to ~1e-3 of a :math:`\beta` ~ 0.1).
+
+    Attributes:
+      knots: :math:`(\log\alpha \text{ at } t = k/N)_{k = 0..N}`, shape ``(N + 1,)``,
+        ``knots[0] = 0``, strictly decreasing; a float64 NumPy array when built by
+        :func:`discrete` (cast to the dtype of ``t`` at each use).
+      increments: ``knots[k + 1] - knots[k] < 0``, shape ``(N,)``, likewise.
+      num_train_timesteps: static, ``N``.
+    """
+
+    knots: Any
+    increments: Any
+    num_train_timesteps: int = struct.field(pytree_node=False)
+
+    def _piece(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(k, frac)``: ``t N = k + frac`` with the piece index ``k`` in ``[0, N - 1]``."""
+        n = self.num_train_timesteps
+        u = t * n
+        k = jnp.clip(jnp.floor(u), 0, n - 1)
+        return k.astype(jnp.int32), u - k
+
+    def log_alpha(self, t: ArrayLike) -> jax.Array:
+        r"""Linear interpolation of :math:`\log\alpha` between the knots at :math:`t = k/N`."""
+        t = _float_t(t)
+        k, frac = self._piece(t)
+        knots = jnp.asarray(self.knots).astype(t.dtype)
+        step = jnp.asarray(self.increments).astype(t.dtype)
+        return knots[k] + frac * step[k]
+
+    def beta(self, t: ArrayLike) -> jax.Array:
+        r""":math:`\beta = -2N(\log\alpha_{k+1} - \log\alpha_k)` on the piece :math:`t \in [k/N, (k+1)/N)`."""
+        t = _float_t(t)
+        k, _ = self._piece(t)
+        return (-2.0 * self.num_train_timesteps) * jnp.asarray(self.increments).astype(t.dtype)[k]
+
+    def t_from_log_snr(self, lam: ArrayLike) -> jax.Array:
+        r"""The inverse of :meth:`log_snr`: :math:`m = -\tfrac12\operatorname{softplus}(-2\lambda)`,
+        the piece by ``searchsorted`` over the decreasing knots, then
+        :math:`t = (k + (m - \log\alpha_k)/(\log\alpha_{k+1} - \log\alpha_k))/N`."""
+        lam = _float_t(lam)
+        knots = jnp.asarray(self.knots).astype(lam.dtype)
+        step = jnp.asarray(self.increments).astype(lam.dtype)
+        m = -0.5 * jax.nn.softplus(-2.0 * lam)
+        n = self.num_train_timesteps
+        k = jnp.clip(jnp.searchsorted(-knots, -m, side="right") - 1, 0, n - 1)
+        return (k.astype(lam.dtype) + (m - knots[k]) / step[k]) / n
+
+    @property
+    def t_max(self) -> float:
+        return 1.0
+
+    @property
+    def is_discrete(self) -> bool:
+        return True
+
+
+def _host_1d(name: str, value: Any) -> np.ndarray:
+    """A concrete, non-empty, finite 1-D real array, as float64 NumPy."""
+    if _checks.is_traced(value):
+        raise TypeError(f"{name} must be a concrete array (the schedule is built on the host), got a tracer")
+    array = np.asarray(value)
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must be a 1-D array of floats, got dtype {array.dtype}")
+    if array.ndim != 1 or array.shape[0] < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {array.shape}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite; {name}[{int(np.argmin(np.isfinite(array)))}] is not")
+    return array
+
+
+def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLike] = None) -> DiscreteSchedule:
+    r"""A discrete-time model's schedule from its ``betas`` or its ``alphas_cumprod`` (exactly one).
+
+    ``betas`` must lie in (0, 1); ``alphas_cumprod`` (:math:`\bar\alpha_n =
+    \prod_{i \le n}(1 - \beta_i)`) must be strictly decreasing in (0, 1]. Computed on
+    the host in float64: :math:`\log\alpha_n = \tfrac12\sum_{i\le n}\operatorname{log1p}(-\beta_i)`
+    or :math:`\tfrac12\log\bar\alpha_n`. A zero last ``alphas_cumprod`` (zero terminal
+    SNR, diffusers' ``rescale_betas_zero_snr``) is not supported yet.
+    """
+    if (betas is None) == (alphas_cumprod is None):
+        raise ValueError(
+            "give exactly one of betas and alphas_cumprod, got "
+            + ("both" if betas is not None else "neither")
+        )
+    if betas is not None:
+        b = _host_1d("betas", betas)
+        bad = np.flatnonzero(~((b > 0.0) & (b < 1.0)))
+        if bad.size:
+            raise ValueError(f"betas must lie in (0, 1), got betas[{bad[0]}] = {b[bad[0]]!r}")
+        increments = 0.5 * np.log1p(-b)
+        log_alpha = np.cumsum(increments)
+    else:
+        a = _host_1d("alphas_cumprod", alphas_cumprod)
+        if a[-1] == 0.0:
+            raise ValueError(
+                "alphas_cumprod[-1] = 0 (zero terminal SNR, as from rescale_betas_zero_snr) "
+                "is not supported yet: alphas_cumprod must lie in (0, 1]"
+            )
+        bad = np.flatnonzero(~((a > 0.0) & (a <= 1.0)))
+        if bad.size:
+            raise ValueError(f"alphas_cumprod must lie in (0, 1], got alphas_cumprod[{bad[0]}] = {a[bad[0]]!r}")
+        steps = np.flatnonzero(np.diff(a) >= 0.0)
+        if steps.size:
+            i = steps[0]
+            raise ValueError(
+                "alphas_cumprod must be strictly decreasing, got "
+                f"alphas_cumprod[{i}] = {a[i]!r} <= alphas_cumprod[{i + 1}] = {a[i + 1]!r}"
+            )
+        log_alpha = 0.5 * np.log(a)
+        previous = np.concatenate([np.ones(1), a[:-1]])
+        increments = 0.5 * np.log1p((a - previous) / previous)  # no log a - log a' cancellation
+    if not np.all(increments < 0.0) or not np.all(np.diff(log_alpha) < 0.0) or not log_alpha[0] < 0.0:
+        # betas this close to 0 (or alphas_cumprod this close to 1) round to a flat knot.
+        raise ValueError(
+            "the schedule's log alpha must be strictly decreasing in float64; "
+            "betas are too close to 0 (or alphas_cumprod to 1) to resolve"
+        )
+    knots = np.concatenate([np.zeros(1), log_alpha])
+    return DiscreteSchedule(knots=knots, increments=increments, num_train_timesteps=int(log_alpha.shape[0]))
+
+
+def _cosine_betas(n: int) -> np.ndarray:
+    r"""iDDPM's uncapped betas :math:`1 - \cos^2 b_i/\cos^2 a_i`, :math:`a_i = \theta(i/n)`, :math:`b_i = \theta((i+1)/n)`.
+
+    Written as :math:`\sin d\,\sin(2a + d)/\cos^2 a` with :math:`d = b - a` (no ``1 - ratio``
+    cancellation for small betas) and, in the upper half, with :math:`c = \pi/2 - a`
+    computed from :math:`1 - i/n`, as :math:`\sin d\,\sin(2c - d)/\sin^2 c` (no cosine of an
+    angle near :math:`\pi/2`). float64, on the host.
+    """
+    i = np.arange(n, dtype=np.float64)
+    d = (math.pi / 2) / (1.008 * n)
+    a = (i / n + 0.008) / 1.008 * (math.pi / 2)
+    c = ((n - i) / n) / 1.008 * (math.pi / 2)
+    lower = np.sin(d) * np.sin(2.0 * a + d) / np.cos(a) ** 2
+    upper = np.sin(d) * np.sin(2.0 * c - d) / np.sin(c) ** 2
+    return np.where(i < n / 2, lower, upper)
+
+
+def from_diffusers(
+    beta_schedule: str = "linear",
+    beta_start: float = 0.0001,
+    beta_end: float = 0.02,
+    num_train_timesteps: int = 1000,
+    trained_betas: Optional[ArrayLike] = None,
+) -> DiscreteSchedule:
+    r"""The discrete schedule of a diffusers scheduler config, its betas computed in float64.
+
+    * ``"linear"``: ``linspace(beta_start, beta_end, N)`` (DDPM, Ho et al. 2020);
+    * ``"scaled_linear"``: ``linspace(sqrt(beta_start), sqrt(beta_end), N) ** 2`` (Stable Diffusion);
+    * ``"squaredcos_cap_v2"``: iDDPM's :math:`\beta_n = \min(1 - \bar\alpha(\tfrac{n+1}N)/\bar\alpha(\tfrac nN), 0.999)`
+      with :math:`\bar\alpha(t) = \cos^2(\tfrac{t + 0.008}{1.008}\tfrac\pi2)`
+      (Nichol & Dhariwal 2021, eq. 17; ``beta_start`` and ``beta_end`` are unused),
+      evaluated as :math:`\sin(b - a)\sin(b + a)/\cos^2 a` to avoid ``1 - ratio``'s cancellation.
+
+    ``trained_betas``, when given, are used as they are (as diffusers does) and the
+    other fields are ignored except ``num_train_timesteps``, which must match their length.
+    diffusers computes the same betas in float32; see tests/golden/make_schedule_golden.py.
+    """
+    n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
+    if trained_betas is not None:
+        betas = _host_1d("trained_betas", trained_betas)
+        if betas.shape[0] != n:
+            raise ValueError(
+                f"num_train_timesteps = {n} must equal len(trained_betas) = {betas.shape[0]}"
+            )
+        return discrete(betas=betas)
+    if beta_schedule not in DIFFUSERS_BETA_SCHEDULES:
+        raise ValueError(
+            f"beta_schedule must be one of {', '.join(map(repr, DIFFUSERS_BETA_SCHEDULES))}, got {beta_schedule!r}"
+        )
+    if beta_schedule == "squaredcos_cap_v2":
+        betas = np.minimum(_cosine_betas(n), 0.999)
+        return discrete(betas=betas)
+    start = _checks.real_scalar("beta_start", beta_start)
+    end = _checks.real_scalar("beta_end", beta_end)
+    if beta_schedule == "linear":
+        betas = np.linspace(start, end, n, dtype=np.float64)
+    else:
+        if start < 0 or end < 0:
+            raise ValueError(f"scaled_linear needs beta_start, beta_end >= 0, got {start}, {end}")
+        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
+    return discrete(betas=betas)
