@@ -152,7 +152,7 @@ def labels_to_times(labels: ArrayLike, num_train_timesteps: int) -> np.ndarray:
     if bad.size:
         raise ValueError(
             f"labels must lie in [0, num_train_timesteps - 1] = [0, {big_n - 1}], "
-            f"got labels[{bad[0]}] = {labels.flat[bad[0]]!r}"
+            f"got labels[{bad[0]}] = {float(labels.flat[bad[0]])!r}"
         )
     return (labels + 1.0) / big_n
 
@@ -170,7 +170,7 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
     if bad.size:
         raise ValueError(
             f"times must lie in [1/num_train_timesteps, 1] = [{1.0 / big_n!r}, 1], "
-            f"got times[{bad[0]}] = {times.flat[bad[0]]!r}"
+            f"got times[{bad[0]}] = {float(times.flat[bad[0]])!r}"
         )
     return times * big_n - 1.0
 
