@@ -8,14 +8,25 @@ functions map that file to and from a :class:`~sdevp_jax.ScoreSdeVpSchedulerStat
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any, Optional
 
 from ._io import atomic_write
 from .scheduler import ScoreSdeVpSchedulerState, create_state
 
-__all__ = ["load_config", "save_config", "config_dict", "state_from_config"]
+__all__ = [
+    "load_config",
+    "save_config",
+    "config_dict",
+    "state_from_config",
+    "DiscreteConfig",
+    "discrete_config",
+    "discrete_config_dict",
+]
 
 CLASS_NAME = "ScoreSdeVpScheduler"
 # The diffusers release whose scheduler this package reproduces (and whose files it reads).
@@ -74,3 +85,275 @@ def save_config(state: ScoreSdeVpSchedulerState, path: str | os.PathLike, *, ove
         path = path / "scheduler_config.json"
     text = json.dumps(config_dict(state), indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()), overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- discrete schedulers
+#
+# The scheduler_config.json of diffusers' discrete VP schedulers. Read by
+# :func:`discrete_config`; the samplers do not use it yet (issue 10).
+
+#: Fields every discrete class has, with diffusers 0.42.1's defaults (the model and its grid).
+_MODEL_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}
+
+#: Fields that do not change the model or the grid, with the values this package accepts:
+#: ``None`` means any value (a choice of diffusers' solver, which sdevp-jax makes by its own
+#: arguments, or a setting inert under the accepted values of the others); a tuple lists the
+#: accepted values, the first being diffusers' default.
+_EXTRA_FIELDS: dict[str, Optional[tuple]] = {
+    "clip_sample": (False,),  # diffusers' default True clips x0 to [-1, 1]: not supported
+    "clip_sample_range": None,
+    "thresholding": (False,),
+    "dynamic_thresholding_ratio": None,
+    "sample_max_value": None,
+    "set_alpha_to_one": None,
+    "skip_prk_steps": None,
+    "variance_type": (None, "fixed_small", "fixed_small_log"),  # learned variances change the model's output
+    "solver_order": None,
+    "algorithm_type": None,
+    "solver_type": None,
+    "lower_order_final": None,
+    "euler_at_final": None,
+    "predict_x0": None,
+    "disable_corrector": None,
+    "solver_p": (None,),
+    "use_karras_sigmas": (False,),
+    "use_exponential_sigmas": (False,),
+    "use_beta_sigmas": (False,),
+    "use_lu_lambdas": (False,),
+    "use_flow_sigmas": (False,),
+    "flow_shift": None,
+    "use_dynamic_shifting": (False,),
+    "time_shift_type": None,
+    "final_sigmas_type": ("zero",),  # "sigma_min" stops at label 0's sigma instead of 0
+    "lambda_min_clipped": (-math.inf,),  # a finite value shortens DPM-Solver's grid
+    "interpolation_type": ("linear",),
+    "timestep_type": ("discrete",),
+    "sigma_min": (None,),
+    "sigma_max": (None,),
+    "shift_terminal": (None,),
+}
+
+#: class -> (its default timestep_spacing, its extra fields with diffusers' defaults).
+DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "DDPMScheduler": ("leading", {
+        "variance_type": "fixed_small", "clip_sample": True, "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0,
+    }),
+    "DDIMScheduler": ("leading", {
+        "clip_sample": True, "set_alpha_to_one": True, "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0,
+    }),
+    "DPMSolverMultistepScheduler": ("linspace", {
+        "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 1.0, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
+        "lower_order_final": True, "euler_at_final": False, "use_karras_sigmas": False,
+        "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False,
+        "use_flow_sigmas": False, "flow_shift": 1.0, "final_sigmas_type": "zero",
+        "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
+        "time_shift_type": "exponential",
+    }),
+    "UniPCMultistepScheduler": ("linspace", {
+        "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 1.0, "predict_x0": True, "solver_type": "bh2", "lower_order_final": True,
+        "disable_corrector": [], "solver_p": None, "use_karras_sigmas": False,
+        "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_flow_sigmas": False,
+        "flow_shift": 1.0, "final_sigmas_type": "zero", "use_dynamic_shifting": False,
+        "time_shift_type": "exponential", "sigma_min": None, "sigma_max": None, "shift_terminal": None,
+    }),
+    "EulerDiscreteScheduler": ("linspace", {
+        "interpolation_type": "linear", "use_karras_sigmas": False, "use_exponential_sigmas": False,
+        "use_beta_sigmas": False, "sigma_min": None, "sigma_max": None, "timestep_type": "discrete",
+        "final_sigmas_type": "zero",
+    }),
+    "PNDMScheduler": ("leading", {"skip_prk_steps": False, "set_alpha_to_one": False}),
+    "LMSDiscreteScheduler": ("linspace", {
+        "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    }),
+}
+#: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
+_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscreteConfig:
+    """A diffusers discrete scheduler's config, validated: the model, its grid, and the rest.
+
+    Attributes:
+      class_name: the diffusers class (``_class_name``), a key of :data:`DISCRETE_CLASSES`.
+      num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas: the noise
+        schedule as diffusers names it (``trained_betas`` a tuple of floats or ``None``).
+      prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+      timestep_spacing: ``"linspace"``, ``"leading"`` or ``"trailing"`` (see
+        :func:`sdevp_jax.grids.diffusers_label_spacing`).
+      steps_offset: an int >= 0.
+      extra: every other field of the file (sorted), each at a value that does not change
+        the model or the grid, kept so that :func:`discrete_config_dict` writes it back;
+        metadata keys (``_diffusers_version``) included.
+    """
+
+    class_name: str
+    num_train_timesteps: int
+    beta_start: float
+    beta_end: float
+    beta_schedule: str
+    trained_betas: Optional[tuple]
+    prediction_type: str
+    timestep_spacing: str
+    steps_offset: int
+    extra: tuple = ()
+
+    @property
+    def schedule(self):
+        """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host)."""
+        from . import schedules
+
+        return schedules.from_diffusers(
+            self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.trained_betas
+        )
+
+    def label_spacing(self, num_inference_steps: int):
+        """The labels diffusers' ``class_name`` samples at (:func:`sdevp_jax.grids.diffusers_label_spacing`)."""
+        from . import grids
+
+        name = self.class_name if self.class_name in grids.SPACING_SCHEDULERS else "DDIMScheduler"
+        return grids.diffusers_label_spacing(
+            self.num_train_timesteps, num_inference_steps, self.timestep_spacing, self.steps_offset, scheduler=name
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality where ``-inf == -inf`` and ``1 == 1.0`` but ``True != 1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
+    """Read a discrete scheduler's ``scheduler_config.json`` (a dict, a file, or a directory holding one).
+
+    Missing fields take the class's diffusers 0.42.1 defaults (so a DDIM/DDPM file without
+    ``clip_sample`` means ``clip_sample = True``, which is refused). Errors, each a
+    ``ValueError`` naming the field: an unknown ``_class_name``; a field the class does
+    not have; an unsupported value of a field that changes sampling (``clip_sample``,
+    ``thresholding``, ``use_karras_sigmas``, ``final_sigmas_type``, ...; see
+    :data:`_EXTRA_FIELDS`); ``beta_schedule`` outside linear, scaled_linear,
+    squaredcos_cap_v2; ``trained_betas`` whose length is not ``num_train_timesteps``;
+    ``rescale_betas_zero_snr = true`` (zero terminal SNR is not supported yet).
+    """
+    from . import grids, schedules
+
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "scheduler_config.json"
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from None
+        source = str(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    name = config.get("_class_name")
+    if name not in DISCRETE_CLASSES:
+        raise ValueError(
+            f"{source}: _class_name must be one of {', '.join(map(repr, DISCRETE_CLASSES))}, got {name!r}"
+        )
+    default_spacing, extra_defaults = DISCRETE_CLASSES[name]
+    model = dict(_MODEL_DEFAULTS, timestep_spacing=default_spacing)
+    if name in _NO_ZERO_SNR_FIELD:
+        del model["rescale_betas_zero_snr"]
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in model and k not in extra_defaults)
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown fields {unknown} for {name}; it has {sorted(model) + sorted(extra_defaults)}"
+        )
+    model.update({k: v for k, v in config.items() if k in model})
+    extra = dict(extra_defaults)
+    extra.update({k: v for k, v in config.items() if k in extra_defaults or (k.startswith("_") and k != "_class_name")})
+    for key, value in extra.items():
+        allowed = _EXTRA_FIELDS.get(key)
+        if allowed is not None and not any(_same(value, a) for a in allowed):
+            raise ValueError(
+                f"{source}: {key} = {value!r} changes sampling and is not supported; "
+                f"allowed: {', '.join(map(repr, allowed))}"
+            )
+    if model.pop("rescale_betas_zero_snr", False) is not False:
+        raise ValueError(
+            f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet; "
+            "issue 10 decides how the grid and the solvers treat it"
+        )
+    if model["prediction_type"] not in PREDICTION_TYPES:
+        raise ValueError(
+            f"{source}: prediction_type must be one of {', '.join(map(repr, PREDICTION_TYPES))}, "
+            f"got {model['prediction_type']!r}"
+        )
+    if model["timestep_spacing"] not in grids.LABEL_SPACINGS:
+        raise ValueError(
+            f"{source}: timestep_spacing must be one of {', '.join(map(repr, grids.LABEL_SPACINGS))}, "
+            f"got {model['timestep_spacing']!r}"
+        )
+    if model["trained_betas"] is None and model["beta_schedule"] not in schedules.DIFFUSERS_BETA_SCHEDULES:
+        raise ValueError(
+            f"{source}: beta_schedule must be one of {', '.join(map(repr, schedules.DIFFUSERS_BETA_SCHEDULES))}, "
+            f"got {model['beta_schedule']!r}"
+        )
+    try:
+        n = grids._checks.positive_int("num_train_timesteps", model["num_train_timesteps"])
+        offset = grids._nonnegative_int("steps_offset", model["steps_offset"])
+        trained = model["trained_betas"]
+        if trained is not None:
+            trained = tuple(float(b) for b in schedules._host_1d("trained_betas", trained))
+            if len(trained) != n:
+                raise ValueError(
+                    f"trained_betas has {len(trained)} entries but num_train_timesteps = {n}; they must agree"
+                )
+        result = DiscreteConfig(
+            class_name=name,
+            num_train_timesteps=n,
+            beta_start=grids._checks.real_scalar("beta_start", model["beta_start"]),
+            beta_end=grids._checks.real_scalar("beta_end", model["beta_end"]),
+            beta_schedule=model["beta_schedule"],
+            trained_betas=trained,
+            prediction_type=model["prediction_type"],
+            timestep_spacing=model["timestep_spacing"],
+            steps_offset=offset,
+            extra=tuple(sorted(extra.items())),
+        )
+        result.schedule  # validates the betas (in (0, 1), a resolvable log alpha)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{source}: {err}") from None
+    return result
+
+
+def discrete_config_dict(config: DiscreteConfig) -> dict:
+    """The inverse of :func:`discrete_config`: the JSON object diffusers would write.
+
+    Holds ``_class_name``, ``_diffusers_version`` (the one read, else this package's
+    :data:`DIFFUSERS_VERSION`), the schedule and grid fields (``rescale_betas_zero_snr =
+    false`` where the class has it) and every field of ``extra``.
+    """
+    out: dict[str, Any] = {"_class_name": config.class_name, "_diffusers_version": DIFFUSERS_VERSION}
+    out.update(dict(config.extra))
+    out.update(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=config.beta_schedule,
+        trained_betas=None if config.trained_betas is None else list(config.trained_betas),
+        prediction_type=config.prediction_type,
+        timestep_spacing=config.timestep_spacing,
+        steps_offset=config.steps_offset,
+    )
+    if config.class_name not in _NO_ZERO_SNR_FIELD:
+        out["rescale_betas_zero_snr"] = False
+    return dict(sorted(out.items()))

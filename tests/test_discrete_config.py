@@ -1,0 +1,92 @@
+"""sdevp_jax.config.discrete_config: diffusers' discrete scheduler configs, read, checked, written back."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sdevp_jax import config, schedules
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "spacings.npz")
+
+# Stable Diffusion v1.5's scheduler_config.json, from diffusers' documented PNDMScheduler fields.
+SD15 = {
+    "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+    "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+    "clip_sample": False,
+}
+SD15.pop("clip_sample")  # PNDM has no clip_sample; the SD 1.x file's is DDIM's (tested below)
+
+
+def golden_configs():
+    with np.load(GOLDEN) as data:
+        return {k.split("/", 1)[1]: json.loads(str(data[k])) for k in data.files if k.startswith("config/")}
+
+
+@pytest.mark.parametrize("name", sorted(golden_configs()))
+def test_reads_and_writes_back_the_files_diffusers_writes(name):
+    """diffusers 0.42.1's save_config output (every field) parses and round-trips unchanged."""
+    saved = golden_configs()[name]
+    cfg = config.discrete_config(saved)
+    assert config.discrete_config_dict(cfg) == saved
+    assert cfg.class_name == saved["_class_name"] and cfg.steps_offset == saved["steps_offset"]
+    # A minimal file (class and clip_sample only) resolves to the same config, defaults and all.
+    if name.endswith("/default"):
+        minimal = {k: saved[k] for k in ("_class_name", "_diffusers_version", "clip_sample") if k in saved}
+        assert config.discrete_config(minimal) == cfg
+
+
+def test_stable_diffusion_v15(tmp_path):
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(SD15))
+    cfg = config.discrete_config(tmp_path)
+    assert (cfg.beta_schedule, cfg.timestep_spacing, cfg.steps_offset, cfg.prediction_type) == (
+        "scaled_linear", "leading", 1, "epsilon")
+    np.testing.assert_array_equal(cfg.schedule.knots, schedules.from_diffusers("scaled_linear", 0.00085, 0.012).knots)
+    np.testing.assert_array_equal(cfg.label_spacing(10), np.arange(9, -1, -1) * 100 + 1)
+    # Written back with the two fields diffusers 0.6 did not write yet, at their PNDM defaults
+    # (PNDM has no rescale_betas_zero_snr field).
+    assert config.discrete_config_dict(cfg) == dict(SD15, prediction_type="epsilon", timestep_spacing="leading")
+    ddim = dict(SD15, _class_name="DDIMScheduler", clip_sample=False)
+    del ddim["skip_prk_steps"]
+    back = config.discrete_config_dict(config.discrete_config(ddim))
+    assert config.discrete_config(back) == config.discrete_config(ddim)
+
+
+def test_trained_betas_round_trip():
+    betas = list(np.linspace(1e-4, 0.02, 10))
+    cfg = config.discrete_config({"_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.42.1",
+                                  "num_train_timesteps": 10,
+                                  "trained_betas": betas, "prediction_type": "v_prediction"})
+    assert cfg.schedule.num_train_timesteps == 10 and cfg.prediction_type == "v_prediction"
+    assert config.discrete_config(config.discrete_config_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "_class_name must be one of"),
+    ({"clip_sample": True}, "clip_sample = True changes sampling"),
+    ({"thresholding": True}, "thresholding = True changes sampling"),
+    ({"use_karras_sigmas": True}, "use_karras_sigmas = True"),
+    ({"final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
+    ({"beta_schedule": "sigmoid"}, "beta_schedule must be one of"),
+    ({"timestep_spacing": "karras"}, "timestep_spacing must be one of"),
+    ({"prediction_type": "flow"}, "prediction_type must be one of"),
+    ({"rescale_betas_zero_snr": True}, "zero terminal SNR.*not supported yet"),
+    ({"trained_betas": [0.01] * 5}, "trained_betas has 5 entries but num_train_timesteps = 1000"),
+    ({"steps_offset": -1}, "steps_offset must be an int >= 0"),
+    ({"snr": 0.1}, r"unknown fields \['snr'\]"),
+    ({"skip_prk_steps": True}, r"unknown fields \['skip_prk_steps'\] for DPMSolverMultistepScheduler"),
+])
+def test_unsupported_or_contradictory_fields(change, match):
+    base = {"_class_name": "DPMSolverMultistepScheduler"}
+    if "clip_sample" in change or "thresholding" in change:
+        base = {"_class_name": "DDIMScheduler", "clip_sample": False}
+    with pytest.raises(ValueError, match=match):
+        config.discrete_config(dict(base, **change))
+
+
+def test_diffusers_default_clip_sample_is_refused():
+    """DDIM's and DDPM's default clip_sample is True: a file without the field is refused, naming it."""
+    with pytest.raises(ValueError, match="clip_sample = True"):
+        config.discrete_config({"_class_name": "DDPMScheduler"})
