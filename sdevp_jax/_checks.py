@@ -35,19 +35,39 @@ def host_value(value: Any) -> Any:
     return None
 
 
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as a Python int >= 1; bools and non-integers are a TypeError."""
+def int_at_least(name: str, value: Any, minimum: int) -> int:
+    """``value`` as a Python int >= ``minimum``; bools and non-integers are a TypeError."""
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int >= 1, got the bool {value!r}")
+        raise TypeError(f"{name} must be an int >= {minimum}, got the bool {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
         raise TypeError(
-            f"{name} must be an int >= 1, got {value!r} of type {type(value).__name__}"
+            f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}"
         ) from None
-    if number < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {number}")
+    if number < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {number}")
     return number
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int >= 1; bools and non-integers are a TypeError."""
+    return int_at_least(name, value, 1)
+
+
+def host_real_array(name: str, value: Any) -> np.ndarray:
+    """A concrete real array (any shape) as float64 NumPy, for values used on the host.
+
+    Tracers, bools and non-numbers are a TypeError.
+    """
+    if is_traced(value):
+        raise TypeError(f"{name} must be concrete (it is used on the host), got a tracer")
+    array = np.asarray(value)
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64)
 
 
 def real_scalar(name: str, value: Any) -> Any:

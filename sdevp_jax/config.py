@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from . import _checks
 from ._io import atomic_write
 from .scheduler import ScoreSdeVpSchedulerState, create_state
 
@@ -65,14 +66,19 @@ def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSche
 
 def load_config(path: str | os.PathLike) -> ScoreSdeVpSchedulerState:
     """Load a ``scheduler_config.json`` (a file, or a directory containing one) into a state."""
+    config, source = read_config_file(path)
+    return state_from_config(config, source=source)
+
+
+def read_config_file(path: str | os.PathLike) -> tuple[dict, str]:
+    """The JSON of a ``scheduler_config.json`` (a file, or a directory holding one), and its path."""
     path = Path(path)
     if path.is_dir():
         path = path / "scheduler_config.json"
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text()), str(path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
-    return state_from_config(config, source=str(path))
 
 
 def save_config(state: ScoreSdeVpSchedulerState, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -253,14 +259,7 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     from . import grids, schedules
 
     if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        if path.is_dir():
-            path = path / "scheduler_config.json"
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from None
-        source = str(path)
+        config, source = read_config_file(config)
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     name = config.get("_class_name")
@@ -308,8 +307,8 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
             f"got {model['beta_schedule']!r}"
         )
     try:
-        n = grids._checks.positive_int("num_train_timesteps", model["num_train_timesteps"])
-        offset = grids._nonnegative_int("steps_offset", model["steps_offset"])
+        n = _checks.positive_int("num_train_timesteps", model["num_train_timesteps"])
+        offset = _checks.int_at_least("steps_offset", model["steps_offset"], 0)
         trained = model["trained_betas"]
         if trained is not None:
             trained = tuple(float(b) for b in schedules._host_1d("trained_betas", trained))
@@ -320,8 +319,8 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
         result = DiscreteConfig(
             class_name=name,
             num_train_timesteps=n,
-            beta_start=grids._checks.real_scalar("beta_start", model["beta_start"]),
-            beta_end=grids._checks.real_scalar("beta_end", model["beta_end"]),
+            beta_start=_checks.real_scalar("beta_start", model["beta_start"]),
+            beta_end=_checks.real_scalar("beta_end", model["beta_end"]),
             beta_schedule=model["beta_schedule"],
             trained_betas=trained,
             prediction_type=model["prediction_type"],

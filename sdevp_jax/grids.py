@@ -41,9 +41,6 @@ with ``N`` training steps, ``n`` inference steps, ``o = steps_offset``:
 
 from __future__ import annotations
 
-import operator
-from typing import Any
-
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -69,19 +66,6 @@ SPACING_SCHEDULERS = {
     "EulerDiscreteScheduler": "euler",
     "LMSDiscreteScheduler": "euler",
 }
-
-
-def _nonnegative_int(name: str, value: Any) -> int:
-    """``value`` as a Python int >= 0; bools and non-integers are a TypeError."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int >= 0, got the bool {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int >= 0, got {value!r} of type {type(value).__name__}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {number}")
-    return number
 
 
 def diffusers_label_spacing(
@@ -110,7 +94,7 @@ def diffusers_label_spacing(
     """
     big_n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
-    offset = _nonnegative_int("steps_offset", steps_offset)
+    offset = _checks.int_at_least("steps_offset", steps_offset, 0)
     if n > big_n:
         raise ValueError(
             f"num_inference_steps must be in [1, num_train_timesteps] = [1, {big_n}], got {n}"
@@ -147,7 +131,7 @@ def labels_to_times(labels: ArrayLike, num_train_timesteps: int) -> np.ndarray:
     (Euler's ``linspace``) map linearly. Labels must lie in ``[0, N - 1]``.
     """
     big_n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
-    labels = _host_real_array("labels", labels)
+    labels = _checks.host_real_array("labels", labels)
     bad = np.flatnonzero(~((labels >= 0.0) & (labels <= big_n - 1)))
     if bad.size:
         raise ValueError(
@@ -165,7 +149,7 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
     with ``np.rint`` if an int is needed).
     """
     big_n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
-    times = _host_real_array("times", times)
+    times = _checks.host_real_array("times", times)
     bad = np.flatnonzero(~((times * big_n >= 1.0) & (times <= 1.0)))
     if bad.size:
         raise ValueError(
@@ -173,15 +157,3 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
             f"got times[{bad[0]}] = {float(times.flat[bad[0]])!r}"
         )
     return times * big_n - 1.0
-
-
-def _host_real_array(name: str, value: Any) -> np.ndarray:
-    """A concrete real array (any shape) as float64 NumPy; bools, tracers and non-numbers are a TypeError."""
-    if _checks.is_traced(value):
-        raise TypeError(f"{name} must be concrete (converted on the host), got a tracer")
-    array = np.asarray(value)
-    if array.dtype == np.bool_ or not (
-        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-    ):
-        raise TypeError(f"{name} must be an array of real numbers, got dtype {array.dtype}")
-    return array.astype(np.float64)

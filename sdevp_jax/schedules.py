@@ -375,16 +375,9 @@ class DiscreteSchedule(_VPSchedule):
 
 def _host_1d(name: str, value: Any) -> np.ndarray:
     """A concrete, non-empty, finite 1-D real array, as float64 NumPy."""
-    if _checks.is_traced(value):
-        raise TypeError(f"{name} must be a concrete array (the schedule is built on the host), got a tracer")
-    array = np.asarray(value)
-    if array.dtype == np.bool_ or not (
-        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-    ):
-        raise TypeError(f"{name} must be a 1-D array of floats, got dtype {array.dtype}")
+    array = _checks.host_real_array(name, value)
     if array.ndim != 1 or array.shape[0] < 1:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {array.shape}")
-    array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must be finite; {name}[{int(np.argmin(np.isfinite(array)))}] is not")
     return array
