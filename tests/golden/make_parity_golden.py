@@ -18,9 +18,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import diffusers  # noqa: E402
+from _golden import write_npz  # noqa: E402  (beside this script)
 import mpmath  # noqa: E402
-import torch  # noqa: E402
 
 import diffusers_reference as ref  # noqa: E402
 import parity_cases as cases  # noqa: E402
@@ -70,12 +69,8 @@ def main() -> None:
             x_last, x_mean = ref.loop(c, n, x_init, noises, dtype)
             out[f"loop{index}/{dtype}/x"] = x_last
             out[f"loop{index}/{dtype}/x_mean"] = x_mean
-    out["versions"] = np.array([f"diffusers {diffusers.__version__}", f"torch {torch.__version__}"])
     path = os.path.join(os.path.dirname(HERE), cases.GOLDEN_PATH)
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, path)
-    print(f"wrote {len(out)} arrays to {path}")
+    write_npz(path, out)
 
 
 if __name__ == "__main__":

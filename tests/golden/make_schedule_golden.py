@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-import diffusers  # noqa: E402
+from _golden import write_npz  # noqa: E402  (beside this script)
 import torch  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
@@ -66,11 +66,7 @@ def main() -> None:
         if schedule == "squaredcos_cap_v2":  # the Python-float loop is diffusers' own, before its cast
             assert torch.equal(betas.to(torch.float32), sched.betas), "betas_for_alpha_bar changed"
         out[f"{name}/float64"] = torch.cumprod(1.0 - betas, dim=0).numpy()
-    out["versions"] = np.array([f"diffusers {diffusers.__version__}", f"torch {torch.__version__}"])
-    tmp = PATH + ".tmp.npz"
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, PATH)
-    print(f"wrote {len(out)} arrays to {PATH}: {out['versions']}")
+    write_npz(PATH, out)
 
 
 if __name__ == "__main__":
