@@ -470,7 +470,7 @@ def sample_ode(
     order: int = 3,
     x_init: Optional[jax.Array] = None,
 ):
-    r"""Draw samples by solving the probability-flow ODE from ``t = 1`` to ``sampling_eps``.
+    r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
 
     .. math::
 
@@ -485,9 +485,12 @@ def sample_ode(
 
     * ``"euler"`` (order 1) and ``"heun"`` (order 2): fixed steps through the
       state's grid, ``N - 1`` and ``2 (N - 1)`` network calls.
-    * ``"dpm_solver"`` (order 3): multistep DPM-Solver in :math:`\epsilon` form, an
+    * ``"dpm_solver"`` (order 3, or ``order``): multistep DPM-Solver in :math:`\epsilon` form, an
       exponential integrator of the ODE in log-SNR :math:`\lambda = \log(\alpha/\sigma)`
-      (Lu et al., NeurIPS 2022), on ``N`` points uniform in :math:`\lambda`;
+      (Lu et al., NeurIPS 2022), along ``state.timesteps`` -- pass
+      ``spacing="logsnr"`` (the default off the linear schedule) for its usual grid;
+      on the linear schedule's ``"reference"`` grid it steps through ``N`` points
+      uniform in :math:`\lambda` between the same end points instead;
       ``N - 1`` network calls. The few-step method: ``N`` of 10 to 20 is typical.
     * ``"adaptive"``: diffrax's Tsit5 (5th order) with a PID step-size controller
       at ``rtol``/``atol``, on device; each sample is solved with its own steps (so

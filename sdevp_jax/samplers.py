@@ -267,8 +267,8 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("euler", "ode", 1, "N - 1", "probability-flow ODE, Euler on the timestep grid"),
         MethodInfo("heun", "ode", 2, "2 (N - 1)", "probability-flow ODE, Heun (RK2) on the timestep grid"),
         MethodInfo("dpm_solver", "ode", 3, "N - 1",
-                   "probability-flow ODE, 3rd-order multistep DPM-Solver in eps form on a log-SNR grid "
-                   "(Lu et al. 2022)"),
+                   "probability-flow ODE, multistep DPM-Solver (order 1-3, default 3) in eps form along the state's "
+                   "grid, its own log-SNR grid on the reference grid (Lu et al. 2022)"),
         MethodInfo("adaptive", "ode", 5, "1 + 6 * steps",
                    "probability-flow ODE, diffrax Tsit5 with PID step-size control, per sample"),
     ]

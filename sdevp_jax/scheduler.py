@@ -1,4 +1,4 @@
-r"""The reference scheduler: diffusers' ``ScoreSdeVpScheduler`` as pure functions.
+r"""The reference scheduler: diffusers' ``ScoreSdeVpScheduler`` as pure functions, for every VP model.
 
 This module reproduces, digit for digit, the semantics of
 ``diffusers.schedulers.deprecated.scheduling_sde_vp.ScoreSdeVpScheduler``:
@@ -23,14 +23,24 @@ The one deliberate difference from diffusers: :math:`\sigma(t)` is computed with
 ``expm1`` (see :mod:`sdevp_jax.sde`), which is more accurate near ``sampling_eps``
 and agrees with diffusers to rounding elsewhere.
 
+**Every VP model.** The state also holds the noise schedule (:mod:`sdevp_jax.schedules`:
+the paper's linear one by default, cosine, or a discrete model's), the model's
+``prediction_type`` (ε, v or :math:`x_0`, converted to ε once, where each step
+receives the model's output) and the name of its grid. The reference semantics
+above are those of the ``"reference"`` grid, the linear schedule's default, and are
+unchanged bit for bit; on every other grid (:func:`set_timesteps`) a step from
+``t`` spans its own interval ``[t_next, t]``. A discrete model sees its training
+labels (:func:`model_time`).
+
 Checks under ``jit`` (no silent NaN). Under ``jax.jit(sv.sample, static_argnums=(1, 3))``
 the state's floats are tracers, so a check on their values cannot run at trace
 time. Each check therefore runs where the value is known:
 
-* the config (``beta_min > 0``, ``beta_max > beta_min``, ``0 < sampling_eps < 1``) is
-  checked by :func:`create_state` and by ``state.replace`` whenever the values are
-  concrete, so a state's grid lies in ``[sampling_eps, 1]``, away from
-  :math:`\sigma(0) = 0`;
+* the config (``beta_min > 0``, ``beta_max > beta_min``, ``0 < sampling_eps < t_max``,
+  and ``sampling_eps >= 1/N_train`` for a discrete schedule) is checked by
+  :func:`create_state` and by ``state.replace`` whenever the values are concrete,
+  and every grid by :func:`set_timesteps`, so a state's grid lies in
+  ``[sampling_eps, t_max]``, away from :math:`\sigma(0) = 0`;
 * the discrete chain's bound ``num_inference_steps > beta_max`` (see
   :mod:`sdevp_jax.samplers`) is checked against the static field
   ``min_discrete_steps``, recorded from the concrete ``beta_max`` by ``create_state``
