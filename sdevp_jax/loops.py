@@ -33,6 +33,7 @@ from .scheduler import (
     ScoreSdeVpSchedulerState,
     eps_from_prediction,
     model_time,
+    x0_from_prediction,
     model_time_dtype,
     next_times,
     require_timesteps,
@@ -403,6 +404,138 @@ def _fixed_step_ode(state, model_fn, x, method, dtype, order=3):
     return x, grid.shape[0] - 1
 
 
+#: The grid solvers of :mod:`sdevp_jax.solvers`, with their default and largest order and their step rule.
+GRID_SOLVERS = {
+    "ddim": (1, 1, "dpmsolver"),
+    "dpm_solver_pp": (2, 3, "dpmsolver"),
+    "sde_dpm_solver_pp": (2, 2, "dpmsolver"),
+    "unipc": (2, 3, "unipc"),
+}
+SOLVER_TYPES = {"dpm_solver_pp": ("midpoint", "heun"), "sde_dpm_solver_pp": ("midpoint", "heun"),
+                "unipc": ("bh2", "bh1")}
+FINAL_SIGMAS_TYPES = ("zero", "last")
+
+
+class GridSolverOptions(NamedTuple):
+    """The checked options of a grid solver (see :func:`sample_ode`); ``eta`` may be traced."""
+
+    method: str
+    order: int
+    solver_type: Optional[str]
+    lower_order_final: bool
+    final_zero: bool
+    eta: object
+    third_order: str
+    thresholding: Optional[tuple]
+
+
+def grid_solver_options(method, order, solver_type, lower_order_final, final_sigmas_type, eta, third_order,
+                        thresholding, dynamic_thresholding_ratio, sample_max_value):
+    """Check a grid solver's options: a ValueError naming the option and its allowed values."""
+    default_order, max_order, _ = GRID_SOLVERS[method]
+    order = default_order if order is None else _checks.positive_int("order", order)
+    if order > max_order:
+        raise ValueError(f"order must be in [1, {max_order}] for method={method!r}, got {order}")
+    allowed = SOLVER_TYPES.get(method, (None,))
+    solver_type = allowed[0] if solver_type is None else solver_type
+    if solver_type not in allowed:
+        raise ValueError(f"solver_type must be one of {list(allowed)} for method={method!r}, got {solver_type!r}")
+    final_sigmas_type = "zero" if final_sigmas_type is None else final_sigmas_type
+    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"final_sigmas_type must be one of {list(FINAL_SIGMAS_TYPES)}, got {final_sigmas_type!r}")
+    if third_order not in ("taylor", "diffusers"):
+        raise ValueError(f"third_order must be 'taylor' or 'diffusers', got {third_order!r}")
+    if not isinstance(lower_order_final, bool):
+        raise TypeError(f"lower_order_final must be a bool, got {lower_order_final!r}")
+    if method == "ddim":
+        eta = _checks.real_scalar("eta", eta)
+        if not _checks.is_traced(eta) and not eta >= 0.0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+    elif eta != 0.0:
+        raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={eta!r}")
+    threshold = None
+    if thresholding:
+        ratio = _checks.real_scalar("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
+        max_value = _checks.positive_real("sample_max_value", sample_max_value)
+        threshold = (ratio, max_value)
+    return GridSolverOptions(method, order, solver_type, lower_order_final, final_sigmas_type == "zero", eta,
+                             third_order, threshold)
+
+
+def _grid_solver(state, model_fn, x, opts: GridSolverOptions, sample_keys, dtype, grid=None):
+    """DDIM, DPM-Solver++, SDE-DPM-Solver++ or UniPC through ``grid`` (default: the state's); returns (x, nfe).
+
+    One scan over the ``N - 1`` steps between grid points, the solver's
+    :class:`~sdevp_jax.solvers.History` in the carry, then with ``final_zero`` one last
+    step to :math:`\\sigma = 0`: the data prediction at the last grid time (what every
+    first-order update to :math:`\\sigma = 0` reduces to). Stochastic steps draw step
+    ``k``'s noise from slot ``1 + k`` of each sample's stream.
+    """
+    from . import solvers
+
+    dtype_out = x.dtype
+    event = x.shape[1:]
+    grid = state.timesteps.astype(dtype) if grid is None else grid
+    n = grid.shape[0]
+    schedule = state.schedule.cast(dtype)
+    lam = schedule.log_snr(grid)
+    log_alpha = schedule.log_alpha(grid)
+    alpha = jnp.exp(log_alpha)
+    sigma = schedule.sigma(grid)
+    t_dtype = model_time_dtype(state)
+    rule = GRID_SOLVERS[opts.method][2]
+    num_steps = n - 1 + (1 if opts.final_zero else 0)
+    orders = jnp.asarray(solvers.step_orders(num_steps, opts.order, opts.lower_order_final, opts.final_zero,
+                                             rule)[: n - 1])
+
+    def predict(x, k):
+        """The model at grid point ``k``: ``(eps_hat, x0_hat)`` in the work dtype."""
+        t_vec = jnp.full((x.shape[0],), grid[k], t_dtype)
+        out = model_fn(x.astype(dtype_out), model_time(state, t_vec)).astype(dtype)
+        eps = eps_from_prediction(state.prediction_type, out, x, alpha[k], sigma[k])
+        x0 = x0_from_prediction(state.prediction_type, out, x, alpha[k], sigma[k])
+        if opts.thresholding is not None:
+            x0 = solvers.dynamic_threshold(x0, *opts.thresholding)
+        return eps, x0
+
+    def coeffs(s, t):
+        return solvers.StepCoeffs(lam[s], lam[t], alpha[s], sigma[s], alpha[t], sigma[t], log_alpha[s], log_alpha[t])
+
+    stochastic = opts.method == "sde_dpm_solver_pp" or (
+        opts.method == "ddim" and (_checks.is_traced(opts.eta) or opts.eta != 0.0))
+
+    def body(carry, k):
+        x, hist = carry
+        c = coeffs(k, k + 1)
+        z = per_sample_normal(sample_keys, 1 + k, event, dtype) if stochastic else None
+        eps, d0 = predict(x, k)
+        order = orders[k]
+        if opts.method == "unipc":
+            previous = solvers.History(hist.m2, hist.m3, hist.m3, hist.lam2, hist.lam3, hist.lam3,
+                                       hist.x_prev, hist.order_prev)
+            corrected = solvers.unipc_correct(hist.x_prev, hist.m1, previous, coeffs(k - 1, k), d0,
+                                              hist.order_prev, variant=opts.solver_type)
+            x = jnp.where(k > 0, corrected, x)
+            x_next = solvers.unipc_predict(x, d0, hist, c, order, variant=opts.solver_type)
+        elif opts.method == "dpm_solver_pp":
+            x_next = solvers.dpmpp_step(x, d0, hist, c, order, solver_type=opts.solver_type,
+                                        third_order=opts.third_order)
+        elif opts.method == "sde_dpm_solver_pp":
+            x_next = solvers.sde_dpmpp_step(x, d0, hist, c, order, z, solver_type=opts.solver_type)
+        else:
+            x_next = solvers.ddim_step(x, d0, eps, c, opts.eta, z)
+        return (x_next, hist.push(d0, lam[k], x, order)), None
+
+    x = x.astype(dtype)
+    with times_from_grid():
+        (x, _), _ = lax.scan(body, (x, solvers.History.init(x)), jnp.arange(n - 1))
+        if opts.final_zero:
+            _, x = predict(x, n - 1)
+    return x, num_steps
+
+
 def tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps, args=None):
     """Solve ``dy/dt = field(t, y, args)`` from ``t0`` to ``t1`` with diffrax's Tsit5 and a PID controller.
 
@@ -467,8 +600,16 @@ def sample_ode(
     return_info: bool = False,
     dtype: DTypeLike = jnp.float32,
     index_offset: int | jax.Array = 0,
-    order: int = 3,
+    order: Optional[int] = None,
     x_init: Optional[jax.Array] = None,
+    eta: float = 0.0,
+    solver_type: Optional[str] = None,
+    lower_order_final: bool = True,
+    final_sigmas_type: Optional[str] = None,
+    third_order: str = "taylor",
+    thresholding: bool = False,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
 
@@ -508,22 +649,51 @@ def sample_ode(
       return_info: also return a :class:`SamplerInfo` with the network calls made.
       dtype: the samples' float dtype; the solver runs in ``compute_dtype(dtype)``.
       index_offset: as for :func:`sample`.
-      order: ``dpm_solver``'s order, 1, 2 or 3 (default 3); order 1 is DDIM with
-        :math:`\eta = 0` (DPM-Solver-1, Lu et al. 2022, sec. 4.1). Other methods ignore it.
+      order: the multistep order: ``dpm_solver`` 1-3 (default 3; order 1 is DDIM with
+        :math:`\eta = 0`, DPM-Solver-1, Lu et al. 2022, sec. 4.1), ``dpm_solver_pp`` 1-3
+        (default 2: "2M"; 3: "3M"), ``sde_dpm_solver_pp`` 1-2 (default 2), ``unipc``
+        1-3 (default 2); ``None`` for the default. Other methods ignore it.
       x_init: the starting samples at the top of the grid, ``shape``, instead of the
-        prior draw from ``key`` (the key then draws nothing).
+        prior draw from ``key`` (the key then drives only the stochastic steps). With a
+        grid that starts below ``t_max`` and a noised image this is SDEdit.
+      eta: ``ddim``'s :math:`\eta \ge 0` (0: deterministic; 1: DDPM's posterior
+        variance); a leaf, so it may be traced.
+      solver_type: ``dpm_solver_pp`` / ``sde_dpm_solver_pp``: ``"midpoint"`` (default,
+        the paper's 2M) or ``"heun"`` (diffusers' names); ``unipc``: ``"bh2"`` (default)
+        or ``"bh1"``.
+      lower_order_final: lower the order at the last steps as diffusers does (its
+        default): DPM-Solver++ below 15 steps, UniPC always (see
+        :func:`sdevp_jax.solvers.step_orders`).
+      final_sigmas_type: the grid solvers' last step: ``"zero"`` (default, diffusers'):
+        one more network call and a step to :math:`\sigma = 0`, returning the data
+        prediction at the last grid time; ``"last"``: end at the last grid time.
+        The other methods always end at the last grid time.
+      third_order: ``dpm_solver_pp``'s third-order term: ``"taylor"`` (default, exact
+        Taylor coefficients) or ``"diffusers"`` (half the second-derivative term, as
+        diffusers and the official code; see :func:`sdevp_jax.solvers.dpmpp_step`).
+      thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding
+        of the data prediction (Saharia et al. 2022) in the grid solvers, for
+        pixel-space models whose data lie in ``[-sample_max_value, sample_max_value]``.
 
     Returns:
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode")
-    method = lookup("ode", method, "method")
+    method = lookup(("ode", "sde_solver"), method, "method")
     n = state.timesteps.shape[0]
     if method != "adaptive" and n < 2:
         raise ValueError(f"method={method!r} steps between grid points: num_inference_steps must be >= 2, got {n}")
-    order = _checks.positive_int("order", order)
-    if order > 3:
-        raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {order}")
+    grid_opts = None
+    if method in GRID_SOLVERS:
+        grid_opts = grid_solver_options(method, order, solver_type, lower_order_final, final_sigmas_type, eta,
+                                        third_order, thresholding, dynamic_thresholding_ratio, sample_max_value)
+    else:
+        order = 3 if order is None else _checks.positive_int("order", order)
+        if order > 3:
+            raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {order}")
+        if final_sigmas_type not in (None, "last"):
+            raise ValueError(f"final_sigmas_type={final_sigmas_type!r} needs a grid solver "
+                             f"({', '.join(GRID_SOLVERS)}); method={method!r} ends at the last grid time")
     if method == "adaptive":
         rtol = _checks.positive_real("rtol", rtol)
         atol = _checks.positive_real("atol", atol)
@@ -537,6 +707,9 @@ def sample_ode(
     if method == "adaptive":
         x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps)
         nfe_per_sample = nfe_per_sample.astype(jnp.int32)
+    elif grid_opts is not None:
+        x, nfe = _grid_solver(state, model_fn, x, grid_opts, keys, work_dtype)
+        nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
     else:
         x, nfe = _fixed_step_ode(state, model_fn, x, method, work_dtype, order)
         nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)

@@ -271,6 +271,14 @@ METHODS: dict[str, MethodInfo] = {
                    "grid, its own log-SNR grid on the reference grid (Lu et al. 2022)"),
         MethodInfo("adaptive", "ode", 5, "1 + 6 * steps",
                    "probability-flow ODE, diffrax Tsit5 with PID step-size control, per sample"),
+        MethodInfo("ddim", "ode", 1, "N - 1 (+ 1 with final_sigmas_type='zero')",
+                   "DDIM (Song, Meng & Ermon 2021); eta > 0 makes it stochastic, per-sample keyed noise"),
+        MethodInfo("dpm_solver_pp", "ode", 2, "N - 1 (+ 1 with final_sigmas_type='zero')",
+                   "multistep DPM-Solver++ in data prediction, 2M (midpoint/heun) or 3M (Lu et al. 2022b)"),
+        MethodInfo("unipc", "ode", 3, "N - 1 (+ 1 with final_sigmas_type='zero')",
+                   "UniPC: UniP predictor + UniC corrector, bh1/bh2, orders 1-3 (Zhao et al. 2023)"),
+        MethodInfo("sde_dpm_solver_pp", "sde_solver", 2, "N - 1 (+ 1 with final_sigmas_type='zero')",
+                   "SDE-DPM-Solver++(2M), stochastic, per-sample keyed noise (Lu et al. 2022b)"),
     ]
 }
 
@@ -286,9 +294,10 @@ def list_methods(kind: Optional[str] = None) -> list[str]:
     return [name for name, m in METHODS.items() if kind is None or m.kind == kind]
 
 
-def lookup(kind: str, name: str, argname: str):
-    """The registered method ``name`` of ``kind``, or a ValueError listing the choices."""
-    names = list_methods(kind)
+def lookup(kind, name: str, argname: str):
+    """The registered method ``name`` of ``kind`` (a kind or a tuple of kinds), or a ValueError listing the choices."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    names = [m for k in kinds for m in list_methods(k)]
     if not isinstance(name, str) or name not in names:
         raise ValueError(f"{argname} must be one of {names}, got {name!r}")
     return name

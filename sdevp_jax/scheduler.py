@@ -874,3 +874,17 @@ def step_pred(
     coeff_z = sde.diffusion(beta_t) * (math.sqrt(h) if isinstance(h, float) else jnp.sqrt(h))
     x_mean = p.xc + (coeff_x * p.xc - coeff_eps * p.eps)
     return p.out(x_mean + coeff_z * p.z(), x_mean)
+
+
+def x0_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The data prediction :math:`\hat x_0` from a model output of ``prediction_type``.
+
+    :math:`(x - \sigma\hat\epsilon)/\alpha` from an ε-model, :math:`\alpha x - \sigma v` from a
+    v-model (Salimans & Ho 2022), the output itself from an :math:`x_0`-model: the
+    forms diffusers' solvers use, so that their roundings match.
+    """
+    if prediction_type == "epsilon":
+        return (x - sigma * output) / alpha
+    if prediction_type == "v_prediction":
+        return alpha * x - sigma * output
+    return output
