@@ -9,9 +9,10 @@ training grid. Here sdevp_jax re-runs every case with the same labels, the same 
 (:func:`model_fn`, the script's ``model_output`` operation for operation), the same
 ``x_T`` and the same noise:
 
-* DDIM with eta = 0 is DPM-Solver-1 (Lu et al. 2022, eq. 3.7 with k = 1; Song et al.
-  2021, DDIM eq. 12): ``sample_ode(method="dpm_solver", order=1)`` along the golden's
-  labels as times;
+* DDIM with eta = 0 is DPM-Solver-1 (Lu et al. 2022, sec. 4.1: DDIM of Song, Meng &
+  Ermon 2021 is the first-order DPM-Solver): ``sample_ode(method="dpm_solver", order=1)``
+  along the golden's labels as times, then to label 0 (DDIM's last step goes to
+  ``alphas_cumprod[0]`` with ``set_alpha_to_one=False``);
 * DDPM with ``variance_type="fixed_large"`` is the ancestral step with the exact rate
   :math:`\beta_i = 1 - \bar\alpha_{t'}/\bar\alpha_t` and noise :math:`\sqrt{\beta_i} z`
   (Ho et al. 2020, Algorithm 2), called by hand step by step with ``t_next``.
@@ -21,6 +22,11 @@ Both sides use the schedule of the golden's float32 ``alphas_cumprod``
 two differ by float32 rounding in the cumulative product (tests/test_schedules.py), which
 is not what this file tests. The labels of ``set_timesteps(spacing=...)`` are checked
 against the golden's too.
+
+Every case runs in float32 and in float64 (``x64``) against diffusers' float64 run of the
+same steps; :func:`tolerance` derives the allowed difference from the unit roundoff, so
+the float64 runs check the formulas to ~1e-12 and the float32 runs check that sdevp_jax
+rounds no worse than it should.
 """
 
 from __future__ import annotations
@@ -90,10 +96,15 @@ def make_state(case: dict):
     return sv.create_state(schedule=schedule, prediction_type=case["prediction_type"]), ac
 
 
+def check_times(t: np.ndarray, labels: np.ndarray) -> None:
+    """Times within two ulps of :math:`(n + 1)/N_{train}` (so that no label offset can hide in :func:`tolerance`)."""
+    np.testing.assert_array_less(np.abs(t - (labels + 1.0) / N_TRAIN), 2.0 * np.spacing(t))
+
+
 def label_times(state, labels: np.ndarray) -> np.ndarray:
-    """The continuous times of ``labels`` (t = (n + 1)/N_train), checked against that formula."""
+    """The continuous times of ``labels`` by ``time_from_model_time``, checked by :func:`check_times`."""
     t = np.asarray(sv.time_from_model_time(state, labels.astype(np.float64)))
-    np.testing.assert_allclose(t, (labels + 1.0) / N_TRAIN, rtol=4 * np.finfo(t.dtype).eps)
+    check_times(t, labels)
     return t
 
 
@@ -133,8 +144,10 @@ def slopes(case: dict) -> np.ndarray:
     return np.concatenate([ell[golden(case, "labels")], [final]])
 
 
-def tolerance(case: dict, dtype, upto: int) -> float:
+def tolerance(case: dict, dtype, upto: int, times: np.ndarray) -> float:
     r"""How far sdevp_jax's ``x`` after step ``upto`` may be from diffusers' float64 ``x64`` (max norm).
+
+    ``times``: the times sdevp_jax stepped through, the labels' and the final target's.
 
     Both sides evaluate the same closed-form steps from the same inputs; only rounding
     differs, and diffusers' float64 run has next to none. With u the unit roundoff of
@@ -144,17 +157,21 @@ def tolerance(case: dict, dtype, upto: int) -> float:
       (:func:`amplification`), and ``exp(log alpha)`` in sdevp_jax, a relative
       :math:`|\log\alpha| u \le 10 u` (:math:`\log\alpha \ge -9.92` on these schedules), which
       the same factor :math:`a'/a` carries;
-    * :math:`4 X A_j (\delta_j\ell_j + \delta_{j+1}\ell_{j+1})`: sdevp_jax works in continuous
+    * :math:`4 X (\delta_j\ell_j + \delta_{j+1}\ell_{j+1})`: sdevp_jax works in continuous
       time. The float time :math:`t = \mathrm{fl}((n + 1)/N)` of label ``n`` sits
       :math:`\delta = |tN - (n + 1)| + |\mathrm{fl}(tN) - tN|` labels off its knot (the
       schedule's :math:`tN` is exact under a fused multiply-add, rounded without one; computed
-      below in ``dtype``, and the tests check that sdevp_jax's times are these). That moves
+      below from the times sdevp_jax used, which :func:`check_times` keeps within two ulps of
+      :math:`(n + 1)/N`, so that an off-by-one label cannot hide here). That moves
       :math:`\log\alpha` by :math:`\delta\ell/2` (:func:`slopes`) and the step's rate
       :math:`\beta` by up to :math:`\delta_j\ell_j + \delta_{j+1}\ell_{j+1}`; the step moves by that
       times :math:`|r| + |x|/2 \le 3.5 X`, with :math:`r = (x - a\mu)/d` and
       :math:`|r| \le (X + 1)/s^2 \le 3X` (:math:`|\mu| \le 1`, :math:`s^2 = 0.49`,
       X >= max |x_T| = 2.84). 4 X also covers :math:`\sigma`, which moves with
-      :math:`\log\alpha`, and DPM-Solver-1's :math:`(a'/a) x` carries the factor :math:`A_j`.
+      :math:`\log\alpha`. This is a relative change of :math:`a, a', \sigma, \sigma'`, not a
+      rounding before a cancellation: the step's derivatives in :math:`\log a` and
+      :math:`\log a'` are of the size of :math:`a'\hat x_0` and :math:`a'a\hat\epsilon/\sigma`,
+      at most X, so :math:`A_j` does not multiply it.
 
     Errors made at one step are carried on by the later ones with a factor about the ratio
     of the marginal standard deviations, between s = 0.7 and 1, so at most 1: they add up
@@ -171,18 +188,19 @@ def tolerance(case: dict, dtype, upto: int) -> float:
     u = UNIT[dtype]
     scale = max(np.max(np.abs(GOLDEN["x_T"])), np.max(np.abs(x64)))
     labels = np.concatenate([golden(case, "labels"), [case["final_label"]]])
-    t = ((labels + 1.0) / N_TRAIN).astype(dtype)  # DDPM's final target: label -1, time 0
+    t = np.asarray(times, dtype)
+    check_times(t, labels)  # DDPM's final target: label -1, time 0
     exact = t.astype(np.float64) * N_TRAIN
     delta = np.abs(exact - (labels + 1.0)) + np.abs((t * dtype(N_TRAIN)).astype(np.float64) - exact)
     shift = delta * slopes(case)
-    per_step = amplification(case) * (16.0 * u + 4.0 * (shift[:-1] + shift[1:]))
+    per_step = 16.0 * u * amplification(case) + 4.0 * (shift[:-1] + shift[1:])
     return 4.0 * e32 * (u / UNIT[np.float32]) + scale * np.sum(per_step[: upto + 1])
 
 
-def assert_close(case: dict, got, step: int, dtype) -> None:
+def assert_close(case: dict, got, step: int, dtype, times) -> None:
     record = golden(case, "record")
     want = golden(case, "x64")[int(np.searchsorted(record, step))]
-    tol = tolerance(case, dtype, step)
+    tol = tolerance(case, dtype, step, times)
     err = np.abs(np.asarray(got, dtype=np.float64) - want)
     assert np.all(err <= tol), (
         f"{case['name']}, {np.dtype(dtype).name}, after step {step}: max |sdevp - diffusers64| = "
@@ -201,9 +219,11 @@ def test_label_grids(case):
     by_spacing = sv.set_timesteps(
         state, case["num_inference_steps"], spacing=case["timestep_spacing"], steps_offset=case["steps_offset"]
     )
+    check_times(np.asarray(by_spacing.timesteps), labels)
     got = np.asarray(sv.model_time(by_spacing, by_spacing.timesteps))
     np.testing.assert_array_equal(np.round(got).astype(np.int64), labels)
-    np.testing.assert_allclose(got, labels, atol=1e-3)  # labels up to 1000, float32 t: |dn| <= 1000 * 2^-24 * 1000
+    # t within two ulps of (n + 1)/N, then t * N - 1 rounded: |got - n| <= 5 u N <= 3e-4 labels in float32
+    np.testing.assert_allclose(got, labels, atol=5 * 2.0**-24 * N_TRAIN)
     custom = sv.set_timesteps(state, timesteps=label_times(state, labels))
     np.testing.assert_array_equal(np.round(np.asarray(sv.model_time(custom, custom.timesteps))), labels)
 
@@ -233,9 +253,9 @@ def test_ddim_is_dpm_solver_1_float32(case):
     labels = golden(case, "labels")
     n = len(labels)
     times = label_times(state, np.concatenate([labels, [case["final_label"]]]))
-    assert_close(case, run_ddim(state, ac, times, jnp.float32), n - 1, np.float32)
-    k = 3  # after k steps: the first k + 1 grid times
-    assert_close(case, run_ddim(state, ac, times[: k + 1], jnp.float32), k - 1, np.float32)
+    assert_close(case, run_ddim(state, ac, times, jnp.float32), n - 1, np.float32, times)
+    k = 9  # after k steps: the first k + 1 grid times (10 points, as the leading10 grids: no new compilation)
+    assert_close(case, run_ddim(state, ac, times[: k + 1], jnp.float32), k - 1, np.float32, times)
 
 
 @pytest.mark.parametrize("case", DDIM, ids=_id)
@@ -245,7 +265,8 @@ def test_ddim_by_spacing_float32(case):
     n = case["num_inference_steps"]
     state = sv.set_timesteps(state, n, spacing=case["timestep_spacing"], steps_offset=case["steps_offset"])
     x_t = jnp.asarray(GOLDEN["x_T"])
-    assert_close(case, _ddim(state, jnp.asarray(ac), x_t, steps=n), n - 2, np.float32)
+    times = np.concatenate([np.asarray(state.timesteps), label_times(state, np.array([case["final_label"]]))])
+    assert_close(case, _ddim(state, jnp.asarray(ac), x_t, steps=n), n - 2, np.float32, times)
 
 
 @pytest.mark.parametrize("case", DDIM, ids=_id)
@@ -253,7 +274,7 @@ def test_ddim_is_dpm_solver_1_float64(case, x64):
     state, ac = make_state(case)
     labels = golden(case, "labels")
     times = label_times(state, np.concatenate([labels, [case["final_label"]]]))
-    assert_close(case, run_ddim(state, ac, times, jnp.float64), len(labels) - 1, np.float64)
+    assert_close(case, run_ddim(state, ac, times, jnp.float64), len(labels) - 1, np.float64, times)
 
 
 # --------------------------------------------------------------------------- DDPM
@@ -290,7 +311,7 @@ def run_ddpm(case: dict, dtype):
     if labels[-1] == 0:  # diffusers adds no noise at label 0 (its `if t > 0`): compare the mean there
         xs[-1] = np.asarray(means)[-1]
     for k in golden(case, "record"):
-        assert_close(case, xs[k], int(k), dtype)
+        assert_close(case, xs[k], int(k), dtype, np.concatenate([times, times_next[-1:]]))
 
 
 @pytest.mark.parametrize("case", DDPM, ids=_id)
