@@ -14,7 +14,7 @@ Typical use::
 
 __version__ = "0.2.0"  # before the submodules, which record it
 
-from . import schedules, sde
+from . import grids, schedules, sde
 from .config import load_config, save_config
 from .loops import SamplerInfo, sample, sample_ode
 from .models import (
@@ -39,11 +39,15 @@ from .samplers import (
     reverse_diffusion,
 )
 from .scheduler import (
+    PREDICTION_TYPES,
+    SPACINGS,
     ScoreSdeVpSchedulerState,
     StepOutput,
     create_state,
+    model_time,
     set_timesteps,
     step_pred,
+    time_from_model_time,
 )
 
 from . import distributed, jobs  # noqa: E402  (they build on everything above)
@@ -89,7 +93,12 @@ __all__ = [
     "sample",
     "sample_mixture",
     "schedules",
+    "grids",
     "sde",
+    "model_time",
+    "time_from_model_time",
+    "PREDICTION_TYPES",
+    "SPACINGS",
     "set_timesteps",
     "step_pred",
 ]

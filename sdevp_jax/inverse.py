@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from . import _checks, sde
+from . import _checks
 from .loops import check_common, make_sample_keys, resolve_unroll, sde_loop, sde_options
 from .scheduler import ScoreSdeVpSchedulerState
 
@@ -62,7 +62,8 @@ def inpaint(
 
     Args:
       state: a state after :func:`~sdevp_jax.set_timesteps`.
-      model_fn: ``(x, t) -> eps_hat`` as for :func:`~sdevp_jax.sample`.
+      model_fn: ``(x, t) -> prediction`` as for :func:`~sdevp_jax.sample` (any schedule,
+        any prediction type).
       key: a PRNG key; sample ``b`` uses ``fold_in(key, index_offset + b)`` only.
       y: the observations, shape ``(batch, ...)``, float; its unknown entries are ignored.
       mask: 1 where ``y`` is known, 0 where it is not; ``y``'s shape, or broadcastable to it.
@@ -85,11 +86,12 @@ def inpaint(
     work = _checks.compute_dtype(dtype)
     known = mask.astype(work)
     y_work = y.astype(work)
-    bmin, bmax = jnp.asarray(state.beta_min, work), jnp.asarray(state.beta_max, work)
+    schedule = state.schedule.cast(work)
 
     def project(x, x_mean, t_vec, z):
         t = t_vec.astype(work).reshape((-1,) + (1,) * (len(shape) - 1))
-        mean, std = sde.marginal_mean_std(y_work, t, bmin, bmax)
+        alpha, std = schedule.alpha_sigma(t)
+        mean = alpha * y_work
         x = x.astype(work) * (1.0 - known) + (mean + std * z) * known
         x_mean = x_mean.astype(work) * (1.0 - known) + mean * known
         return x.astype(dtype), x_mean.astype(dtype)

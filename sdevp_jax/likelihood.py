@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 from . import _checks
 from .loops import make_sample_keys, tsit5_solve
 from .samplers import probability_flow_drift
-from .scheduler import ScoreSdeVpSchedulerState, model_time_dtype
+from .scheduler import ScoreSdeVpSchedulerState, model_time, model_time_dtype
 
 __all__ = ["log_likelihood", "bits_per_dim", "TRACE_ESTIMATORS"]
 
@@ -52,8 +52,11 @@ def log_likelihood(
     r""":math:`\log p_\varepsilon(x)` in nats, per sample, through the probability-flow ODE.
 
     Args:
-      state: the scheduler state (its SDE and ``sampling_eps``; timesteps need not be set).
-      model_fn: ``(x, t) -> eps_hat`` with ``t`` of shape ``(batch,)``.
+      state: the scheduler state (its schedule, prediction type and ``sampling_eps``;
+        timesteps need not be set). The ODE runs from ``sampling_eps`` to the
+        schedule's ``t_max``.
+      model_fn: ``(x, t) -> prediction`` with ``t`` of shape ``(batch,)`` the model's
+        time input (as for :func:`~sdevp_jax.sample`).
       x: data, shape ``(batch, ...)``; the likelihood is of the data at
         ``t = sampling_eps`` (as in the paper).
       key: a PRNG key for the Hutchinson probes (sample ``b``'s from
@@ -63,7 +66,7 @@ def log_likelihood(
       max_steps: the solver's step budget per sample.
       prior_logp: ``x_1 -> log p_1(x_1)`` for one sample (shape ``event``); the
         default is the standard normal, the VP SDE's prior. (The data's own
-        :math:`p_1` differs from it by :math:`O(\alpha(1))`, about 0.007 at the
+        :math:`p_1` differs from it by :math:`O(\alpha(t_{\max}))`, about 0.007 at the
         paper's defaults; that difference is part of the model's likelihood.)
 
     Returns:
@@ -90,7 +93,7 @@ def log_likelihood(
         t1 = jnp.full((1,), t, t_dtype)
 
         def f(z):
-            return probability_flow_drift(state, model_fn(z[None], t1).astype(dtype), z[None], t1)[0]
+            return probability_flow_drift(state, model_fn(z[None], model_time(state, t1)).astype(dtype), z[None], t1)[0]
 
         if trace == "exact":
             velocity, jvp = jax.linearize(f, x_b)
@@ -103,7 +106,7 @@ def log_likelihood(
 
     def solve(x_b, probe):
         (x_1, delta), _ = tsit5_solve(field, (x_b, jnp.zeros((), dtype)), jnp.asarray(state.sampling_eps, dtype),
-                                      jnp.asarray(1.0, dtype), rtol, atol, max_steps, args=probe)
+                                      jnp.asarray(state.schedule.t_max, dtype), rtol, atol, max_steps, args=probe)
         if prior_logp is None:
             prior = -0.5 * dim * math.log(2.0 * math.pi) - 0.5 * jnp.sum(jnp.square(x_1))
         else:

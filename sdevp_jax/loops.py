@@ -26,9 +26,18 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from . import _checks, sde
-from .samplers import CORRECTORS, PREDICTORS, check_step_rule, lookup, probability_flow_drift
-from .scheduler import ScoreSdeVpSchedulerState, model_time_dtype, require_timesteps, times_from_grid
+from . import _checks
+from .samplers import CORRECTORS, PREDICTORS, check_step_rule, lookup
+from .samplers import drift_from_eps
+from .scheduler import (
+    ScoreSdeVpSchedulerState,
+    eps_from_prediction,
+    model_time,
+    model_time_dtype,
+    next_times,
+    require_timesteps,
+    times_from_grid,
+)
 
 __all__ = ["sample", "sample_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
 
@@ -100,6 +109,16 @@ def check_common(state, model_fn, key, shape, dtype, caller):
     return shape, dtype
 
 
+def check_x_init(x_init, shape, dtype):
+    """``x_init`` (the starting samples instead of the prior draw) checked and cast to ``dtype``, or ``None``."""
+    if x_init is None:
+        return None
+    x_init = _checks.float_array("x_init", x_init)
+    if x_init.shape != tuple(shape):
+        raise ValueError(f"x_init must have shape {tuple(shape)}, got {x_init.shape}")
+    return x_init.astype(dtype)
+
+
 def make_sample_keys(key, batch, index_offset):
     """The per-sample keys ``fold_in(key, index_offset + b)``, b < batch."""
     _checks.index_offset("index_offset", index_offset, batch)
@@ -139,7 +158,7 @@ def sde_options(predictor, corrector, corrector_steps, snr, step_rule):
 
 
 def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_corrector, corrector_options, unroll,
-             project=None):
+             project=None, x_init=None):
     """The reverse-SDE scan shared by :func:`sample` and the inverse-problem solvers.
 
     At each grid time ``t`` it runs ``num_corrector`` corrector updates at ``t``,
@@ -154,29 +173,34 @@ def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_c
     batch, event = shape[0], shape[1:]
     noise_dtype = _checks.compute_dtype(dtype)
     timesteps = state.timesteps
-    x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
+    if x_init is None:
+        x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
     per_update = 1 if project is None else 2
 
-    def update(step_fn, x, t_vec, slot, **kwargs):
+    def update(step_fn, x, t_vec, t_next_vec, slot, **kwargs):
         z = per_sample_normal(sample_keys, slot, event, noise_dtype)
-        x, x_mean = step_fn(state, model_fn(x, t_vec), x, t_vec, None, noise=z, **kwargs)
+        out = model_fn(x, model_time(state, t_vec))
+        x, x_mean = step_fn(state, out, x, t_vec, None, noise=z, t_next=t_next_vec, **kwargs)
         if project is not None:
             x, x_mean = project(x, x_mean, t_vec, per_sample_normal(sample_keys, slot + 1, event, noise_dtype))
         return x, x_mean
 
-    def body(carry, t):
+    def body(carry, ts):
         x, _, i = carry
+        t, t_next = ts
         t_vec = jnp.full((batch,), t, timesteps.dtype)
+        t_next_vec = jnp.full((batch,), t_next, timesteps.dtype)
         first = 1 + i * ((1 + num_corrector) * per_update)
         for j in range(num_corrector):  # static: unrolled at trace time
-            x, _ = update(correct, x, t_vec, first + j * per_update, **corrector_options)
-        x, x_mean = update(predict, x, t_vec, first + num_corrector * per_update)
+            x, _ = update(correct, x, t_vec, t_next_vec, first + j * per_update, **corrector_options)
+        x, x_mean = update(predict, x, t_vec, t_next_vec, first + num_corrector * per_update)
         return (x, x_mean, i + 1), None
 
     # The step index rides in the carry (not as an arange over the steps), so
-    # nothing but the timestep grid itself has the length of the loop.
+    # nothing but the timestep grid (and its successors) has the length of the loop.
     with times_from_grid():
-        (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), timesteps, unroll=unroll)
+        (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), (timesteps, next_times(state)),
+                                          unroll=unroll)
     return x_last, x_mean
 
 
@@ -195,14 +219,15 @@ def sample(
     dtype: DTypeLike = jnp.float32,
     index_offset: int | jax.Array = 0,
     unroll: Optional[int] = None,
+    x_init: Optional[jax.Array] = None,
 ) -> jax.Array:
     r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
     Draws :math:`x_T \sim N(0, I)`, then for each ``t`` in ``state.timesteps``: if a
     ``corrector`` is named, ``corrector_steps`` corrector steps at ``t``, then one
     ``predictor`` step from ``t`` (each update with its own model call
-    ``model_fn(x, t_vec)``, ``t_vec`` of shape ``(batch,)``, the continuous time in
-    ``[sampling_eps, 1]``). With the defaults it is exactly diffusers'
+    ``model_fn(x, t_vec)``, ``t_vec`` of shape ``(batch,)``, the model's time input
+    at the grid time, see :func:`~sdevp_jax.model_time`). With the defaults it is exactly diffusers'
     ``ScoreSdeVpScheduler`` loop and returns the last step's ``x_mean``.
 
     Order of predictor and corrector: the paper's code's (Song et al. 2021,
@@ -230,9 +255,11 @@ def sample(
 
     Args:
       state: a state after :func:`set_timesteps`.
-      model_fn: ``(x, t) -> eps_hat`` with ``x`` of ``shape`` and ``t`` of shape
-        ``(batch,)``; must return an array of ``shape``. For a network trained on the
-        paper's labels wrap it as ``lambda x, t: net(x, t * 999)``.
+      model_fn: ``(x, t) -> prediction`` with ``x`` of ``shape`` and ``t`` of shape
+        ``(batch,)`` the model's time input (:func:`~sdevp_jax.model_time`: the
+        continuous time, or a discrete schedule's training label); it returns
+        ``state.prediction_type`` (the noise by default), an array of ``shape``. For
+        a network trained on the paper's labels wrap it as ``lambda x, t: net(x, t * 999)``.
       key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``).
       shape: ``(batch, *event)``, a non-empty tuple of positive ints.
       predictor: one of ``sv.list_methods("predictor")``.
@@ -256,69 +283,108 @@ def sample(
         equal to 1e-6 on CPU in the tests, not bitwise: XLA fuses an unrolled body
         differently); see :func:`default_unroll` for the
         measurements and the trade-off.
+      x_init: the starting samples :math:`x_T`, ``shape``, instead of the prior draw
+        of slot 0 (the steps' noise slots are unchanged).
 
     Returns:
       The samples, an array of ``shape`` and ``dtype``.
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample")
+    x_init = check_x_init(x_init, shape, dtype)
     x_last, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
                               *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
-                              resolve_unroll(unroll))
+                              resolve_unroll(unroll), x_init=x_init)
     return x_mean if denoise else x_last
 
 
 def _ode_grid(state, method, dtype):
-    """The times the fixed-step ODE methods step through, from 1 down to sampling_eps."""
-    if method != "dpm_solver":
+    """The times the fixed-step ODE methods step through, from the top of the grid to its bottom.
+
+    ``state.timesteps`` itself, except for ``dpm_solver`` on the ``"reference"`` grid:
+    that grid is uniform in ``t``, so DPM-Solver builds its own of ``N`` points uniform
+    in log-SNR between the same end points (as it did before grids had names).
+    """
+    if method != "dpm_solver" or not state.uses_reference_step:
         return state.timesteps.astype(dtype)
-    bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
-    lam = jnp.linspace(sde.log_snr(jnp.asarray(1.0, dtype), bmin, bmax),
-                       sde.log_snr(jnp.asarray(state.sampling_eps, dtype), bmin, bmax),
+    schedule = state.schedule.cast(dtype)
+    lam = jnp.linspace(schedule.log_snr(jnp.asarray(1.0, dtype)),
+                       schedule.log_snr(jnp.asarray(state.sampling_eps, dtype)),
                        state.timesteps.shape[0], dtype=dtype)
-    t = sde.t_of_log_snr(lam, bmin, bmax)
+    t = schedule.t_from_log_snr(lam)
     # the end points exactly (the inverse is accurate to rounding in between)
     return t.at[0].set(1.0).at[-1].set(jnp.asarray(state.sampling_eps, dtype))
 
 
-def _fixed_step_ode(state, model_fn, x, method, dtype):
-    """Euler, Heun or multistep DPM-Solver-3 through the grid; returns (x, nfe)."""
-    batch, dtype_out = x.shape[0], x.dtype
-    grid = _ode_grid(state, method, dtype)
-    bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
+def model_eps(state, model_fn, dtype_out, dtype):
+    r"""``eps(x, t)``: ``model_fn`` at ``(x, model_time(t))``, called in the samples' dtype, as a noise prediction.
+
+    The model boundary of the ODE loops: the model sees its own time input
+    (:func:`~sdevp_jax.model_time`) and returns ``state.prediction_type``, converted
+    here, once, to :math:`\hat\epsilon` in the work ``dtype``. ``t`` is 0-d or ``(batch,)``.
+    """
+    t_dtype = model_time_dtype(state)
 
     def eps(x, t):
-        """The model at (x, t), called in the samples' dtype, returned in the work dtype."""
-        return model_fn(x.astype(dtype_out), jnp.full((batch,), t, state.timesteps.dtype)).astype(dtype)
+        t_vec = jnp.broadcast_to(jnp.asarray(t, t_dtype), (x.shape[0],))
+        out = model_fn(x.astype(dtype_out), model_time(state, t_vec)).astype(dtype)
+        if state.prediction_type == "epsilon":
+            return out
+        tb = t_vec.astype(dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        return eps_from_prediction(state.prediction_type, out, x.astype(dtype), *state.schedule.cast(dtype).alpha_sigma(tb))
 
+    return eps
+
+
+def _drift(state, dtype, e, x, t):
+    """The probability-flow velocity at a scalar or ``(batch,)`` time ``t``, in ``dtype``.
+
+    The schedule is cast here, inside whatever is being traced (as
+    :func:`~sdevp_jax.probability_flow_drift` does): a cast hoisted out of diffrax's
+    trace made XLA round the jitted and the eager adaptive solves differently.
+    """
+    t = jnp.asarray(t).astype(dtype)
+    if t.ndim == 1:
+        t = t.reshape((-1,) + (1,) * (x.ndim - 1))
+    return drift_from_eps(state.schedule.cast(dtype), e, x, t)
+
+
+def _fixed_step_ode(state, model_fn, x, method, dtype, order=3):
+    """Euler, Heun or multistep DPM-Solver (order 1-3) through the grid; returns (x, nfe)."""
+    dtype_out = x.dtype
+    grid = _ode_grid(state, method, dtype)
+    schedule = state.schedule.cast(dtype)
+    eps = model_eps(state, model_fn, dtype_out, dtype)
     x = x.astype(dtype)
 
     if method in ("euler", "heun"):
         def body(x, ts):
             t, t_next = ts
-            d1 = probability_flow_drift(state, eps(x, t), x, t)
+            d1 = _drift(state, dtype, eps(x, t), x, t)
             x_euler = x + (t_next - t) * d1
             if method == "euler":
                 return x_euler, None
-            d2 = probability_flow_drift(state, eps(x_euler, t_next), x_euler, t_next)
+            d2 = _drift(state, dtype, eps(x_euler, t_next), x_euler, t_next)
             return x + (t_next - t) * 0.5 * (d1 + d2), None
 
-        x, _ = lax.scan(body, x, (grid[:-1], grid[1:]))
+        with times_from_grid():
+            x, _ = lax.scan(body, x, (grid[:-1], grid[1:]))
         return x, (1 if method == "euler" else 2) * (grid.shape[0] - 1)
 
     # dpm_solver: x_t = (a_t/a_s) x_s - s_t [phi1 e + phi2 e' + phi3 e''] with
     # phi1 = e^h - 1, phi2 = e^h - 1 - h, phi3 = e^h - 1 - h - h^2/2 (the exact
     # integrals of the Taylor terms of eps in lambda; Lu et al. 2022), e' and e''
-    # from divided differences of the last three eps: order 1, 2, then 3.
-    lam = sde.log_snr(grid, bmin, bmax)
-    log_alpha = sde.log_mean_coeff(grid, bmin, bmax)
-    sigma = sde.sigma(grid, bmin, bmax)
+    # from divided differences of the last three eps: order 1, 2, then 3 (capped
+    # at ``order``; order 1 is DDIM with eta = 0, Song et al. 2021 / Lu et al. 2022 sec. 4.1).
+    lam = schedule.log_snr(grid)
+    log_alpha = schedule.log_alpha(grid)
+    sigma = schedule.sigma(grid)
 
     def body(carry, k):
         x, e1, e2, h1, h2 = carry  # previous eps values and the lambda steps before them
         e0 = eps(x, grid[k])
         h = lam[k + 1] - lam[k]
-        use2 = (k >= 1).astype(dtype)
-        use3 = (k >= 2).astype(dtype)
+        use2 = (k >= 1).astype(dtype) if order >= 2 else jnp.zeros((), dtype)
+        use3 = (k >= 2).astype(dtype) if order >= 3 else jnp.zeros((), dtype)
         f01 = (e0 - e1) / h1
         f12 = (e1 - e2) / h2
         f012 = (f01 - f12) / (h1 + h2)
@@ -332,7 +398,8 @@ def _fixed_step_ode(state, model_fn, x, method, dtype):
 
     one = jnp.ones((), dtype)
     init = (x, jnp.zeros_like(x), jnp.zeros_like(x), one, one)
-    (x, *_), _ = lax.scan(body, init, jnp.arange(grid.shape[0] - 1))
+    with times_from_grid():
+        (x, *_), _ = lax.scan(body, init, jnp.arange(grid.shape[0] - 1))
     return x, grid.shape[0] - 1
 
 
@@ -359,20 +426,28 @@ def tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps, args=None):
     return jax.tree.map(lambda y: y[0], sol.ys), sol.stats["num_steps"]
 
 
+def ode_span(state, dtype):
+    """``(t0, t1)`` of the adaptive solver: ``(1, sampling_eps)`` on the reference grid, else the grid's end points."""
+    if state.uses_reference_step:
+        return jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype)
+    return state.timesteps[0].astype(dtype), state.timesteps[-1].astype(dtype)
+
+
 def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps):
     """Tsit5 with a PID controller (diffrax), each sample with its own steps; returns (x, nfe per sample)."""
-    t_dtype = model_time_dtype(state)
     dtype_out = x.dtype
+    eps = model_eps(state, model_fn, dtype_out, dtype)
+    t_dtype = model_time_dtype(state)
 
     def field(t, y, args):
         y1 = y[None]
         t1 = jnp.full((1,), t, t_dtype)
-        e = model_fn(y1.astype(dtype_out), t1).astype(dtype)
-        return probability_flow_drift(state, e, y1, t1)[0]
+        return _drift(state, dtype, eps(y1, t1), y1.astype(dtype), t1)[0]
+
+    t0, t1 = ode_span(state, dtype)
 
     def solve(y0):
-        return tsit5_solve(field, y0, jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype),
-                           rtol, atol, max_steps)
+        return tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps)
 
     y, steps = jax.vmap(solve)(x.astype(dtype))
     # Tsit5 is first-same-as-last: one evaluation at t0, then six per step tried.
@@ -392,8 +467,10 @@ def sample_ode(
     return_info: bool = False,
     dtype: DTypeLike = jnp.float32,
     index_offset: int | jax.Array = 0,
+    order: int = 3,
+    x_init: Optional[jax.Array] = None,
 ):
-    r"""Draw samples by solving the probability-flow ODE from ``t = 1`` to ``sampling_eps``.
+    r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
 
     .. math::
 
@@ -408,9 +485,12 @@ def sample_ode(
 
     * ``"euler"`` (order 1) and ``"heun"`` (order 2): fixed steps through the
       state's grid, ``N - 1`` and ``2 (N - 1)`` network calls.
-    * ``"dpm_solver"`` (order 3): multistep DPM-Solver in :math:`\epsilon` form, an
+    * ``"dpm_solver"`` (order 3, or ``order``): multistep DPM-Solver in :math:`\epsilon` form, an
       exponential integrator of the ODE in log-SNR :math:`\lambda = \log(\alpha/\sigma)`
-      (Lu et al., NeurIPS 2022), on ``N`` points uniform in :math:`\lambda`;
+      (Lu et al., NeurIPS 2022), along ``state.timesteps`` -- pass
+      ``spacing="logsnr"`` (the default off the linear schedule) for its usual grid;
+      on the linear schedule's ``"reference"`` grid it steps through ``N`` points
+      uniform in :math:`\lambda` between the same end points instead;
       ``N - 1`` network calls. The few-step method: ``N`` of 10 to 20 is typical.
     * ``"adaptive"``: diffrax's Tsit5 (5th order) with a PID step-size controller
       at ``rtol``/``atol``, on device; each sample is solved with its own steps (so
@@ -428,6 +508,10 @@ def sample_ode(
       return_info: also return a :class:`SamplerInfo` with the network calls made.
       dtype: the samples' float dtype; the solver runs in ``compute_dtype(dtype)``.
       index_offset: as for :func:`sample`.
+      order: ``dpm_solver``'s order, 1, 2 or 3 (default 3); order 1 is DDIM with
+        :math:`\eta = 0` (DPM-Solver-1, Lu et al. 2022, sec. 4.1). Other methods ignore it.
+      x_init: the starting samples at the top of the grid, ``shape``, instead of the
+        prior draw from ``key`` (the key then draws nothing).
 
     Returns:
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
@@ -437,6 +521,9 @@ def sample_ode(
     n = state.timesteps.shape[0]
     if method != "adaptive" and n < 2:
         raise ValueError(f"method={method!r} steps between grid points: num_inference_steps must be >= 2, got {n}")
+    order = _checks.positive_int("order", order)
+    if order > 3:
+        raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {order}")
     if method == "adaptive":
         rtol = _checks.positive_real("rtol", rtol)
         atol = _checks.positive_real("atol", atol)
@@ -444,12 +531,14 @@ def sample_ode(
     batch, event = shape[0], shape[1:]
     work_dtype = _checks.compute_dtype(dtype)
     keys = make_sample_keys(key, batch, index_offset)
-    x = per_sample_normal(keys, 0, event, work_dtype).astype(dtype)
+    x = check_x_init(x_init, shape, dtype)
+    if x is None:
+        x = per_sample_normal(keys, 0, event, work_dtype).astype(dtype)
     if method == "adaptive":
         x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps)
         nfe_per_sample = nfe_per_sample.astype(jnp.int32)
     else:
-        x, nfe = _fixed_step_ode(state, model_fn, x, method, work_dtype)
+        x, nfe = _fixed_step_ode(state, model_fn, x, method, work_dtype, order)
         nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
     x = x.astype(dtype)
     if return_info:

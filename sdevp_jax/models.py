@@ -23,8 +23,8 @@ import numpy as np
 from flax import struct
 from jax.typing import ArrayLike
 
-from . import _checks, sde
-from .scheduler import ScoreSdeVpSchedulerState
+from . import _checks, schedules
+from .scheduler import ScoreSdeVpSchedulerState, prediction_from_eps, time_from_model_time
 
 __all__ = [
     "GaussianMixture",
@@ -178,14 +178,18 @@ def mixture_eps(
     t: ArrayLike,
     beta_min: ArrayLike = 0.1,
     beta_max: ArrayLike = 20.0,
+    *,
+    schedule: Any = None,
 ) -> jax.Array:
     r"""The exact noise prediction :math:`-\sigma(t)\nabla_x\log p_t(x)` of the diffused mixture.
 
     Args:
       mixture: the data distribution.
       x: shape ``(batch, *event)``, ``prod(event) == D``.
-      t: 0-d or ``(batch,)``, in (0, 1].
-      beta_min, beta_max: the VP SDE's coefficients.
+      t: the continuous time, 0-d or ``(batch,)``, in the schedule's range.
+      beta_min, beta_max: the linear schedule's coefficients (used when ``schedule`` is ``None``).
+      schedule: any VP schedule of :mod:`sdevp_jax.schedules`: the mixture is
+        diffused by its :math:`\alpha(t), \sigma(t)` alone, so it stays exact.
 
     Returns:
       An array of x's shape and dtype (computed in at least float32).
@@ -194,8 +198,9 @@ def mixture_eps(
     dtype = _checks.compute_dtype(flat.dtype)
     xf = flat.astype(dtype)
     t = _per_sample(t, xf.shape[0], dtype)
-    bmin, bmax = jnp.asarray(beta_min, dtype), jnp.asarray(beta_max, dtype)
-    alpha, sigma = sde.alpha_sigma(t, bmin, bmax)
+    if schedule is None:
+        schedule = schedules.LinearSchedule(beta_min=beta_min, beta_max=beta_max)
+    alpha, sigma = schedule.cast(dtype).alpha_sigma(t)
     logits, diff, var = _component_log_probs(mixture, xf, alpha, sigma)
     resp = jax.nn.softmax(logits, axis=-1)
     eps = sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)
@@ -205,10 +210,27 @@ def mixture_eps(
 def make_mixture_eps_fn(
     state: ScoreSdeVpSchedulerState, mixture: GaussianMixture
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``model_fn(x, t)`` for :func:`sdevp_jax.sample`: the exact ε of ``mixture`` under ``state``'s SDE."""
+    """``model_fn(x, t)`` for :func:`sdevp_jax.sample`: the exact model of ``mixture`` under ``state``.
+
+    Exact under ``state.schedule`` (any VP schedule), it takes the model's time input
+    (:func:`~sdevp_jax.model_time`: a discrete schedule's label) and returns
+    ``state.prediction_type`` -- the noise, :math:`v` or :math:`x_0` -- converted from
+    the exact noise prediction by :func:`~sdevp_jax.scheduler.prediction_from_eps`.
+    (The name is kept from when the noise was the only prediction type.)
+    """
+    schedule, prediction_type = state.schedule, state.prediction_type
 
     def model_fn(x: jax.Array, t: jax.Array) -> jax.Array:
-        return mixture_eps(mixture, x, t, state.beta_min, state.beta_max)
+        t = time_from_model_time(state, t)
+        eps = mixture_eps(mixture, x, t, schedule=schedule)
+        if prediction_type == "epsilon":
+            return eps
+        x = jnp.asarray(x)
+        dtype = _checks.compute_dtype(x.dtype)
+        tb = _per_sample(t, x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        alpha, sigma = schedule.cast(dtype).alpha_sigma(tb)
+        out = prediction_from_eps(prediction_type, eps.astype(dtype), x.astype(dtype), alpha, sigma)
+        return out.astype(x.dtype)
 
     return model_fn
 

@@ -1,19 +1,29 @@
 r"""Predictors, the Langevin corrector and probability-flow ODE steps: pure functions beside each other.
 
 Every stochastic step has the signature of :func:`~sdevp_jax.step_pred`:
-``(state, model_output, x, t, key, *, noise=None) -> StepOutput(x, x_mean)``, with
-``model_output`` the noise prediction :math:`\hat\epsilon(x, t)`, ``t`` 0-d or
+``(state, model_output, x, t, key, *, noise=None, t_next=None) -> StepOutput(x, x_mean)``,
+with ``model_output`` the model's output at ``(x, t)`` of ``state.prediction_type``
+(converted to the noise prediction :math:`\hat\epsilon` once, on entry), ``t`` 0-d or
 ``(batch,)``, and the same dtype rules (computed in at least float32, returned in
 ``x``'s dtype). The loops in :mod:`sdevp_jax.loops` call them; they can equally be
 called by hand.
 
 The discrete VP chain (Song et al., ICLR 2021, appendix; Ho et al., 2020) used by
 ``reverse_diffusion``, ``ancestral`` and the corrector has per-step noise rates
-:math:`\beta_i = \beta(t_i)/N` -- the continuous rate times the reference's step
-:math:`|\Delta t| = 1/N`, evaluated at the grid time itself (the paper's code rounds
-:math:`t_i` down to a grid of ``[0, 1]`` first; the two differ by at most
-``sampling_eps`` in :math:`t`). These steps need :math:`\beta_i < 1`, i.e.
-``num_inference_steps > beta_max``.
+:math:`\beta_i`:
+
+* on the linear schedule's ``"reference"`` grid (its default), the paper's code's
+  :math:`\beta_i = \beta(t_i)/N` -- the continuous rate times the reference's step
+  :math:`|\Delta t| = 1/N`, evaluated at the grid time itself (the paper's code rounds
+  :math:`t_i` down to a grid of ``[0, 1]`` first; the two differ by at most
+  ``sampling_eps`` in :math:`t`). These steps need :math:`\beta_i < 1`, i.e.
+  ``num_inference_steps > beta_max``;
+* on every other grid, the exact rate of the step's interval,
+  :math:`\beta_i = 1 - \alpha(t_i)^2/\alpha(t_{i+1})^2` with :math:`t_N = 0`, which lies in
+  (0, 1) on any grid of any schedule, and is the training :math:`\beta_n` of a
+  discrete model on its training grid -- so ``ancestral`` there is DDPM's step with
+  its ``"fixed_large"`` variance :math:`\beta_i` (Ho et al. 2020, sec. 3.2; tests compare
+  with diffusers' ``DDPMScheduler``).
 """
 
 from __future__ import annotations
@@ -23,16 +33,15 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from . import _checks, sde
+from . import _checks
 from .scheduler import (
     PreparedStep,
     ScoreSdeVpSchedulerState,
     StepOutput,
     broadcast_t,
+    eps_from_prediction,
     step_pred,
 )
 
@@ -49,35 +58,6 @@ __all__ = [
 ]
 
 
-def _discrete_beta(p: PreparedStep, state: ScoreSdeVpSchedulerState, caller: str) -> jax.Array:
-    r""":math:`\beta_i = \beta(t)/N`, after checking :math:`\beta_{\max} < N` (else :math:`\sqrt{1 - \beta_i}` is NaN).
-
-    Checked at call or trace time -- also under ``jit``, where the state's floats
-    are tracers -- from ``beta_max`` itself when it is on the host, else from the
-    state's static ``min_discrete_steps``. Only when ``beta_max`` was traced when
-    the state was built (a state made inside ``jit``/``vmap``/``grad``) is neither
-    known; then the check is a ``checkify.debug_check``, which raises under
-    ``checkify.checkify`` and is compiled away otherwise (see
-    :mod:`sdevp_jax.scheduler`).
-    """
-    bmax = _checks.host_value(state.beta_max)
-    if bmax is not None:
-        ok, shown = bool(np.all(bmax < p.n)), f"beta_max={state.beta_max}"
-    elif state.min_discrete_steps is not None:
-        ok = p.n >= state.min_discrete_steps
-        shown = f"beta_max >= {state.min_discrete_steps - 1} (num_inference_steps must be >= {state.min_discrete_steps})"
-    else:
-        checkify.debug_check(jnp.all(jnp.asarray(state.beta_max) < p.n),
-                             f"{caller} needs num_inference_steps > beta_max; got num_inference_steps={p.n}")
-        ok, shown = True, ""
-    if not ok:
-        raise ValueError(
-            f"{caller} needs num_inference_steps > beta_max (its per-step rate beta(t)/N "
-            f"must be < 1): got num_inference_steps={p.n}, {shown}"
-        )
-    return p.beta() / p.n
-
-
 # The reference predictor is diffusers' step itself.
 euler_maruyama = step_pred
 
@@ -90,6 +70,7 @@ def reverse_diffusion(
     key: Optional[jax.Array],
     *,
     noise: Optional[ArrayLike] = None,
+    t_next: Optional[ArrayLike] = None,
 ) -> StepOutput:
     r"""The reverse-diffusion predictor on the VP discretisation (Song et al. 2021, eq. 47).
 
@@ -98,8 +79,8 @@ def reverse_diffusion(
         \bar x = (2 - \sqrt{1 - \beta_i})\,x + \beta_i\, s, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
     """
-    p = PreparedStep("reverse_diffusion", state, model_output, x, t, key, noise)
-    beta_i = _discrete_beta(p, state, "reverse_diffusion")
+    p = PreparedStep("reverse_diffusion", state, model_output, x, t, key, noise, t_next)
+    beta_i = p.rate()
     score = -p.eps / p.sigma()
     x_mean = (2.0 - jnp.sqrt(1.0 - beta_i)) * p.xc + beta_i * score
     return p.out(x_mean + jnp.sqrt(beta_i) * p.z(), x_mean)
@@ -113,6 +94,7 @@ def ancestral(
     key: Optional[jax.Array],
     *,
     noise: Optional[ArrayLike] = None,
+    t_next: Optional[ArrayLike] = None,
 ) -> StepOutput:
     r"""The ancestral (DDPM) step for the VP SDE (Ho et al. 2020; Song et al. 2021, eq. 46).
 
@@ -121,8 +103,8 @@ def ancestral(
         \bar x = \frac{x + \beta_i\, s}{\sqrt{1 - \beta_i}}, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
     """
-    p = PreparedStep("ancestral", state, model_output, x, t, key, noise)
-    beta_i = _discrete_beta(p, state, "ancestral")
+    p = PreparedStep("ancestral", state, model_output, x, t, key, noise, t_next)
+    beta_i = p.rate()
     score = -p.eps / p.sigma()
     x_mean = (p.xc + beta_i * score) / jnp.sqrt(1.0 - beta_i)
     return p.out(x_mean + jnp.sqrt(beta_i) * p.z(), x_mean)
@@ -141,6 +123,7 @@ def langevin_correct(
     snr: float = 0.16,
     step_rule: str = "sigma",
     noise: Optional[ArrayLike] = None,
+    t_next: Optional[ArrayLike] = None,
 ) -> StepOutput:
     r"""One Langevin corrector step at time ``t`` (Song et al. 2021, Algorithm 5).
 
@@ -199,10 +182,10 @@ def langevin_correct(
     """
     snr = _checks.positive_real("snr", snr)
     step_rule = check_step_rule(step_rule)
-    p = PreparedStep("langevin_correct", state, model_output, x, t, key, noise)
+    p = PreparedStep("langevin_correct", state, model_output, x, t, key, noise, t_next)
     if p.x.ndim == 0:
         raise ValueError("langevin_correct needs x of shape (batch, ...): its step rules work per sample")
-    alpha_i = 1.0 - _discrete_beta(p, state, "langevin_correct")
+    alpha_i = 1.0 - p.rate()
     sigma = p.sigma()
     score = -p.eps / sigma
     z = p.z()
@@ -233,14 +216,23 @@ def probability_flow_drift(
 ) -> jax.Array:
     r"""The probability-flow ODE's velocity :math:`dx/dt = -\tfrac12\beta(t)\,(x - \hat\epsilon/\sigma(t))`.
 
-    (Song et al. 2021, eq. 13, with the score :math:`-\hat\epsilon/\sigma`.) ``t`` is
+    (Song et al. 2021, eq. 13, with the score :math:`-\hat\epsilon/\sigma`.) ``model_output``
+    is of ``state.prediction_type`` (converted to :math:`\hat\epsilon` here); ``t`` is
     0-d or ``(batch,)``; computed in ``compute_dtype(x.dtype)``.
     """
     dtype = _checks.compute_dtype(x.dtype)
     t = broadcast_t(jnp.asarray(t).astype(dtype), x)
-    bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
-    beta_t = sde.beta(t, bmin, bmax)
-    return -0.5 * beta_t * (x.astype(dtype) - model_output.astype(dtype) / sde.sigma(t, bmin, bmax))
+    schedule = state.schedule.cast(dtype)
+    x = x.astype(dtype)
+    eps = model_output.astype(dtype)
+    if state.prediction_type != "epsilon":
+        eps = eps_from_prediction(state.prediction_type, eps, x, *schedule.alpha_sigma(t))
+    return drift_from_eps(schedule, eps, x, t)
+
+
+def drift_from_eps(schedule, eps: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+    r""":math:`-\tfrac12\beta(t)(x - \hat\epsilon/\sigma(t))` for a cast ``schedule``, ``t`` broadcastable to ``x``."""
+    return -0.5 * schedule.beta(t) * (x - eps / schedule.sigma(t))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,8 +267,8 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("euler", "ode", 1, "N - 1", "probability-flow ODE, Euler on the timestep grid"),
         MethodInfo("heun", "ode", 2, "2 (N - 1)", "probability-flow ODE, Heun (RK2) on the timestep grid"),
         MethodInfo("dpm_solver", "ode", 3, "N - 1",
-                   "probability-flow ODE, 3rd-order multistep DPM-Solver in eps form on a log-SNR grid "
-                   "(Lu et al. 2022)"),
+                   "probability-flow ODE, multistep DPM-Solver (order 1-3, default 3) in eps form along the state's "
+                   "grid, its own log-SNR grid on the reference grid (Lu et al. 2022)"),
         MethodInfo("adaptive", "ode", 5, "1 + 6 * steps",
                    "probability-flow ODE, diffrax Tsit5 with PID step-size control, per sample"),
     ]

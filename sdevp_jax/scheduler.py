@@ -1,4 +1,4 @@
-r"""The reference scheduler: diffusers' ``ScoreSdeVpScheduler`` as pure functions.
+r"""The reference scheduler: diffusers' ``ScoreSdeVpScheduler`` as pure functions, for every VP model.
 
 This module reproduces, digit for digit, the semantics of
 ``diffusers.schedulers.deprecated.scheduling_sde_vp.ScoreSdeVpScheduler``:
@@ -23,14 +23,24 @@ The one deliberate difference from diffusers: :math:`\sigma(t)` is computed with
 ``expm1`` (see :mod:`sdevp_jax.sde`), which is more accurate near ``sampling_eps``
 and agrees with diffusers to rounding elsewhere.
 
+**Every VP model.** The state also holds the noise schedule (:mod:`sdevp_jax.schedules`:
+the paper's linear one by default, cosine, or a discrete model's), the model's
+``prediction_type`` (ε, v or :math:`x_0`, converted to ε once, where each step
+receives the model's output) and the name of its grid. The reference semantics
+above are those of the ``"reference"`` grid, the linear schedule's default, and are
+unchanged bit for bit; on every other grid (:func:`set_timesteps`) a step from
+``t`` spans its own interval ``[t_next, t]``. A discrete model sees its training
+labels (:func:`model_time`).
+
 Checks under ``jit`` (no silent NaN). Under ``jax.jit(sv.sample, static_argnums=(1, 3))``
 the state's floats are tracers, so a check on their values cannot run at trace
 time. Each check therefore runs where the value is known:
 
-* the config (``beta_min > 0``, ``beta_max > beta_min``, ``0 < sampling_eps < 1``) is
-  checked by :func:`create_state` and by ``state.replace`` whenever the values are
-  concrete, so a state's grid lies in ``[sampling_eps, 1]``, away from
-  :math:`\sigma(0) = 0`;
+* the config (``beta_min > 0``, ``beta_max > beta_min``, ``0 < sampling_eps < t_max``,
+  and ``sampling_eps >= 1/N_train`` for a discrete schedule) is checked by
+  :func:`create_state` and by ``state.replace`` whenever the values are concrete,
+  and every grid by :func:`set_timesteps`, so a state's grid lies in
+  ``[sampling_eps, t_max]``, away from :math:`\sigma(0) = 0`;
 * the discrete chain's bound ``num_inference_steps > beta_max`` (see
   :mod:`sdevp_jax.samplers`) is checked against the static field
   ``min_discrete_steps``, recorded from the concrete ``beta_max`` by ``create_state``
@@ -61,7 +71,7 @@ from flax import struct
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from . import _checks, sde
+from . import _checks, grids, schedules, sde
 
 __all__ = [
     "ScoreSdeVpSchedulerState",
@@ -70,51 +80,114 @@ __all__ = [
     "set_timesteps",
     "step_pred",
     "model_time_dtype",
+    "model_time",
+    "time_from_model_time",
+    "PREDICTION_TYPES",
+    "SPACINGS",
 ]
+
+
+#: The model parametrizations a state can name (``prediction_type``), as diffusers names them.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+#: The grids of :func:`set_timesteps`: ScoreSdeVpScheduler's own (``"reference"``, the linear
+#: schedule only), the continuous ones, and diffusers' label spacings (discrete schedules only).
+CONTINUOUS_SPACINGS = ("time_uniform", "time_quadratic", "logsnr", "karras")
+LABEL_SPACINGS = ("linspace", "leading", "trailing")
+SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS
+
+#: The exponent of the ``"karras"`` grid (Karras et al., NeurIPS 2022, eq. 5).
+KARRAS_RHO = 7.0
 
 
 @struct.dataclass
 class ScoreSdeVpSchedulerState:
     """The scheduler's configuration and timestep grid: an immutable pytree.
 
-    The float config fields are pytree leaves (so a state can be passed to
-    ``jax.jit``, batched with ``jax.vmap`` or differentiated); they are Python
-    floats when built by :func:`create_state` from concrete values.
-    ``num_train_timesteps`` is static metadata that the sampler never uses
-    (diffusers only reports it as the scheduler's ``len``).
+    The schedule's numbers and ``sampling_eps`` are pytree leaves (so a state can be
+    passed to ``jax.jit``, batched with ``jax.vmap`` or differentiated); they are
+    Python floats when built by :func:`create_state` from concrete values. The rest
+    is static.
 
     ``state.replace(**fields)`` checks concrete config values as
-    :func:`create_state` does and keeps ``min_discrete_steps`` up to date (a
-    ``dataclasses.replace`` or the raw constructor does neither: use ``replace``).
+    :func:`create_state` does and keeps ``min_discrete_steps`` up to date; on the
+    linear schedule it also takes ``beta_min``/``beta_max`` (a ``dataclasses.replace``
+    or the raw constructor does neither: use ``replace``).
 
     Attributes:
-      beta_min: :math:`\\beta_{\\min} > 0`.
-      beta_max: :math:`\\beta_{\\max} > \\beta_{\\min}`.
-      sampling_eps: the last timestep, in (0, 1).
-      timesteps: ``linspace(1, sampling_eps, N)``, shape ``(N,)``; ``None`` until
-        :func:`set_timesteps` is called.
-      num_train_timesteps: static; defaults to 2000 as in diffusers.
-      min_discrete_steps: static; the smallest ``num_inference_steps`` the discrete
-        chain accepts, ``floor(beta_max) + 1`` (its per-step rates ``beta(t)/N`` must
-        be < 1), recorded whenever ``beta_max`` is concrete; ``None`` when it was
-        traced. Static so that a jitted sampler can check it at trace time; a
-        jitted function therefore compiles once per value of ``floor(beta_max)``.
+      schedule: the noise schedule (:mod:`sdevp_jax.schedules`): ``linear`` (the
+        paper's and diffusers', the default), ``cosine`` or ``discrete``.
+      sampling_eps: the smallest time, in ``(0, schedule.t_max)`` (``>= 1/N_train`` for a
+        discrete schedule, whose labels start at ``t = 1/N_train``).
+      timesteps: the grid of continuous times, strictly decreasing, shape ``(N,)``;
+        ``None`` until :func:`set_timesteps` is called.
+      num_train_timesteps: static; 2000 by default (diffusers' ScoreSdeVpScheduler),
+        the schedule's ``N_train`` for a discrete schedule.
+      min_discrete_steps: static; on the ``"reference"`` grid of the linear schedule,
+        the smallest ``num_inference_steps`` the discrete chain accepts,
+        ``floor(beta_max) + 1`` (its per-step rates ``beta(t)/N`` must be < 1),
+        recorded whenever ``beta_max`` is concrete; ``None`` when it was traced or the
+        schedule is not linear. Static so that a jitted sampler can check it at trace
+        time (a jitted function compiles once per value of ``floor(beta_max)``).
+      prediction_type: static; what ``model_fn`` returns: ``"epsilon"`` (the noise),
+        ``"v_prediction"`` (:math:`v = \\alpha\\epsilon - \\sigma x_0`, Salimans & Ho 2022)
+        or ``"sample"`` (:math:`x_0`).
+      spacing: static; the name of the grid in ``timesteps`` (one of :data:`SPACINGS`,
+        or ``"custom"`` for ``set_timesteps(timesteps=...)``); ``None`` before.
+      diffusers_config: static; the :class:`~sdevp_jax.config.DiscreteConfig` the state
+        was loaded from (its ``timestep_spacing``, ``steps_offset`` and class set the
+        default grid, and :func:`~sdevp_jax.save_config` writes it back), else ``None``.
     """
 
-    beta_min: Any
-    beta_max: Any
+    schedule: Any
     sampling_eps: Any
     timesteps: Optional[jax.Array] = None
     num_train_timesteps: int = struct.field(pytree_node=False, default=2000)
     min_discrete_steps: Optional[int] = struct.field(pytree_node=False, default=None)
+    prediction_type: str = struct.field(pytree_node=False, default="epsilon")
+    spacing: Optional[str] = struct.field(pytree_node=False, default=None)
+    diffusers_config: Any = struct.field(pytree_node=False, default=None)
 
     @property
     def num_inference_steps(self) -> Optional[int]:
         """``N``, the number of timesteps (``None`` before :func:`set_timesteps`)."""
         return None if self.timesteps is None else self.timesteps.shape[0]
 
+    @property
+    def beta_min(self) -> Any:
+        """The linear schedule's :math:`\\beta_{\\min}` (an AttributeError on other schedules)."""
+        return _linear_field(self, "beta_min")
+
+    @property
+    def beta_max(self) -> Any:
+        """The linear schedule's :math:`\\beta_{\\max}` (an AttributeError on other schedules)."""
+        return _linear_field(self, "beta_max")
+
+    @property
+    def t_max(self) -> Any:
+        """The largest time of the schedule: 1, or about 0.998 for the cosine schedule."""
+        return self.schedule.t_max
+
+    @property
+    def uses_reference_step(self) -> bool:
+        """Whether the steps are ScoreSdeVpScheduler's: ``dt = -1/N`` and rates ``beta(t)/N``.
+
+        True on the ``"reference"`` grid (the linear schedule's default); on every
+        other grid each step spans its own interval ``[t_next, t]``.
+        """
+        return self.spacing == "reference"
+
     def __len__(self) -> int:
         return self.num_train_timesteps
+
+
+def _linear_field(state: ScoreSdeVpSchedulerState, name: str) -> Any:
+    if not isinstance(state.schedule, schedules.LinearSchedule):
+        raise AttributeError(
+            f"state.{name} exists on the linear schedule only; this state's schedule is "
+            f"{type(state.schedule).__name__} (use state.schedule)"
+        )
+    return getattr(state.schedule, name)
 
 
 def _concrete(value: Any) -> Optional[np.ndarray]:
@@ -127,40 +200,83 @@ def _concrete(value: Any) -> Optional[np.ndarray]:
     return np.asarray(value) if isinstance(value, jax.Array) else None
 
 
-def _min_discrete_steps(beta_max: Any) -> Optional[int]:
-    """``floor(max beta_max) + 1`` from a concrete ``beta_max`` (``None`` when traced or not finite)."""
-    value = _concrete(beta_max)
+def _min_discrete_steps(schedule: Any) -> Optional[int]:
+    """``floor(max beta_max) + 1`` of a linear schedule with a concrete ``beta_max`` (else ``None``)."""
+    if not isinstance(schedule, schedules.LinearSchedule):
+        return None
+    value = _concrete(schedule.beta_max)
     if value is None or value.size == 0 or not np.all(np.isfinite(value)):
         return None
     return int(math.floor(float(np.max(value)))) + 1
 
 
-def _check_config(beta_min: Any, beta_max: Any, sampling_eps: Any) -> None:
-    """The config's ranges, elementwise, for the values that are concrete (tracers are skipped)."""
-    bmin, bmax, eps = _concrete(beta_min), _concrete(beta_max), _concrete(sampling_eps)
-    for name, value in (("beta_min", bmin), ("beta_max", bmax), ("sampling_eps", eps)):
+def _check_linear(beta_min: Any, beta_max: Any) -> None:
+    """The linear schedule's ranges, elementwise, for the values that are concrete (tracers are skipped)."""
+    bmin, bmax = _concrete(beta_min), _concrete(beta_max)
+    for name, value in (("beta_min", bmin), ("beta_max", bmax)):
         if value is not None and not np.all(np.isfinite(value)):
             raise ValueError(f"{name} must be finite, got {value}")
     if bmin is not None and not np.all(bmin > 0):
         raise ValueError(f"beta_min must be > 0, got {beta_min}")
     if bmin is not None and bmax is not None and not np.all(bmax > bmin):
         raise ValueError(f"beta_max must be > beta_min = {beta_min}, got {beta_max}")
-    if eps is not None and not np.all((eps > 0.0) & (eps < 1.0)):
-        raise ValueError(f"sampling_eps must be in the open interval (0, 1), got {sampling_eps}")
+
+
+def _eps_range(schedule: Any, num_train_timesteps: int) -> tuple[float, str]:
+    """The smallest ``sampling_eps`` allowed, and how to say it."""
+    if schedule.is_discrete:
+        return 1.0 / num_train_timesteps, f"[1/num_train_timesteps, 1) = [{1.0 / num_train_timesteps!r}, 1)"
+    t_max = schedule.t_max
+    shown = "1" if isinstance(t_max, float) and t_max == 1.0 else repr(t_max)
+    return 0.0, f"the open interval (0, {shown})"
+
+
+def _check_eps(sampling_eps: Any, schedule: Any, num_train_timesteps: int) -> None:
+    """``sampling_eps`` finite and in the schedule's range (when concrete)."""
+    eps = _concrete(sampling_eps)
+    if eps is None:
+        return
+    if not np.all(np.isfinite(eps)):
+        raise ValueError(f"sampling_eps must be finite, got {eps}")
+    low, shown = _eps_range(schedule, num_train_timesteps)
+    t_max = _concrete(schedule.t_max)
+    above = np.all(eps >= low) if schedule.is_discrete else np.all(eps > low)
+    if not above or (t_max is not None and not np.all(eps < t_max)):
+        raise ValueError(f"sampling_eps must be in {shown}, got {sampling_eps}")
 
 
 def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedulerState:
     """A new state with ``updates``: checked like :func:`create_state`, ``min_discrete_steps`` kept up to date."""
-    config = {k: updates.get(k, getattr(self, k)) for k in ("beta_min", "beta_max", "sampling_eps")}
-    if any(k in updates for k in config):
-        _check_config(**config)
-    if "beta_max" in updates and "min_discrete_steps" not in updates:
-        updates["min_discrete_steps"] = _min_discrete_steps(updates["beta_max"])
+    if "beta_min" in updates or "beta_max" in updates:
+        if "schedule" in updates:
+            raise ValueError("give either schedule or beta_min/beta_max to replace, not both")
+        bmin = updates.pop("beta_min", None)
+        bmax = updates.pop("beta_max", None)
+        bmin = self.beta_min if bmin is None else bmin
+        bmax = self.beta_max if bmax is None else bmax
+        _check_linear(bmin, bmax)
+        updates["schedule"] = schedules.LinearSchedule(beta_min=bmin, beta_max=bmax)
+    if "schedule" in updates or "sampling_eps" in updates:
+        schedule = updates.get("schedule", self.schedule)
+        _check_eps(updates.get("sampling_eps", self.sampling_eps), schedule, self.num_train_timesteps)
+    if "schedule" in updates and "min_discrete_steps" not in updates:
+        updates["min_discrete_steps"] = _min_discrete_steps(updates["schedule"])
+    if "prediction_type" in updates:
+        check_prediction_type(updates["prediction_type"])
     return dataclasses.replace(self, **updates)
 
 
 # flax.struct installs a plain dataclasses.replace; ours also checks and keeps the static bound.
 ScoreSdeVpSchedulerState.replace = _replace
+
+
+def check_prediction_type(prediction_type: Any) -> str:
+    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else a ValueError listing them."""
+    if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {', '.join(map(repr, PREDICTION_TYPES))}, got {prediction_type!r}"
+        )
+    return prediction_type
 
 
 class StepOutput(NamedTuple):
@@ -176,58 +292,341 @@ class StepOutput(NamedTuple):
 
 
 def create_state(
-    num_train_timesteps: int = 2000,
+    num_train_timesteps: Optional[int] = None,
     beta_min: float = 0.1,
     beta_max: float = 20.0,
-    sampling_eps: float = 1e-3,
+    sampling_eps: Optional[float] = None,
+    *,
+    schedule: Any = None,
+    prediction_type: str = "epsilon",
+    diffusers_config: Any = None,
 ) -> ScoreSdeVpSchedulerState:
     """Build a validated scheduler state (defaults: diffusers' and the paper's).
 
     Args:
-      num_train_timesteps: int >= 1; only reported, as ``len(state)``.
-      beta_min: finite, > 0.
-      beta_max: finite, > ``beta_min``.
-      sampling_eps: finite, in the open interval (0, 1).
+      num_train_timesteps: int >= 1; ``None`` means 2000 (diffusers' ScoreSdeVpScheduler)
+        for a continuous schedule and the schedule's ``N_train`` for a discrete one,
+        which it must equal if given. Only reported, as ``len(state)``, for
+        continuous schedules.
+      beta_min: finite, > 0 (the linear schedule's; unused with ``schedule``).
+      beta_max: finite, > ``beta_min`` (likewise).
+      sampling_eps: the smallest time: ``None`` means 1e-3 for a continuous schedule
+        and ``1/N_train`` (label 0) for a discrete one; in ``(0, t_max)``, and
+        ``>= 1/N_train`` for a discrete schedule.
+      schedule: a schedule of :mod:`sdevp_jax.schedules`; ``None`` means
+        ``schedules.linear(beta_min, beta_max)``, so that every call without it
+        keeps today's meaning and results.
+      prediction_type: what the model returns: ``"epsilon"``, ``"v_prediction"`` or
+        ``"sample"`` (see :data:`PREDICTION_TYPES`).
+      diffusers_config: a :class:`~sdevp_jax.config.DiscreteConfig` to record (set
+        by :func:`~sdevp_jax.load_config`).
 
     Returns:
       A :class:`ScoreSdeVpSchedulerState` with ``timesteps=None``.
 
     Raises:
       TypeError: a value of the wrong type (``bool``, a string, an array of rank > 0).
-      ValueError: a value out of range, NaN or infinite.
+      ValueError: a value out of range, NaN or infinite; an unknown ``prediction_type``.
     """
-    num_train_timesteps = _checks.positive_int("num_train_timesteps", num_train_timesteps)
-    beta_min = _checks.real_scalar("beta_min", beta_min)
-    beta_max = _checks.real_scalar("beta_max", beta_max)
+    prediction_type = check_prediction_type(prediction_type)
+    if schedule is None:
+        beta_min = _checks.real_scalar("beta_min", beta_min)
+        beta_max = _checks.real_scalar("beta_max", beta_max)
+        _check_linear(beta_min, beta_max)
+        schedule = schedules.LinearSchedule(beta_min=beta_min, beta_max=beta_max)
+    elif not isinstance(schedule, schedules.SCHEDULE_TYPES):
+        raise TypeError(
+            "schedule must be None or a schedule from sv.schedules (linear, cosine, discrete), "
+            f"got {type(schedule).__name__}"
+        )
+    if schedule.is_discrete:
+        if num_train_timesteps is not None and num_train_timesteps != schedule.num_train_timesteps:
+            raise ValueError(
+                f"num_train_timesteps = {num_train_timesteps!r} must equal the discrete schedule's "
+                f"N_train = {schedule.num_train_timesteps}"
+            )
+        num_train_timesteps = schedule.num_train_timesteps
+    num_train_timesteps = _checks.positive_int(
+        "num_train_timesteps", 2000 if num_train_timesteps is None else num_train_timesteps
+    )
+    if sampling_eps is None:
+        sampling_eps = 1.0 / num_train_timesteps if schedule.is_discrete else 1e-3
     sampling_eps = _checks.real_scalar("sampling_eps", sampling_eps)
-    _check_config(beta_min, beta_max, sampling_eps)
+    _check_eps(sampling_eps, schedule, num_train_timesteps)
     return ScoreSdeVpSchedulerState(
-        beta_min=beta_min,
-        beta_max=beta_max,
+        schedule=schedule,
         sampling_eps=sampling_eps,
         num_train_timesteps=num_train_timesteps,
-        min_discrete_steps=_min_discrete_steps(beta_max),
+        min_discrete_steps=_min_discrete_steps(schedule),
+        prediction_type=prediction_type,
+        diffusers_config=diffusers_config,
     )
 
 
-def set_timesteps(
-    state: ScoreSdeVpSchedulerState, num_inference_steps: int
-) -> ScoreSdeVpSchedulerState:
-    """Return a new state whose grid is ``linspace(1, sampling_eps, num_inference_steps)``.
+def default_spacing(state: ScoreSdeVpSchedulerState) -> str:
+    """The grid ``set_timesteps`` builds without ``spacing``.
 
-    The input state is left as it was. The grid has JAX's default float dtype
-    (float64 under ``jax_enable_x64``, float32 otherwise).
+    ``"reference"`` (ScoreSdeVpScheduler's own) on the linear schedule; the config's
+    ``timestep_spacing`` for a state loaded from a diffusers config; else
+    ``"logsnr"``, uniform in :math:`\\lambda`, which bounds every step's
+    :math:`\\beta h \\approx 2\\,\\Delta\\lambda\\,\\sigma^2` however steep the schedule is near
+    its end (the cosine schedule's :math:`\\beta` reaches 999, a discrete cosine
+    schedule's about 6900: a time-uniform grid would need thousands of steps there).
+    """
+    if state.diffusers_config is not None:
+        return state.diffusers_config.timestep_spacing
+    if isinstance(state.schedule, schedules.LinearSchedule):
+        return "reference"
+    return "logsnr"
+
+
+def set_timesteps(
+    state: ScoreSdeVpSchedulerState,
+    num_inference_steps: Optional[int] = None,
+    *,
+    spacing: Optional[str] = None,
+    timesteps: Optional[ArrayLike] = None,
+    steps_offset: Optional[int] = None,
+) -> ScoreSdeVpSchedulerState:
+    r"""Return a new state with a grid of ``num_inference_steps`` decreasing times.
+
+    The input state is left as it was. ``state.timesteps`` always holds continuous
+    times, in JAX's default float dtype (float64 under ``jax_enable_x64``, float32
+    otherwise), from the top of the schedule (``t_max``) down to ``sampling_eps``.
+    ``spacing`` (:data:`SPACINGS`; ``None`` means :func:`default_spacing`):
+
+    * ``"reference"`` (the linear schedule only; its default): diffusers'
+      ``linspace(1, sampling_eps, N)``, stepped as ScoreSdeVpScheduler steps it --
+      ``dt = -1/N`` for every step and the discrete chain's rates ``beta(t)/N``
+      (the paper's code), bitwise as before schedules existed. ``dpm_solver``
+      builds its own log-SNR grid between the same end points on it.
+    * ``"time_uniform"``: ``linspace(t_max, sampling_eps, N)``.
+    * ``"time_quadratic"``: uniform in :math:`\sqrt t` (DPM-Solver's, Lu et al. 2022).
+    * ``"logsnr"``: uniform in :math:`\lambda = \log(\alpha/\sigma)` (Lu et al. 2022).
+    * ``"karras"``: :math:`\sigma/\alpha` uniform in its :math:`1/\rho`-th power,
+      :math:`\rho = 7` (Karras et al., NeurIPS 2022, eq. 5).
+    * ``"linspace"``, ``"leading"``, ``"trailing"`` (discrete schedules only):
+      diffusers' training labels (:func:`sdevp_jax.grids.diffusers_label_spacing`, of
+      the state's config class, DDIMScheduler's by default), at :math:`t = (n + 1)/N_{train}`;
+      ``steps_offset`` (default: the config's, else 0) shifts ``leading``.
+
+    On every grid but ``"reference"`` step ``i`` spans ``[t_{i+1}, t_i]``, the last
+    one ``[0, t_{N-1}]``: the steps of :mod:`sdevp_jax.samplers` use that interval
+    (Euler--Maruyama's ``dt``, the discrete chain's exact rate
+    :math:`1 - \alpha(t_i)^2/\alpha(t_{i+1})^2`).
 
     Args:
       state: a state from :func:`create_state`.
-      num_inference_steps: a Python int >= 1 (static: it sets an array length).
+      num_inference_steps: a Python int >= 1 (static: it sets an array length);
+        may be left out with ``timesteps``.
+      spacing: the grid's name, or ``None``.
+      timesteps: instead of ``spacing``, any strictly decreasing 1-D array of times
+        in ``(0, t_max]`` (``[1/N_train, 1]`` for a discrete schedule), on the host;
+        recorded as ``spacing = "custom"``.
+      steps_offset: an int >= 0, for the label spacings.
 
     Returns:
       The new state.
     """
+    if not isinstance(state, ScoreSdeVpSchedulerState):
+        raise TypeError(f"state must be a ScoreSdeVpSchedulerState from sv.create_state, got {type(state).__name__}")
+    if timesteps is not None:
+        if spacing is not None:
+            raise ValueError("give spacing or timesteps, not both")
+        grid = _custom_grid(state, timesteps)
+        if num_inference_steps is not None and num_inference_steps != grid.shape[0]:
+            raise ValueError(
+                f"num_inference_steps = {num_inference_steps!r} must equal len(timesteps) = {grid.shape[0]}"
+            )
+        return state.replace(timesteps=grid, spacing="custom")
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
-    timesteps = jnp.linspace(1.0, state.sampling_eps, n)
-    return state.replace(timesteps=timesteps)
+    spacing = default_spacing(state) if spacing is None else spacing
+    if not isinstance(spacing, str) or spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))}, got {spacing!r}")
+    if spacing == "reference":
+        if not isinstance(state.schedule, schedules.LinearSchedule):
+            raise ValueError(
+                "spacing='reference' (ScoreSdeVpScheduler's grid and step) exists for the linear schedule only; "
+                f"this state's schedule is {type(state.schedule).__name__}"
+            )
+        grid = jnp.linspace(1.0, state.sampling_eps, n)
+    elif spacing in LABEL_SPACINGS:
+        grid = _label_grid(state, n, spacing, steps_offset)
+    else:
+        grid = _continuous_grid(state, n, spacing)
+    return state.replace(timesteps=grid, spacing=spacing)
+
+
+def _default_float() -> np.dtype:
+    return jnp.zeros(()).dtype
+
+
+def _check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
+    """A concrete grid: finite, strictly decreasing, inside the schedule's range."""
+    values = _concrete(grid)
+    if values is None:
+        return
+    if values.ndim != 1 or values.shape[0] < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite, got {values}")
+    steps = np.flatnonzero(np.diff(values) >= 0)
+    if steps.size:
+        i = int(steps[0])
+        raise ValueError(
+            f"{name} must be strictly decreasing (in the grid's float dtype), got "
+            f"{name}[{i}] = {values[i]!r} <= {name}[{i + 1}] = {values[i + 1]!r}"
+        )
+    low, shown = _eps_range(state.schedule, state.num_train_timesteps)
+    t_max = _concrete(state.schedule.t_max)
+    top_ok = t_max is None or values[0] <= t_max
+    bottom_ok = values[-1] >= low if state.schedule.is_discrete else values[-1] > low
+    if not (top_ok and bottom_ok):
+        where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
+        raise ValueError(f"{name} must lie in {where}, got values from {values[-1]!r} to {values[0]!r}")
+
+
+def _custom_grid(state: ScoreSdeVpSchedulerState, timesteps: Any) -> jax.Array:
+    values = _checks.host_real_array("timesteps", timesteps)
+    _check_grid(state, values, "timesteps")
+    grid = jnp.asarray(values, _default_float())
+    _check_grid(state, grid, "timesteps")  # still strictly decreasing after rounding to the grid's dtype
+    return grid
+
+
+def _label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offset: Optional[int]) -> jax.Array:
+    if not state.schedule.is_discrete:
+        raise ValueError(
+            f"spacing={spacing!r} picks training labels and needs a discrete schedule; this state's schedule "
+            f"is {type(state.schedule).__name__} (use one of {', '.join(map(repr, CONTINUOUS_SPACINGS))})"
+        )
+    config = state.diffusers_config
+    if steps_offset is None:
+        steps_offset = 0 if config is None else config.steps_offset
+    family = "DDIMScheduler"
+    if config is not None and config.class_name in grids.SPACING_SCHEDULERS:
+        family = config.class_name
+    labels = grids.diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family)
+    times = grids.labels_to_times(labels, state.num_train_timesteps)
+    grid = jnp.asarray(times, _default_float())
+    _check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
+    return grid
+
+
+def _continuous_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str) -> jax.Array:
+    dtype = _default_float()
+    schedule = state.schedule.cast(dtype)
+    t_hi = jnp.asarray(state.schedule.t_max, dtype)
+    t_lo = jnp.asarray(state.sampling_eps, dtype)
+    if spacing == "time_uniform":
+        return jnp.linspace(t_hi, t_lo, n)
+    if spacing == "time_quadratic":
+        grid = jnp.square(jnp.linspace(jnp.sqrt(t_hi), jnp.sqrt(t_lo), n))
+    else:
+        lam_hi, lam_lo = schedule.log_snr(t_hi), schedule.log_snr(t_lo)
+        if spacing == "logsnr":
+            lam = jnp.linspace(lam_hi, lam_lo, n)
+        else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform
+            root = jnp.linspace(-lam_hi / KARRAS_RHO, -lam_lo / KARRAS_RHO, n)
+            lam = -KARRAS_RHO * root
+        grid = schedule.t_from_log_snr(lam)
+    # the end points exactly (the maps are accurate to rounding in between)
+    grid = grid.at[0].set(t_hi).at[-1].set(t_lo)
+    _check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
+    return grid
+
+
+def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
+    r"""The time input ``model_fn`` receives at continuous time ``t``: the one convention of the package.
+
+    A continuous schedule's model sees ``t`` itself (for a network trained on the
+    paper's labels, wrap it as ``lambda x, t: net(x, t * 999)``). A discrete
+    schedule's model sees its training label :math:`n = t N_{train} - 1`, a float
+    (an integer, to rounding, on the training grid), in the dtype of ``t``. Host
+    values are checked against the schedule's range.
+    """
+    t_host = _checks.host_value(t)
+    if t_host is not None:
+        _check_times(state, t_host, "t")
+    t = jnp.asarray(t)
+    if not state.schedule.is_discrete:
+        return t
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        t = t.astype(_default_float())
+    return t * state.num_train_timesteps - 1.0
+
+
+def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) -> jax.Array:
+    r"""The inverse of :func:`model_time`: ``t`` itself, or :math:`(n + 1)/N_{train}` for a label ``n``."""
+    host = _checks.host_value(model_t)
+    model_t = jnp.asarray(model_t)
+    if not jnp.issubdtype(model_t.dtype, jnp.floating):
+        model_t = model_t.astype(_default_float())
+    if not state.schedule.is_discrete:
+        if host is not None:
+            _check_times(state, host, "model_t")
+        return model_t
+    n = state.num_train_timesteps
+    if host is not None:
+        bad = np.flatnonzero(~((host >= 0) & (host <= n - 1)).reshape(-1))
+        if bad.size:
+            raise ValueError(
+                f"a discrete schedule's labels lie in [0, num_train_timesteps - 1] = [0, {n - 1}], "
+                f"got {float(host.reshape(-1)[bad[0]])!r}"
+            )
+    return (model_t + 1.0) / n
+
+
+def _check_times(state: ScoreSdeVpSchedulerState, t: np.ndarray, name: str) -> None:
+    """Host times inside ``(0, t_max]`` (``[1/N_train, 1]`` for a discrete schedule)."""
+    t = np.asarray(t, np.float64).reshape(-1)
+    low, _ = _eps_range(state.schedule, state.num_train_timesteps)
+    t_max = _concrete(state.schedule.t_max)
+    ok = np.isfinite(t) & ((t >= low * (1 - 1e-6)) if state.schedule.is_discrete else (t > 0))
+    if t_max is not None:
+        ok &= t <= np.max(t_max) * (1 + 1e-6)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
+        raise ValueError(f"{name} must lie in {where}, got {float(t[bad[0]])!r}")
+
+
+def eps_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The noise prediction :math:`\hat\epsilon` from a model output of ``prediction_type``.
+
+    With :math:`x = \alpha x_0 + \sigma\epsilon` and :math:`v = \alpha\epsilon - \sigma x_0`
+    (Salimans & Ho, ICLR 2022): :math:`\hat\epsilon = \alpha v + \sigma x` from a v-model,
+    :math:`\hat\epsilon = (x - \alpha\hat x_0)/\sigma` from an :math:`x_0`-model; an
+    ε-model's output is returned as it is (no arithmetic).
+    """
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return alpha * output + sigma * x
+    return (x - alpha * output) / sigma
+
+
+def prediction_from_eps(prediction_type: str, eps: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The inverse of :func:`eps_from_prediction`: :math:`v = (\epsilon - \sigma x)/\alpha`, :math:`x_0 = (x - \sigma\epsilon)/\alpha`."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return (eps - sigma * x) / alpha
+    return (x - sigma * eps) / alpha
+
+
+def next_times(state: ScoreSdeVpSchedulerState) -> jax.Array:
+    """Each grid time's successor: ``timesteps[1:]`` and then 0, shape ``(N,)``."""
+    grid = state.timesteps
+    return jnp.concatenate([grid[1:], jnp.zeros((1,), grid.dtype)])
+
+
+def _next_time_of(state: ScoreSdeVpSchedulerState, t: jax.Array) -> jax.Array:
+    """The grid time after ``t`` (0 after the last): the largest grid time below ``t`` -- ``t`` on the grid."""
+    grid = state.timesteps.astype(t.dtype)
+    following = jnp.concatenate([grid, jnp.zeros((1,), t.dtype)])
+    index = jnp.sum(grid[None, :] >= t.reshape(-1, 1), axis=1)  # grid points at or above t
+    return following[index].reshape(t.shape)
 
 
 def require_timesteps(state: ScoreSdeVpSchedulerState, caller: str) -> int:
@@ -304,15 +703,20 @@ class PreparedStep:
 
     Shared by :func:`step_pred` and every sampler in :mod:`sdevp_jax.samplers`, so
     that they validate alike (at call or trace time) and compute alike: in
-    ``compute_dtype(x.dtype)`` (at least float32), returning ``x``'s dtype.
+    ``compute_dtype(x.dtype)`` (at least float32), returning ``x``'s dtype. The
+    model's output is converted to the noise prediction here, once
+    (:func:`eps_from_prediction`), and the step's interval is found here: ``h = 1/N``
+    on the ``"reference"`` grid, ``t - t_next`` on every other.
     """
 
-    def __init__(self, caller, state, model_output, x, t, key, noise):
+    def __init__(self, caller, state, model_output, x, t, key, noise, t_next=None):
         self.n = require_timesteps(state, caller)
+        self.caller = caller
+        self.state = state
         self.x = _checks.float_array("x", x)
-        eps = _checks.float_array("model_output", model_output)
-        if eps.shape != self.x.shape:
-            raise ValueError(f"model_output must have x's shape {self.x.shape}, got {eps.shape}")
+        out = _checks.float_array("model_output", model_output)
+        if out.shape != self.x.shape:
+            raise ValueError(f"model_output must have x's shape {self.x.shape}, got {out.shape}")
         t_host = _checks.host_value(t)
         t = jnp.asarray(t)
         if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
@@ -325,18 +729,56 @@ class PreparedStep:
             if noise.shape != self.x.shape:
                 raise ValueError(f"noise must have x's shape {self.x.shape}, got {noise.shape}")
         self.dtype = _checks.compute_dtype(self.x.dtype)
+        self.schedule = state.schedule.cast(self.dtype)
         self.t = broadcast_t(t.astype(self.dtype), self.x)
-        self.beta_min = jnp.asarray(state.beta_min, self.dtype)
-        self.beta_max = jnp.asarray(state.beta_max, self.dtype)
         self.xc = self.x.astype(self.dtype)
-        self.eps = eps.astype(self.dtype)
+        self._alpha_sigma = None
+        if state.uses_reference_step:
+            self.t_next = None
+        else:
+            if t_next is None:
+                t_next = _next_time_of(state, t.astype(self.dtype))
+            else:
+                t_next_host = _checks.host_value(t_next)
+                if t_next_host is not None and t_host is not None and not np.all(
+                    (t_next_host >= 0) & (t_next_host < t_host)
+                ):
+                    raise ValueError(f"t_next must be in [0, t), got t_next={t_next_host}, t={t_host}")
+                t_next = jnp.asarray(t_next)
+            self.t_next = broadcast_t(t_next.astype(self.dtype), self.x)
+        self.eps = eps_from_prediction(state.prediction_type, out.astype(self.dtype), self.xc,
+                                       *(self.alpha_sigma() if state.prediction_type != "epsilon" else (None, None)))
         self._key, self._noise = key, noise
 
+    def alpha_sigma(self) -> tuple[jax.Array, jax.Array]:
+        if self._alpha_sigma is None:
+            self._alpha_sigma = self.schedule.alpha_sigma(self.t)
+        return self._alpha_sigma
+
     def beta(self) -> jax.Array:
-        return sde.beta(self.t, self.beta_min, self.beta_max)
+        return self.schedule.beta(self.t)
 
     def sigma(self) -> jax.Array:
-        return sde.sigma(self.t, self.beta_min, self.beta_max)
+        return self.alpha_sigma()[1] if self._alpha_sigma is not None else self.schedule.sigma(self.t)
+
+    def step_size(self) -> Any:
+        """The step's ``h = -dt``: the reference's ``1/N`` (a Python float), else ``t - t_next``."""
+        if self.t_next is None:
+            return 1.0 / self.n
+        return self.t - self.t_next
+
+    def rate(self) -> jax.Array:
+        r"""The discrete VP chain's per-step rate :math:`\beta_i` (see :mod:`sdevp_jax.samplers`).
+
+        On the ``"reference"`` grid the paper's code's :math:`\beta(t)/N` (checked
+        :math:`< 1` by :func:`check_reference_rate`); on every other grid the exact
+        :math:`1 - \alpha(t)^2/\alpha(t_{next})^2 = -\operatorname{expm1}(2(\log\alpha(t) - \log\alpha(t_{next})))`,
+        always in (0, 1) -- for a discrete model on its training grid these are its training betas.
+        """
+        if self.t_next is None:
+            check_reference_rate(self, self.state, self.caller)
+            return self.beta() / self.n
+        return -jnp.expm1(2.0 * (self.schedule.log_alpha(self.t) - self.schedule.log_alpha(self.t_next)))
 
     def z(self) -> jax.Array:
         """The step's standard normal noise: the given ``noise``, or a draw from ``key``."""
@@ -348,6 +790,33 @@ class PreparedStep:
         return StepOutput(x_next.astype(self.x.dtype), x_mean.astype(self.x.dtype))
 
 
+def check_reference_rate(p: PreparedStep, state: ScoreSdeVpSchedulerState, caller: str) -> None:
+    r"""On the reference grid, :math:`\beta_{\max} < N` (else :math:`\sqrt{1 - \beta_i}` is NaN).
+
+    Checked at call or trace time -- also under ``jit``, where the state's floats
+    are tracers -- from ``beta_max`` itself when it is on the host, else from the
+    state's static ``min_discrete_steps``. Only when ``beta_max`` was traced when
+    the state was built (a state made inside ``jit``/``vmap``/``grad``) is neither
+    known; then the check is a ``checkify.debug_check``, which raises under
+    ``checkify.checkify`` and is compiled away otherwise (see the module docstring).
+    """
+    bmax = _checks.host_value(state.beta_max)
+    if bmax is not None:
+        ok, shown = bool(np.all(bmax < p.n)), f"beta_max={state.beta_max}"
+    elif state.min_discrete_steps is not None:
+        ok = p.n >= state.min_discrete_steps
+        shown = f"beta_max >= {state.min_discrete_steps - 1} (num_inference_steps must be >= {state.min_discrete_steps})"
+    else:
+        checkify.debug_check(jnp.all(jnp.asarray(state.beta_max) < p.n),
+                             f"{caller} needs num_inference_steps > beta_max; got num_inference_steps={p.n}")
+        ok, shown = True, ""
+    if not ok:
+        raise ValueError(
+            f"{caller} needs num_inference_steps > beta_max (its per-step rate beta(t)/N "
+            f"must be < 1): got num_inference_steps={p.n}, {shown}"
+        )
+
+
 def step_pred(
     state: ScoreSdeVpSchedulerState,
     model_output: ArrayLike,
@@ -356,6 +825,7 @@ def step_pred(
     key: Optional[jax.Array],
     *,
     noise: Optional[ArrayLike] = None,
+    t_next: Optional[ArrayLike] = None,
 ) -> StepOutput:
     r"""One Euler--Maruyama step of the reverse VP SDE, exactly as diffusers takes it.
 
@@ -365,8 +835,11 @@ def step_pred(
     have ``x``'s dtype.
 
     Args:
-      state: a state after :func:`set_timesteps`; its ``N`` sets :math:`\Delta t = -1/N`.
-      model_output: the model's noise prediction :math:`\hat\epsilon(x, t)`, shape of ``x``.
+      state: a state after :func:`set_timesteps`; on the ``"reference"`` grid its ``N``
+        sets :math:`\Delta t = -1/N` (diffusers' step); on any other grid
+        :math:`\Delta t = t_{next} - t`.
+      model_output: the model's output at ``(x, t)``, of ``state.prediction_type``
+        (ScoreSdeVpScheduler's: the noise prediction :math:`\hat\epsilon`), shape of ``x``.
       x: the current sample, any float dtype, shape ``(batch, ...)`` (or any shape
         when ``t`` is 0-d).
       t: the current time, 0-d or shape ``(batch,)``; a ``(batch,)`` vector
@@ -374,6 +847,8 @@ def step_pred(
       key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``) for :math:`z`; may
         be ``None`` when ``noise`` is given.
       noise: optional :math:`z`, shape of ``x``; replaces the draw from ``key``.
+      t_next: off the reference grid, the time the step goes to (0-d or
+        ``(batch,)``, in ``[0, t)``); default: the grid time after ``t`` (0 after the last).
 
     Returns:
       ``StepOutput(prev_sample, prev_sample_mean)``, which unpacks as ``x, x_mean``.
@@ -384,17 +859,18 @@ def step_pred(
         checked under ``checkify``; see the module docstring).
       TypeError: non-float ``x``/``model_output``/``noise``; a bad ``key``.
     """
-    p = PreparedStep("step_pred", state, model_output, x, t, key, noise)
+    p = PreparedStep("step_pred", state, model_output, x, t, key, noise, t_next)
     # The reference computes x + (-beta x / 2 - beta * (-eps / std)) * dt with
     # dt = -h = -1/N. With its per-sample coefficients collected, that is
     #     x_mean = x + [(h beta / 2) x - (h beta / std) eps],
     # the same number with fewer roundings on the sample arrays; the increment in
     # brackets is formed first, so its rounding error is relative to the
     # increment, not to x (which matters for small h).
-    h = 1.0 / p.n  # the reference's |dt|: 1/N, not the grid spacing.
+    h = p.step_size()  # the reference's |dt|: 1/N, not the grid spacing; t - t_next off the reference grid.
     beta_t = p.beta()
     coeff_x = 0.5 * h * beta_t
     coeff_eps = h * beta_t / p.sigma()
-    coeff_z = sde.diffusion(beta_t) * math.sqrt(h)  # g(t) sqrt(-dt), in the reference's order
+    # g(t) sqrt(-dt), in the reference's order
+    coeff_z = sde.diffusion(beta_t) * (math.sqrt(h) if isinstance(h, float) else jnp.sqrt(h))
     x_mean = p.xc + (coeff_x * p.xc - coeff_eps * p.eps)
     return p.out(x_mean + coeff_z * p.z(), x_mean)

@@ -19,8 +19,8 @@ and the inverse of :math:`\lambda` goes through
 
 Every schedule here is an immutable pytree (a ``flax.struct`` dataclass) with the same
 methods: ``log_alpha(t)``, ``alpha(t)``, ``sigma(t)``, ``alpha_sigma(t)``, ``beta(t)``,
-``log_snr(t)``, ``t_from_log_snr(lam)``, and the properties ``t_min``, ``t_max`` and
-``is_discrete``. Numbers a user may ``vmap`` over or differentiate (``beta_min``,
+``log_snr(t)``, ``t_from_log_snr(lam)``, ``cast(dtype)``, and the properties ``t_min``,
+``t_max`` and ``is_discrete``. Numbers a user may ``vmap`` over or differentiate (``beta_min``,
 ``beta_max``, ``s``, a discrete schedule's knots) are leaves; the number of training
 steps of a discrete schedule is static.
 
@@ -58,6 +58,7 @@ __all__ = [
     "from_diffusers",
     "DIFFUSERS_BETA_SCHEDULES",
     "COSINE_BETA_CAP",
+    "SCHEDULE_TYPES",
 ]
 
 #: The ``beta_schedule`` names :func:`from_diffusers` understands.
@@ -158,6 +159,10 @@ class LinearSchedule(_VPSchedule):
     @property
     def is_discrete(self) -> bool:
         return False
+
+    def cast(self, dtype) -> "LinearSchedule":
+        """The schedule with ``beta_min``/``beta_max`` as arrays of ``dtype`` (how every step computes)."""
+        return LinearSchedule(beta_min=jnp.asarray(self.beta_min, dtype), beta_max=jnp.asarray(self.beta_max, dtype))
 
 
 def linear(beta_min: Any = 0.1, beta_max: Any = 20.0) -> LinearSchedule:
@@ -288,6 +293,12 @@ class CosineSchedule(_VPSchedule):
     def is_discrete(self) -> bool:
         return False
 
+    def cast(self, dtype) -> "CosineSchedule":
+        """The schedule for computing in ``dtype``: a Python ``s`` stays one (rounded where used), an array is cast."""
+        if isinstance(self.s, (int, float)):
+            return self
+        return CosineSchedule(s=jnp.asarray(self.s, dtype))
+
 
 def cosine(s: Any = 0.008) -> CosineSchedule:
     """The cosine schedule of Nichol & Dhariwal (2021) with offset ``s >= 0`` (checked when concrete)."""
@@ -372,6 +383,10 @@ class DiscreteSchedule(_VPSchedule):
     def is_discrete(self) -> bool:
         return True
 
+    def cast(self, dtype) -> "DiscreteSchedule":
+        """The schedule itself: its knots are cast to the dtype of ``t`` at each use."""
+        return self
+
 
 def _host_1d(name: str, value: Any) -> np.ndarray:
     """A concrete, non-empty, finite 1-D real array, as float64 NumPy."""
@@ -432,6 +447,10 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
         )
     knots = np.concatenate([np.zeros(1), log_alpha])
     return DiscreteSchedule(knots=knots, increments=increments, num_train_timesteps=int(log_alpha.shape[0]))
+
+
+#: The schedule classes a state accepts.
+SCHEDULE_TYPES = (LinearSchedule, CosineSchedule, DiscreteSchedule)
 
 
 def _cosine_betas(n: int) -> np.ndarray:

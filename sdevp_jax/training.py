@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from . import _checks, sde
+from . import _checks
 from .loops import make_sample_keys
-from .scheduler import ScoreSdeVpSchedulerState, broadcast_t
+from .scheduler import ScoreSdeVpSchedulerState, broadcast_t, model_time
 
 __all__ = ["add_noise", "dsm_loss"]
 
@@ -40,10 +40,11 @@ def add_noise(state: ScoreSdeVpSchedulerState, x0: ArrayLike, noise: ArrayLike, 
     r"""The VP marginal :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\text{noise}`.
 
     Args:
-      state: any scheduler state (only its ``beta_min``/``beta_max`` are used).
+      state: any scheduler state (only its schedule is used).
       x0: clean data, shape ``(batch, ...)``, float.
       noise: standard normal noise of ``x0``'s shape.
-      t: 0-d or ``(batch,)``, in (0, 1] (``t = 0`` gives ``x0``).
+      t: the continuous time, 0-d or ``(batch,)``, in ``(0, t_max]`` (``t = 0`` gives
+        ``x0``; convert a discrete model's labels with :func:`~sdevp_jax.time_from_model_time`).
 
     Returns:
       ``x_t``, of ``x0``'s shape and dtype (computed in at least float32).
@@ -54,9 +55,8 @@ def add_noise(state: ScoreSdeVpSchedulerState, x0: ArrayLike, noise: ArrayLike, 
         raise ValueError(f"noise must have x0's shape {x0.shape}, got {noise.shape}")
     dtype = _checks.compute_dtype(x0.dtype)
     t = broadcast_t(jnp.asarray(t).astype(dtype), x0)
-    bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
-    mean, std = sde.marginal_mean_std(x0.astype(dtype), t, bmin, bmax)
-    return (mean + std * noise.astype(dtype)).astype(x0.dtype)
+    alpha, sigma = state.schedule.cast(dtype).alpha_sigma(t)
+    return (alpha * x0.astype(dtype) + sigma * noise.astype(dtype)).astype(x0.dtype)
 
 
 def dsm_loss(
@@ -68,23 +68,32 @@ def dsm_loss(
     likelihood_weighting: bool = False,
     eps: float = 1e-5,
 ) -> jax.Array:
-    r"""Continuous-time denoising score matching in :math:`\epsilon` form: a scalar loss.
+    r"""Denoising score matching for the state's model parametrization: a scalar loss.
 
-    Each sample ``b`` draws its own :math:`t_b \sim U(\text{eps}, 1)` and
-    :math:`z_b \sim N(0, I)` from ``fold_in(key, b)``, so a sample's term does not
-    depend on the batch it is in. The per-sample loss is summed over the sample's
-    dimensions and averaged over the batch (as the paper's code does with
-    ``reduce_mean=False``).
+    Each sample ``b`` draws its own time :math:`t_b` and :math:`z_b \sim N(0, I)` from
+    ``fold_in(key, b)``, so a sample's term does not depend on the batch it is in.
+    :math:`t_b \sim U(\text{eps}, t_{\max})` for a continuous schedule; for a discrete
+    one a training label uniform on ``0..N_train - 1`` (DDPM's training, Ho et al.
+    2020), :math:`t_b = (n + 1)/N_{train}`. The model is called at
+    :func:`~sdevp_jax.model_time` and trained on its own target:
+    :math:`\lVert \hat\epsilon - z\rVert^2`, :math:`\lVert \hat v - v\rVert^2` with
+    :math:`v = \alpha z - \sigma x_0` (Salimans & Ho 2022), or
+    :math:`\lVert \hat x_0 - x_0\rVert^2`, summed over the sample's dimensions and
+    averaged over the batch (as the paper's code does with ``reduce_mean=False``).
 
     Args:
-      state: the scheduler state (its SDE; timesteps need not be set).
-      model_fn: ``(x_t, t) -> eps_hat``, ``t`` of shape ``(batch,)`` -- e.g. a Flax
-        module's ``lambda x, t: module.apply(params, x, t)``.
+      state: the scheduler state (its schedule and ``prediction_type``; timesteps need not be set).
+      model_fn: ``(x_t, t) -> prediction``, ``t`` of shape ``(batch,)`` the model's time
+        input -- e.g. a Flax module's ``lambda x, t: module.apply(params, x, t)``.
       x0: a batch of data, ``(batch, ...)``.
       key: a PRNG key.
-      likelihood_weighting: weight by :math:`\beta(t)/\sigma(t)^2` (see the module
-        docstring) instead of 1.
-      eps: the smallest training time, in (0, 1).
+      likelihood_weighting: weight each sample so that the loss is the
+        likelihood-weighted score error :math:`\beta(t)/\sigma(t)^2\,\lVert\hat\epsilon - z\rVert^2`
+        (see the module docstring) whatever the parametrization: the squared error
+        of the model's output times :math:`c^2\beta/\sigma^2`, with
+        :math:`\hat\epsilon - z = c\,(\text{output} - \text{target})`, :math:`c = 1`
+        (ε), :math:`\alpha` (v), :math:`-\alpha/\sigma` (:math:`x_0`).
+      eps: the smallest training time of a continuous schedule, in ``(0, t_max)``.
 
     Returns:
       The loss, a float32 (or wider) scalar.
@@ -94,27 +103,47 @@ def dsm_loss(
         raise ValueError(f"x0 must have shape (batch, ...), got {x0.shape}")
     _checks.prng_key("key", key)
     eps = _checks.real_scalar("eps", eps)
-    if not _checks.is_traced(eps) and not 0.0 < eps < 1.0:
-        raise ValueError(f"eps must be in the open interval (0, 1), got {eps}")
+    t_max = state.schedule.t_max
+    if not _checks.is_traced(eps) and not _checks.is_traced(t_max) and not 0.0 < eps < t_max:
+        shown = "1" if t_max == 1.0 else f"t_max = {t_max!r}"
+        raise ValueError(f"eps must be in the open interval (0, {shown}), got {eps}")
     batch = x0.shape[0]
     dtype = _checks.compute_dtype(x0.dtype)
     keys = make_sample_keys(key, batch, 0)
+    schedule = state.schedule.cast(dtype)
+    n_train = state.num_train_timesteps
 
     def draw(k):
         k_t, k_z = jax.random.split(k)
-        return (jax.random.uniform(k_t, (), dtype, minval=eps, maxval=1.0),
-                jax.random.normal(k_z, x0.shape[1:], dtype))
+        if state.schedule.is_discrete:
+            label = jax.random.randint(k_t, (), 0, n_train)
+            t = (label.astype(dtype) + 1.0) / n_train
+        else:
+            t = jax.random.uniform(k_t, (), dtype, minval=eps, maxval=t_max)
+        return t, jax.random.normal(k_z, x0.shape[1:], dtype)
 
     t, z = jax.vmap(draw)(keys)
     # The noise in x_t is z in x0's dtype (rounded for bfloat16/float16 data); the
     # target is that same noise, so a model that recovers it exactly scores 0.
     z = z.astype(x0.dtype)
     x_t = add_noise(state, x0, z, t)
-    eps_hat = model_fn(x_t, t)
-    if getattr(eps_hat, "shape", None) != x0.shape:
-        raise ValueError(f"model_fn must return an array of x0's shape {x0.shape}, got {getattr(eps_hat, 'shape', eps_hat)}")
-    per_sample = jnp.sum(jnp.square(eps_hat.astype(dtype) - z.astype(dtype)).reshape(batch, -1), axis=1)
+    output = model_fn(x_t, model_time(state, t))
+    if getattr(output, "shape", None) != x0.shape:
+        raise ValueError(f"model_fn must return an array of x0's shape {x0.shape}, got {getattr(output, 'shape', output)}")
+    tb = t.reshape((-1,) + (1,) * (x0.ndim - 1))
+    alpha, sigma = schedule.alpha_sigma(tb)
+    if state.prediction_type == "epsilon":
+        target = z.astype(dtype)
+    elif state.prediction_type == "v_prediction":
+        target = alpha * z.astype(dtype) - sigma * x0.astype(dtype)
+    else:
+        target = x0.astype(dtype)
+    per_sample = jnp.sum(jnp.square(output.astype(dtype) - target).reshape(batch, -1), axis=1)
     if likelihood_weighting:
-        bmin, bmax = jnp.asarray(state.beta_min, dtype), jnp.asarray(state.beta_max, dtype)
-        per_sample = per_sample * sde.beta(t, bmin, bmax) / jnp.square(sde.sigma(t, bmin, bmax))
+        weight = schedule.beta(t) / jnp.square(schedule.sigma(t))
+        if state.prediction_type != "epsilon":
+            alpha_1 = alpha.reshape(batch)
+            factor = alpha_1 if state.prediction_type == "v_prediction" else alpha_1 / sigma.reshape(batch)
+            weight = weight * jnp.square(factor)
+        per_sample = per_sample * weight
     return jnp.mean(per_sample)

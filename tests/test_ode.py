@@ -54,7 +54,8 @@ def reference_solution():
     return np.asarray(x)
 
 
-@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("dpm_solver", 3)])
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("dpm_solver", 1), ("dpm_solver", 2),
+                                           ("dpm_solver", 3)])
 def test_fixed_step_methods_reach_their_order(x64, reference_solution, method, order):
     """Fit log(max error) against log(step count): the slope is the order within +-0.3 (diffrax's test).
 
@@ -65,7 +66,7 @@ def test_fixed_step_methods_reach_their_order(x64, reference_solution, method, o
     errors = []
     for n in steps:
         state, model_fn = smooth_setup(int(n) + 1)
-        x = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method=method, dtype=jnp.float64)
+        x = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method=method, dtype=jnp.float64, order=order)
         errors.append(float(np.max(np.abs(np.asarray(x) - reference_solution))))
     slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.3, (slope, errors)
