@@ -117,7 +117,7 @@ def _targets(case: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def amplification(case: dict) -> np.ndarray:
-    r"""Per step, how much the step's rounding may be amplified: :math:`A_j = \max(1, a'/a)`, :math:`a = \sqrt{\bar\alpha}`.
+    r"""Per step, how much its rounding may be amplified: :math:`A_j = \max(1, a'/a)`, :math:`a = \sqrt{\bar\alpha}`.
 
     A step from label ``n`` to ``n'`` evaluated in the noise parametrization computes
     :math:`(a'/a)(x - \sigma\hat\epsilon) + \dots` (DDIM's :math:`a'\hat x_0`, DPM-Solver-1's
@@ -131,7 +131,7 @@ def amplification(case: dict) -> np.ndarray:
 
 
 def slopes(case: dict) -> np.ndarray:
-    r""":math:`\ell(n) = -\log(1 - \beta)`, the slope of :math:`-2\log\alpha` per label beside label ``n``, per grid point.
+    r"""Per grid point, :math:`\ell(n) = -\log(1 - \beta)`: the slope of :math:`-2\log\alpha` per label at label ``n``.
 
     The larger of the two training steps on either side of the knot of label ``n``
     (:math:`\beta_m = 1 - \bar\alpha_m/\bar\alpha_{m-1}`), for the labels and then the final
@@ -213,7 +213,7 @@ def assert_close(case: dict, got, step: int, dtype, times) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c["num_inference_steps"] < N_TRAIN] + DDPM[-1:], ids=_id)
 def test_label_grids(case):
-    """``set_timesteps`` with diffusers' spacing, and with the golden labels as ``timesteps=``, gives the golden labels."""
+    """``set_timesteps`` by diffusers' spacing, or with the golden labels' times, gives the golden labels."""
     state, _ = make_state(case)
     labels = golden(case, "labels")
     by_spacing = sv.set_timesteps(
