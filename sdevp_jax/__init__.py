@@ -16,7 +16,7 @@ __version__ = "0.2.0"  # before the submodules, which record it
 
 from . import grids, schedules, sde
 from .config import load_config, save_config
-from .loops import SamplerInfo, sample, sample_ode
+from .loops import SamplerInfo, invert_ode, sample, sample_ode
 from .models import (
     GaussianMixture,
     assign_modes,
@@ -80,6 +80,7 @@ __all__ = [
     "probability_flow_drift",
     "reverse_diffusion",
     "sample_ode",
+    "invert_ode",
     "GaussianMixture",
     "ScoreSdeVpSchedulerState",
     "StepOutput",

@@ -40,7 +40,7 @@ from .scheduler import (
     times_from_grid,
 )
 
-__all__ = ["sample", "sample_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
+__all__ = ["sample", "sample_ode", "invert_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -349,10 +349,12 @@ def _drift(state, dtype, e, x, t):
     return drift_from_eps(state.schedule.cast(dtype), e, x, t)
 
 
-def _fixed_step_ode(state, model_fn, x, method, dtype, order=3):
-    """Euler, Heun or multistep DPM-Solver (order 1-3) through the grid; returns (x, nfe)."""
+def _fixed_step_ode(state, model_fn, x, method, dtype, order=3, reverse=False):
+    """Euler, Heun or multistep DPM-Solver (order 1-3) through the grid (upwards with ``reverse``); returns (x, nfe)."""
     dtype_out = x.dtype
     grid = _ode_grid(state, method, dtype)
+    if reverse:
+        grid = grid[::-1]
     schedule = state.schedule.cast(dtype)
     eps = model_eps(state, model_fn, dtype_out, dtype)
     x = x.astype(dtype)
@@ -715,5 +717,72 @@ def sample_ode(
         nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
     x = x.astype(dtype)
     if return_info:
+        return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)
+    return x
+
+
+#: The methods :func:`invert_ode` runs: every deterministic fixed-grid solver.
+INVERTIBLE = ("ddim", "dpm_solver_pp", "unipc", "dpm_solver", "euler", "heun")
+
+
+def invert_ode(
+    state: ScoreSdeVpSchedulerState,
+    model_fn: ModelFn,
+    x0: jax.Array,
+    *,
+    method: str = "ddim",
+    order: Optional[int] = None,
+    solver_type: Optional[str] = None,
+    lower_order_final: bool = True,
+    third_order: str = "taylor",
+    return_info: bool = False,
+):
+    r"""Run the probability-flow ODE upwards: from ``x0`` at the grid's last time to its first.
+
+    DDIM inversion (Song, Meng & Ermon 2021, sec. 4.3; Mokady et al. 2023) and its
+    higher-order counterparts: the same solver steps as :func:`sample_ode`, through
+    the reversed grid (``h = \lambda_t - \lambda_s`` is then negative; the formulas
+    hold as they are). ``sample_ode(state, model_fn, key, x0.shape, method=method,
+    x_init=invert_ode(state, model_fn, x0, method=method), final_sigmas_type="last")``
+    returns ``x0`` up to the solver's error, which falls at its order (tested).
+
+    Args:
+      state: a state after :func:`set_timesteps`, ``N >= 2``; on the linear schedule's
+        ``"reference"`` grid ``dpm_solver`` inverts through its own log-SNR grid.
+      model_fn: as for :func:`sample_ode`.
+      x0: the data (treated as the sample at the grid's last time), ``(batch, ...)``, float.
+      method: one of :data:`INVERTIBLE` (deterministic: ``ddim`` with ``eta = 0``).
+      order, solver_type, lower_order_final, third_order: as for :func:`sample_ode`.
+      return_info: also return a :class:`SamplerInfo`.
+
+    Returns:
+      The latents at the grid's first time, of ``x0``'s shape and dtype (or ``(latents, info)``).
+    """
+    require_timesteps(state, "invert_ode")
+    if not isinstance(method, str) or method not in INVERTIBLE:
+        raise ValueError(f"method must be one of {list(INVERTIBLE)}, got {method!r}")
+    x0 = _checks.float_array("x0", x0)
+    if x0.ndim < 1:
+        raise ValueError(f"x0 must have shape (batch, ...), got {x0.shape}")
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be callable (x, t) -> prediction, got {type(model_fn).__name__}")
+    _check_model_output(model_fn, jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+                        jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype))
+    n = state.timesteps.shape[0]
+    if n < 2:
+        raise ValueError(f"invert_ode steps between grid points: num_inference_steps must be >= 2, got {n}")
+    work = _checks.compute_dtype(x0.dtype)
+    if method in GRID_SOLVERS:
+        opts = grid_solver_options(method, order, solver_type, lower_order_final, "last", 0.0, third_order,
+                                   False, 0.995, 1.0)
+        x, nfe = _grid_solver(state, model_fn, x0, opts, None, work, grid=state.timesteps.astype(work)[::-1])
+    else:
+        order = 3 if order is None else _checks.positive_int("order", order)
+        if order > 3:
+            raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {order}")
+        x, nfe = _fixed_step_ode(state, model_fn, x0, method, work, order, reverse=True)
+    x = x.astype(x0.dtype)
+    if return_info:
+        nfe_per_sample = jnp.full((x0.shape[0],), nfe, jnp.int32)
         return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)
     return x

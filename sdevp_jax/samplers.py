@@ -82,7 +82,7 @@ def reverse_diffusion(
     p = PreparedStep("reverse_diffusion", state, model_output, x, t, key, noise, t_next)
     beta_i = p.rate()
     score = -p.eps / p.sigma()
-    x_mean = (2.0 - jnp.sqrt(1.0 - beta_i)) * p.xc + beta_i * score
+    x_mean = (2.0 - p.sqrt_keep(beta_i)) * p.xc + beta_i * score
     return p.out(x_mean + jnp.sqrt(beta_i) * p.z(), x_mean)
 
 
@@ -106,7 +106,7 @@ def ancestral(
     p = PreparedStep("ancestral", state, model_output, x, t, key, noise, t_next)
     beta_i = p.rate()
     score = -p.eps / p.sigma()
-    x_mean = (p.xc + beta_i * score) / jnp.sqrt(1.0 - beta_i)
+    x_mean = (p.xc + beta_i * score) / p.sqrt_keep(beta_i)
     return p.out(x_mean + jnp.sqrt(beta_i) * p.z(), x_mean)
 
 

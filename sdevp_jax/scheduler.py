@@ -780,6 +780,18 @@ class PreparedStep:
             return self.beta() / self.n
         return -jnp.expm1(2.0 * (self.schedule.log_alpha(self.t) - self.schedule.log_alpha(self.t_next)))
 
+    def sqrt_keep(self, rate: jax.Array) -> jax.Array:
+        r""":math:`\sqrt{1 - \beta_i}` for ``rate`` :math:`= \beta_i` from :meth:`rate`.
+
+        Off the reference grid it is :math:`\alpha(t)/\alpha(t_{next})`, computed as
+        :math:`\exp(\log\alpha(t) - \log\alpha(t_{next}))`: ``sqrt(1 - rate)`` would
+        keep no float32 digits where :math:`\beta_i` is within 1e-7 of 1 (a large
+        first step of a steep schedule).
+        """
+        if self.t_next is None:
+            return jnp.sqrt(1.0 - rate)
+        return jnp.exp(self.schedule.log_alpha(self.t) - self.schedule.log_alpha(self.t_next))
+
     def z(self) -> jax.Array:
         """The step's standard normal noise: the given ``noise``, or a draw from ``key``."""
         if self._noise is None:
