@@ -61,7 +61,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from . import __version__, schedules
+from . import __version__, grids, schedules
 from ._cache import compilation_cache
 from ._io import atomic_write
 from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
@@ -69,7 +69,7 @@ from .distributed import barrier, batch_sharding
 from .loops import sample, sample_ode
 from .models import default_mixture, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
-from .scheduler import check_prediction_type, create_state, set_timesteps
+from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
 
 __all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_state", "schedule_json"]
 
@@ -151,12 +151,13 @@ class JobSpec:
             raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        # On the host only: a multi-process job builds its spec before jax.distributed.initialize,
+        # so nothing here may start JAX's backend (no set_timesteps).
         state, scheduler = _config_state(self)  # validates
-        grid = set_timesteps(state, self.steps, spacing=self.spacing)  # validates spacing against the schedule
         object.__setattr__(self, "scheduler", scheduler)
         object.__setattr__(self, "schedule", schedule_json(state))
         object.__setattr__(self, "prediction_type", state.prediction_type)
-        object.__setattr__(self, "spacing", grid.spacing)
+        object.__setattr__(self, "spacing", _check_spacing(state, self.spacing, self.steps))
 
     @property
     def num_chunks(self) -> int:
@@ -249,6 +250,27 @@ def _config_state(spec: "JobSpec"):
                              f"({cfg.class_name}), whose prediction_type is {cfg.prediction_type!r}")
         state = state.replace(prediction_type=spec.prediction_type)
     return state, scheduler
+
+
+def _check_spacing(state, spacing: Optional[str], steps: int) -> str:
+    """``spacing`` (``None``: the state's default) if ``set_timesteps`` accepts it for ``state``; on the host."""
+    if spacing is None:
+        spacing = default_spacing(state)
+    if not isinstance(spacing, str) or spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))}, got {spacing!r}")
+    kind = type(state.schedule).__name__
+    if spacing == "reference" and not isinstance(state.schedule, schedules.LinearSchedule):
+        raise ValueError(f"spacing='reference' (ScoreSdeVpScheduler's grid) exists for the linear schedule only; "
+                         f"this job's schedule is {kind}")
+    if spacing in LABEL_SPACINGS:
+        if not state.schedule.is_discrete:
+            raise ValueError(f"spacing={spacing!r} picks training labels and needs a discrete schedule; this job's "
+                             f"schedule is {kind}")
+        cfg = state.diffusers_config
+        grids.diffusers_label_spacing(state.num_train_timesteps, steps, spacing, cfg.steps_offset,
+                                      scheduler=cfg.class_name if cfg.class_name in grids.SPACING_SCHEDULERS
+                                      else "DDIMScheduler")  # NumPy: checks steps against the labels
+    return spacing
 
 
 def job_state(spec: JobSpec):

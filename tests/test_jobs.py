@@ -242,10 +242,23 @@ def test_discrete_config_job_runs_records_and_refuses_changes(tmp_path):
     ({"schedule": "cosine"}, "schedule must be None or a dict"),
     ({"spacing": "leading"}, "needs a discrete schedule"),
     ({"prediction_type": "x0"}, "prediction_type must be one of"),
+    ({"spacing": "uniform"}, "spacing must be one of"),
+    ({"scheduler": SD_DDIM, "steps": 1001}, r"num_inference_steps must be in \[1, num_train_timesteps\]"),
 ])
 def test_contradictory_model_fields_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, **kwargs)
+        jobs.JobSpec(**(dict(num_samples=2, batch_size=2, seed=0, steps=4) | kwargs))
+
+
+def test_building_a_spec_does_not_start_jax():
+    """A multi-process job builds its spec before jax.distributed.initialize: JobSpec stays on the host."""
+    code = ("from jax._src import xla_bridge\n"
+            "from sdevp_jax import jobs\n"
+            f"jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, scheduler={SD_DDIM!r}, spacing='trailing')\n"
+            "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, schedule={'kind': 'cosine'}, spacing='karras')\n"
+            "assert not xla_bridge.backends_are_initialized()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_v_prediction_job_draws_the_epsilon_jobs_samples(tmp_path):
