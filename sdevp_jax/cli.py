@@ -12,7 +12,12 @@ aimed at the same directory is refused. Files that are not a job's are never ove
 without ``--force``. Compiled samplers go to JAX's persistent compilation cache
 (``--cache-dir``, default ``$SDEVP_JAX_CACHE_DIR`` or ``~/.cache/sdevp-jax/jax``;
 ``--no-cache`` to skip it), so a rerun or a resumed job does not compile again.
-``sdevp-jax info`` prints the backend, devices and versions.
+The model's schedule comes from ``--config`` (a ``ScoreSdeVpScheduler`` config, or a
+discrete scheduler's such as Stable Diffusion's DDIM/PNDM ``scheduler_config.json``), or
+``--schedule linear|cosine`` for a continuous one; ``--prediction-type`` says what the
+model returns and ``--spacing`` picks the grid. The embedded mixture is exact under
+any of them. ``sdevp-jax info`` prints the backend, devices, versions and the schedule
+(of the same options).
 """
 
 from __future__ import annotations
@@ -67,13 +72,106 @@ def _event_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name the model's schedule, prediction type and grid (``sample`` and ``info``)."""
+    from .config import DISCRETE_CLASSES
+    from .scheduler import PREDICTION_TYPES, SPACINGS
+
+    add = parser.add_argument
+    add("--config", type=Path, default=None,
+        help="a diffusers scheduler_config.json: ScoreSdeVpScheduler's (the linear schedule) or a discrete "
+             f"scheduler's ({', '.join(c.removesuffix('Scheduler') for c in DISCRETE_CLASSES)}; e.g. Stable "
+             "Diffusion's), whose schedule, prediction type and timestep_spacing it sets (default: the paper's VP)")
+    add("--schedule", default=None, choices=["linear", "cosine"],
+        help="a continuous noise schedule (default: the --config's; linear without one)")
+    add("--cosine-s", type=_non_negative_float, default=None,
+        help="the cosine schedule's offset s (default 0.008; with --schedule cosine)")
+    add("--prediction-type", default=None, choices=list(PREDICTION_TYPES),
+        help="what the model returns (default: the --config's; epsilon without one)")
+    add("--spacing", default=None, choices=list(SPACINGS),
+        help="the grid of times: default 'reference' (ScoreSdeVpScheduler's) for the linear schedule, the "
+             "config's timestep_spacing for a discrete one, 'logsnr' otherwise")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The JobSpec fields of the model options: ``scheduler``, ``schedule``, ``prediction_type``, ``spacing``.
+
+    Raises:
+      ValueError: contradictory options (``--schedule`` with a discrete ``--config``,
+        ``--schedule cosine`` with a ScoreSdeVpScheduler one, a ``--prediction-type`` other
+        than a discrete config's, ``--cosine-s`` without ``--schedule cosine``) or a bad config.
+      OSError: ``--config`` cannot be read.
+    """
+    from .config import FIELDS, config_dict, discrete_config_dict, read_config_file, state_from_config
+
+    options: dict = {}
+    if args.cosine_s is not None and args.schedule != "cosine":
+        raise ValueError("--cosine-s needs --schedule cosine")
+    if args.config is not None:
+        config, source = read_config_file(args.config)
+        state = state_from_config(config, source=source)
+        cfg = state.diffusers_config
+        if cfg is not None:
+            if args.schedule is not None:
+                raise ValueError(f"--schedule {args.schedule} contradicts --config {source}: a {cfg.class_name} "
+                                 "config fixes the model's (discrete) schedule")
+            if args.prediction_type is not None and args.prediction_type != cfg.prediction_type:
+                raise ValueError(f"--prediction-type {args.prediction_type} contradicts --config {source}, whose "
+                                 f"prediction_type is {cfg.prediction_type!r}")
+            options["scheduler"] = discrete_config_dict(cfg)
+        else:
+            if args.schedule == "cosine":
+                raise ValueError(f"--schedule cosine contradicts --config {source}: a ScoreSdeVpScheduler config "
+                                 "is the linear schedule")
+            saved = config_dict(state)
+            options["scheduler"] = {k: saved[k] for k in FIELDS}
+    if args.schedule == "cosine":
+        options["schedule"] = {"kind": "cosine", "s": 0.008 if args.cosine_s is None else args.cosine_s}
+    if args.prediction_type is not None:
+        options["prediction_type"] = args.prediction_type
+    if args.spacing is not None:
+        options["spacing"] = args.spacing
+    return options
+
+
+def describe_model(spec) -> str:
+    """One line: the job's schedule, prediction type and grid."""
+    schedule = dict(spec.schedule)
+    kind = schedule.pop("kind")
+    if kind == "discrete":
+        if schedule["trained_betas"] is not None:
+            shown = f"trained_betas ({len(schedule['trained_betas'])})"
+        elif schedule["beta_schedule"] == "squaredcos_cap_v2":
+            shown = f"squaredcos_cap_v2, {schedule['num_train_timesteps']} steps"
+        else:
+            shown = (f"{schedule['beta_schedule']} {schedule['beta_start']:g}..{schedule['beta_end']:g}, "
+                     f"{schedule['num_train_timesteps']} steps")
+        origin = spec.scheduler["_class_name"]
+        text = f"discrete ({shown}; {origin}, steps_offset {spec.scheduler['steps_offset']})"
+    else:
+        text = f"{kind} ({', '.join(f'{k}={v:g}' for k, v in schedule.items())}; sampling_eps " \
+               f"{spec.scheduler.get('sampling_eps', 1e-3):g})"
+    return f"schedule {text}, prediction_type {spec.prediction_type}, spacing {spec.spacing}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sdevp-jax`` and its subcommands."""
     from .samplers import STEP_RULES, list_methods
 
     parser = argparse.ArgumentParser(prog="sdevp-jax", description="The VP-SDE diffusion scheduler in JAX.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("info", help="print the backend, devices and versions")
+    info = commands.add_parser("info", help="print the backend, devices, versions and the schedule")
+    add_model_arguments(info)
     sample = commands.add_parser(
         "sample",
         help="run a resumable sampling job",
@@ -99,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per compiled call and per chunk file (other sizes: same samples to float rounding)")
     # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
     add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
-    add("--config", type=Path, default=None, help="a diffusers scheduler_config.json (default: the paper's VP)")
-    add("--model", default="default", help="'default' (the embedded mixture) or module:function, an eps-model")
+    add_model_arguments(sample)
+    add("--model", default="default",
+        help="'default' (the embedded mixture, exact under the schedule) or module:function, a model_fn(x, t) "
+             "of --prediction-type taking sv.model_time (a discrete schedule's label)")
     add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
     add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the samples' dtype")
     add("--plot", action=argparse.BooleanOptionalAction, default=None,
@@ -141,6 +241,7 @@ def make_figure(samples: np.ndarray, spec):
     import matplotlib.pyplot as plt
 
     import sdevp_jax as sv
+    from sdevp_jax import jobs
 
     flat = np.asarray(samples, np.float32).reshape(len(samples), -1)
     shown = flat[:MAX_PLOTTED, :2]
@@ -159,8 +260,10 @@ def make_figure(samples: np.ndarray, spec):
         mixture = sv.default_mixture(flat.shape[1])
         plane = sv.make_mixture(np.asarray(mixture.weights), np.asarray(mixture.means)[:, :2],
                                 np.asarray(mixture.scales)[:, :2])
-        eps, bmin, bmax = (spec.scheduler[k] for k in ("sampling_eps", "beta_min", "beta_max"))
-        alpha, sigma = sv.sde.alpha(eps, bmin, bmax), sv.sde.sigma(eps, bmin, bmax)
+        # The samplers end at t = sampling_eps on ScoreSdeVpScheduler's grid, at t = 0 on every other.
+        state = jobs.job_state(spec)
+        eps = float(state.sampling_eps) if state.uses_reference_step else 0.0
+        alpha, sigma = (1.0, 0.0) if eps == 0.0 else (float(v) for v in state.schedule.alpha_sigma(eps))
         axis = np.linspace(-lim, lim, 300, dtype=np.float32)
         gx, gy = np.meshgrid(axis, axis)
         grid = np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1)
@@ -219,7 +322,6 @@ def _error(message: str, code: int = 2) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     """The ``sample`` subcommand; returns the exit code."""
     from . import jobs
-    from .config import load_config
 
     if args.coordinator is None and (args.num_processes != 1 or args.process_id != 0):
         return _error("--num-processes/--process-id need --coordinator HOST:PORT")
@@ -228,12 +330,7 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.process_id >= args.num_processes:
         return _error(f"--process-id must be < --num-processes = {args.num_processes}, got {args.process_id}")
     try:
-        options = {}  # the scheduler config: JobSpec's default (the paper's VP) unless --config
-        if args.config is not None:
-            from .config import FIELDS, config_dict
-
-            cfg = config_dict(load_config(args.config))
-            options["scheduler"] = {k: cfg[k] for k in FIELDS}
+        options = model_options(args)  # JobSpec's defaults (the paper's VP) unless given
         spec = jobs.JobSpec(
             num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
             method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
@@ -316,19 +413,25 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_info() -> int:
-    """The ``info`` subcommand: backend, devices and versions."""
+def run_info(args: argparse.Namespace) -> int:
+    """The ``info`` subcommand: backend, devices, versions and the schedule of the model options."""
     from importlib.metadata import version
 
     import jax
 
     import sdevp_jax
+    from sdevp_jax import jobs
 
+    try:  # the job of the model options, to show their schedule, prediction type and grid
+        spec = jobs.JobSpec(num_samples=1, batch_size=1, seed=0, steps=1, **model_options(args))
+    except (OSError, ValueError) as err:
+        return _error(str(err))
     print(f"sdevp_jax {sdevp_jax.__version__}")
     print(f"jax {jax.__version__}, jaxlib {version('jaxlib')}")
     print(f"backend {jax.default_backend()}, processes {jax.process_count()}, x64 {jax.config.jax_enable_x64}")
     for device in jax.devices():
         print(f"device {device.id}: {device.device_kind} ({device.platform})")
+    print(describe_model(spec))
     return 0
 
 
@@ -351,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.command == "info":
-        return run_info()
+        return run_info(args)
     return run_sample(args)
 
 

@@ -1,9 +1,21 @@
-"""Read and write diffusers' ``scheduler_config.json`` for ``ScoreSdeVpScheduler``.
+"""Read and write diffusers' ``scheduler_config.json``: ``ScoreSdeVpScheduler`` and the discrete VP schedulers.
 
 diffusers saves a scheduler's config as a JSON object with ``_class_name``,
-``_diffusers_version`` and the ``__init__`` arguments -- for this scheduler
-``num_train_timesteps``, ``beta_min``, ``beta_max`` and ``sampling_eps``. These
-functions map that file to and from a :class:`~sdevp_jax.ScoreSdeVpSchedulerState`.
+``_diffusers_version`` and the ``__init__`` arguments. Two kinds map to and from a
+:class:`~sdevp_jax.ScoreSdeVpSchedulerState`:
+
+* ``ScoreSdeVpScheduler`` (``num_train_timesteps``, ``beta_min``, ``beta_max``,
+  ``sampling_eps``): the linear schedule with an epsilon-model; a file without
+  ``_class_name`` is read as one.
+* the discrete schedulers of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
+  UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete): a :func:`discrete_config`, whose
+  state is ``create_state(schedule=cfg.schedule, prediction_type=cfg.prediction_type,
+  diffusers_config=cfg)`` -- its ``set_timesteps`` defaults to the config's
+  ``timestep_spacing`` and ``steps_offset`` and the class's labels.
+
+Every other state (a cosine schedule, a discrete schedule built by hand, a linear
+schedule with a v- or x0-model) has no diffusers config file: :func:`save_config`
+refuses it with a ValueError rather than write a file that would load as another model.
 """
 
 from __future__ import annotations
@@ -15,7 +27,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _checks
+import numpy as np
+
+from . import _checks, schedules
 from ._io import atomic_write
 from .scheduler import ScoreSdeVpSchedulerState, create_state
 
@@ -24,6 +38,7 @@ __all__ = [
     "save_config",
     "config_dict",
     "state_from_config",
+    "discrete_state",
     "DiscreteConfig",
     "discrete_config",
     "discrete_config_dict",
@@ -36,7 +51,37 @@ FIELDS = ("num_train_timesteps", "beta_min", "beta_max", "sampling_eps")
 
 
 def config_dict(state: ScoreSdeVpSchedulerState) -> dict:
-    """The diffusers config of ``state`` (the four fields plus ``_class_name``/``_diffusers_version``)."""
+    """The diffusers config of ``state``: what :func:`save_config` writes.
+
+    A state loaded from a discrete scheduler's config gives that config back
+    (:func:`discrete_config_dict`); a linear-schedule epsilon state without one gives
+    ``ScoreSdeVpScheduler``'s four fields plus ``_class_name``/``_diffusers_version``.
+
+    Raises:
+      ValueError: the state has no diffusers config file (a cosine schedule, a
+        discrete schedule built by hand, a linear schedule with a v- or x0-model), or it
+        was changed after loading so that its config no longer describes it.
+    """
+    if state.diffusers_config is not None:
+        return discrete_config_dict(_check_describes(state.diffusers_config, state))
+    if state.schedule.is_discrete:
+        raise ValueError(
+            "save_config: this state's discrete schedule was built by hand (no diffusers_config); it has no "
+            "diffusers config file. Load it from a discrete scheduler's config (sv.load_config, e.g. with "
+            "trained_betas) to be able to save it"
+        )
+    if not isinstance(state.schedule, schedules.LinearSchedule):
+        raise ValueError(
+            f"save_config: a {type(state.schedule).__name__} has no diffusers config file (diffusers has no "
+            "continuous-time scheduler for it; only ScoreSdeVpScheduler's linear schedule and the discrete "
+            "schedulers' configs are written)"
+        )
+    if state.prediction_type != "epsilon":
+        raise ValueError(
+            f"save_config: ScoreSdeVpScheduler's config has no prediction_type field (its model predicts "
+            f"epsilon); this state's prediction_type is {state.prediction_type!r}, which no diffusers config "
+            "file of the linear schedule can record"
+        )
     return {
         "_class_name": CLASS_NAME,
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -47,26 +92,81 @@ def config_dict(state: ScoreSdeVpSchedulerState) -> dict:
     }
 
 
+def _check_describes(config: "DiscreteConfig", state: ScoreSdeVpSchedulerState) -> "DiscreteConfig":
+    """``config`` if loading it gives ``state``'s schedule, prediction type and ``sampling_eps``; else a ValueError."""
+    if not isinstance(config, DiscreteConfig):
+        raise TypeError(f"state.diffusers_config must be a DiscreteConfig, got {type(config).__name__}")
+    problems = []
+    if state.prediction_type != config.prediction_type:
+        problems.append(f"prediction_type {state.prediction_type!r} (the config's: {config.prediction_type!r})")
+    ours = state.schedule
+    theirs = config.schedule
+    if not (
+        isinstance(ours, schedules.DiscreteSchedule)
+        and ours.num_train_timesteps == theirs.num_train_timesteps
+        and not _checks.is_traced(ours.knots)
+        and np.array_equal(np.asarray(ours.knots), np.asarray(theirs.knots))
+    ):
+        problems.append("a schedule other than the config's")
+    eps = _checks.host_value(state.sampling_eps)
+    if eps is None or not np.all(eps == 1.0 / config.num_train_timesteps):
+        problems.append(
+            f"sampling_eps = {state.sampling_eps!r} (a discrete config has no such field: it means "
+            f"1/num_train_timesteps = {1.0 / config.num_train_timesteps!r})"
+        )
+    if problems:
+        raise ValueError(
+            f"save_config: the state's diffusers_config ({config.class_name}) no longer describes it: "
+            + "; ".join(problems)
+        )
+    return config
+
+
 def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSchedulerState:
     """Validate a diffusers config dict and build the state (timesteps unset).
 
-    Keys starting with ``_`` other than ``_class_name`` are metadata and ignored;
-    a missing field takes diffusers' default; an unknown field is an error.
+    ``_class_name`` picks the kind: absent or ``ScoreSdeVpScheduler``, the linear
+    schedule (keys starting with ``_`` are metadata and ignored; a missing field
+    takes diffusers' default; an unknown field is an error); one of
+    :data:`DISCRETE_CLASSES`, :func:`discrete_state` of :func:`discrete_config`
+    (whose errors it raises).
     """
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     name = config.get("_class_name", CLASS_NAME)
+    if name in DISCRETE_CLASSES:
+        return discrete_state(discrete_config(config, source=source))
     if name != CLASS_NAME:
-        raise ValueError(f"{source}: _class_name must be {CLASS_NAME!r}, got {name!r}")
+        raise ValueError(
+            f"{source}: _class_name must be one of {', '.join(map(repr, (CLASS_NAME,) + tuple(DISCRETE_CLASSES)))}, "
+            f"got {name!r}"
+        )
     unknown = sorted(k for k in config if not k.startswith("_") and k not in FIELDS)
     if unknown:
         raise ValueError(f"{source}: unknown fields {unknown}; a {CLASS_NAME} config has {list(FIELDS)}")
     return create_state(**{k: config[k] for k in FIELDS if k in config})
 
 
-def load_config(path: str | os.PathLike) -> ScoreSdeVpSchedulerState:
-    """Load a ``scheduler_config.json`` (a file, or a directory containing one) into a state."""
-    config, source = read_config_file(path)
+def discrete_state(config: "DiscreteConfig") -> ScoreSdeVpSchedulerState:
+    """The state of a discrete scheduler's config: its schedule and prediction type, the config recorded.
+
+    ``sampling_eps`` is ``1/num_train_timesteps`` (label 0); ``set_timesteps(state, n)``
+    then uses the config's ``timestep_spacing``, ``steps_offset`` and class.
+    """
+    return create_state(schedule=config.schedule, prediction_type=config.prediction_type, diffusers_config=config)
+
+
+def load_config(path_or_dict: str | os.PathLike | dict) -> ScoreSdeVpSchedulerState:
+    """Load a ``scheduler_config.json`` (a file, a directory containing one, or its dict) into a state.
+
+    A ``ScoreSdeVpScheduler`` config (or one without ``_class_name``) gives the linear
+    schedule; a config of one of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
+    UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete) gives :func:`discrete_state`. Errors:
+    a ValueError naming the field (see :func:`discrete_config`).
+    """
+    if isinstance(path_or_dict, dict):
+        return state_from_config(path_or_dict)
+    config, source = read_config_file(path_or_dict)
     return state_from_config(config, source=source)
 
 
@@ -84,19 +184,26 @@ def read_config_file(path: str | os.PathLike) -> tuple[dict, str]:
 def save_config(state: ScoreSdeVpSchedulerState, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``state``'s config as diffusers does (a directory gets ``scheduler_config.json``).
 
+    What is written is :func:`config_dict`: a loaded discrete config as it was read
+    (``load -> save -> load`` gives an equal config), else ``ScoreSdeVpScheduler``'s.
     Refuses to replace an existing file unless ``overwrite=True``; writes atomically.
+
+    Raises:
+      ValueError: the state has no diffusers config file (see :func:`config_dict`).
+      FileExistsError: the file exists and ``overwrite`` is False.
     """
+    config = config_dict(state)  # before touching the file system
     path = Path(path)
     if path.is_dir():
         path = path / "scheduler_config.json"
-    text = json.dumps(config_dict(state), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- discrete schedulers
 #
 # The scheduler_config.json of diffusers' discrete VP schedulers. Read by
-# :func:`discrete_config`; the samplers do not use it yet (issue 10).
+# :func:`discrete_config`, turned into a state by :func:`discrete_state`.
 
 #: Fields every discrete class has, with diffusers 0.42.1's defaults (the model and its grid).
 _MODEL_DEFAULTS: dict[str, Any] = {

@@ -24,6 +24,28 @@ refused, never mixed in.
 Over several processes (:mod:`sdevp_jax.distributed`), chunk ``c`` is computed by
 process ``c % process_count`` and written to the shared directory; process 0
 writes the manifest and, after a barrier, assembles ``samples.npz``.
+
+The model a job samples is named by three fields of :class:`JobSpec`, resolved when
+the spec is built and recorded in the manifest, so that resuming with another
+schedule, prediction type or grid is refused like any other change:
+
+* ``scheduler`` (a diffusers config: ``ScoreSdeVpScheduler``'s four fields, or a
+  discrete scheduler's config -- stored as :func:`~sdevp_jax.config.discrete_config_dict`
+  writes it) and ``schedule``, the noise schedule as JSON:
+  ``{"kind": "linear", "beta_min": b0, "beta_max": b1}`` (the ``scheduler``'s),
+  ``{"kind": "cosine", "s": s}`` (a continuous cosine schedule; ``scheduler`` then keeps
+  only ``num_train_timesteps`` and ``sampling_eps``), or ``{"kind": "discrete",
+  "beta_schedule": ..., "beta_start": ..., "beta_end": ..., "num_train_timesteps": ...,
+  "trained_betas": ...}`` (a discrete config's, the one way to name a discrete schedule);
+* ``prediction_type``: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``;
+* ``spacing``: the grid of :func:`~sdevp_jax.set_timesteps` (one of ``sv.SPACINGS``).
+
+Left out (``None``), each takes the scheduler config's: the linear schedule, epsilon
+and ScoreSdeVpScheduler's ``"reference"`` grid for a ``ScoreSdeVpScheduler`` config (a
+manifest written before these fields existed means exactly that), the file's
+schedule, prediction type and ``timestep_spacing`` for a discrete one. Given, they
+must agree with a discrete config (its model is fixed by the file): a contradiction
+is a ValueError.
 """
 
 from __future__ import annotations
@@ -39,22 +61,23 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from . import __version__
+from . import __version__, grids, schedules
 from ._cache import compilation_cache
 from ._io import atomic_write
-from .config import state_from_config
+from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
 from .distributed import barrier, batch_sharding
 from .loops import sample, sample_ode
 from .models import default_mixture, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
-from .scheduler import set_timesteps
+from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
 
-__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model"]
+__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_state", "schedule_json"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 CORRECTOR_FIELDS = ("snr", "corrector_steps", "step_rule")  # part of a job's identity only when a corrector runs
+SCHEDULE_KINDS = ("linear", "cosine", "discrete")
 
 
 class JobMismatchError(ValueError):
@@ -76,11 +99,16 @@ class JobSpec:
         ``sv.STEP_RULES``, see ``sv.langevin_correct``); without a corrector they change
         nothing, and are left out of the job's identity (``to_json``).
       event_shape: the shape of one sample.
-      model: ``"default"`` (the embedded mixture in ``prod(event_shape)`` dimensions)
-        or ``"module:function"``, a user's ``model_fn(x, t) -> eps_hat``.
-      scheduler: the diffusers config fields (``num_train_timesteps``, ``beta_min``,
-        ``beta_max``, ``sampling_eps``).
+      model: ``"default"`` (the embedded mixture in ``prod(event_shape)`` dimensions, exact
+        under the job's schedule, returning its prediction type) or ``"module:function"``,
+        a user's ``model_fn(x, t)`` that takes :func:`~sdevp_jax.model_time` and returns
+        ``prediction_type``.
+      scheduler: a diffusers config: ``ScoreSdeVpScheduler``'s fields (``num_train_timesteps``,
+        ``beta_min``, ``beta_max``, ``sampling_eps``), or a discrete scheduler's config
+        (with its ``_class_name``; stored in :func:`~sdevp_jax.config.discrete_config_dict`'s form).
       dtype: the samples' dtype name, one of ``DTYPES``.
+      schedule, prediction_type, spacing: see the module docstring; ``None`` means the
+        scheduler config's, and the spec holds the resolved values once built.
     """
 
     num_samples: int
@@ -97,6 +125,9 @@ class JobSpec:
     scheduler: dict = dataclasses.field(default_factory=lambda: {
         "num_train_timesteps": 2000, "beta_min": 0.1, "beta_max": 20.0, "sampling_eps": 1e-3})
     dtype: str = "float32"
+    schedule: Optional[dict] = None
+    prediction_type: Optional[str] = None
+    spacing: Optional[str] = None
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size", "steps", "corrector_steps"):
@@ -120,7 +151,13 @@ class JobSpec:
             raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        state_from_config(dict(self.scheduler), source="scheduler")  # validates
+        # On the host only: a multi-process job builds its spec before jax.distributed.initialize,
+        # so nothing here may start JAX's backend (no set_timesteps).
+        state, scheduler = _config_state(self)  # validates
+        object.__setattr__(self, "scheduler", scheduler)
+        object.__setattr__(self, "schedule", schedule_json(state))
+        object.__setattr__(self, "prediction_type", state.prediction_type)
+        object.__setattr__(self, "spacing", _check_spacing(state, self.spacing, self.steps))
 
     @property
     def num_chunks(self) -> int:
@@ -136,14 +173,110 @@ class JobSpec:
 
 
 def identity(config: dict) -> dict:
-    """A job config without the corrector's options when no corrector runs.
+    """A job config without the corrector's options when no corrector runs, with the model's fields filled in.
 
-    Manifests written before this normalisation hold them; they compare equal
-    after it, so such jobs still resume.
+    Manifests written before these normalisations hold the corrector's options and lack
+    ``schedule``/``prediction_type``/``spacing``, which then meant the linear schedule of
+    their ``scheduler``, epsilon and the ``"reference"`` grid; they compare equal after
+    it, so such jobs still resume.
     """
+    if "schedule" not in config:
+        scheduler = config.get("scheduler") or {}
+        config = config | {"schedule": {"kind": "linear", "beta_min": scheduler.get("beta_min", 0.1),
+                                        "beta_max": scheduler.get("beta_max", 20.0)}}
+    config = config | {k: v for k, v in (("prediction_type", "epsilon"), ("spacing", "reference")) if k not in config}
     if config.get("corrector") is None:
         return {k: v for k, v in config.items() if k not in CORRECTOR_FIELDS}
     return config
+
+
+def schedule_json(state) -> dict:
+    """The JSON of ``state.schedule`` that a job records (see the module docstring).
+
+    Raises:
+      ValueError: a discrete schedule without a diffusers config (built by hand), or a
+        schedule whose numbers are not concrete.
+    """
+    schedule = state.schedule
+    if isinstance(schedule, schedules.LinearSchedule):
+        return {"kind": "linear", "beta_min": float(schedule.beta_min), "beta_max": float(schedule.beta_max)}
+    if isinstance(schedule, schedules.CosineSchedule):
+        return {"kind": "cosine", "s": float(schedule.s)}
+    cfg = state.diffusers_config
+    if cfg is None:
+        raise ValueError("a job's discrete schedule comes from a diffusers discrete scheduler config (scheduler=); "
+                         "this state's was built by hand")
+    return {"kind": "discrete", "beta_schedule": cfg.beta_schedule, "beta_start": cfg.beta_start,
+            "beta_end": cfg.beta_end, "num_train_timesteps": cfg.num_train_timesteps,
+            "trained_betas": None if cfg.trained_betas is None else list(cfg.trained_betas)}
+
+
+def _config_state(spec: "JobSpec"):
+    """The state (no grid) of ``spec``'s scheduler, schedule and prediction type, and the scheduler dict to record."""
+    scheduler, wanted = spec.scheduler, spec.schedule
+    if not isinstance(scheduler, dict):
+        raise ValueError(f"scheduler must be a dict (a diffusers config), got {type(scheduler).__name__}")
+    if wanted is not None and (not isinstance(wanted, dict) or wanted.get("kind") not in SCHEDULE_KINDS):
+        raise ValueError(f"schedule must be None or a dict with 'kind' one of {list(SCHEDULE_KINDS)}, got {wanted!r}")
+    if scheduler.get("_class_name") in DISCRETE_CLASSES:
+        cfg = discrete_config(dict(scheduler), source="scheduler")
+        state, scheduler = discrete_state(cfg), discrete_config_dict(cfg)
+    elif wanted is not None and wanted["kind"] == "cosine":
+        unknown = sorted(set(wanted) - {"kind", "s"})
+        if unknown:
+            raise ValueError(f"schedule: unknown fields {unknown} for kind 'cosine'; it has ['s']")
+        base = state_from_config(dict(scheduler), source="scheduler")
+        for key, default in (("beta_min", 0.1), ("beta_max", 20.0)):
+            if scheduler.get(key, default) != default:
+                raise ValueError(f"scheduler: {key} = {scheduler[key]!r} is the linear schedule's and contradicts "
+                                 "schedule kind 'cosine'; leave beta_min/beta_max out")
+        scheduler = {k: v for k, v in scheduler.items() if k not in ("beta_min", "beta_max")}
+        state = create_state(num_train_timesteps=base.num_train_timesteps, sampling_eps=base.sampling_eps,
+                             schedule=schedules.cosine(wanted.get("s", 0.008)))
+    elif wanted is not None and wanted["kind"] == "discrete":
+        raise ValueError("schedule: a discrete schedule comes from a diffusers discrete scheduler's config given as "
+                         "scheduler= (e.g. DDIMScheduler, with trained_betas for betas of your own), not from schedule=")
+    else:
+        state = state_from_config(dict(scheduler), source="scheduler")
+    if wanted is not None:
+        resolved = schedule_json(state)
+        if any(key not in resolved or not _same(resolved[key], value) for key, value in wanted.items()):
+            raise ValueError(f"schedule {wanted!r} contradicts the scheduler config, whose schedule is {resolved!r}")
+    if spec.prediction_type is not None:
+        check_prediction_type(spec.prediction_type)
+        cfg = state.diffusers_config
+        if cfg is not None and spec.prediction_type != cfg.prediction_type:
+            raise ValueError(f"prediction_type {spec.prediction_type!r} contradicts the scheduler config "
+                             f"({cfg.class_name}), whose prediction_type is {cfg.prediction_type!r}")
+        state = state.replace(prediction_type=spec.prediction_type)
+    return state, scheduler
+
+
+def _check_spacing(state, spacing: Optional[str], steps: int) -> str:
+    """``spacing`` (``None``: the state's default) if ``set_timesteps`` accepts it for ``state``; on the host."""
+    if spacing is None:
+        spacing = default_spacing(state)
+    if not isinstance(spacing, str) or spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))}, got {spacing!r}")
+    kind = type(state.schedule).__name__
+    if spacing == "reference" and not isinstance(state.schedule, schedules.LinearSchedule):
+        raise ValueError(f"spacing='reference' (ScoreSdeVpScheduler's grid) exists for the linear schedule only; "
+                         f"this job's schedule is {kind}")
+    if spacing in LABEL_SPACINGS:
+        if not state.schedule.is_discrete:
+            raise ValueError(f"spacing={spacing!r} picks training labels and needs a discrete schedule; this job's "
+                             f"schedule is {kind}")
+        cfg = state.diffusers_config
+        grids.diffusers_label_spacing(state.num_train_timesteps, steps, spacing, cfg.steps_offset,
+                                      scheduler=cfg.class_name if cfg.class_name in grids.SPACING_SCHEDULERS
+                                      else "DDIMScheduler")  # NumPy: checks steps against the labels
+    return spacing
+
+
+def job_state(spec: JobSpec):
+    """The state ``spec`` samples with: its scheduler, schedule and prediction type, on its grid of ``steps``."""
+    state, _ = _config_state(spec)
+    return set_timesteps(state, spec.steps, spacing=spec.spacing)
 
 
 def versions() -> dict:
@@ -296,7 +429,7 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
     barrier("sdevp_jax.jobs.manifest")  # no process writes before this: the clean-up above is safe
     check_manifest(spec, out)
 
-    state = set_timesteps(state_from_config(dict(spec.scheduler)), spec.steps)
+    state = job_state(spec)
     model_fn = load_model(spec, state) if model_fn is None else model_fn
     mine = [c for c in range(spec.num_chunks) if c % count == process]
     finished = set(finished_chunks(spec, out))  # scanned once; then kept up to date (no rescan per chunk)

@@ -262,3 +262,87 @@ def test_step_rule_reaches_the_job_and_its_identity(tmp_path):
     assert cli.main(base + ["--step-rule", "snr_batch"]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["config"]["step_rule"] == "snr_batch"
     assert cli.main(base) != 0  # the default rule ("sigma") is another job
+
+
+# Stable Diffusion v1.x's scheduler_config.json (PNDMScheduler: scaled_linear 0.00085..0.012, epsilon,
+# leading spacing, steps_offset 1), as diffusers' documented fields write it.
+SD_CONFIG = {
+    "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+    "steps_offset": 1, "trained_betas": None,
+}
+
+
+def test_stable_diffusion_config_end_to_end(tmp_path):
+    """--config with an SD file: the job samples the state sv.load_config gives, on the file's grid.
+
+    The CLI's samples equal the library's (same state, model, key and per-sample noise) to float32
+    rounding: the two programs are compiled separately, so not bitwise; 1e-5 on O(1) values is a few
+    hundred ulps over 25 steps.
+    """
+    import jax
+
+    import sdevp_jax as sv
+
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(SD_CONFIG))
+    out = tmp_path / "job"
+    assert cli.main(["sample", "--config", str(tmp_path), "--method", "ancestral", "--steps", "25",
+                     "--num-samples", "6", "--batch-size", "6", "--no-plot", "--no-progress", "--no-cache",
+                     "--out", str(out)]) == 0
+    recorded = json.loads((out / "manifest.json").read_text())["config"]
+    assert recorded["scheduler"]["_class_name"] == "PNDMScheduler" and recorded["schedule"]["kind"] == "discrete"
+    assert (recorded["prediction_type"], recorded["spacing"]) == ("epsilon", "leading")
+    state = sv.set_timesteps(sv.load_config(tmp_path), 25)
+    # the file's grid: PNDM's leading labels with steps_offset 1 (label n at t = (n + 1)/1000)
+    np.testing.assert_allclose(np.asarray(sv.model_time(state, state.timesteps)),
+                               state.diffusers_config.label_spacing(25), rtol=0, atol=1e-3)
+    model = sv.make_mixture_eps_fn(state, sv.default_mixture(2))
+    expected = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames="predictor")(
+        state, model, jax.random.key(0), (6, 2), predictor="ancestral")
+    np.testing.assert_allclose(load(out), np.asarray(expected), rtol=0, atol=1e-5)
+    # a second run with the cosine schedule is another job: refused in the same directory
+    assert cli.main(["sample", "--schedule", "cosine", "--method", "ancestral", "--steps", "25", "--num-samples", "6",
+                     "--batch-size", "6", "--no-plot", "--no-progress", "--no-cache", "--out", str(out)]) == 2
+
+
+def test_cosine_schedule_and_prediction_type_options(tmp_path, capsys):
+    out = tmp_path / "job"
+    assert cli.main(["sample", "--schedule", "cosine", "--cosine-s", "0.01", "--prediction-type", "v_prediction",
+                     "--spacing", "karras", "--method", "heun", "--steps", "6", "--num-samples", "4",
+                     "--batch-size", "4", "--no-progress", "--no-cache", "--out", str(out)]) == 0  # with the plot
+    assert (out / "samples.png").exists() and np.all(np.isfinite(load(out)))
+    recorded = json.loads((out / "manifest.json").read_text())["config"]
+    assert recorded["schedule"] == {"kind": "cosine", "s": 0.01}
+    assert (recorded["prediction_type"], recorded["spacing"]) == ("v_prediction", "karras")
+    assert cli.main(["info", "--schedule", "cosine", "--prediction-type", "sample"]) == 0
+    assert "schedule cosine (s=0.008; sampling_eps 0.001), prediction_type sample, spacing logsnr" in \
+        capsys.readouterr().out
+
+
+def test_info_prints_a_config_files_schedule(tmp_path, capsys):
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(SD_CONFIG))
+    assert cli.main(["info", "--config", str(tmp_path)]) == 0
+    assert ("schedule discrete (scaled_linear 0.00085..0.012, 1000 steps; PNDMScheduler, steps_offset 1), "
+            "prediction_type epsilon, spacing leading") in capsys.readouterr().out
+    assert cli.main(["info"]) == 0
+    assert "schedule linear (beta_min=0.1, beta_max=20; sampling_eps 0.001), prediction_type epsilon, spacing reference" \
+        in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--schedule", "cosine"], "--schedule cosine contradicts --config"),
+    (["--schedule", "linear"], "--schedule linear contradicts --config"),
+    (["--prediction-type", "v_prediction"], "--prediction-type v_prediction contradicts --config"),
+    (["--spacing", "reference"], "linear schedule only"),
+    (["--cosine-s", "0.1"], "--cosine-s needs --schedule cosine"),
+])
+def test_contradictory_model_options_are_errors(extra, match, tmp_path, capsys):
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(SD_CONFIG))
+    for command in (["sample", "--out", str(tmp_path / "job")], ["info"]):
+        assert cli.main([*command, "--config", str(tmp_path), *extra]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+    with_sde_vp = tmp_path / "sde_vp.json"
+    with_sde_vp.write_text(json.dumps({"_class_name": "ScoreSdeVpScheduler"}))
+    assert cli.main(["sample", "--config", str(with_sde_vp), "--schedule", "cosine", "--out", str(tmp_path / "j")]) == 2
+    assert "--schedule cosine contradicts --config" in capsys.readouterr().err

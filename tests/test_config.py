@@ -1,10 +1,15 @@
 """diffusers scheduler_config.json: load, save, round trip, and refusal to overwrite."""
 
 import json
+import os
 
+import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from sdevp_jax import config
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "spacings.npz")
 
 
 def test_round_trip_keeps_every_field(tmp_path):
@@ -33,7 +38,8 @@ def test_missing_fields_take_diffusers_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("content, match", [
-    ('{"_class_name": "DDPMScheduler"}', "_class_name must be 'ScoreSdeVpScheduler'"),
+    ('{"_class_name": "DDPMScheduler"}', "clip_sample = True changes sampling"),
+    ('{"_class_name": "KarrasVeScheduler"}', "_class_name must be one of 'ScoreSdeVpScheduler', 'DDPMScheduler'"),
     ('{"_class_name": "ScoreSdeVpScheduler", "snr": 0.1}', r"unknown fields \['snr'\]"),
     ('{"beta_min": -1}', "beta_min must be > 0"),
     ("[1, 2]", "expected a JSON object"),
@@ -55,3 +61,84 @@ def test_save_never_overwrites_silently(tmp_path):
     sv.save_config(sv.create_state(), path, overwrite=True)
     assert sv.load_config(path).beta_max == 20.0
     assert [p.name for p in tmp_path.iterdir()] == ["scheduler_config.json"]  # no temporary left behind
+
+
+# --------------------------------------------------------------------------- discrete schedulers
+
+
+def discrete_files() -> dict:
+    """diffusers 0.42.1's save_config output of each discrete class (tests/golden/make_spacing_golden.py),
+    Stable-Diffusion-style and default, plus an LMSDiscreteScheduler file written by hand (v-prediction,
+    trained_betas: the fields the goldens do not cover)."""
+    with np.load(GOLDEN) as data:
+        files = {k.split("/", 1)[1]: json.loads(str(data[k])) for k in data.files if k.startswith("config/")}
+    files["LMSDiscreteScheduler"] = {
+        "_class_name": "LMSDiscreteScheduler", "_diffusers_version": "0.42.1", "num_train_timesteps": 20,
+        "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+        "trained_betas": [float(b) for b in np.linspace(1e-3, 0.2, 20)], "prediction_type": "v_prediction",
+        "timestep_spacing": "trailing", "steps_offset": 0, "use_karras_sigmas": False,
+        "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    }
+    return files
+
+
+@pytest.mark.parametrize("name", sorted(discrete_files()))
+def test_discrete_config_load_save_load(name, tmp_path):
+    """Every discrete class: load -> state (schedule, prediction type, default grid) -> save -> load, unchanged."""
+    saved = discrete_files()[name]
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(saved))
+    state = sv.load_config(tmp_path)
+    cfg = config.discrete_config(saved)
+    assert state.diffusers_config == cfg and state.prediction_type == cfg.prediction_type
+    np.testing.assert_array_equal(state.schedule.knots, cfg.schedule.knots)
+    assert state.num_train_timesteps == cfg.num_train_timesteps
+    assert state.sampling_eps == 1.0 / cfg.num_train_timesteps
+    # set_timesteps without spacing follows the file: its timestep_spacing, steps_offset and class's labels
+    # (labels (n + 1)/N -> n again: exact to the grid's float rounding, n <= 999 < 2**10).
+    grid = sv.set_timesteps(state, 7)
+    assert grid.spacing == cfg.timestep_spacing
+    np.testing.assert_allclose(np.asarray(sv.model_time(grid, grid.timesteps)), cfg.label_spacing(7), rtol=0, atol=1e-3)
+    # the dict form loads the same state
+    assert sv.load_config(saved).diffusers_config == cfg
+    (tmp_path / "again").mkdir()
+    path = sv.save_config(grid, tmp_path / "again")
+    assert json.loads(path.read_text()) == saved  # the file comes back field for field
+    assert sv.load_config(path).diffusers_config == cfg
+
+
+def test_save_refuses_states_without_a_diffusers_config(tmp_path):
+    """Cosine, hand-built discrete, non-epsilon linear, or a loaded state changed after loading: a ValueError, no file."""
+    sd = sv.load_config(discrete_files()["PNDMScheduler"])
+    cases = [
+        (sv.create_state(schedule=sv.schedules.cosine()), "CosineSchedule has no diffusers config file"),
+        (sv.create_state(schedule=sv.schedules.discrete(betas=[0.1, 0.2])), "built by hand"),
+        (sv.create_state(prediction_type="v_prediction"), "no prediction_type field"),
+        (sd.replace(prediction_type="sample"), "no longer describes it: prediction_type 'sample'"),
+        (sd.replace(sampling_eps=0.01), "no longer describes it: sampling_eps"),
+        (sd.replace(schedule=sv.schedules.from_diffusers("linear")), "no longer describes it: a schedule other"),
+    ]
+    for state, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sv.save_config(state, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discrete_save_never_overwrites_silently(tmp_path):
+    state = sv.load_config(discrete_files()["DDIMScheduler"])
+    path = tmp_path / "scheduler_config.json"
+    path.write_text("mine")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        sv.save_config(state, path)
+    assert path.read_text() == "mine"
+    sv.save_config(state, path, overwrite=True)
+    assert sv.load_config(path).diffusers_config == state.diffusers_config
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ({"thresholding": True}, "thresholding = True changes sampling"),
+    ({"timestep_spacing": "logsnr"}, "timestep_spacing must be one of"),
+])
+def test_discrete_errors_are_discrete_configs(change, match):
+    with pytest.raises(ValueError, match=match):
+        sv.load_config(dict(discrete_files()["DDIMScheduler"], **change))

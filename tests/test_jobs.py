@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sdevp_jax as sv
 from sdevp_jax import jobs
 
 CLI = [sys.executable, "-m", "sdevp_jax.cli", "sample", "--no-progress", "--no-plot"]
@@ -184,6 +185,91 @@ def test_snr_alone_without_a_corrector_does_not_refuse_the_job(tmp_path):
         jobs.run_job(jobs.JobSpec(**pc, snr=0.3), tmp_path / "pc")
 
 
+# A Stable-Diffusion-style DDIM config (scaled_linear 0.00085..0.012, epsilon, leading spacing, steps_offset 1).
+SD_DDIM = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+           "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
+
+
+def test_manifest_records_schedule_prediction_type_and_spacing_and_refuses_changes(tmp_path):
+    """Defaults resolve to linear / epsilon / reference; another schedule, prediction type or grid is another job."""
+    spec = jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4)
+    jobs.run_job(spec, tmp_path)
+    recorded = json.loads((tmp_path / jobs.MANIFEST).read_text())["config"]
+    assert recorded["schedule"] == {"kind": "linear", "beta_min": 0.1, "beta_max": 20.0}
+    assert (recorded["prediction_type"], recorded["spacing"]) == ("epsilon", "reference")
+    assert jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, spacing="reference",
+                        prediction_type="epsilon", schedule={"kind": "linear"}) == spec  # the same job, spelled out
+    for change, field in [({"schedule": {"kind": "cosine"}}, "schedule"), ({"prediction_type": "v_prediction"},
+                          "prediction_type"), ({"spacing": "logsnr"}, "spacing")]:
+        with pytest.raises(jobs.JobMismatchError, match=f"{field}: "):
+            jobs.check_manifest(jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, **change), tmp_path)
+    # A manifest written before these fields existed meant linear / epsilon / reference: it still resumes.
+    manifest = json.loads((tmp_path / jobs.MANIFEST).read_text())
+    for key in ("schedule", "prediction_type", "spacing"):
+        del manifest["config"][key]
+    (tmp_path / jobs.MANIFEST).write_text(json.dumps(manifest))
+    assert jobs.check_manifest(spec, tmp_path) is not None
+    with pytest.raises(jobs.JobMismatchError, match="spacing: 'reference' there, 'time_uniform' now"):
+        jobs.check_manifest(jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, spacing="time_uniform"),
+                            tmp_path)
+
+
+def test_discrete_config_job_runs_records_and_refuses_changes(tmp_path):
+    spec = jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, method="ancestral", scheduler=SD_DDIM)
+    assert np.all(np.isfinite(load_after(jobs.run_job(spec, tmp_path))))
+    recorded = json.loads((tmp_path / jobs.MANIFEST).read_text())["config"]
+    assert recorded["schedule"]["kind"] == "discrete" and recorded["schedule"]["beta_schedule"] == "scaled_linear"
+    assert (recorded["spacing"], recorded["scheduler"]["steps_offset"]) == ("leading", 1)
+    assert jobs.JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    state = jobs.job_state(spec)  # the grid of the file: DDIM's leading labels + steps_offset 1
+    np.testing.assert_allclose(np.asarray(sv.model_time(state, state.timesteps)), [751, 501, 251, 1], atol=1e-3)
+    other = dict(SD_DDIM, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    with pytest.raises(jobs.JobMismatchError, match="schedule: "):
+        jobs.check_manifest(jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4,
+                                         scheduler=other), tmp_path)
+    with pytest.raises(jobs.JobMismatchError, match="spacing: 'leading' there, 'trailing' now"):
+        jobs.check_manifest(jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4,
+                                         scheduler=SD_DDIM, spacing="trailing"), tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scheduler": SD_DDIM, "schedule": {"kind": "cosine"}}, "contradicts the scheduler config"),
+    ({"scheduler": SD_DDIM, "prediction_type": "sample"}, "prediction_type 'sample' contradicts"),
+    ({"schedule": {"kind": "cosine"}, "spacing": "reference"}, "linear schedule only"),
+    ({"scheduler": {"beta_max": 10.0}, "schedule": {"kind": "cosine"}}, "beta_max = 10.0 is the linear schedule's"),
+    ({"schedule": {"kind": "linear", "beta_max": 10.0}}, "contradicts the scheduler config"),
+    ({"schedule": {"kind": "discrete"}}, "discrete scheduler's config"),
+    ({"schedule": "cosine"}, "schedule must be None or a dict"),
+    ({"spacing": "leading"}, "needs a discrete schedule"),
+    ({"prediction_type": "x0"}, "prediction_type must be one of"),
+    ({"spacing": "uniform"}, "spacing must be one of"),
+    ({"scheduler": SD_DDIM, "steps": 1001}, r"num_inference_steps must be in \[1, num_train_timesteps\]"),
+])
+def test_contradictory_model_fields_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jobs.JobSpec(**(dict(num_samples=2, batch_size=2, seed=0, steps=4) | kwargs))
+
+
+def test_building_a_spec_does_not_start_jax():
+    """A multi-process job builds its spec before jax.distributed.initialize: JobSpec stays on the host."""
+    code = ("from jax._src import xla_bridge\n"
+            "from sdevp_jax import jobs\n"
+            f"jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, scheduler={SD_DDIM!r}, spacing='trailing')\n"
+            "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, schedule={'kind': 'cosine'}, spacing='karras')\n"
+            "assert not xla_bridge.backends_are_initialized()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_v_prediction_job_draws_the_epsilon_jobs_samples(tmp_path):
+    """The embedded model of a v-prediction cosine job is converted back to eps at each step: same samples
+    to float32 rounding (a few ulps per step over 6 steps of O(1) values: 1e-4 is ample)."""
+    common = dict(num_samples=4, batch_size=4, seed=3, steps=6, method="heun", schedule={"kind": "cosine"})
+    eps = load_after(jobs.run_job(jobs.JobSpec(**common), tmp_path / "eps"))
+    v = load_after(jobs.run_job(jobs.JobSpec(**common, prediction_type="v_prediction"), tmp_path / "v"))
+    np.testing.assert_allclose(v, eps, rtol=0, atol=1e-4)
+
+
 def load_after(path):
     with np.load(path) as data:
         return data["samples"]
@@ -232,7 +318,7 @@ PADDED = textwrap.dedent("""
     from sdevp_jax import jobs
     assert len(jax.devices()) == 2
     spec = jobs.JobSpec(num_samples=5, batch_size=3, seed=1, steps=10)
-    state = jobs.set_timesteps(jobs.state_from_config(dict(spec.scheduler)), spec.steps)
+    state = jobs.job_state(spec)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         draw = jobs._sampler(spec, state, jobs.load_model(spec, state))
