@@ -392,11 +392,9 @@ def set_timesteps(
       builds its own log-SNR grid between the same end points on it.
     * ``"time_uniform"``: ``linspace(t_max, sampling_eps, N)``.
     * ``"time_quadratic"``: uniform in :math:`\sqrt t` (DPM-Solver's, Lu et al. 2022).
-    * ``"logsnr"``: uniform in :math:`\lambda = \log(lpha/\sigma)` (Lu et al. 2022).
-    * ``"karras"``: :math:`\sigma/lpha` uniform in its :math:`1/
-ho`-th power,
-      :math:`
-ho = 7` (Karras et al., NeurIPS 2022, eq. 5).
+    * ``"logsnr"``: uniform in :math:`\lambda = \log(\alpha/\sigma)` (Lu et al. 2022).
+    * ``"karras"``: :math:`\sigma/\alpha` uniform in its :math:`1/\rho`-th power,
+      :math:`\rho = 7` (Karras et al., NeurIPS 2022, eq. 5).
     * ``"linspace"``, ``"leading"``, ``"trailing"`` (discrete schedules only):
       diffusers' training labels (:func:`sdevp_jax.grids.diffusers_label_spacing`, of
       the state's config class, DDIMScheduler's by default), at :math:`t = (n + 1)/N_{train}`;
@@ -405,7 +403,7 @@ ho = 7` (Karras et al., NeurIPS 2022, eq. 5).
     On every grid but ``"reference"`` step ``i`` spans ``[t_{i+1}, t_i]``, the last
     one ``[0, t_{N-1}]``: the steps of :mod:`sdevp_jax.samplers` use that interval
     (Euler--Maruyama's ``dt``, the discrete chain's exact rate
-    :math:`1 - lpha(t_{i+1})^2/lpha(t_i)^2`).
+    :math:`1 - \alpha(t_{i+1})^2/\alpha(t_i)^2`).
 
     Args:
       state: a state from :func:`create_state`.
@@ -518,9 +516,9 @@ def _continuous_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str) -> j
         lam_hi, lam_lo = schedule.log_snr(t_hi), schedule.log_snr(t_lo)
         if spacing == "logsnr":
             lam = jnp.linspace(lam_hi, lam_lo, n)
-        else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform
-            root = jnp.linspace(-lam_hi / KARRAS_RHO, -lam_lo / KARRAS_RHO, n)
-            lam = -KARRAS_RHO * root
+        else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform (not -lam/rho: that is logsnr)
+            root = jnp.linspace(jnp.exp(-lam_hi / KARRAS_RHO), jnp.exp(-lam_lo / KARRAS_RHO), n)
+            lam = -KARRAS_RHO * jnp.log(root)
         grid = schedule.t_from_log_snr(lam)
     # the end points exactly (the maps are accurate to rounding in between)
     grid = grid.at[0].set(t_hi).at[-1].set(t_lo)
@@ -586,9 +584,9 @@ def _check_times(state: ScoreSdeVpSchedulerState, t: np.ndarray, name: str) -> N
 def eps_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
     r"""The noise prediction :math:`\hat\epsilon` from a model output of ``prediction_type``.
 
-    With :math:`x = lpha x_0 + \sigma\epsilon` and :math:`v = lpha\epsilon - \sigma x_0`
-    (Salimans & Ho, ICLR 2022): :math:`\hat\epsilon = lpha v + \sigma x` from a v-model,
-    :math:`\hat\epsilon = (x - lpha\hat x_0)/\sigma` from an :math:`x_0`-model; an
+    With :math:`x = \alpha x_0 + \sigma\epsilon` and :math:`v = \alpha\epsilon - \sigma x_0`
+    (Salimans & Ho, ICLR 2022): :math:`\hat\epsilon = \alpha v + \sigma x` from a v-model,
+    :math:`\hat\epsilon = (x - \alpha\hat x_0)/\sigma` from an :math:`x_0`-model; an
     ε-model's output is returned as it is (no arithmetic).
     """
     if prediction_type == "epsilon":
@@ -599,7 +597,7 @@ def eps_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, a
 
 
 def prediction_from_eps(prediction_type: str, eps: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
-    r"""The inverse of :func:`eps_from_prediction`: :math:`v = (\epsilon - \sigma x)/lpha`, :math:`x_0 = (x - \sigma\epsilon)/lpha`."""
+    r"""The inverse of :func:`eps_from_prediction`: :math:`v = (\epsilon - \sigma x)/\alpha`, :math:`x_0 = (x - \sigma\epsilon)/\alpha`."""
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "v_prediction":
@@ -764,7 +762,7 @@ class PreparedStep:
 
         On the ``"reference"`` grid the paper's code's :math:`\beta(t)/N` (checked
         :math:`< 1` by :func:`check_reference_rate`); on every other grid the exact
-        :math:`1 - \alpha(t_{next})^2/\alpha(t)^2 = -\operatorname{expm1}(2(\log\alpha(t_{next}) - \log\alpha(t)))`,
+        :math:`1 - \alpha(t)^2/\alpha(t_{next})^2 = -\operatorname{expm1}(2(\log\alpha(t) - \log\alpha(t_{next})))`,
         always in (0, 1) -- for a discrete model on its training grid these are its training betas.
         """
         if self.t_next is None:
