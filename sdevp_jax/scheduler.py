@@ -475,7 +475,7 @@ def _check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
         i = int(steps[0])
         raise ValueError(
             f"{name} must be strictly decreasing (in the grid's float dtype), got "
-            f"{name}[{i}] = {values[i]!r} <= {name}[{i + 1}] = {values[i + 1]!r}"
+            f"{name}[{i}] = {float(values[i])!r} <= {name}[{i + 1}] = {float(values[i + 1])!r}"
         )
     low, shown = _eps_range(state.schedule, state.num_train_timesteps)
     t_max = _concrete(state.schedule.t_max)
@@ -483,7 +483,7 @@ def _check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
     bottom_ok = values[-1] >= low if state.schedule.is_discrete else values[-1] > low
     if not (top_ok and bottom_ok):
         where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
-        raise ValueError(f"{name} must lie in {where}, got values from {values[-1]!r} to {values[0]!r}")
+        raise ValueError(f"{name} must lie in {where}, got values from {float(values[-1])!r} to {float(values[0])!r}")
 
 
 def _custom_grid(state: ScoreSdeVpSchedulerState, timesteps: Any) -> jax.Array:
@@ -526,12 +526,13 @@ def _continuous_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str) -> j
         lam_hi, lam_lo = schedule.log_snr(t_hi), schedule.log_snr(t_lo)
         if spacing == "logsnr":
             lam = jnp.linspace(lam_hi, lam_lo, n)
-        else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform
-            root = jnp.linspace(-lam_hi / KARRAS_RHO, -lam_lo / KARRAS_RHO, n)
-            lam = -KARRAS_RHO * root
+        else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform (not -lam/rho: that is logsnr)
+            root = jnp.linspace(jnp.exp(-lam_hi / KARRAS_RHO), jnp.exp(-lam_lo / KARRAS_RHO), n)
+            lam = -KARRAS_RHO * jnp.log(root)
         grid = schedule.t_from_log_snr(lam)
-    # the end points exactly (the maps are accurate to rounding in between)
-    grid = grid.at[0].set(t_hi).at[-1].set(t_lo)
+    # the end points exactly (the maps are accurate to rounding in between); t_max last, so that
+    # a one-point grid is [t_max], as linspace's is
+    grid = grid.at[-1].set(t_lo).at[0].set(t_hi)
     _check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
     return grid
 
@@ -571,7 +572,7 @@ def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) ->
         bad = np.flatnonzero(~((host >= 0) & (host <= n - 1)).reshape(-1))
         if bad.size:
             raise ValueError(
-                f"a discrete schedule's labels lie in [0, num_train_timesteps - 1] = [0, {n - 1}], "
+                f"model_t, a discrete schedule's label, must lie in [0, num_train_timesteps - 1] = [0, {n - 1}], "
                 f"got {float(host.reshape(-1)[bad[0]])!r}"
             )
     return (model_t + 1.0) / n
@@ -685,6 +686,14 @@ def check_t(t: jax.Array, t_host: Optional[np.ndarray]) -> None:
         checkify.debug_check(jnp.all(jnp.isfinite(t) & (t > 0)), message)
 
 
+def _check_t_max(state: ScoreSdeVpSchedulerState, t_host: np.ndarray) -> None:
+    """A step's host ``t`` at most the schedule's ``t_max`` (the cosine schedule's beta is infinite at 1: NaN)."""
+    t_max = _concrete(state.schedule.t_max)
+    t = np.asarray(t_host, np.float64)
+    if t_max is not None and not np.all(t <= np.max(t_max) * (1 + 1e-6)):
+        raise ValueError(f"t must be <= the schedule's t_max = {state.schedule.t_max!r}, got {t_host}")
+
+
 def broadcast_t(t: jax.Array, x: jax.Array) -> jax.Array:
     """Check ``t`` (0-d or ``(batch,)``) against ``x`` and shape it to broadcast from the left."""
     if t.ndim == 0:
@@ -722,6 +731,8 @@ class PreparedStep:
         if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
             raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
         check_t(t, t_host)
+        if t_host is not None:
+            _check_t_max(state, t_host)
         if noise is None:
             _checks.prng_key("key", key)
         else:
