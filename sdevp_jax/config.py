@@ -378,7 +378,12 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     model = dict(_MODEL_DEFAULTS, timestep_spacing=default_spacing)
     if name in _NO_ZERO_SNR_FIELD:
         del model["rescale_betas_zero_snr"]
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in model and k not in extra_defaults)
+    # A field of another diffusers scheduler (Stable Diffusion 1.x's PNDMScheduler file carries DDIM's
+    # clip_sample) is ignored by diffusers for this class, whatever its value: kept and written back.
+    foreign = {k: v for k, v in config.items()
+               if k in _EXTRA_FIELDS and k not in model and k not in extra_defaults}
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in model and k not in extra_defaults
+                     and k not in foreign)
     if unknown:
         raise ValueError(
             f"{source}: unknown fields {unknown} for {name}; it has {sorted(model) + sorted(extra_defaults)}"
@@ -386,8 +391,9 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     model.update({k: v for k, v in config.items() if k in model})
     extra = dict(extra_defaults)
     extra.update({k: v for k, v in config.items() if k in extra_defaults or (k.startswith("_") and k != "_class_name")})
+    extra.update(foreign)
     for key, value in extra.items():
-        allowed = _EXTRA_FIELDS.get(key)
+        allowed = _EXTRA_FIELDS.get(key) if key not in foreign else None
         if allowed is not None and not any(_same(value, a) for a in allowed):
             raise ValueError(
                 f"{source}: {key} = {value!r} changes sampling and is not supported; "

@@ -274,9 +274,15 @@ def _check_spacing(state, spacing: Optional[str], steps: int) -> str:
 
 
 def job_state(spec: JobSpec):
-    """The state ``spec`` samples with: its scheduler, schedule and prediction type, on its grid of ``steps``."""
+    """The state ``spec`` samples with: its scheduler, schedule and prediction type, on its grid of ``steps``.
+
+    The spec names its spacing even when it is the state's default; a default one is
+    built as a default (``set_timesteps`` without ``spacing``), so that ``dpm_solver``
+    treats it as it treats any default grid (see :func:`~sdevp_jax.sample_ode`).
+    """
     state, _ = _config_state(spec)
-    return set_timesteps(state, spec.steps, spacing=spec.spacing)
+    spacing = None if spec.spacing == default_spacing(state) else spec.spacing
+    return set_timesteps(state, spec.steps, spacing=spacing)
 
 
 def versions() -> dict:

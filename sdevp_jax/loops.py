@@ -299,21 +299,27 @@ def sample(
 
 
 def _ode_grid(state, method, dtype):
-    """The times the fixed-step ODE methods step through, from the top of the grid to its bottom.
+    r"""The times the fixed-step ODE methods step through, from the top of the grid to its bottom.
 
-    ``state.timesteps`` itself, except for ``dpm_solver`` on the ``"reference"`` grid:
-    that grid is uniform in ``t``, so DPM-Solver builds its own of ``N`` points uniform
-    in log-SNR between the same end points (as it did before grids had names).
+    ``state.timesteps`` itself, except for ``dpm_solver`` on a grid whose spacing was
+    not asked for (``set_timesteps`` without ``spacing``): there it steps through its
+    own ``N`` points uniform in log-SNR between the same end points, the grid its
+    convergence rests on (on the linear schedule's ``"reference"`` grid, as it always
+    did; on a diffusers config's label spacing, whose last steps are coarse in
+    :math:`\lambda`, 20 points of ``leading`` left 13 % of the samples of a sharp
+    mixture off its modes where the log-SNR grid left 0.05 %).
     """
-    if method != "dpm_solver" or not state.uses_reference_step:
+    if method != "dpm_solver" or state.spacing_given:
         return state.timesteps.astype(dtype)
     schedule = state.schedule.cast(dtype)
-    lam = jnp.linspace(schedule.log_snr(jnp.asarray(1.0, dtype)),
-                       schedule.log_snr(jnp.asarray(state.sampling_eps, dtype)),
-                       state.timesteps.shape[0], dtype=dtype)
+    if state.uses_reference_step:
+        top, bottom = jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype)
+    else:
+        top, bottom = state.timesteps[0].astype(dtype), state.timesteps[-1].astype(dtype)
+    lam = jnp.linspace(schedule.log_snr(top), schedule.log_snr(bottom), state.timesteps.shape[0], dtype=dtype)
     t = schedule.t_from_log_snr(lam)
     # the end points exactly (the inverse is accurate to rounding in between)
-    return t.at[0].set(1.0).at[-1].set(jnp.asarray(state.sampling_eps, dtype))
+    return t.at[0].set(top).at[-1].set(bottom)
 
 
 def model_eps(state, model_fn, dtype_out, dtype):
@@ -630,10 +636,10 @@ def sample_ode(
       state's grid, ``N - 1`` and ``2 (N - 1)`` network calls.
     * ``"dpm_solver"`` (order 3, or ``order``): multistep DPM-Solver in :math:`\epsilon` form, an
       exponential integrator of the ODE in log-SNR :math:`\lambda = \log(\alpha/\sigma)`
-      (Lu et al., NeurIPS 2022), along ``state.timesteps`` -- pass
-      ``spacing="logsnr"`` (the default off the linear schedule) for its usual grid;
-      on the linear schedule's ``"reference"`` grid it steps through ``N`` points
-      uniform in :math:`\lambda` between the same end points instead;
+      (Lu et al., NeurIPS 2022), along ``state.timesteps`` when its spacing was
+      asked for (``set_timesteps(..., spacing=...)`` or ``timesteps=``); on a default
+      grid it steps through ``N`` points uniform in :math:`\lambda` between the same
+      end points (the default off the linear schedule is that grid already);
       ``N - 1`` network calls. The few-step method: ``N`` of 10 to 20 is typical.
     * ``"adaptive"``: diffrax's Tsit5 (5th order) with a PID step-size controller
       at ``rtol``/``atol``, on device; each sample is solved with its own steps (so

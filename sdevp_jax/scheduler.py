@@ -134,6 +134,10 @@ class ScoreSdeVpSchedulerState:
         or ``"sample"`` (:math:`x_0`).
       spacing: static; the name of the grid in ``timesteps`` (one of :data:`SPACINGS`,
         or ``"custom"`` for ``set_timesteps(timesteps=...)``); ``None`` before.
+      spacing_given: static; whether the grid's spacing (or ``timesteps``) was passed to
+        :func:`set_timesteps` rather than taken from :func:`default_spacing`.
+        ``dpm_solver`` follows only a grid that was asked for; on a default grid it
+        steps through its own log-SNR grid between the same end points.
       diffusers_config: static; the :class:`~sdevp_jax.config.DiscreteConfig` the state
         was loaded from (its ``timestep_spacing``, ``steps_offset`` and class set the
         default grid, and :func:`~sdevp_jax.save_config` writes it back), else ``None``.
@@ -146,6 +150,7 @@ class ScoreSdeVpSchedulerState:
     min_discrete_steps: Optional[int] = struct.field(pytree_node=False, default=None)
     prediction_type: str = struct.field(pytree_node=False, default="epsilon")
     spacing: Optional[str] = struct.field(pytree_node=False, default=None)
+    spacing_given: bool = struct.field(pytree_node=False, default=False)
     diffusers_config: Any = struct.field(pytree_node=False, default=None)
 
     @property
@@ -438,8 +443,9 @@ def set_timesteps(
             raise ValueError(
                 f"num_inference_steps = {num_inference_steps!r} must equal len(timesteps) = {grid.shape[0]}"
             )
-        return state.replace(timesteps=grid, spacing="custom")
+        return state.replace(timesteps=grid, spacing="custom", spacing_given=True)
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
+    given = spacing is not None
     spacing = default_spacing(state) if spacing is None else spacing
     if not isinstance(spacing, str) or spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))}, got {spacing!r}")
@@ -454,7 +460,7 @@ def set_timesteps(
         grid = _label_grid(state, n, spacing, steps_offset)
     else:
         grid = _continuous_grid(state, n, spacing)
-    return state.replace(timesteps=grid, spacing=spacing)
+    return state.replace(timesteps=grid, spacing=spacing, spacing_given=given)
 
 
 def _default_float() -> np.dtype:

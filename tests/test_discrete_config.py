@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 
+import sdevp_jax as sv
+
 from sdevp_jax import config, schedules
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "spacings.npz")
@@ -76,7 +78,6 @@ def test_trained_betas_round_trip():
     ({"trained_betas": [0.01] * 5}, "trained_betas has 5 entries but num_train_timesteps = 1000"),
     ({"steps_offset": -1}, "steps_offset must be an int >= 0"),
     ({"snr": 0.1}, r"unknown fields \['snr'\]"),
-    ({"skip_prk_steps": True}, r"unknown fields \['skip_prk_steps'\] for DPMSolverMultistepScheduler"),
 ])
 def test_unsupported_or_contradictory_fields(change, match):
     base = {"_class_name": "DPMSolverMultistepScheduler"}
@@ -90,3 +91,18 @@ def test_diffusers_default_clip_sample_is_refused():
     """DDIM's and DDPM's default clip_sample is True: a file without the field is refused, naming it."""
     with pytest.raises(ValueError, match="clip_sample = True"):
         config.discrete_config({"_class_name": "DDPMScheduler"})
+
+
+def test_stable_diffusion_1x_file_loads_with_its_foreign_clip_sample():
+    """SD 1.x's scheduler_config.json (a PNDMScheduler) carries DDIM's clip_sample, which PNDM does not have:
+    diffusers ignores it, so do we -- whatever its value -- and write it back unchanged."""
+    sd = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+          "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+          "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+          "clip_sample": False}
+    cfg = config.discrete_config(sd)
+    assert dict(cfg.extra)["clip_sample"] is False
+    assert config.discrete_config_dict(cfg)["clip_sample"] is False
+    assert config.discrete_config(dict(sd, clip_sample=True)).class_name == "PNDMScheduler"
+    state = sv.load_config(sd)
+    assert state.schedule.is_discrete and state.diffusers_config == cfg
