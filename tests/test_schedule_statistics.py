@@ -138,9 +138,12 @@ def assert_law(x, mixture, state, denoised, label):
 # ------------------------------------------------------------------------------------------------ 1. statistics
 
 
+# The adaptive solver uses only a grid's end points, so the label grid adds nothing for it but time.
+STATISTICS_CASES = [(g, s) for g in GRIDS for s in SAMPLERS if not (g == "scaled_linear-leading" and s == "adaptive")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
-@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("grid,sampler", STATISTICS_CASES)
 def test_sampler_draws_the_mixture(grid, sampler):
     """M = 10,000 draws of the default 2-D mixture: mode weights, mean and covariance within 5 SE.
 
@@ -148,7 +151,13 @@ def test_sampler_draws_the_mixture(grid, sampler):
     as the largest error over the 10 statistics in units of the 100,000-sample SE; a value below
     sqrt(10) ~ 3.2 there is below one SE at M = 10,000 (and includes the 100,000-sample noise itself,
     ~2 for a max over 10 statistics). Measured: SDE samplers at N = 250 -- at N = 200 already 0.4 to 3.6
-    (the worst, reverse_diffusion on cosine, 3.6 at N = 200); ODE samplers: see ``SAMPLERS``.
+    (the worst, reverse_diffusion on cosine, 3.6 at N = 200; these predictors have weak order 1, so
+    N = 250 takes it to ~2.9, 0.9 SE at M = 10,000). ODE samplers (cosine and scaled_linear, M = 100,000):
+    euler at N = 100 at most 4.0 (3.0 at N = 400), heun at N = 25 at most 4.2 (1.6 at N = 50, 1.2 at
+    N = 100; so N = 50 would be safer on cosine, 25 keeps its bias ~1 SE), dpm_solver at N = 20 at most
+    4.9 (7.3 at N = 10), adaptive 1.3. The seed's own Monte Carlo error at M = 100,000 is 2.7-3.0 in these
+    units (the value the errors settle at as N grows), so all biases are below ~1 SE at M = 10,000.
+    Command: the same run with M = 100,000 and several N (not committed; see the report to the lead).
     """
     family, _, n = SAMPLERS[sampler]
     state = make_state(grid, n)
@@ -186,7 +195,6 @@ EQUIVALENCE = [
     ("euler", "scaled_linear"),
     ("heun", "cosine"),
     ("dpm_solver", "scaled_linear"),
-    ("dpm_solver", "cosine"),
     ("adaptive", "cosine"),
 ]
 EQUIVALENCE_STEPS = 40
@@ -222,19 +230,19 @@ def test_v_and_x0_models_sample_as_the_eps_model(sampler, grid):
 
         |x_pt - x_eps|_inf <= 8 N u max(1, |x|_inf) cond   per sample.
 
-    Measured on these cases (N = 40, 128 samples): the difference is 0 to 8 ulps for most samples, and its
-    largest ratio to N u max(1, |x|) cond is 1.3 (euler_maruyama, x0); 8 leaves a factor 6.
+    Measured (cosine, N = 50, 256 samples, every fixed-step sampler): the difference is 0 to 8 ulps for most
+    samples, and its largest ratio to N u max(1, |x|) cond is 1.3 (euler_maruyama, x0); 8 leaves a factor 6.
 
     The adaptive solver is not a rounding question: its accept/reject decisions flip with the rounding, so
     two runs differ by up to twice the solver's own error E (each is within E of the exact flow). E is
     estimated, for the batch, as the largest change of the eps-run when rtol = atol tighten from 1e-5 to
     1e-6 (per sample that change is too noisy to use); tolerance 3 E (2 E, times 1.5 for the estimate).
-    Measured: the differences are 0.5 to 1.45 E (cosine and scaled_linear, v and x0), E = 2.8e-4 on
+    Measured (N = 20, 64 samples): the differences are 0.5 to 1.45 E (cosine and scaled_linear, v and x0), E = 2.8e-4 on
     cosine and 1.9e-3 on scaled_linear (whose piecewise-constant beta makes the ODE's right-hand side
     jump at every training label).
     """
     mixture = sv.default_mixture()
-    m, n = 64, EQUIVALENCE_STEPS
+    m, n = (16 if sampler == "adaptive" else 64), EQUIVALENCE_STEPS
     key = jax.random.key(31)
     eps_state = make_state(grid, n)
     eps_fn = sv.make_mixture_eps_fn(eps_state, mixture)
@@ -300,42 +308,50 @@ def expected_losses(state, t_min=1e-5):
     }
 
 
-def per_sample_losses(state, key, m, **options):
-    """dsm_loss of the exact model on m data points, one call per point (own key), shape (m,)."""
+def per_sample_losses(state, key, m):
+    """(plain, likelihood-weighted) dsm_loss of the exact model on m data points, one call per point (own key)."""
     mixture = sv.make_mixture([1.0], [GAUSS_MU], [[GAUSS_SCALE] * len(GAUSS_MU)])
     model_fn = sv.make_mixture_eps_fn(state, mixture)
     x0 = sv.sample_mixture(mixture, jax.random.key(41), m)
     keys = jax.random.split(key, m)
-    loss = jax.jit(jax.vmap(lambda k, x: sv.dsm_loss(state, model_fn, x[None], k, **options)))
-    return np.asarray(loss(keys, x0), np.float64), np.asarray(x0, np.float64)
+
+    def both(k, x):
+        return (sv.dsm_loss(state, model_fn, x[None], k),
+                sv.dsm_loss(state, model_fn, x[None], k, likelihood_weighting=True))
+
+    plain, weighted = jax.jit(jax.vmap(both))(keys, x0)
+    return np.asarray(plain, np.float64), np.asarray(weighted, np.float64), np.asarray(x0, np.float64)
 
 
 @pytest.mark.parametrize("grid", LOSS_SCHEDULES)
 def test_dsm_loss_of_the_exact_model_on_every_prediction_type(grid):
     """The exact model's loss matches its closed form; the three parametrizations agree per sample.
 
-    M = 20,000 per-sample losses (same keys for the three types: the same t and z). Their mean is within
+    M = 10,000 per-sample losses (same keys for the three types: the same t and z). Their mean is within
     5 SE of ``expected_losses`` (SE = the per-sample losses' standard deviation / sqrt(M)).
 
     Per sample, the losses are |e|^2, |e|^2 / alpha^2 and |e|^2 sigma^2 / alpha^2 for one error e, so
     L_v = L_eps + L_x0 (alpha^2 + sigma^2 = 1) whatever t was drawn. In float32 each loss is a sum of
     squares of differences of numbers of size <= |x| + |x0| + |z| (<= ~8 here): absolute error about
     4 u (that size) per coordinate in each difference, hence about 8 u (size) sqrt(L) in L; tolerance
-    64 u size (1 + sqrt(L_v)) (L_eps, L_x0 <= L_v), measured to use at most ~1/10 of it.
+    64 u size (1 + sqrt(L_v)) (L_eps, L_x0 <= L_v).
     The likelihood-weighted losses multiply the squared output error by c^2 beta / sigma^2 with
     c = 1, alpha, -alpha/sigma, so the three are the same number, beta |e|^2 / sigma^2: their batch means
     agree to a relative 1e-3 (the x0-model's error is a difference of O(1) numbers of size sigma |e| /
-    alpha: relative rounding ~8 u / sigma, ~1e-3 at the smallest sigma ~ 6e-4 of t = 1e-5 on cosine;
-    measured below 1e-5 on the batch means, which are dominated by larger t).
+    alpha: relative rounding ~8 u / sigma, ~1e-3 at the smallest sigma ~ 6e-4 of t = 1e-5 on cosine; the
+    batch means are dominated by larger t).
+
+    On the discrete schedule each sample's t is a training label's: L_eps / L_v = alpha(t)^2 must be one of
+    alphas_cumprod, to a relative 1e-4 (about 100 times the float32 rounding of the ratio of two losses;
+    a time between labels would miss by up to the relative gap between neighbours, beta_n >= 8.5e-4).
     """
-    m = 20_000
+    m = 10_000
     key = jax.random.key(40)
     expected = expected_losses(make_state(grid, 2))
     losses, weighted = {}, {}
     for prediction_type in sv.scheduler.PREDICTION_TYPES:
         state = sv.create_state(schedule=make_schedule(GRIDS[grid][0]), prediction_type=prediction_type)
-        losses[prediction_type], x0 = per_sample_losses(state, key, m)
-        weighted[prediction_type], _ = per_sample_losses(state, key, m, likelihood_weighting=True)
+        losses[prediction_type], weighted[prediction_type], x0 = per_sample_losses(state, key, m)
         got, se = losses[prediction_type].mean(), losses[prediction_type].std() / np.sqrt(m)
         assert abs(got - expected[prediction_type]) < 5 * se, (prediction_type, got, expected[prediction_type], se)
     l_eps, l_v, l_x0 = losses["epsilon"], losses["v_prediction"], losses["sample"]
@@ -346,25 +362,13 @@ def test_dsm_loss_of_the_exact_model_on_every_prediction_type(grid):
     assert np.mean(l_v) > 1.1 * np.mean(l_eps) and np.mean(l_x0) < 0.9 * np.mean(l_eps)
     for prediction_type in ("v_prediction", "sample"):
         np.testing.assert_allclose(weighted[prediction_type].mean(), weighted["epsilon"].mean(), rtol=1e-3)
-
-
-def test_dsm_loss_on_a_discrete_schedule_draws_training_labels():
-    """On Stable Diffusion's schedule each sample's t is a training label's: L_eps / L_v = alpha(t)^2 is one
-    of alphas_cumprod (to float32 rounding of the two losses' ratio: relative 1e-4 is ~100 times the
-    per-loss relative rounding of a few u per coordinate sum; a time between labels would miss by up to
-    the relative gap between neighbours, beta_n ~ 1e-3 to 1e-2)."""
-    m = 2_000
-    key = jax.random.key(42)
-    states = {pt: sv.create_state(schedule=make_schedule("scaled_linear"), prediction_type=pt)
-              for pt in ("epsilon", "v_prediction")}
-    l_eps, _ = per_sample_losses(states["epsilon"], key, m)
-    l_v, _ = per_sample_losses(states["v_prediction"], key, m)
-    betas = np.linspace(SD["beta_start"] ** 0.5, SD["beta_end"] ** 0.5, 1000) ** 2
-    alphas_cumprod = np.cumprod(1 - betas)
-    ratio = l_eps / l_v
-    nearest = alphas_cumprod[np.argmin(np.abs(ratio[:, None] - alphas_cumprod[None]), axis=1)]
-    np.testing.assert_array_less(np.abs(ratio / nearest - 1), 1e-4)
-    assert len(np.unique(np.round(nearest, 12))) > 500  # and many labels were drawn
+    if grid == "scaled_linear":
+        betas = np.linspace(SD["beta_start"] ** 0.5, SD["beta_end"] ** 0.5, 1000) ** 2
+        alphas_cumprod = np.cumprod(1 - betas)
+        ratio = l_eps / l_v
+        nearest = alphas_cumprod[np.argmin(np.abs(ratio[:, None] - alphas_cumprod[None]), axis=1)]
+        np.testing.assert_array_less(np.abs(ratio / nearest - 1), 1e-4)
+        assert len(np.unique(nearest)) > 900  # and (nearly) every label was drawn
 
 
 # ------------------------------------------------------------------------------------------ 4. log_likelihood
