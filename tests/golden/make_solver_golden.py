@@ -144,7 +144,7 @@ class _Float32As64:
         return getattr(self._torch, name)
 
 
-def make_model(torch, acp: "torch.Tensor", prediction_type: str):
+def make_model(torch, acp, prediction_type: str):
     """The exact model at a label: ``model(x, label) -> epsilon or v`` (float64 torch), Gaussian | mixture rows."""
 
     def gaussian(x, a2):
