@@ -478,7 +478,9 @@ def _grid_solver(state, model_fn, x, opts: GridSolverOptions, sample_keys, dtype
     One scan over the ``N - 1`` steps between grid points, the solver's
     :class:`~sdevp_jax.solvers.History` in the carry, then with ``final_zero`` one last
     step to :math:`\\sigma = 0`: the data prediction at the last grid time (what every
-    first-order update to :math:`\\sigma = 0` reduces to). Stochastic steps draw step
+    first-order update to :math:`\\sigma = 0` reduces to; diffusers 0.42.1's UniPC with
+    ``solver_type="bh1"`` evaluates that step as ``B(h) * 0`` with ``B(h) = -h = -inf`` and
+    returns NaN, see tests/golden/make_solver_golden.py). Stochastic steps draw step
     ``k``'s noise from slot ``1 + k`` of each sample's stream.
     """
     from . import solvers
