@@ -256,6 +256,8 @@ def test_building_a_spec_does_not_start_jax():
             "from sdevp_jax import jobs\n"
             f"jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, scheduler={SD_DDIM!r}, spacing='trailing')\n"
             "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, schedule={'kind': 'cosine'}, spacing='karras')\n"
+            "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, method='dpm_solver_pp', order=3, "
+            "thresholding=True, sample_max_value=2.0)\n"  # the solver options are checked on the host too
             "assert not xla_bridge.backends_are_initialized()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
