@@ -16,8 +16,13 @@ The model's schedule comes from ``--config`` (a ``ScoreSdeVpScheduler`` config, 
 discrete scheduler's such as Stable Diffusion's DDIM/PNDM ``scheduler_config.json``), or
 ``--schedule linear|cosine`` for a continuous one; ``--prediction-type`` says what the
 model returns and ``--spacing`` picks the grid. The embedded mixture is exact under
-any of them. ``sdevp-jax info`` prints the backend, devices, versions and the schedule
-(of the same options).
+any of them. ``--method`` takes every sampler of the registry -- the SDE predictors, the
+ODE solvers and the stochastic ``sde_dpm_solver_pp`` -- and ``--order``, ``--solver-type``,
+``--eta``, ``--final-sigmas-type``, ``--no-lower-order-final``, ``--third-order`` and
+``--thresholding`` (with ``--dynamic-thresholding-ratio``, ``--sample-max-value``) set the
+options of the methods they apply to (an error for any other method; see
+:func:`sdevp_jax.jobs.solver_defaults`). ``sdevp-jax info`` prints the backend, devices,
+versions, the schedule (of the same options) and the methods with their kind.
 """
 
 from __future__ import annotations
@@ -144,6 +149,69 @@ def model_options(args: argparse.Namespace) -> dict:
     return options
 
 
+#: The solver options' flags, by JobSpec field.
+SOLVER_FLAGS = {"order": "--order", "solver_type": "--solver-type", "eta": "--eta",
+                "lower_order_final": "--no-lower-order-final", "final_sigmas_type": "--final-sigmas-type",
+                "third_order": "--third-order", "thresholding": "--thresholding",
+                "dynamic_thresholding_ratio": "--dynamic-thresholding-ratio", "sample_max_value": "--sample-max-value"}
+
+
+def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of sample_ode's solvers (``None`` when not given: the method's default)."""
+    from .loops import FINAL_SIGMAS_TYPES, SOLVER_TYPES
+
+    add = parser.add_argument
+    add("--order", type=_int_at_least(1), default=None,
+        help="the multistep order: dpm_solver 1-3 (default 3), dpm_solver_pp 1-3 (2: '2M', 3: '3M'; default 2), "
+             "sde_dpm_solver_pp 1-2 (default 2), unipc 1-3 (default 2)")
+    add("--solver-type", default=None, choices=sorted({t for ts in SOLVER_TYPES.values() for t in ts}),
+        help="dpm_solver_pp / sde_dpm_solver_pp: midpoint (default) or heun; unipc: bh2 (default) or bh1")
+    add("--eta", type=_non_negative_float, default=None,
+        help="ddim's eta (default 0: deterministic; 1: DDPM's posterior variance, per-sample keyed noise)")
+    add("--final-sigmas-type", default=None, choices=list(FINAL_SIGMAS_TYPES),
+        help="the grid solvers' (ddim, dpm_solver_pp, sde_dpm_solver_pp, unipc) last step: 'zero' (default, "
+             "diffusers': one more network call, to sigma = 0) or 'last' (end at the last grid time)")
+    add("--no-lower-order-final", dest="lower_order_final", action="store_const", const=False, default=None,
+        help="dpm_solver_pp / sde_dpm_solver_pp / unipc: keep the order at the last steps (diffusers lowers it, "
+             "the default)")
+    add("--third-order", default=None, choices=["taylor", "diffusers"],
+        help="dpm_solver_pp --order 3's third-order term: 'taylor' (default, exact Taylor coefficients) or "
+             "'diffusers' (half the second-derivative term, as diffusers and the official code)")
+    add("--thresholding", action="store_const", const=True, default=None,
+        help="dynamic thresholding of the data prediction (Saharia et al. 2022) in the grid solvers, for "
+             "pixel-space models")
+    add("--dynamic-thresholding-ratio", type=_positive_float, default=None,
+        help="with --thresholding: the quantile of |x0| (default 0.995; in (0, 1])")
+    add("--sample-max-value", type=_positive_float, default=None,
+        help="with --thresholding: the largest threshold, the data's bound (default 1)")
+
+
+def solver_options(args: argparse.Namespace) -> dict:
+    """The JobSpec fields of the solver options given on the command line.
+
+    Raises:
+      ValueError: an option given for a method it does not apply to (named by its flag).
+    """
+    from .jobs import option_methods
+
+    options = {name: getattr(args, name) for name in SOLVER_FLAGS if getattr(args, name) is not None}
+    for name in options:
+        if name in ("dynamic_thresholding_ratio", "sample_max_value") and not args.thresholding:
+            raise ValueError(f"{SOLVER_FLAGS[name]} needs --thresholding")
+        methods = option_methods(name)
+        if args.method not in methods:
+            raise ValueError(f"{SOLVER_FLAGS[name]} applies to --method {', '.join(methods)}; not to {args.method}")
+    return options
+
+
+def describe_methods() -> list[str]:
+    """One line per registered method: its name, kind, order and network calls."""
+    from .samplers import METHODS
+
+    width = max(map(len, METHODS))
+    return [f"method {name:<{width}}  {m.kind:<10}  order {m.order}  NFE {m.nfe}" for name, m in METHODS.items()]
+
+
 def describe_model(spec) -> str:
     """One line: the job's schedule, prediction type and grid."""
     schedule = dict(spec.schedule)
@@ -182,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = sample.add_argument
-    add("--method", default="euler_maruyama", choices=list_methods("predictor") + list_methods("ode"),
-        help="sampler: a predictor of the reverse SDE or a probability-flow ODE method")
+    add("--method", default="euler_maruyama",
+        choices=list_methods("predictor") + list_methods("ode") + list_methods("sde_solver"),
+        help="sampler: a predictor of the reverse SDE, a probability-flow ODE method or the stochastic grid "
+             "solver sde_dpm_solver_pp ('sdevp-jax info' lists them with their kind)")
     add("--corrector", default=None, choices=list_methods("corrector"), help="corrector at each time, before the predictor step")
     add("--snr", type=_positive_float, default=0.16, help="the corrector's signal-to-noise ratio")
     add("--corrector-steps", type=_int_at_least(1), default=1, help="corrector steps per timestep")
@@ -191,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the corrector's step size: 'sigma' (default; 2 a_i (snr sigma(t))^2, per sample), 'snr_batch' "
              "(the paper's code: batch-mean norms, couples the batch), 'snr_sample' (per-sample norms; biased "
              "in low dimension)")
+    add_solver_arguments(sample)
     add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
     add("--batch-size", type=_int_at_least(1), default=1024,
@@ -260,9 +331,10 @@ def make_figure(samples: np.ndarray, spec):
         mixture = sv.default_mixture(flat.shape[1])
         plane = sv.make_mixture(np.asarray(mixture.weights), np.asarray(mixture.means)[:, :2],
                                 np.asarray(mixture.scales)[:, :2])
-        # The samplers end at t = sampling_eps on ScoreSdeVpScheduler's grid, at t = 0 on every other.
+        # The samplers end at t = sampling_eps on ScoreSdeVpScheduler's grid, at t = 0 on every other;
+        # the grid solvers' final step to sigma = 0 (final_sigmas_type "zero") at t = 0 on any.
         state = jobs.job_state(spec)
-        eps = float(state.sampling_eps) if state.uses_reference_step else 0.0
+        eps = float(state.sampling_eps) if state.uses_reference_step and spec.final_sigmas_type != "zero" else 0.0
         alpha, sigma = (1.0, 0.0) if eps == 0.0 else (float(v) for v in state.schedule.alpha_sigma(eps))
         axis = np.linspace(-lim, lim, 300, dtype=np.float32)
         gx, gy = np.meshgrid(axis, axis)
@@ -335,6 +407,7 @@ def run_sample(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
             method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
             step_rule=args.step_rule, event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
+            **solver_options(args),
         )
     except (OSError, ValueError) as err:
         return _error(str(err))
@@ -408,7 +481,9 @@ def run_sample(args: argparse.Namespace) -> int:
         with np.load(samples_path) as data:
             samples = data["samples"].reshape(spec.num_samples, -1)
         written.append(atomic_write(out / "samples.png", lambda f: plot_samples(samples, spec, f)))
-    print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {spec.method}, "
+    defaults = jobs.solver_defaults(spec.method, thresholding=bool(spec.thresholding))
+    method = spec.method + "".join(f", {k} {v}" for k, v in spec.solver_options().items() if v != defaults[k])
+    print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {method}, "
           f"{spec.steps} steps, seed {spec.seed}, in {seconds:.1f} s")
     return 0
 
@@ -432,6 +507,7 @@ def run_info(args: argparse.Namespace) -> int:
     for device in jax.devices():
         print(f"device {device.id}: {device.device_kind} ({device.platform})")
     print(describe_model(spec))
+    print("\n".join(describe_methods()))
     return 0
 
 

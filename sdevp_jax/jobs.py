@@ -46,6 +46,18 @@ manifest written before these fields existed means exactly that), the file's
 schedule, prediction type and ``timestep_spacing`` for a discrete one. Given, they
 must agree with a discrete config (its model is fixed by the file): a contradiction
 is a ValueError.
+
+A job runs any method of ``sv.list_methods("predictor")``, ``("ode")`` and
+``("sde_solver")``. The options of :func:`~sdevp_jax.sample_ode`'s solvers (``order``,
+``solver_type``, ``eta``, ``lower_order_final``, ``final_sigmas_type``, ``third_order``,
+``thresholding``, ``dynamic_thresholding_ratio``, ``sample_max_value``) are fields of
+:class:`JobSpec`; each applies to some methods only (:func:`solver_defaults`): left out
+(``None``) it takes the method's default, given to a method it does not apply to it is
+a ValueError. The manifest records the options that apply, resolved, so another
+option is another job; a manifest written before these fields existed meant the
+defaults, and resumes as such. A stochastic solver (``sde_dpm_solver_pp``, ``ddim``
+with ``eta > 0``) draws sample ``b``'s noise from ``(seed, b)`` alone, as the
+predictors do, so a chunked or resumed job equals the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -66,18 +78,23 @@ from ._cache import compilation_cache
 from ._io import atomic_write
 from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
 from .distributed import barrier, batch_sharding
-from .loops import sample, sample_ode
+from .loops import GRID_SOLVERS, SOLVER_TYPES, grid_solver_options, sample, sample_ode
 from .models import default_mixture, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
 
-__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_state", "schedule_json"]
+__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_state", "schedule_json", "solver_defaults",
+           "SOLVER_FIELDS"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 CORRECTOR_FIELDS = ("snr", "corrector_steps", "step_rule")  # part of a job's identity only when a corrector runs
 SCHEDULE_KINDS = ("linear", "cosine", "discrete")
+#: sample_ode's solver options that a job records where they apply (see :func:`solver_defaults`).
+SOLVER_FIELDS = ("order", "solver_type", "eta", "lower_order_final", "final_sigmas_type", "third_order",
+                 "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
+SAMPLE_ODE_KINDS = ("ode", "sde_solver")  # the kinds that sample_ode runs
 
 
 class JobMismatchError(ValueError):
@@ -109,6 +126,11 @@ class JobSpec:
       dtype: the samples' dtype name, one of ``DTYPES``.
       schedule, prediction_type, spacing: see the module docstring; ``None`` means the
         scheduler config's, and the spec holds the resolved values once built.
+      order, solver_type, eta, lower_order_final, final_sigmas_type, third_order, thresholding,
+        dynamic_thresholding_ratio, sample_max_value: :func:`~sdevp_jax.sample_ode`'s options,
+        for the methods they apply to (:func:`solver_defaults`); ``None`` means the method's
+        default, and the spec holds the resolved values once built (``None`` where an option
+        does not apply).
     """
 
     num_samples: int
@@ -128,6 +150,15 @@ class JobSpec:
     schedule: Optional[dict] = None
     prediction_type: Optional[str] = None
     spacing: Optional[str] = None
+    order: Optional[int] = None
+    solver_type: Optional[str] = None
+    eta: Optional[float] = None
+    lower_order_final: Optional[bool] = None
+    final_sigmas_type: Optional[str] = None
+    third_order: Optional[str] = None
+    thresholding: Optional[bool] = None
+    dynamic_thresholding_ratio: Optional[float] = None
+    sample_max_value: Optional[float] = None
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size", "steps", "corrector_steps"):
@@ -138,14 +169,17 @@ class JobSpec:
             raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
         if self.num_samples > 2**32:
             raise ValueError(f"num_samples must be <= 2**32 (sample indices are uint32), got {self.num_samples}")
-        choices = list_methods("predictor") + list_methods("ode")
-        if self.method not in choices:
+        choices = list_methods("predictor") + [m for kind in SAMPLE_ODE_KINDS for m in list_methods(kind)]
+        if not isinstance(self.method, str) or self.method not in choices:
             raise ValueError(f"method must be one of {choices}, got {self.method!r}")
         if self.corrector is not None:
             if self.corrector not in list_methods("corrector"):
                 raise ValueError(f"corrector must be one of {list_methods('corrector')} or None, got {self.corrector!r}")
             if METHODS[self.method].kind != "predictor":
-                raise ValueError(f"a corrector needs a predictor method, got the ODE method {self.method!r}")
+                raise ValueError(f"a corrector needs a predictor method, got the {METHODS[self.method].kind} method "
+                                 f"{self.method!r}")
+        for name, value in _resolve_solver_options(self).items():
+            object.__setattr__(self, name, value)
         check_step_rule(self.step_rule)
         if not self.event_shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.event_shape):
             raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
@@ -158,6 +192,10 @@ class JobSpec:
         object.__setattr__(self, "schedule", schedule_json(state))
         object.__setattr__(self, "prediction_type", state.prediction_type)
         object.__setattr__(self, "spacing", _check_spacing(state, self.spacing, self.steps))
+
+    def solver_options(self) -> dict:
+        """The solver options that apply to the method, resolved: keyword arguments of ``sample_ode``."""
+        return {name: getattr(self, name) for name in SOLVER_FIELDS if getattr(self, name) is not None}
 
     @property
     def num_chunks(self) -> int:
@@ -172,14 +210,90 @@ class JobSpec:
         return cls(**(data | {"event_shape": tuple(data["event_shape"])}))
 
 
+def solver_defaults(method: str, thresholding: bool = False) -> dict:
+    """The solver options that apply to ``method``, each with its default (``sample_ode``'s).
+
+    ``order``: ``dpm_solver`` (3) and the multistep grid solvers (their default order);
+    ``lower_order_final``: the multistep grid solvers; ``solver_type``: ``dpm_solver_pp``,
+    ``sde_dpm_solver_pp`` and ``unipc``; ``eta``: ``ddim``; ``third_order``:
+    ``dpm_solver_pp``; ``final_sigmas_type`` and ``thresholding``: every grid solver,
+    ``dynamic_thresholding_ratio`` and ``sample_max_value`` with ``thresholding`` on. No
+    option applies to the predictors, ``euler``, ``heun`` or ``adaptive``.
+    """
+    options: dict = {"order": 3} if method == "dpm_solver" else {}
+    if method in GRID_SOLVERS:
+        default_order, max_order, _ = GRID_SOLVERS[method]
+        if max_order > 1:
+            options |= {"order": default_order, "lower_order_final": True}
+        if method in SOLVER_TYPES:
+            options["solver_type"] = SOLVER_TYPES[method][0]
+        if method == "ddim":
+            options["eta"] = 0.0
+        if method == "dpm_solver_pp":
+            options["third_order"] = "taylor"
+        options |= {"final_sigmas_type": "zero", "thresholding": False}
+        if thresholding:
+            options |= {"dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}
+    return options
+
+
+def option_methods(name: str) -> list[str]:
+    """The methods that solver option ``name`` applies to (with ``thresholding`` on)."""
+    return [m for m in METHODS if name in solver_defaults(m, thresholding=True)]
+
+
+def _resolve_solver_options(spec: "JobSpec") -> dict:
+    """``spec``'s solver options, resolved and checked on the host: a value per field of SOLVER_FIELDS.
+
+    Raises:
+      ValueError, TypeError: an option given to a method it does not apply to, or out of its range
+        (:func:`~sdevp_jax.loops.grid_solver_options`'s messages).
+    """
+    applicable = solver_defaults(spec.method, thresholding=bool(spec.thresholding))
+    for name in SOLVER_FIELDS:
+        if name not in applicable and getattr(spec, name) is not None:
+            if name in ("dynamic_thresholding_ratio", "sample_max_value") and "thresholding" in applicable:
+                raise ValueError(f"{name} is an option of thresholding; set thresholding=True (got {name}="
+                                 f"{getattr(spec, name)!r} without it)")
+            raise ValueError(f"{name} applies to the methods {option_methods(name)} only; method={spec.method!r} "
+                             f"takes none, got {name}={getattr(spec, name)!r}")
+    resolved = {name: applicable[name] if getattr(spec, name) is None else getattr(spec, name) for name in applicable}
+    if spec.method in GRID_SOLVERS:
+        if not isinstance(resolved["thresholding"], bool):
+            raise TypeError(f"thresholding must be a bool, got {resolved['thresholding']!r}")
+        opts = grid_solver_options(
+            spec.method, resolved.get("order"), resolved.get("solver_type"), resolved.get("lower_order_final", True),
+            resolved["final_sigmas_type"], resolved.get("eta", 0.0), resolved.get("third_order", "taylor"),
+            resolved["thresholding"], resolved.get("dynamic_thresholding_ratio", 0.995),
+            resolved.get("sample_max_value", 1.0))
+        if resolved.get("third_order", "taylor") != "taylor" and opts.order < 3:
+            raise ValueError(f"third_order={resolved['third_order']!r} changes only order 3's steps; "
+                             f"this job's order is {opts.order}")
+        normalised = {"order": opts.order, "solver_type": opts.solver_type, "eta": opts.eta,
+                      "dynamic_thresholding_ratio": None if opts.thresholding is None else opts.thresholding[0],
+                      "sample_max_value": None if opts.thresholding is None else opts.thresholding[1]}
+        resolved |= {k: v for k, v in normalised.items() if k in applicable}
+    elif "order" in resolved:  # dpm_solver
+        order = resolved["order"]
+        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
+            raise ValueError(f"order must be 1, 2 or 3 for method={spec.method!r}, got {order!r}")
+    return {name: resolved.get(name) for name in SOLVER_FIELDS}
+
+
 def identity(config: dict) -> dict:
-    """A job config without the corrector's options when no corrector runs, with the model's fields filled in.
+    """A job config without the options that change nothing, with the fields a manifest may lack filled in.
 
     Manifests written before these normalisations hold the corrector's options and lack
     ``schedule``/``prediction_type``/``spacing``, which then meant the linear schedule of
-    their ``scheduler``, epsilon and the ``"reference"`` grid; they compare equal after
-    it, so such jobs still resume.
+    their ``scheduler``, epsilon and the ``"reference"`` grid, and lack the solver options
+    (:data:`SOLVER_FIELDS`), which meant the method's defaults; they compare equal after
+    it, so such jobs still resume. Solver options that do not apply to the method are
+    left out.
     """
+    method = config.get("method", "euler_maruyama")
+    applicable = solver_defaults(method, thresholding=bool(config.get("thresholding")))
+    config = {k: v for k, v in config.items() if k not in SOLVER_FIELDS or k in applicable}
+    config = config | {k: v for k, v in applicable.items() if config.get(k) is None}
     if "schedule" not in config:
         scheduler = config.get("scheduler") or {}
         config = config | {"schedule": {"kind": "linear", "beta_min": scheduler.get("beta_min", 0.1),
@@ -387,9 +501,12 @@ def _sampler(spec: JobSpec, state, model_fn):
                       f"each chunk draws {batch} samples over all devices and keeps the first {spec.batch_size}",
                       stacklevel=3)
     shape = (batch, *spec.event_shape)
-    if METHODS[spec.method].kind == "ode":
+    if METHODS[spec.method].kind in SAMPLE_ODE_KINDS:
+        options = spec.solver_options()
+
         def draw(key, offset):
-            return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset)
+            return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset,
+                              **options)
     else:
         def draw(key, offset):
             return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,

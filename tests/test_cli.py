@@ -204,6 +204,70 @@ def test_info_prints_backend_devices_and_versions(capsys):
     assert "backend cpu" in out and "jax " in out and "device 0" in out
 
 
+def test_info_lists_every_method_with_its_kind(capsys):
+    import sdevp_jax as sv
+
+    assert cli.main(["info"]) == 0
+    lines = {line.split()[1]: line.split()[2] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("method ")}
+    assert lines == {name: m.kind for name, m in sv.METHODS.items()}
+    assert lines["sde_dpm_solver_pp"] == "sde_solver" and lines["unipc"] == "ode"
+
+
+# Each new solver with options other than its defaults: (argv, the options the manifest records).
+SOLVER_RUNS = [
+    (["--method", "ddim", "--eta", "1", "--thresholding", "--sample-max-value", "3"],
+     {"eta": 1.0, "final_sigmas_type": "zero", "thresholding": True, "dynamic_thresholding_ratio": 0.995,
+      "sample_max_value": 3.0}),
+    (["--method", "dpm_solver_pp", "--order", "3", "--solver-type", "heun", "--third-order", "diffusers",
+      "--final-sigmas-type", "last"],
+     {"order": 3, "solver_type": "heun", "lower_order_final": True, "final_sigmas_type": "last",
+      "third_order": "diffusers", "thresholding": False}),
+    (["--method", "unipc", "--order", "3", "--solver-type", "bh1", "--no-lower-order-final"],
+     {"order": 3, "solver_type": "bh1", "lower_order_final": False, "final_sigmas_type": "zero",
+      "thresholding": False}),
+    (["--method", "sde_dpm_solver_pp", "--order", "1", "--thresholding", "--dynamic-thresholding-ratio", "0.9"],
+     {"order": 1, "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero",
+      "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.0}),
+]
+
+
+@pytest.mark.parametrize("argv, recorded", SOLVER_RUNS, ids=[run[0][1] for run in SOLVER_RUNS])
+def test_new_solvers_run_with_their_options_recorded(tmp_path, capsys, argv, recorded):
+    base = ["sample", "--steps", "6", "--num-samples", "4", "--batch-size", "4", "--no-plot", "--no-progress",
+            "--no-cache", "--out", str(tmp_path)]
+    assert cli.main(base + argv) == 0
+    assert np.all(np.isfinite(load(tmp_path)))
+    config = json.loads((tmp_path / "manifest.json").read_text())["config"]
+    from sdevp_jax.jobs import SOLVER_FIELDS
+
+    assert {k: config[k] for k in SOLVER_FIELDS if k in config} == recorded
+    summary = capsys.readouterr().out
+    assert f"samples, {argv[1]}, " in summary  # with the options other than the method's defaults:
+    assert "--order" not in argv or f", order {recorded['order']}" in summary
+    assert ("thresholding True" in summary) == ("--thresholding" in argv)
+    assert cli.main(base + argv[:2]) == 2  # the method's defaults are another job
+    assert "different job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--method", "euler_maruyama", "--order", "2"], "--order"),
+    (["--method", "heun", "--eta", "0.5"], "--eta"),
+    (["--method", "ddim", "--order", "1"], "--order"),
+    (["--method", "dpm_solver", "--no-lower-order-final"], "--no-lower-order-final"),
+    (["--method", "adaptive", "--final-sigmas-type", "last"], "--final-sigmas-type"),
+    (["--method", "unipc", "--third-order", "taylor"], "--third-order"),
+    (["--method", "euler", "--thresholding"], "--thresholding"),
+])
+def test_options_that_do_not_apply_to_the_method_are_errors(argv, flag, tmp_path, capsys):
+    assert cli.main(["sample", *argv, "--out", str(tmp_path / "job")]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} applies to --method " in err and f"not to {argv[1]}" in err
+    assert not (tmp_path / "job").exists()
+    assert cli.main(["sample", "--method", "ddim", "--sample-max-value", "2", "--out", str(tmp_path / "job")]) == 2
+    assert "--sample-max-value needs --thresholding" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -220,6 +284,14 @@ def test_info_prints_backend_devices_and_versions(capsys):
         ["sample", "--config", "/nonexistent/scheduler_config.json"],
         ["sample", "--model", "nocolon"],
         ["sample", "--method", "heun", "--corrector", "langevin"],
+        ["sample", "--method", "sde_dpm_solver_pp", "--corrector", "langevin"],
+        ["sample", "--method", "dpm_solver", "--solver-type", "heun"],
+        ["sample", "--method", "unipc", "--order", "4"],
+        ["sample", "--method", "dpm_solver_pp", "--solver-type", "bh1"],
+        ["sample", "--method", "ddim", "--eta", "-1"],
+        ["sample", "--method", "dpm_solver_pp", "--final-sigmas-type", "first"],
+        ["sample", "--method", "dpm_solver_pp", "--third-order", "diffusers"],  # order 2: it would change nothing
+        ["sample", "--method", "unipc", "--thresholding", "--dynamic-thresholding-ratio", "1.5"],
         ["sample", "--num-processes", "2"],
         ["sample", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
         ["sample", "--bogus"],

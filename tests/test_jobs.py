@@ -256,6 +256,8 @@ def test_building_a_spec_does_not_start_jax():
             "from sdevp_jax import jobs\n"
             f"jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, scheduler={SD_DDIM!r}, spacing='trailing')\n"
             "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, schedule={'kind': 'cosine'}, spacing='karras')\n"
+            "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, method='dpm_solver_pp', order=3, "
+            "thresholding=True, sample_max_value=2.0)\n"  # the solver options are checked on the host too
             "assert not xla_bridge.backends_are_initialized()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -411,3 +413,120 @@ def test_a_write_that_dies_half_way_loses_nothing_and_leaves_nothing(tmp_path, m
     assert not [p for p in out.rglob("*.tmp") if p != users] and users.read_text() == "keep me"
     np.testing.assert_array_equal(resumed, clean)
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
+# ---------------------------------------------------------------- every ODE and SDE grid solver, with its options
+
+def test_every_ode_and_sde_solver_method_builds_a_job_with_its_options():
+    """Each method gets exactly the options that apply to it, resolved to sample_ode's defaults, and round-trips."""
+    methods = sv.list_methods("ode") + sv.list_methods("sde_solver")
+    assert "sde_dpm_solver_pp" in methods and "unipc" in methods
+    for method in methods:
+        spec = jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=5, method=method)
+        assert spec.solver_options() == jobs.solver_defaults(method)
+        assert jobs.JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+        assert jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=5, method=method,
+                            **jobs.solver_defaults(method)) == spec  # the same job, spelled out
+    assert jobs.solver_defaults("dpm_solver_pp") == {
+        "order": 2, "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero",
+        "third_order": "taylor", "thresholding": False}
+    assert jobs.solver_defaults("euler_maruyama") == {} and jobs.solver_defaults("adaptive") == {}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "euler_maruyama", "order": 2}, "order applies to the methods"),
+    ({"method": "heun", "eta": 1.0}, "eta applies to the methods \\['ddim'\\] only; method='heun'"),
+    ({"method": "ddim", "order": 2}, "order applies to the methods"),
+    ({"method": "dpm_solver", "solver_type": "heun"}, "solver_type applies to the methods"),
+    ({"method": "dpm_solver_pp", "eta": 0.5}, "eta applies to the methods"),
+    ({"method": "unipc", "third_order": "diffusers"}, "third_order applies to the methods"),
+    ({"method": "adaptive", "final_sigmas_type": "last"}, "final_sigmas_type applies to the methods"),
+    ({"method": "ddim", "sample_max_value": 2.0}, "set thresholding=True"),
+    ({"method": "unipc", "order": 4}, r"order must be in \[1, 3\] for method='unipc', got 4"),
+    ({"method": "sde_dpm_solver_pp", "order": 3}, r"order must be in \[1, 2\]"),
+    ({"method": "dpm_solver", "order": 0}, "order must be 1, 2 or 3"),
+    ({"method": "dpm_solver_pp", "solver_type": "bh1"}, "solver_type must be one of \\['midpoint', 'heun'\\]"),
+    ({"method": "ddim", "eta": -0.5}, "eta must be >= 0"),
+    ({"method": "ddim", "final_sigmas_type": "first"}, "final_sigmas_type must be one of"),
+    ({"method": "dpm_solver_pp", "third_order": "diffusers"}, "changes only order 3's steps"),
+    ({"method": "unipc", "thresholding": True, "dynamic_thresholding_ratio": 1.5},
+     r"dynamic_thresholding_ratio must be in \(0, 1\]"),
+    ({"method": "sde_dpm_solver_pp", "corrector": "langevin"}, "a corrector needs a predictor method"),
+])
+def test_solver_options_that_do_not_apply_or_are_out_of_range_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jobs.JobSpec(**(dict(num_samples=2, batch_size=2, seed=0, steps=5) | kwargs))
+
+
+def test_solver_options_are_recorded_and_another_option_is_another_job(tmp_path):
+    """The manifest run_job writes first (its sampling is tested in test_cli.py's runs of these options)."""
+    spec = jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=5, method="dpm_solver_pp", order=3,
+                        solver_type="heun", thresholding=True, sample_max_value=3)
+    jobs._write_manifest(spec, tmp_path, [], create=True)
+    recorded = json.loads((tmp_path / jobs.MANIFEST).read_text())["config"]
+    assert {k: recorded[k] for k in spec.solver_options()} == {
+        "order": 3, "solver_type": "heun", "lower_order_final": True, "final_sigmas_type": "zero",
+        "third_order": "taylor", "thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 3.0}
+    assert "eta" not in recorded  # ddim's alone
+    base = dict(num_samples=2, batch_size=2, seed=0, steps=5, method="dpm_solver_pp", order=3, solver_type="heun",
+                thresholding=True, sample_max_value=3.0)
+    for change, field in [({"order": 2}, "order"), ({"solver_type": "midpoint"}, "solver_type"),
+                          ({"lower_order_final": False}, "lower_order_final"),
+                          ({"final_sigmas_type": "last"}, "final_sigmas_type"),
+                          ({"third_order": "diffusers"}, "third_order"),
+                          ({"sample_max_value": 2.0}, "sample_max_value"),
+                          ({"dynamic_thresholding_ratio": 0.9}, "dynamic_thresholding_ratio")]:
+        with pytest.raises(jobs.JobMismatchError, match=f"{field}: "):
+            jobs.check_manifest(jobs.JobSpec(**(base | change)), tmp_path)
+    assert jobs.check_manifest(jobs.JobSpec(**base), tmp_path) is not None
+
+
+def test_a_manifest_without_solver_options_meant_the_defaults(tmp_path):
+    """Manifests written before the solver options existed (dpm_solver: always order 3) still resume."""
+    spec = jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=5, method="dpm_solver")
+    jobs._write_manifest(spec, tmp_path, [], create=True)  # as run_job writes it first
+    manifest = json.loads((tmp_path / jobs.MANIFEST).read_text())
+    assert manifest["config"]["order"] == 3
+    del manifest["config"]["order"]
+    (tmp_path / jobs.MANIFEST).write_text(json.dumps(manifest))
+    assert jobs.check_manifest(spec, tmp_path) is not None
+    with pytest.raises(jobs.JobMismatchError, match="order: 3 there, 2 now"):
+        jobs.check_manifest(jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=5, method="dpm_solver", order=2),
+                            tmp_path)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("options", [{"method": "sde_dpm_solver_pp"}, {"method": "ddim", "eta": 1.0}])
+def test_stochastic_solver_job_resumed_equals_the_uninterrupted_run(tmp_path, options):
+    """A stochastic grid solver's noise is per sample (fold_in(key, index)): resume and batch size change nothing.
+
+    The job stops after its first chunk (the progress callback raises), and the rerun computes the other
+    two with the same compiled call: bitwise equal to the uninterrupted run of the same batch size. A
+    single chunk of all six samples (another compiled shape) draws the same samples to float32 rounding:
+    1e-5 on O(1) values over 5 steps, while a batch-dependent noise stream differs by O(1) (DDIM's eta=0
+    run below shows the noise's size: >= 0.05 somewhere; measured 1.9; the two batch sizes
+    differed by 0 on this machine's CPU, not promised).
+    """
+    spec = jobs.JobSpec(num_samples=6, batch_size=2, seed=4, steps=5, **options)
+    cache = tmp_path / "cache"  # the resumed runs load the clean run's executable (as the CLI's resume does)
+    clean = load_after(jobs.run_job(spec, tmp_path / "clean", cache_dir=cache))
+
+    def stop_after_first_chunk(done, total):
+        if done == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        jobs.run_job(spec, tmp_path / "resumed", progress=stop_after_first_chunk, cache_dir=cache)
+    assert [p.name for p in (tmp_path / "resumed" / "chunks").glob("chunk_*.npy")] == ["chunk_000000.npy"]
+    resumed = load_after(jobs.run_job(spec, tmp_path / "resumed", cache_dir=cache))
+    np.testing.assert_array_equal(resumed, clean)
+    one_chunk = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, seed=4, steps=5, **options),
+                                        tmp_path / "one"))
+    np.testing.assert_allclose(one_chunk, clean, rtol=0, atol=1e-5)
+    if options["method"] == "ddim":  # eta reached the sampler: DDIM with eta = 0 on the same x_T differs
+        ode = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, seed=4, steps=5, method="ddim"),
+                                      tmp_path / "ode"))
+        assert np.max(np.abs(ode - clean)) >= 0.05
