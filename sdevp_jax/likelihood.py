@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import make_sample_keys, tsit5_solve
+from .loops import make_sample_keys, schedule_jumps, tsit5_solve
 from .samplers import probability_flow_drift
 from .scheduler import ScoreSdeVpSchedulerState, model_time, model_time_dtype
 
@@ -106,7 +106,8 @@ def log_likelihood(
 
     def solve(x_b, probe):
         (x_1, delta), _ = tsit5_solve(field, (x_b, jnp.zeros((), dtype)), jnp.asarray(state.sampling_eps, dtype),
-                                      jnp.asarray(state.schedule.t_max, dtype), rtol, atol, max_steps, args=probe)
+                                      jnp.asarray(state.schedule.t_max, dtype), rtol, atol, max_steps, args=probe,
+                                      jump_ts=schedule_jumps(state, dtype))
         if prior_logp is None:
             prior = -0.5 * dim * math.log(2.0 * math.pi) - 0.5 * jnp.sum(jnp.square(x_1))
         else:
