@@ -40,6 +40,10 @@ ROWS = [
     ("diffusers UniPC bh2 order 2", UniPCMultistepScheduler, {"solver_type": "bh2", "solver_order": 2}, "zero"),
     ("diffusers UniPC bh1 order 3", UniPCMultistepScheduler, {"solver_type": "bh1", "solver_order": 3}, "zero"),
     ("diffusers UniPC bh2 order 3", UniPCMultistepScheduler, {"solver_type": "bh2", "solver_order": 3}, "zero"),
+    # bh1 with final_sigmas_type="zero" returns NaN (its B(h) = -h is infinite on the step to sigma = 0);
+    # "sigma_min" ends at label 0's sigma instead
+    *[(f"diffusers UniPC bh1 order {o} (final sigma_min)", UniPCMultistepScheduler,
+       {"solver_type": "bh1", "solver_order": o, "final_sigmas_type": "sigma_min"}, "label0") for o in (2, 3)],
     # DEIS ends at label 0's sigma (its set_timesteps appends sigma_last, not 0)
     ("diffusers DEIS order 2", DEISMultistepScheduler, {"solver_order": 2}, "label0"),
     ("diffusers DEIS order 3", DEISMultistepScheduler, {"solver_order": 3}, "label0"),
