@@ -133,3 +133,32 @@ def test_gpu_suite_budget_skips_rows_and_targets_read_the_rows(tmp_path):
     assert (speedup["value"], speedup["met"]) == (75.0, True)
     assert (small["value"], small["met"]) == (6.5, False)
     assert share["value"] == pytest.approx(0.005) and share["met"]
+
+
+@pytest.mark.slow
+def test_accuracy_frontier_smoke_without_diffusers(accuracy, tmp_path):
+    """--frontier at a tiny size, sv's side only: counted NFE, both end points, the verdicts say 'not measured'."""
+    args = ["--frontier", "--quick", "--num-samples", "64", "--dims", "2", "--directions", "8", "--floor-repeats", "2",
+            "--reference-sets", "1", "--replicates", "2", "--nfes", "5", "--em-steps", "20", "--out", str(tmp_path)]
+    assert accuracy.main(args) == 0
+    results = json.loads((tmp_path / "accuracy_vs_nfe_frontier.json").read_text())
+    d = results["dims"]["2"]
+    assert {r["method"] for r in d["rows"]} == set(accuracy.QUICK_SV_ROWS)
+    assert all(r["nfe"] == 5 and r["side"] == "sv" for r in d["rows"])
+    assert {r["end"] for r in d["rows"]} == {"zero", "label0"}
+    # every row has its error to the float64 tight solution; a 5-step solver is off it, but not wildly
+    assert all(0 < r["ode_err"] < 2 and np.isfinite(r["sw2"]) for r in d["rows"])
+    assert d["euler_maruyama"]["nfe"] == 20 and d["euler_maruyama"]["end"] == "zero"
+    assert "diffusers: not measured" in (tmp_path / "accuracy_vs_nfe_frontier.md").read_text()
+    assert (tmp_path / "accuracy_vs_nfe_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_labels_match_diffusers_spacings(accuracy):
+    """The label grids: DPM-Solver's linspace (n labels from 999, no 0), DDIM's leading, and linspace then 0."""
+    for n in (5, 8, 10, 15, 20, 25):
+        lin, lead, zero = accuracy.labels_linspace(n), accuracy.labels_leading(n), accuracy.labels_to_zero(n)
+        assert len(lin) == len(lead) == n and len(zero) == n + 1
+        assert lin[0] == 999 and lin[-1] > 0 and np.all(np.diff(lin) < 0)
+        assert lead[-1] == 0 and np.all(np.diff(lead) == -(1000 // n))
+        np.testing.assert_array_equal(zero[:-1], lin)
+        assert zero[-1] == 0
