@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import check_common, make_sample_keys, resolve_unroll, sde_loop, sde_options
+from .loops import check_common, make_sample_keys, resolve_unroll, sde_loop, sde_options, with_cond
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["inpaint", "colorize", "COLOR_DECOUPLING"]
@@ -57,6 +57,7 @@ def inpaint(
     step_rule: str = "sigma",
     unroll: Optional[int] = None,
     index_offset: int | jax.Array = 0,
+    cond=None,
 ) -> jax.Array:
     """Fill in the unknown entries of ``y`` (``mask == 0``) with the replacement method.
 
@@ -67,7 +68,7 @@ def inpaint(
       key: a PRNG key; sample ``b`` uses ``fold_in(key, index_offset + b)`` only.
       y: the observations, shape ``(batch, ...)``, float; its unknown entries are ignored.
       mask: 1 where ``y`` is known, 0 where it is not; ``y``'s shape, or broadcastable to it.
-      predictor, corrector, snr, corrector_steps, step_rule, unroll, index_offset:
+      predictor, corrector, snr, corrector_steps, step_rule, unroll, index_offset, cond:
         as for :func:`~sdevp_jax.sample`.
 
     Returns:
@@ -82,7 +83,8 @@ def inpaint(
         raise ValueError(f"mask of shape {mask.shape} must broadcast to y's shape {y.shape}") from None
     if not _checks.is_traced(mask) and not bool(jnp.all((mask == 0) | (mask == 1))):
         raise ValueError("mask must contain only 0 and 1 (1 where y is known)")
-    shape, dtype = check_common(state, model_fn, key, y.shape, y.dtype, "inpaint")
+    shape, dtype = check_common(state, model_fn, key, y.shape, y.dtype, "inpaint", cond)
+    model_fn = with_cond(model_fn, cond)
     work = _checks.compute_dtype(dtype)
     known = mask.astype(work)
     y_work = y.astype(work)
@@ -136,8 +138,8 @@ def colorize(
     y_u = jnp.zeros(shape, gray.dtype).at[:, 0].set((math.sqrt(3.0) * gray).astype(gray.dtype))
     mask = jnp.zeros(shape, jnp.int32).at[:, 0].set(1)
 
-    def model_u(u, t):
-        return _rotate(matrix, model_fn(_rotate(matrix.T, u), t))
+    def model_u(u, t, *cond):  # (u, t) or (u, t, cond): the condition passes through
+        return _rotate(matrix, model_fn(_rotate(matrix.T, u), t, *cond))
 
     u = inpaint(state, model_u, key, y_u, mask, **kwargs)
     return _rotate(matrix.T, u).astype(gray.dtype)

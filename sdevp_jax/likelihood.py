@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import make_sample_keys, schedule_jumps, tsit5_solve
+from .loops import check_cond, make_sample_keys, schedule_jumps, tsit5_solve, with_cond
 from .samplers import probability_flow_drift
 from .scheduler import ScoreSdeVpSchedulerState, model_time, model_time_dtype
 
@@ -48,6 +48,7 @@ def log_likelihood(
     atol: float = 1e-5,
     max_steps: int = 4096,
     prior_logp: Optional[Callable[[jax.Array], jax.Array]] = None,
+    cond=None,
 ) -> jax.Array:
     r""":math:`\log p_\varepsilon(x)` in nats, per sample, through the probability-flow ODE.
 
@@ -68,6 +69,8 @@ def log_likelihood(
         default is the standard normal, the VP SDE's prior. (The data's own
         :math:`p_1` differs from it by :math:`O(\alpha(t_{\max}))`, about 0.007 at the
         paper's defaults; that difference is part of the model's likelihood.)
+      cond: ``None`` or the samples' conditions (a pytree of arrays with the batch as
+        leading axis): then :math:`\log p(x \mid c)` through ``model_fn(x, t, cond)``.
 
     Returns:
       Shape ``(batch,)``, float32 or wider. Vmap-able and jit-able.
@@ -84,16 +87,19 @@ def log_likelihood(
     max_steps = _checks.positive_int("max_steps", max_steps)
     dtype = _checks.compute_dtype(x.dtype)
     batch, event = x.shape[0], x.shape[1:]
+    check_cond(cond, batch)
     dim = math.prod(event)
 
     t_dtype = model_time_dtype(state)  # the dtype sample/sample_ode pass t in, for the same model inputs
 
-    def field(t, y, probe):
+    def field(t, y, args):
+        probe, cond_1 = args
         x_b, _ = y
         t1 = jnp.full((1,), t, t_dtype)
+        model = with_cond(model_fn, cond_1)
 
         def f(z):
-            return probability_flow_drift(state, model_fn(z[None], model_time(state, t1)).astype(dtype), z[None], t1)[0]
+            return probability_flow_drift(state, model(z[None], model_time(state, t1)).astype(dtype), z[None], t1)[0]
 
         if trace == "exact":
             velocity, jvp = jax.linearize(f, x_b)
@@ -104,9 +110,10 @@ def log_likelihood(
             divergence = jnp.sum(jv * probe)
         return velocity, divergence
 
-    def solve(x_b, probe):
+    def solve(x_b, probe, cond_b):
+        cond_1 = None if cond is None else jax.tree.map(lambda c: c[None], cond_b)
         (x_1, delta), _ = tsit5_solve(field, (x_b, jnp.zeros((), dtype)), jnp.asarray(state.sampling_eps, dtype),
-                                      jnp.asarray(state.schedule.t_max, dtype), rtol, atol, max_steps, args=probe,
+                                      jnp.asarray(state.schedule.t_max, dtype), rtol, atol, max_steps, args=(probe, cond_1),
                                       jump_ts=schedule_jumps(state, dtype))
         if prior_logp is None:
             prior = -0.5 * dim * math.log(2.0 * math.pi) - 0.5 * jnp.sum(jnp.square(x_1))
@@ -122,7 +129,7 @@ def log_likelihood(
             probes = jax.vmap(lambda k: jax.random.rademacher(k, event, dtype))(keys)
         else:
             probes = jax.vmap(lambda k: jax.random.normal(k, event, dtype))(keys)
-    return jax.vmap(solve)(x.astype(dtype), probes)
+    return jax.vmap(solve)(x.astype(dtype), probes, cond)
 
 
 def bits_per_dim(

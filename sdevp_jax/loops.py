@@ -63,12 +63,14 @@ def per_sample_normal(
     return jax.vmap(one)(sample_keys)
 
 
-def _check_model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> None:
+def _check_model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array, cond=None) -> None:
     """Trace ``model_fn`` once abstractly and check it returns an array of x's shape."""
+    args = (x, t) if cond is None else (x, t, cond)
+    call = "model_fn(x, t)" if cond is None else "model_fn(x, t, cond)"
     try:
-        out = jax.eval_shape(model_fn, x, t)
+        out = jax.eval_shape(model_fn, *args)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"model_fn(x, t) failed for x {x.shape} and t {t.shape}: {err}") from err
+        raise type(err)(f"{call} failed for x {x.shape} and t {t.shape}: {err}") from err
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
         raise TypeError(f"model_fn must return one array, got {type(out).__name__}")
     if out.shape != x.shape:
@@ -93,22 +95,53 @@ class SamplerInfo(NamedTuple):
     nfe_per_sample: jax.Array
 
 
-def check_common(state, model_fn, key, shape, dtype, caller):
+def check_common(state, model_fn, key, shape, dtype, caller, cond=None):
     """Checks shared by the loops; returns ``(shape, dtype)`` normalised."""
     require_timesteps(state, caller)
     if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable (x, t) -> eps_hat, got {type(model_fn).__name__}")
+        raise TypeError(f"model_fn must be callable (x, t) -> prediction, got {type(model_fn).__name__}")
     _checks.prng_key("key", key)
     shape = _checks.sample_shape("shape", shape)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a float dtype, got {jnp.dtype(dtype)}")
     dtype = jnp.dtype(dtype)
+    check_cond(cond, shape[0])
     _check_model_output(
         model_fn,
         jax.ShapeDtypeStruct(shape, dtype),
         jax.ShapeDtypeStruct((shape[0],), state.timesteps.dtype),
+        cond,
     )
     return shape, dtype
+
+
+def check_cond(cond, batch: int) -> None:
+    """``cond`` is ``None`` or a pytree whose every leaf is an array with the batch as its leading axis."""
+    if cond is None:
+        return
+    leaves, _ = jax.tree.flatten(cond)
+    if not leaves:
+        raise ValueError("cond must be None or a pytree with at least one array leaf")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(cond)[0]:
+        shape = getattr(leaf, "shape", None)
+        if shape is None or len(shape) == 0 or shape[0] != batch:
+            where = jax.tree_util.keystr(path) or "cond"
+            raise ValueError(
+                f"cond: every leaf must have the batch ({batch}) as its leading axis; "
+                f"leaf {where} has shape {shape if shape is not None else type(leaf).__name__}"
+            )
+
+
+def with_cond(model_fn, cond):
+    """``model_fn`` with ``cond`` bound: ``(x, t) -> model_fn(x, t, cond)`` (``model_fn`` itself without one).
+
+    The loops below call the bound model on the whole batch, so ``cond``'s rows stay
+    with their samples; the per-sample solvers (adaptive, likelihood) slice ``cond``
+    with their sample instead.
+    """
+    if cond is None:
+        return model_fn
+    return lambda x, t: model_fn(x, t, cond)
 
 
 def check_x_init(x_init, shape, dtype):
@@ -222,6 +255,7 @@ def sample(
     index_offset: int | jax.Array = 0,
     unroll: Optional[int] = None,
     x_init: Optional[jax.Array] = None,
+    cond=None,
 ) -> jax.Array:
     r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
@@ -287,13 +321,17 @@ def sample(
         measurements and the trade-off.
       x_init: the starting samples :math:`x_T`, ``shape``, instead of the prior draw
         of slot 0 (the steps' noise slots are unchanged).
+      cond: ``None``, or the samples' conditions: a pytree whose every leaf has the
+        batch as its leading axis (row ``b`` is sample ``b``'s condition). The model is
+        then called ``model_fn(x, t, cond)``; a chunk at ``index_offset`` takes the
+        matching rows, a sharded batch shards them with it.
 
     Returns:
       The samples, an array of ``shape`` and ``dtype``.
     """
-    shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample")
+    shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample", cond)
     x_init = check_x_init(x_init, shape, dtype)
-    x_last, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
+    x_last, x_mean = sde_loop(state, with_cond(model_fn, cond), make_sample_keys(key, shape[0], index_offset), shape, dtype,
                               *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
                               resolve_unroll(unroll), x_init=x_init)
     return x_mean if denoise else x_last
@@ -595,26 +633,27 @@ def ode_span(state, dtype):
     return state.timesteps[0].astype(dtype), state.timesteps[-1].astype(dtype)
 
 
-def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps):
+def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps, cond=None):
     """Tsit5 with a PID controller (diffrax), each sample with its own steps; returns (x, nfe per sample)."""
     dtype_out = x.dtype
-    eps = model_eps(state, model_fn, dtype_out, dtype)
     t_dtype = model_time_dtype(state)
 
-    def field(t, y, args):
+    def field(t, y, cond_1):
         y1 = y[None]
         t1 = jnp.full((1,), t, t_dtype)
+        eps = model_eps(state, with_cond(model_fn, cond_1), dtype_out, dtype)
         return _drift(state, dtype, eps(y1, t1), y1.astype(dtype), t1)[0]
 
     t0, t1 = ode_span(state, dtype)
 
-    def solve(y0):
+    def solve(y0, cond_b):
+        cond_1 = None if cond is None else jax.tree.map(lambda c: c[None], cond_b)
         # No jump_ts here (the likelihood has them): stepping to each of a discrete schedule's 1000 knots
         # would cost >= 1000 steps per sample; across the jumps the samples still pass the statistics
         # tests (tests/test_schedule_statistics.py), at an ODE error of ~2e-3 instead of ~3e-4.
-        return tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps)
+        return tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps, args=cond_1)
 
-    y, steps = jax.vmap(solve)(x.astype(dtype))
+    y, steps = jax.vmap(solve)(x.astype(dtype), cond)
     # Tsit5 is first-same-as-last: one evaluation at t0, then six per step tried.
     return y, 1 + 6 * steps
 
@@ -642,6 +681,7 @@ def sample_ode(
     thresholding: bool = False,
     dynamic_thresholding_ratio: float = 0.995,
     sample_max_value: float = 1.0,
+    cond=None,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
 
@@ -706,11 +746,12 @@ def sample_ode(
       thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding
         of the data prediction (Saharia et al. 2022) in the grid solvers, for
         pixel-space models whose data lie in ``[-sample_max_value, sample_max_value]``.
+      cond: the samples' conditions, as for :func:`sample`.
 
     Returns:
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
     """
-    shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode")
+    shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
     method = lookup(("ode", "sde_solver"), method, "method")
     n = state.timesteps.shape[0]
     if method != "adaptive" and n < 2:
@@ -737,13 +778,13 @@ def sample_ode(
     if x is None:
         x = per_sample_normal(keys, 0, event, work_dtype).astype(dtype)
     if method == "adaptive":
-        x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps)
+        x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps, cond)
         nfe_per_sample = nfe_per_sample.astype(jnp.int32)
     elif grid_opts is not None:
-        x, nfe = _grid_solver(state, model_fn, x, grid_opts, keys, work_dtype)
+        x, nfe = _grid_solver(state, with_cond(model_fn, cond), x, grid_opts, keys, work_dtype)
         nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
     else:
-        x, nfe = _fixed_step_ode(state, model_fn, x, method, work_dtype, order)
+        x, nfe = _fixed_step_ode(state, with_cond(model_fn, cond), x, method, work_dtype, order)
         nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
     x = x.astype(dtype)
     if return_info:
@@ -766,6 +807,7 @@ def invert_ode(
     lower_order_final: bool = True,
     third_order: str = "taylor",
     return_info: bool = False,
+    cond=None,
 ):
     r"""Run the probability-flow ODE upwards: from ``x0`` at the grid's last time to its first.
 
@@ -784,6 +826,7 @@ def invert_ode(
       method: one of :data:`INVERTIBLE` (deterministic: ``ddim`` with ``eta = 0``).
       order, solver_type, lower_order_final, third_order: as for :func:`sample_ode`.
       return_info: also return a :class:`SamplerInfo`.
+      cond: the samples' conditions, as for :func:`sample`.
 
     Returns:
       The latents at the grid's first time, of ``x0``'s shape and dtype (or ``(latents, info)``).
@@ -796,8 +839,10 @@ def invert_ode(
         raise ValueError(f"x0 must have shape (batch, ...), got {x0.shape}")
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable (x, t) -> prediction, got {type(model_fn).__name__}")
+    check_cond(cond, x0.shape[0])
     _check_model_output(model_fn, jax.ShapeDtypeStruct(x0.shape, x0.dtype),
-                        jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype))
+                        jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype), cond)
+    model_fn = with_cond(model_fn, cond)
     n = state.timesteps.shape[0]
     if n < 2:
         raise ValueError(f"invert_ode steps between grid points: num_inference_steps must be >= 2, got {n}")

@@ -15,7 +15,7 @@ Samples of any event shape are flattened to ``D = prod(event_shape)`` dimensions
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from . import _checks, schedules
-from .scheduler import ScoreSdeVpSchedulerState, prediction_from_eps, time_from_model_time
+from .scheduler import ScoreSdeVpSchedulerState, eps_from_prediction, prediction_from_eps, time_from_model_time
 
 __all__ = [
     "GaussianMixture",
@@ -35,6 +35,15 @@ __all__ = [
     "make_mixture_eps_fn",
     "sample_mixture",
     "assign_modes",
+    "ClassMixture",
+    "make_class_mixture",
+    "default_class_mixture",
+    "make_class_model",
+    "make_class_log_prob",
+    "sample_class_mixture",
+    "NULL_CLASS",
+    "cfg",
+    "classifier_guidance",
 ]
 
 
@@ -260,3 +269,266 @@ def assign_modes(mixture: GaussianMixture, x: ArrayLike) -> jax.Array:
     ones = jnp.ones((flat.shape[0],), flat.dtype)
     logits, _, _ = _component_log_probs(mixture, flat, ones, 0.0 * ones)
     return jnp.argmax(logits, axis=-1)
+
+
+# --------------------------------------------------------------------------- class-conditional mixture
+
+
+@struct.dataclass
+class ClassMixture:
+    """A Gaussian mixture whose components are grouped into classes: ``p(x | c)`` is the mixture of class ``c``'s.
+
+    Attributes:
+      mixture: the whole mixture (its weights are ``p(k)``; a class's prior ``p(c)`` is
+        the sum of its components' weights).
+      classes: the class of each component, shape ``(K,)``, ints in ``[0, num_classes)``.
+      num_classes: static.
+    """
+
+    mixture: GaussianMixture
+    classes: jax.Array
+    num_classes: int = struct.field(pytree_node=False)
+
+
+def make_class_mixture(mixture: GaussianMixture, classes: ArrayLike) -> ClassMixture:
+    """Group ``mixture``'s components into classes: ``classes[k]`` is component ``k``'s, every class non-empty."""
+    labels = np.asarray(classes)
+    if labels.shape != (mixture.num_components,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"classes must be {mixture.num_components} ints (one per component), got {labels.dtype} {labels.shape}"
+        )
+    num = int(labels.max()) + 1
+    if labels.min() < 0 or len(np.unique(labels)) != num:
+        raise ValueError(f"classes must use every class 0..C-1 at least once, got {labels.tolist()}")
+    return ClassMixture(mixture=mixture, classes=jnp.asarray(labels, jnp.int32), num_classes=num)
+
+
+def default_class_mixture(dim: int = 2) -> ClassMixture:
+    """The default mixture's five modes in three classes: {0, 1}, {2, 3}, {4} (priors 0.6, 0.32, 0.08)."""
+    return make_class_mixture(default_mixture(dim), [0, 0, 1, 1, 2])
+
+
+#: The ``cond`` value that asks :func:`make_class_model` for the unconditional model.
+NULL_CLASS = -1
+
+
+def _check_class_cond(cm: ClassMixture, cond: Any, batch: int) -> jax.Array:
+    cond = jnp.asarray(cond)
+    if cond.shape != (batch,) or not jnp.issubdtype(cond.dtype, jnp.integer):
+        raise ValueError(f"cond must be class indices of shape (batch,) = ({batch},), ints, got {cond.dtype} {cond.shape}")
+    return cond
+
+
+def _class_logits(cm: ClassMixture, x, t, schedule, dtype):
+    """Components' ``log w_k N(x; alpha mu_k, v_k)``, shape ``(B, K)``, and the pieces, at continuous ``t``."""
+    alpha, sigma = schedule.cast(dtype).alpha_sigma(_per_sample(t, x.shape[0], dtype))
+    logits, diff, var = _component_log_probs(cm.mixture, x, alpha, sigma)
+    return logits, diff, var, sigma
+
+
+def make_class_model(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Callable:
+    r"""``model_fn(x, t, cond)``: the exact conditional model of ``cm`` under ``state``, class ``cond`` per sample.
+
+    ``cond`` holds a class index per sample, or :data:`NULL_CLASS` (-1) for the
+    unconditional model. The noise prediction of :math:`p_t(x \mid c)` is the mixture
+    formula with the responsibilities restricted to class ``c``'s components; it is
+    returned as ``state.prediction_type``, with ``t`` the model's time input.
+    """
+    schedule, prediction_type = state.schedule, state.prediction_type
+
+    def model_fn(x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
+        flat, shape = _flatten(x, cm.mixture)
+        dtype = _checks.compute_dtype(flat.dtype)
+        xf = flat.astype(dtype)
+        cond = _check_class_cond(cm, cond, xf.shape[0])
+        t_cont = time_from_model_time(state, t)
+        logits, diff, var, sigma = _class_logits(cm, xf, t_cont, schedule, dtype)
+        member = (cond[:, None] == NULL_CLASS) | (cm.classes[None, :] == cond[:, None])
+        resp = jax.nn.softmax(jnp.where(member, logits, -jnp.inf), axis=-1)
+        eps = (sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)).reshape(shape)
+        if prediction_type == "epsilon":
+            return eps.astype(x.dtype)
+        tb = _per_sample(t_cont, xf.shape[0], dtype).reshape((-1,) + (1,) * (len(shape) - 1))
+        alpha_b, sigma_b = schedule.cast(dtype).alpha_sigma(tb)
+        return prediction_from_eps(prediction_type, eps, jnp.asarray(x).astype(dtype), alpha_b, sigma_b).astype(x.dtype)
+
+    return model_fn
+
+
+def make_class_log_prob(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Callable:
+    r"""``log_prob_fn(x, t, cond)``: the exact :math:`\log p_t(c \mid x)` of ``cm`` per sample (Bayes' rule).
+
+    :math:`\log\sum_{k \in c} w_k N_k(x) - \log\sum_k w_k N_k(x)` with the components
+    diffused to time ``t`` (the model's time input, as ``model_fn`` gets it).
+    """
+    schedule = state.schedule
+
+    def log_prob_fn(x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
+        flat, _ = _flatten(x, cm.mixture)
+        dtype = _checks.compute_dtype(flat.dtype)
+        cond = _check_class_cond(cm, cond, flat.shape[0])
+        logits, *_ = _class_logits(cm, flat.astype(dtype), time_from_model_time(state, t), schedule, dtype)
+        member = cm.classes[None, :] == cond[:, None]
+        return jax.nn.logsumexp(jnp.where(member, logits, -jnp.inf), axis=-1) - jax.nn.logsumexp(logits, axis=-1)
+
+    return log_prob_fn
+
+
+def sample_class_mixture(cm: ClassMixture, key: jax.Array, classes: ArrayLike) -> jax.Array:
+    """Exact samples of ``p(x | c)``, one per entry of ``classes`` (shape ``(n,)``): ``(n, D)``."""
+    classes = jnp.asarray(classes)
+    k_comp, k_noise = jax.random.split(key)
+    member = cm.classes[None, :] == classes[:, None]
+    logits = jnp.where(member, jnp.log(cm.mixture.weights)[None, :], -jnp.inf)
+    comp = jax.random.categorical(k_comp, logits, axis=-1)
+    z = jax.random.normal(k_noise, (classes.shape[0], cm.mixture.dim), cm.mixture.means.dtype)
+    return cm.mixture.means[comp] + cm.mixture.scales[comp] * z
+
+
+# --------------------------------------------------------------------------- guidance
+
+
+def _per_sample_scale(scale: Any, x: jax.Array) -> jax.Array:
+    """A guidance scale (0-d or ``(batch,)``) shaped to broadcast over ``x`` from the left."""
+    scale = jnp.asarray(scale)
+    if scale.ndim == 1:
+        if scale.shape[0] != x.shape[0]:
+            raise ValueError(f"scale of shape {scale.shape} must be 0-d or (batch,) = ({x.shape[0]},)")
+        return scale.reshape((-1,) + (1,) * (x.ndim - 1))
+    if scale.ndim != 0:
+        raise ValueError(f"scale must be 0-d or of shape (batch,), got shape {scale.shape}")
+    return scale
+
+
+def _check_interval(interval: Any) -> Optional[tuple[float, float]]:
+    if interval is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be None or (t_lo, t_hi), got {interval!r}") from None
+    if not (0.0 <= lo < hi <= 1.0):
+        raise ValueError(f"interval must satisfy 0 <= t_lo < t_hi <= 1 (continuous times), got ({lo}, {hi})")
+    return lo, hi
+
+
+def cfg(
+    model_fn: Callable,
+    scale: Any,
+    null_cond: Any,
+    *,
+    interval: Optional[tuple[float, float]] = None,
+    rescale: float = 0.0,
+    state: Optional[ScoreSdeVpSchedulerState] = None,
+) -> Callable:
+    r"""Classifier-free guidance (Ho & Salimans 2022) as a model combinator: ``guided(x, t, cond)``.
+
+    .. math::
+
+        \hat y = \hat y_u + w\,(\hat y_c - \hat y_u),
+
+    with :math:`\hat y_c = ` ``model_fn(x, t, cond)`` and :math:`\hat y_u =`
+    ``model_fn(x, t, null_cond)`` evaluated as **one** batched call of twice the
+    batch (conditions concatenated along the batch axis). The combination is taken
+    in the model's own parametrization: its weights :math:`(1 - w, w)` sum to 1 and
+    the ε, v and :math:`x_0` of the same :math:`x` are affine functions of each other,
+    so it equals guidance in ε for every prediction type; only the rescale below
+    depends on the space, and it is taken there as diffusers takes it.
+
+    Args:
+      model_fn: ``(x, t, cond) -> prediction``.
+      scale: :math:`w`, 0-d or ``(batch,)``, any float -- a leaf, so a jitted or vmapped
+        function of it compiles once for every value. ``w = 1`` is the conditional
+        model, ``w = 0`` the unconditional one.
+      null_cond: the unconditional condition: a pytree like one row of ``cond`` (it is
+        broadcast to the batch) or like ``cond`` itself.
+      interval: ``(t_lo, t_hi)`` in continuous time, ``0 <= t_lo < t_hi <= 1``: guide only
+        there, use the conditional model (``w = 1``) elsewhere (Kynkäänniemi et al.,
+        NeurIPS 2024); needs ``state`` for a discrete schedule (its model time is a label).
+      rescale: CFG-rescale :math:`\phi \in [0, 1]` (Lin et al., WACV 2024, eq. 15-16):
+        :math:`\hat y \leftarrow \phi\,\hat y\,\frac{\operatorname{std}(\hat y_c)}{\operatorname{std}(\hat y)} + (1 - \phi)\hat y`,
+        the standard deviations per sample over its entries.
+      state: the scheduler state, to read model times as continuous times for ``interval``.
+
+    Returns:
+      ``guided(x, t, cond)``, a model for ``sample(..., cond=...)`` and every other loop.
+    """
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be callable (x, t, cond) -> prediction, got {type(model_fn).__name__}")
+    bounds = _check_interval(interval)
+    if bounds is not None and state is None:
+        raise ValueError("interval needs state= (to read the model's time input as a continuous time)")
+    rescale = _checks.real_scalar("rescale", rescale)
+    if not _checks.is_traced(rescale) and not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"rescale must be in [0, 1], got {rescale}")
+    if not _checks.is_traced(scale):
+        host = np.asarray(scale)
+        if not np.issubdtype(host.dtype, np.floating) and not np.issubdtype(host.dtype, np.integer):
+            raise TypeError(f"scale must be a real number or array, got {host.dtype}")
+        if not np.all(np.isfinite(host)):
+            raise ValueError(f"scale must be finite, got {scale}")
+
+    def guided(x: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
+        batch = x.shape[0]
+        null = jax.tree.map(lambda n, c: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), null_cond, cond)
+        both = jax.tree.map(lambda c, n: jnp.concatenate([c, n]), cond, null)
+        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
+        out_c, out_u = out[:batch], out[batch:]
+        w = _per_sample_scale(scale, x).astype(out.dtype)
+        if bounds is not None:
+            t_cont = t if not state.schedule.is_discrete else time_from_model_time(state, t)
+            inside = (t_cont >= bounds[0]) & (t_cont <= bounds[1])
+            w = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), w, jnp.ones((), out.dtype))
+        y = out_u + w * (out_c - out_u)
+        if rescale != 0.0:
+            axes = tuple(range(1, x.ndim))
+            ratio = jnp.std(out_c, axis=axes, keepdims=True) / jnp.std(y, axis=axes, keepdims=True)
+            y = rescale * (y * ratio) + (1.0 - rescale) * y
+        return y
+
+    return guided
+
+
+def classifier_guidance(
+    state: ScoreSdeVpSchedulerState, model_fn: Callable, log_prob_fn: Callable, scale: Any
+) -> Callable:
+    r"""Classifier guidance (Dhariwal & Nichol 2021, sec. 4) as a model combinator: ``guided(x, t, cond)``.
+
+    .. math::
+
+        \hat\epsilon_w = \hat\epsilon - w\,\sigma(t)\,\nabla_x \log p_t(c \mid x),
+
+    the noise prediction of :math:`p_t(x)\,p_t(c \mid x)^w` (its score is the model's
+    plus :math:`w` times the classifier's), with the gradient by ``jax.grad`` of the
+    user's ``log_prob_fn(x, t, cond) -> (batch,)`` (``t`` the model's time input). The
+    output is converted back to ``state.prediction_type``. With the exact classifier
+    and ``w = 1`` it is the exact conditional model (tested).
+
+    Args:
+      state: the scheduler state (schedule, prediction type, model time).
+      model_fn: ``(x, t) -> prediction`` (an unconditional model) or ``(x, t, cond)``;
+        it is called with ``cond`` only if it takes three arguments.
+      log_prob_fn: ``(x, t, cond) -> log p(c | x_t)``, one value per sample.
+      scale: :math:`w`, 0-d or ``(batch,)``, a leaf.
+    """
+    if not callable(model_fn) or not callable(log_prob_fn):
+        raise TypeError("model_fn and log_prob_fn must be callable")
+    import inspect
+
+    try:
+        takes_cond = len(inspect.signature(model_fn).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_cond = True
+
+    def guided(x: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
+        out = model_fn(x, t, cond) if takes_cond else model_fn(x, t)
+        dtype = _checks.compute_dtype(x.dtype)
+        xc = x.astype(dtype)
+        grad = jax.grad(lambda z: jnp.sum(log_prob_fn(z, t, cond)))(xc)
+        tb = _per_sample(time_from_model_time(state, t), x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        alpha, sigma = state.schedule.cast(dtype).alpha_sigma(tb)
+        eps = eps_from_prediction(state.prediction_type, out.astype(dtype), xc, alpha, sigma)
+        eps = eps - _per_sample_scale(scale, x).astype(dtype) * sigma * grad
+        return prediction_from_eps(state.prediction_type, eps, xc, alpha, sigma).astype(out.dtype)
+
+    return guided

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import make_sample_keys
+from .loops import check_cond, make_sample_keys, with_cond
 from .scheduler import ScoreSdeVpSchedulerState, broadcast_t, model_time
 
 __all__ = ["add_noise", "dsm_loss"]
@@ -67,6 +67,7 @@ def dsm_loss(
     *,
     likelihood_weighting: bool = False,
     eps: float = 1e-5,
+    cond=None,
 ) -> jax.Array:
     r"""Denoising score matching for the state's model parametrization: a scalar loss.
 
@@ -94,6 +95,10 @@ def dsm_loss(
         :math:`\hat\epsilon - z = c\,(\text{output} - \text{target})`, :math:`c = 1`
         (ε), :math:`\alpha` (v), :math:`-\alpha/\sigma` (:math:`x_0`).
       eps: the smallest training time of a continuous schedule, in ``(0, t_max)``.
+      cond: ``None`` or the samples' conditions (a pytree of arrays with the batch as
+        leading axis): the model is then called ``model_fn(x_t, t, cond)``. (For
+        classifier-free guidance, train with the condition replaced by the null one
+        for a random share of the samples: that choice is the caller's.)
 
     Returns:
       The loss, a float32 (or wider) scalar.
@@ -127,7 +132,8 @@ def dsm_loss(
     # target is that same noise, so a model that recovers it exactly scores 0.
     z = z.astype(x0.dtype)
     x_t = add_noise(state, x0, z, t)
-    output = model_fn(x_t, model_time(state, t))
+    check_cond(cond, batch)
+    output = with_cond(model_fn, cond)(x_t, model_time(state, t))
     if getattr(output, "shape", None) != x0.shape:
         raise ValueError(f"model_fn must return an array of x0's shape {x0.shape}, got {getattr(output, 'shape', output)}")
     tb = t.reshape((-1,) + (1,) * (x0.ndim - 1))
