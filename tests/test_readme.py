@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sdevp_jax as sv
+
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 
@@ -24,3 +26,6 @@ def test_readme_examples_run():
     sd_state = namespace["sd_state"]
     assert sd_state.schedule.is_discrete and sd_state.spacing == "logsnr" and sd_state.diffusers_config is not None
     assert namespace["sd_samples"].shape == (1024, 2) and np.all(np.isfinite(namespace["sd_samples"]))
+    # "Conditions and guidance": class 1 is the modes 2 and 3; guided samples land there
+    modes = np.asarray(sv.assign_modes(namespace["cm"].mixture, namespace["xg"]))
+    assert np.isin(modes, [2, 3]).all()
