@@ -474,10 +474,11 @@ class GridSolverOptions(NamedTuple):
     eta: object
     third_order: str
     thresholding: Optional[tuple]
+    predict_x0: bool = True
 
 
 def grid_solver_options(method, order, solver_type, lower_order_final, final_sigmas_type, eta, third_order,
-                        thresholding, dynamic_thresholding_ratio, sample_max_value):
+                        thresholding, dynamic_thresholding_ratio, sample_max_value, predict_x0=True):
     """Check a grid solver's options: a ValueError naming the option and its allowed values."""
     default_order, max_order, _ = GRID_SOLVERS[method]
     order = default_order if order is None else _checks.positive_int("order", order)
@@ -507,8 +508,14 @@ def grid_solver_options(method, order, solver_type, lower_order_final, final_sig
             raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
         max_value = _checks.positive_real("sample_max_value", sample_max_value)
         threshold = (ratio, max_value)
+    if not isinstance(predict_x0, bool):
+        raise TypeError(f"predict_x0 must be a bool, got {predict_x0!r}")
+    if not predict_x0 and method != "unipc":
+        raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
+    if not predict_x0 and threshold is not None:
+        raise ValueError("thresholding acts on the data prediction: it needs predict_x0=True")
     return GridSolverOptions(method, order, solver_type, lower_order_final, final_sigmas_type == "zero", eta,
-                             third_order, threshold)
+                             third_order, threshold, predict_x0)
 
 
 def _grid_solver(state, model_fn, x, opts: GridSolverOptions, sample_keys, dtype, grid=None):
@@ -562,12 +569,16 @@ def _grid_solver(state, model_fn, x, opts: GridSolverOptions, sample_keys, dtype
         eps, d0 = predict(x, k)
         order = orders[k]
         if opts.method == "unipc":
+            if not opts.predict_x0:
+                d0 = eps  # UniPC's noise-prediction form keeps the noise predictions in its history
             previous = solvers.History(hist.m2, hist.m3, hist.m3, hist.lam2, hist.lam3, hist.lam3,
                                        hist.x_prev, hist.order_prev)
             corrected = solvers.unipc_correct(hist.x_prev, hist.m1, previous, coeffs(k - 1, k), d0,
-                                              hist.order_prev, variant=opts.solver_type)
+                                              hist.order_prev, variant=opts.solver_type,
+                                              predict_x0=opts.predict_x0)
             x = jnp.where(k > 0, corrected, x)
-            x_next = solvers.unipc_predict(x, d0, hist, c, order, variant=opts.solver_type)
+            x_next = solvers.unipc_predict(x, d0, hist, c, order, variant=opts.solver_type,
+                                           predict_x0=opts.predict_x0)
         elif opts.method == "dpm_solver_pp":
             x_next = solvers.dpmpp_step(x, d0, hist, c, order, solver_type=opts.solver_type,
                                         third_order=opts.third_order)
@@ -681,6 +692,7 @@ def sample_ode(
     thresholding: bool = False,
     dynamic_thresholding_ratio: float = 0.995,
     sample_max_value: float = 1.0,
+    predict_x0: bool = True,
     cond=None,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
@@ -746,6 +758,8 @@ def sample_ode(
       thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding
         of the data prediction (Saharia et al. 2022) in the grid solvers, for
         pixel-space models whose data lie in ``[-sample_max_value, sample_max_value]``.
+      predict_x0: ``unipc`` in data prediction (default, as diffusers) or, with ``False``,
+        in its noise-prediction form (Zhao et al. 2023 give both).
       cond: the samples' conditions, as for :func:`sample`.
 
     Returns:
@@ -759,7 +773,8 @@ def sample_ode(
     grid_opts = None
     if method in GRID_SOLVERS:
         grid_opts = grid_solver_options(method, order, solver_type, lower_order_final, final_sigmas_type, eta,
-                                        third_order, thresholding, dynamic_thresholding_ratio, sample_max_value)
+                                        third_order, thresholding, dynamic_thresholding_ratio, sample_max_value,
+                                        predict_x0)
     else:
         order = 3 if order is None else _checks.positive_int("order", order)
         if order > 3:
@@ -808,6 +823,7 @@ def invert_ode(
     third_order: str = "taylor",
     return_info: bool = False,
     cond=None,
+    predict_x0: bool = True,
 ):
     r"""Run the probability-flow ODE upwards: from ``x0`` at the grid's last time to its first.
 
@@ -824,7 +840,7 @@ def invert_ode(
       model_fn: as for :func:`sample_ode`.
       x0: the data (treated as the sample at the grid's last time), ``(batch, ...)``, float.
       method: one of :data:`INVERTIBLE` (deterministic: ``ddim`` with ``eta = 0``).
-      order, solver_type, lower_order_final, third_order: as for :func:`sample_ode`.
+      order, solver_type, lower_order_final, third_order, predict_x0: as for :func:`sample_ode`.
       return_info: also return a :class:`SamplerInfo`.
       cond: the samples' conditions, as for :func:`sample`.
 
@@ -849,7 +865,7 @@ def invert_ode(
     work = _checks.compute_dtype(x0.dtype)
     if method in GRID_SOLVERS:
         opts = grid_solver_options(method, order, solver_type, lower_order_final, "last", 0.0, third_order,
-                                   False, 0.995, 1.0)
+                                   False, 0.995, 1.0, predict_x0)
         x, nfe = _grid_solver(state, model_fn, x0, opts, None, work, grid=state.timesteps.astype(work)[::-1])
     else:
         order = 3 if order is None else _checks.positive_int("order", order)

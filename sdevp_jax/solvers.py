@@ -220,17 +220,23 @@ def _unipc_system(rks, hh, b_h, p):
     return jnp.stack(rows), jnp.stack(b)
 
 
-def _unipc_parts(hist: History, c: StepCoeffs, d0, variant):
-    """What UniP and UniC share: ``h``, ``hh = -h``, ``B(h)``, the ratios ``r_k`` and the differences."""
+def _unipc_parts(hist: History, c: StepCoeffs, d0, variant, predict_x0):
+    """What UniP and UniC share: ``h``, ``hh``, ``B(h)``, the ratios ``r_k``, the differences, and the
+    first-order point's two coefficients (data prediction: ``sigma_t/sigma_s`` and ``alpha_t``; noise
+    prediction: ``alpha_t/alpha_s`` and ``sigma_t``)."""
     h = c.lam_t - c.lam_s
-    hh = -h
+    hh = -h if predict_x0 else h
     b_h = hh if variant == "bh1" else jnp.expm1(hh)
     rks = [(hist.lam1 - c.lam_s) / h, (hist.lam2 - c.lam_s) / h]
     d1s = [(hist.m1 - d0) / rks[0], (hist.m2 - d0) / rks[1]]
-    return h, hh, b_h, rks, d1s
+    if predict_x0:
+        ratio, scale = c.sigma_t / c.sigma_s, c.alpha_t
+    else:
+        ratio, scale = jnp.exp(c.log_alpha_t - c.log_alpha_s), c.sigma_t
+    return h, hh, b_h, rks, d1s, ratio, scale
 
 
-def unipc_predict(x, d0, hist: History, c: StepCoeffs, order, *, variant: str = "bh2"):
+def unipc_predict(x, d0, hist: History, c: StepCoeffs, order, *, variant: str = "bh2", predict_x0: bool = True):
     r"""The UniP predictor of UniPC (Zhao et al., NeurIPS 2023, Algorithm 2, data prediction).
 
     .. math::
@@ -243,17 +249,21 @@ def unipc_predict(x, d0, hist: History, c: StepCoeffs, order, *, variant: str = 
     (``bh1``) or :math:`e^{-h} - 1` (``bh2``), and :math:`\rho` solving the order
     conditions :math:`R\rho = b` (the paper's eq. 8; :math:`\rho = 1/2` at order 2, as the
     paper and diffusers take it). ``hist.m1``, ``m2`` are the predictions before ``d0``.
+    With ``predict_x0=False`` the predictions are noise predictions and the update is the
+    same in the noise form: :math:`x_t = \frac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^{h} - 1)\epsilon_0
+    - \sigma_t B(h)\sum_k\rho_k\ldots`, :math:`B(h) = h` or :math:`e^h - 1`.
     """
-    h, hh, b_h, rks, d1s = _unipc_parts(hist, c, d0, variant)
-    x1 = (c.sigma_t / c.sigma_s) * x - (c.alpha_t * jnp.expm1(hh)) * d0
-    second = x1 - (c.alpha_t * b_h * 0.5) * d1s[0]
+    h, hh, b_h, rks, d1s, ratio, scale = _unipc_parts(hist, c, d0, variant, predict_x0)
+    x1 = ratio * x - (scale * jnp.expm1(hh)) * d0
+    second = x1 - (scale * b_h * 0.5) * d1s[0]
     r3, b3 = _unipc_system(rks + [jnp.ones_like(h)], hh, b_h, 3)
     rho = jnp.linalg.solve(r3[:-1, :-1], b3[:-1])
-    third = x1 - (c.alpha_t * b_h) * (rho[0] * d1s[0] + rho[1] * d1s[1])
+    third = x1 - (scale * b_h) * (rho[0] * d1s[0] + rho[1] * d1s[1])
     return jnp.where(order >= 3, third, jnp.where(order >= 2, second, x1))
 
 
-def unipc_correct(x_prev, d0, hist: History, c: StepCoeffs, d_t, order, *, variant: str = "bh2"):
+def unipc_correct(x_prev, d0, hist: History, c: StepCoeffs, d_t, order, *, variant: str = "bh2",
+                  predict_x0: bool = True):
     r"""The UniC corrector of UniPC (Zhao et al. 2023, Algorithm 1, data prediction).
 
     Redoes the step just taken from ``x_prev`` (at ``s``, prediction ``d0``, older
@@ -266,19 +276,20 @@ def unipc_correct(x_prev, d0, hist: History, c: StepCoeffs, d_t, order, *, varia
                 - \alpha_t B(h)\Big(\sum_{k=1}^{p-1}\rho_k\,\frac{D_k - D_0}{r_k} + \rho_p (D_t - D_0)\Big),
 
     :math:`\rho` solving the full :math:`p \times p` system (:math:`\rho = 1/2` at ``p = 1``);
-    ``order`` is the order ``p`` of the predictor step being corrected.
+    ``order`` is the order ``p`` of the predictor step being corrected; ``predict_x0`` as for
+    :func:`unipc_predict`.
     """
-    h, hh, b_h, rks, d1s = _unipc_parts(hist, c, d0, variant)
-    x1 = (c.sigma_t / c.sigma_s) * x_prev - (c.alpha_t * jnp.expm1(hh)) * d0
+    h, hh, b_h, rks, d1s, ratio, scale = _unipc_parts(hist, c, d0, variant, predict_x0)
+    x1 = ratio * x_prev - (scale * jnp.expm1(hh)) * d0
     d1_t = d_t - d0
     one = jnp.ones_like(h)
-    first = x1 - (c.alpha_t * b_h) * (0.5 * d1_t)
+    first = x1 - (scale * b_h) * (0.5 * d1_t)
     r2, b2 = _unipc_system([rks[0], one], hh, b_h, 2)
     rho2 = jnp.linalg.solve(r2, b2)
-    second = x1 - (c.alpha_t * b_h) * (rho2[0] * d1s[0] + rho2[1] * d1_t)
+    second = x1 - (scale * b_h) * (rho2[0] * d1s[0] + rho2[1] * d1_t)
     r3, b3 = _unipc_system(rks + [one], hh, b_h, 3)
     rho3 = jnp.linalg.solve(r3, b3)
-    third = x1 - (c.alpha_t * b_h) * (rho3[0] * d1s[0] + rho3[1] * d1s[1] + rho3[2] * d1_t)
+    third = x1 - (scale * b_h) * (rho3[0] * d1s[0] + rho3[1] * d1s[1] + rho3[2] * d1_t)
     return jnp.where(order >= 3, third, jnp.where(order >= 2, second, first))
 
 

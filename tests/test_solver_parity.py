@@ -39,6 +39,7 @@ SOLVERS = {
     "unipc_bh1_3": dict(method="unipc", order=3, solver_type="bh1"),
     "unipc_bh2_2": dict(method="unipc", order=2, solver_type="bh2"),
     "unipc_bh2_3": dict(method="unipc", order=3, solver_type="bh2"),
+    "unipc_bh2_2_noise": dict(method="unipc", order=2, solver_type="bh2", predict_x0=False),
 }
 
 
@@ -124,8 +125,8 @@ def parity_err(x, ref):
 
 
 def test_golden_covers_the_issue_grid():
-    """10 solvers x 2 schedules x 2 prediction types x 3 step counts."""
-    assert len(CASES) == 10 * 2 * 2 * 3
+    """11 solvers (UniPC also in its noise form) x 2 schedules x 2 prediction types x 3 step counts."""
+    assert len(CASES) == 11 * 2 * 2 * 3
     assert "diffusers 0.42.1" in list(G["versions"])
     assert all(np.all(np.isfinite(G[f"{c}/final"])) for c in CASES)
 
@@ -148,7 +149,7 @@ def test_golden_variants_differ():
     """
     pairs = [("dpmpp_2m_midpoint", "dpmpp_2m_heun"), ("dpmpp_2m_midpoint", "dpmpp_3m"),
              ("unipc_bh1_2", "unipc_bh2_2"), ("unipc_bh1_3", "unipc_bh2_3"), ("unipc_bh2_2", "unipc_bh2_3"),
-             ("ddim_eta0", "ddim_eta1"), ("dpmpp_2m_midpoint", "unipc_bh2_2")]
+             ("ddim_eta0", "ddim_eta1"), ("dpmpp_2m_midpoint", "unipc_bh2_2"), ("unipc_bh2_2", "unipc_bh2_2_noise")]
     for head in {c.rsplit("/", 2)[0] for c in CASES}:
         for steps in ("5", "10", "25"):
             for a, b in pairs:
@@ -158,9 +159,10 @@ def test_golden_variants_differ():
 
 
 def test_unipc_bh1_final_step_is_nan_in_diffusers():
-    """Documents diffusers' defect the golden works around: UniPC bh1's step to sigma = 0 is inf * 0."""
+    """Documents diffusers' defect the golden works around: UniPC bh1's step to sigma = 0 is inf * 0, and so
+    is the noise-prediction form's (sigma_t * expm1(h) = 0 * inf); the golden holds the step's limit."""
     nan_final = {c for c in CASES if f"{c}/nan_final" in G}
-    assert nan_final == {c for c in CASES if "/unipc_bh1_" in c}
+    assert nan_final == {c for c in CASES if "/unipc_bh1_" in c or c.rsplit("/", 1)[0].endswith("_noise")}
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])

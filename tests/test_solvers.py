@@ -44,6 +44,7 @@ ORDERS = [
     ("unipc", {"order": 1}, 2),
     ("unipc", {"order": 2}, 3),
     ("unipc", {"order": 2, "solver_type": "bh1"}, 3),
+    ("unipc", {"order": 2, "predict_x0": False}, 3),
 ]
 
 
@@ -224,6 +225,8 @@ def test_step_orders_reproduce_diffusers_schedules():
     ({"method": "unipc", "thresholding": True, "dynamic_thresholding_ratio": 1.5}, ValueError,
      r"dynamic_thresholding_ratio must be in \(0, 1\]"),
     ({"method": "unipc", "lower_order_final": 1}, TypeError, "lower_order_final must be a bool"),
+    ({"method": "dpm_solver_pp", "predict_x0": False}, ValueError, "UniPC's option"),
+    ({"method": "unipc", "predict_x0": False, "thresholding": True}, ValueError, "needs predict_x0=True"),
 ])
 def test_bad_solver_options_are_named(kwargs, err, match):
     state, model_fn = _setup(5)

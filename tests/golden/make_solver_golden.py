@@ -52,11 +52,13 @@ predictor computes ``alpha_t * B_h * pred_res`` with ``pred_res = 0``, i.e. ``in
 step is otherwise ``sigma_t/sigma_s * x - alpha_t * expm1(-h) * m0 = m0``, the data
 prediction, which is what bh2 returns (checked bitwise below). For bh1 the golden's last
 sample is that value, diffusers' own ``convert_model_output`` at the last step, and the case
-carries ``/nan_final``.
+carries ``/nan_final``. So does UniPC's noise-prediction form (``predict_x0=False``), whose last
+step computes ``sigma_t * expm1(h) = 0 * inf``; its golden last sample is the step's limit, the
+data prediction ``(x - sigma_s eps)/alpha_s``.
 
 The file holds, per case ``<schedule>/<prediction_type>/<solver>/<steps>``:
 ``/labels`` (int64, the scheduler's timesteps), ``/final`` (B, 3), ``/steps``
-(steps, B, 3, the sample after each ``step``) and, for UniPC bh1, ``/nan_final``; and ``x_T`` (B, 3), ``noise``
+(steps, B, 3, the sample after each ``step``) and, for those UniPC cases, ``/nan_final``; and ``x_T`` (B, 3), ``noise``
 (MAX_STEPS, B, 3), ``seed``, ``mu``, ``s``, the mixture's ``mix_mu``, ``mix_s``,
 ``mix_w``, and ``versions``.
 """
@@ -106,6 +108,8 @@ SOLVERS = {
     "unipc_bh1_3": ("UniPCMultistepScheduler", dict(solver_type="bh1", solver_order=3), False),
     "unipc_bh2_2": ("UniPCMultistepScheduler", dict(solver_type="bh2", solver_order=2), False),
     "unipc_bh2_3": ("UniPCMultistepScheduler", dict(solver_type="bh2", solver_order=3), False),
+    "unipc_bh2_2_noise": ("UniPCMultistepScheduler", dict(solver_type="bh2", solver_order=2, predict_x0=False),
+                          False),
 }
 
 
@@ -212,16 +216,28 @@ def run_case(torch, diffusers, key: str, x_t: np.ndarray, noise: np.ndarray):
         output = fn(x, int(n))
         last_unipc = cls_name == "UniPCMultistepScheduler" and k == steps - 1
         if last_unipc:  # its order-1 step to sigma = 0 is the data prediction here (see nan_final)
-            limit = sched.convert_model_output(output, sample=x)
+            if config.get("predict_x0", True):
+                limit = sched.convert_model_output(output, sample=x)
+            else:  # the noise form's step to sigma = 0 is (x - sigma eps)/alpha in the limit h -> inf
+                eps = sched.convert_model_output(output, sample=x)
+                index = sched.step_index if sched.step_index is not None else k
+                alpha_s, sigma_s = sched._sigma_to_alpha_sigma_t(sched.sigmas[index])
+                limit = (x - sigma_s * eps) / alpha_s
         x = sched.step(output, int(n), x, **kwargs).prev_sample
         assert x.dtype == torch.float64
-        if last_unipc and config["solver_type"] == "bh1":
-            assert torch.all(torch.isnan(x)), "diffusers' UniPC bh1 now ends finite: drop nan_final"
+        if last_unipc and nan_final(solver):
+            assert torch.all(torch.isnan(x)), f"diffusers' {solver} now ends finite: drop nan_final"
             x = limit
         elif last_unipc:
             assert torch.equal(x, limit)
         out.append(x.numpy().copy())
     return labels, np.stack(out)
+
+
+def nan_final(solver: str) -> bool:
+    """diffusers' UniPC ends in NaN with bh1 (B(h) = -h = -inf times 0) and in its noise form
+    (sigma_t (e^h - 1) = 0 * inf on the step to sigma = 0)."""
+    return solver.startswith("unipc_bh1") or solver.endswith("_noise")
 
 
 def main() -> None:
@@ -255,7 +271,7 @@ def main() -> None:
         for key in cases():
             labels, steps = run_case(torch, diffusers, key, x_t, noise)
             assert np.all(np.isfinite(steps)), key
-            if key.split("/")[2].startswith("unipc_bh1"):
+            if nan_final(key.split("/")[2]):
                 out[f"{key}/nan_final"] = np.array(True)
             out[f"{key}/labels"] = labels
             out[f"{key}/steps"] = steps
