@@ -418,11 +418,10 @@ def _fixed_step_ode(state, model_fn, x, method, dtype, order=3, reverse=False):
             x, _ = lax.scan(body, x, (grid[:-1], grid[1:]))
         return x, (1 if method == "euler" else 2) * (grid.shape[0] - 1)
 
-    # dpm_solver: x_t = (a_t/a_s) x_s - s_t [phi1 e + phi2 e' + phi3 e''] with
-    # phi1 = e^h - 1, phi2 = e^h - 1 - h, phi3 = e^h - 1 - h - h^2/2 (the exact
-    # integrals of the Taylor terms of eps in lambda; Lu et al. 2022), e' and e''
-    # from divided differences of the last three eps: order 1, 2, then 3 (capped
-    # at ``order``; order 1 is DDIM with eta = 0, Song et al. 2021 / Lu et al. 2022 sec. 4.1).
+    # dpm_solver: multistep DPM-Solver in eps form (sdevp_jax.solvers.dpm_solver_step), orders 1, 2,
+    # then 3, capped at ``order``.
+    from .solvers import dpm_solver_step
+
     lam = schedule.log_snr(grid)
     log_alpha = schedule.log_alpha(grid)
     sigma = schedule.sigma(grid)
@@ -433,15 +432,8 @@ def _fixed_step_ode(state, model_fn, x, method, dtype, order=3, reverse=False):
         h = lam[k + 1] - lam[k]
         use2 = (k >= 1).astype(dtype) if order >= 2 else jnp.zeros((), dtype)
         use3 = (k >= 2).astype(dtype) if order >= 3 else jnp.zeros((), dtype)
-        f01 = (e0 - e1) / h1
-        f12 = (e1 - e2) / h2
-        f012 = (f01 - f12) / (h1 + h2)
-        d1 = use2 * (f01 + use3 * h1 * f012)
-        d2 = use3 * 2.0 * f012
-        phi1 = jnp.expm1(h)
-        phi2 = phi1 - h
-        phi3 = phi2 - 0.5 * h * h
-        x_next = jnp.exp(log_alpha[k + 1] - log_alpha[k]) * x - sigma[k + 1] * (phi1 * e0 + phi2 * d1 + phi3 * d2)
+        x_next = dpm_solver_step(x, e0, e1, e2, h, h1, h2, log_alpha[k + 1] - log_alpha[k], sigma[k + 1],
+                                 use2, use3)
         return (x_next, e0, e1, h, h1), None
 
     one = jnp.ones((), dtype)
