@@ -137,8 +137,9 @@ def test_cfg_at_1_and_0_and_classifier_guidance_at_1_follow_the_exact_paths(fami
     terms of sizes |y_u| and |y_c - y_u|, each to a few ulps (autodiff of a log-sum-exp), then subtracts.
     All three are within 4u (|y_c| + |y_u|) = 2**-22 (|y_c| + |y_u|) per entry and step: the run with the
     conditional (or unconditional) model moved by that much at every step gives P, and 2 P is allowed.
-    Measured: SDE (ancestral, N = 100) P = 2.1e-6, differences <= 1.3e-7 (cfg 1), 8.0e-7 (cfg 0),
-    1.2e-7 (classifier); ODE (dpm_solver, N = 20) P = 5.0e-5, differences <= 1.1e-6. The conditional and
+    Measured: SDE (ancestral, N = 100) P = 2.1e-6, differences <= 1.2e-7 (cfg 1, cfg 0 and classifier);
+    ODE (dpm_solver, N = 20) P = 5.0e-5, differences 7.7e-7 (cfg 1), 0 (cfg 0), 9.8e-7 (classifier). The
+    conditional and
     unconditional runs differ by ~2.8, so the check can tell them apart.
     """
     state = make_state("linear", n)
@@ -237,9 +238,9 @@ def test_outside_the_interval_the_guided_model_is_the_conditional_one(grid):
         if inside:
             np.testing.assert_array_equal(got, np.asarray(plain(x, t, cond)))
             continue
-        both = np.asarray(model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                                   jnp.concatenate([cond, null_like(cond)])))
-        y_c, y_u = both[:6], both[6:]
+        pairs = lambda a, b: jnp.stack([a, b], axis=1).reshape((12,) + a.shape[1:])  # cfg's row order
+        both = np.asarray(model_fn(pairs(x, x), pairs(t, t), pairs(cond, null_like(cond)))).reshape(6, 2, 2)
+        y_c, y_u = both[:, 0], both[:, 1]
         tol = 2 * U32 * (np.abs(y_c) + np.abs(y_u))
         assert np.all(np.abs(got - y_c) <= tol), (t_cont, np.max(np.abs(got - y_c) / tol))
         assert np.max(np.abs(np.asarray(plain(x, t, cond)) - y_c)) > 1e3 * tol.max()
@@ -295,3 +296,188 @@ def test_cfg_calls_the_network_once_per_step_and_stage_with_batch_2b(sampler, n,
         assert nfe == {"heun": 2 * (n - 1), "dpm_solver_pp": n}[sampler]
     jax.block_until_ready(x)
     assert rows == [2 * b] * nfe, rows
+
+
+# ------------------------------------------------------------------------------------------- 4. invariance
+
+INV_STEPS = 100
+INV_SCALE = 2.5  # a guided run (w != 0, 1), per-sample classes
+PERTURBATION = 2.0**-22  # relative, as tests/test_invariance.py: 2 ulps of float32 at 1.0
+
+
+def invariance_run(batch, guided_scale=INV_SCALE, perturb=False):
+    """``(key, offset, cond) -> samples`` of a cfg-guided, conditioned SDE run, jitted for one batch size."""
+    state = sv.set_timesteps(sv.create_state(), INV_STEPS)
+    guided = sv.cfg(sv.make_class_model(state, CM), guided_scale, sv.NULL_CLASS)
+    model_fn = (lambda x, t, c: guided(x, t, c) * jnp.float32(1 + PERTURBATION)) if perturb else guided
+    return jax.jit(lambda k, o, c: sv.sample(state, model_fn, k, (batch, 2), index_offset=o, cond=c))
+
+
+def test_a_chunked_guided_run_equals_the_uninterrupted_one():
+    """A guided, conditioned run of 256 samples against chunks with index_offset and the cond rows sliced.
+
+    Equal compiled shapes (a chunk of 256 at offset 128): bits compared. Chunks of 128 (another compiled
+    shape): to 2 P, P how far the run carries a coherent relative change of 2**-22 of every model output
+    (the derivation of tests/test_invariance.py). And the cond rows matter: a chunk given the wrong rows is
+    O(1) away. Measured: 2 P = 7.2e-7, the chunks of 128 bitwise equal to the whole (0 difference).
+    """
+    key = jax.random.key(7)
+    cond = jnp.asarray(np.random.default_rng(0).integers(0, 3, 384), jnp.int32)
+    whole_fn = invariance_run(256)
+    whole = np.asarray(whole_fn(key, np.uint32(0), cond[:256]))
+    shifted = np.asarray(whole_fn(key, np.uint32(128), cond[128:384]))
+    np.testing.assert_array_equal(shifted[:128].view(np.uint32), whole[128:].view(np.uint32))
+
+    tolerance = 2.0 * float(np.max(np.abs(np.asarray(invariance_run(256, perturb=True)(key, np.uint32(0), cond[:256]))
+                                          - whole)))
+    assert 0 < tolerance < 1e-3, tolerance
+    chunk_fn = invariance_run(128)
+    chunks = np.concatenate([np.asarray(chunk_fn(key, np.uint32(o), cond[o:o + 128])) for o in (0, 128)])
+    assert np.max(np.abs(chunks - whole)) <= tolerance, (np.max(np.abs(chunks - whole)), tolerance)
+    wrong = np.asarray(chunk_fn(key, np.uint32(128), cond[:128]))
+    assert np.max(np.abs(wrong - whole[128:])) > 1.0
+
+
+SHARDED = textwrap.dedent("""
+    import os, sys, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    sys.path.insert(0, {test_dir!r})
+    import jax, jax.numpy as jnp, numpy as np
+    import sdevp_jax as sv
+    from test_guidance import invariance_run
+    assert len(jax.devices()) == 4
+    key = jax.random.key(0)
+    cond = jnp.asarray(np.random.default_rng(1).integers(0, 3, 512), jnp.int32)
+    sharding = sv.distributed.batch_sharding()
+    single = np.asarray(invariance_run(512)(key, np.uint32(0), cond))
+    pert = np.asarray(invariance_run(512, perturb=True)(key, np.uint32(0), cond))
+    sharded_fn = jax.jit(invariance_run(512), out_shardings=sharding)
+    sharded_out = sharded_fn(key, np.uint32(0), jax.device_put(cond, sharding))
+    sharded = np.asarray(sharded_out)
+    per_shard_fn = invariance_run(128)
+    per_shard = np.concatenate([np.asarray(per_shard_fn(key, np.uint32(128 * d), cond[128 * d:128 * (d + 1)]))
+                                for d in range(4)])
+    print(json.dumps({{"max_diff": float(np.abs(sharded - single).max()),
+                      "tolerance": 2.0 * float(np.abs(pert - single).max()),
+                      "num_shards": len(sharded_out.addressable_shards),
+                      "shards_bitwise": bool(np.array_equal(sharded.view(np.uint32), per_shard.view(np.uint32)))}}))
+""")
+
+
+@pytest.mark.slow
+def test_a_guided_run_sharded_over_4_devices_equals_one_device():
+    """4 forced CPU devices, batch and cond sharded together: each shard is bitwise the single-device call of
+    its size, offset and cond rows; the whole equals the single-device batch of 512 to 2 P (as above).
+    Measured: shards bitwise; the whole 6.1e-7 from one device, 2 P = 8.6e-6. (cfg interleaves each
+    sample's two rows, so the sharded loop has no collectives: with the halves concatenated it had 7
+    all-gathers and 12 collective-permutes per compiled loop, and the shards were not bitwise.)"""
+    script = SHARDED.format(test_dir=os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["num_shards"] == 4 and result["shards_bitwise"], result
+    assert 0 < result["tolerance"] < 1e-3 and result["max_diff"] <= result["tolerance"], result
+
+
+# ------------------------------------------------------------------------------------------ 5. every sampler
+
+# (kind, options, N): every predictor, PC, every ODE and grid solver, on the linear schedule.
+EVERY = {**{p: ("sde", {"predictor": p}, 50) for p in sv.list_methods("predictor")},
+         "pc_langevin": ("sde", {"predictor": "euler_maruyama", "corrector": "langevin"}, 50),
+         **{m: ("ode", {"method": m}, 20) for m in sv.list_methods("ode") + sv.list_methods("sde_solver")}}
+
+
+@pytest.mark.parametrize("sampler", list(EVERY))
+def test_every_sampler_takes_cond_and_a_cfg_model(sampler):
+    """B = 192 samples, classes 0, 1, 2 in turn, cfg at w = 1 (the conditional model through the batched
+    code path): finite, and in their own class's modes.
+
+    Under p(x | c) the mass in other classes' modes is < 1e-8; the bound is loose because the steps are
+    few: at least 95% in class (the unconditional model gives 1/3 on average: 0.6, 0.32, 0.08), and
+    class 0's share in its first mode within 5 binomial SE of 0.35 / 0.6 at its 64 samples (+- 0.31).
+    Measured: every sampler 100% in class; class 0's first-mode share 0.52 to 0.59.
+    """
+    family, options, n = EVERY[sampler]
+    state = sv.set_timesteps(sv.create_state(), n)
+    guided = sv.cfg(sv.make_class_model(state, CM), 1.0, sv.NULL_CLASS)
+    b = 192
+    cond = jnp.arange(b, dtype=jnp.int32) % 3
+    run = _sample if family == "sde" else _sample_ode
+    x = np.asarray(run(state, guided, jax.random.key(9), (b, 2), cond=cond, **options), np.float64)
+    assert np.all(np.isfinite(x))
+    share = in_class_share(CM, x, cond)
+    assert share >= 0.95, share
+    first = np.mean(np.asarray(sv.assign_modes(CM.mixture, x[np.asarray(cond) == 0])) == 0)
+    p = 0.35 / 0.6
+    assert abs(first - p) < 5 * math.sqrt(p * (1 - p) / 64), first
+
+
+# ------------------------------------------------------------------------------------------ 6. bad input
+
+
+@pytest.fixture(scope="module")
+def small():
+    state = sv.set_timesteps(sv.create_state(), 5)
+    return state, sv.make_class_model(state, CM)
+
+
+@pytest.mark.parametrize("call", ["sample", "sample_ode", "invert_ode"])
+def test_cond_without_the_batch_leading_is_refused(small, call):
+    state, model_fn = small
+    bad = {"labels": jnp.zeros((4,), jnp.int32), "extra": jnp.zeros((3, 2))}
+    with pytest.raises(ValueError, match=r"cond.*batch \(4\).*\['extra'\]"):
+        if call == "invert_ode":
+            sv.invert_ode(state, lambda x, t, c: x, jnp.zeros((4, 2)), cond=bad)
+        else:
+            getattr(sv, call)(state, lambda x, t, c: x, jax.random.key(0), (4, 2), cond=bad)
+    with pytest.raises(ValueError, match=r"cond.*batch \(4\)"):
+        sv.sample(state, model_fn, jax.random.key(0), (4, 2), cond=jnp.int32(0))
+
+
+@pytest.mark.parametrize("cond", [jnp.zeros((4,), jnp.float32), jnp.zeros((4, 1), jnp.int32)])
+def test_class_cond_of_the_wrong_shape_or_dtype_is_refused(small, cond):
+    state, model_fn = small
+    with pytest.raises(ValueError, match=r"cond must be class indices of shape \(batch,\) = \(4,\), ints"):
+        sv.sample(state, model_fn, jax.random.key(0), (4, 2), cond=cond)
+    with pytest.raises(ValueError, match=r"cond must be class indices"):
+        sv.make_class_log_prob(state, CM)(jnp.zeros((4, 2)), jnp.full((4,), 0.5), cond)
+
+
+@pytest.mark.parametrize("interval", [(0.5, 1.5), (-0.1, 0.5), (0.6, 0.2), (0.3, 0.3), (0.2,), "ab"])
+def test_a_guidance_interval_outside_0_1_or_reversed_is_refused(small, interval):
+    state, model_fn = small
+    with pytest.raises(ValueError, match="interval"):
+        sv.cfg(model_fn, 2.0, sv.NULL_CLASS, interval=interval, state=state)
+
+
+def test_an_interval_without_state_is_refused(small):
+    _, model_fn = small
+    with pytest.raises(ValueError, match="interval needs state="):
+        sv.cfg(model_fn, 2.0, sv.NULL_CLASS, interval=(0.2, 0.8))
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf"), np.array([1.0, np.nan])])
+@pytest.mark.parametrize("combinator", ["cfg", "classifier_guidance"])
+def test_a_non_finite_scale_is_refused(small, scale, combinator):
+    state, model_fn = small
+    with pytest.raises(ValueError, match="scale must be finite"):
+        if combinator == "cfg":
+            sv.cfg(model_fn, scale, sv.NULL_CLASS)
+        else:
+            sv.classifier_guidance(state, model_fn, sv.make_class_log_prob(state, CM), scale)
+
+
+def test_a_scale_of_the_wrong_shape_or_type_is_refused(small):
+    state, model_fn = small
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        sv.cfg(model_fn, "2", sv.NULL_CLASS)
+    with pytest.raises(ValueError, match=r"scale of shape \(3,\) must be 0-d or \(batch,\) = \(4,\)"):
+        sv.sample(state, sv.cfg(model_fn, jnp.ones(3), sv.NULL_CLASS), jax.random.key(0), (4, 2),
+                  cond=jnp.zeros((4,), jnp.int32))
+
+
+@pytest.mark.parametrize("rescale", [-0.1, 1.5, float("nan")])
+def test_rescale_outside_0_1_is_refused(small, rescale):
+    _, model_fn = small
+    with pytest.raises(ValueError, match="rescale"):
+        sv.cfg(model_fn, 2.0, sv.NULL_CLASS, rescale=rescale)
