@@ -494,7 +494,7 @@ def cfg(
             inside = (t_cont >= bounds[0]) & (t_cont <= bounds[1])
             w = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), w, jnp.ones((), out.dtype))
         y = out_u + w * (out_c - out_u)
-        if rescale != 0.0:
+        if _checks.is_traced(rescale) or rescale != 0.0:
             axes = tuple(range(1, x.ndim))
             ratio = jnp.std(out_c, axis=axes, keepdims=True) / jnp.std(y, axis=axes, keepdims=True)
             y = rescale * (y * ratio) + (1.0 - rescale) * y

@@ -265,6 +265,9 @@ def test_cfg_rescale_1_gives_the_conditional_std():
     assert np.max(np.abs(std(y0) / target - 1)) > 1e-2
     mid = 0.5 * (y0 + y1)
     assert np.all(np.abs(y_half - mid) <= 8 * U32 * (np.abs(y0) + np.abs(y1)))
+    # rescale may be traced (a jit or vmap over it): the same arithmetic as the concrete value, to 2 ulps
+    traced = jax.jit(lambda r: sv.cfg(model_fn, 4.0, sv.NULL_CLASS, rescale=r)(x, t, cond))(jnp.float32(0.5))
+    np.testing.assert_allclose(np.asarray(traced), y_half, rtol=4 * U32, atol=4 * U32 * np.abs(y_half).max())
 
 
 # ------------------------------------------------------------------------------------ 3. one batched call
