@@ -400,6 +400,24 @@ def _per_sample_scale(scale: Any, x: jax.Array) -> jax.Array:
     return scale
 
 
+def _interleave(a: Any, b: Any) -> jax.Array:
+    """Rows ``a[0], b[0], a[1], b[1], ...``: sample ``i``'s two rows stay together, so a batch sharded over
+    devices stays sharded the same way (a concatenation would move rows between devices)."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def _check_scale(scale: Any) -> None:
+    """A guidance scale known on the host must be real and finite (a traced one is checked for shape on use)."""
+    if _checks.is_traced(scale):
+        return
+    host = np.asarray(scale)
+    if not np.issubdtype(host.dtype, np.floating) and not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"scale must be a real number or array, got {host.dtype}")
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"scale must be finite, got {scale}")
+
+
 def _check_interval(interval: Any) -> Optional[tuple[float, float]]:
     if interval is None:
         return None
@@ -429,7 +447,8 @@ def cfg(
 
     with :math:`\hat y_c = ` ``model_fn(x, t, cond)`` and :math:`\hat y_u =`
     ``model_fn(x, t, null_cond)`` evaluated as **one** batched call of twice the
-    batch (conditions concatenated along the batch axis). The combination is taken
+    batch (each sample's two rows side by side, ``x[0], x[0], x[1], ...``, so a batch
+    sharded over devices needs no communication). The combination is taken
     in the model's own parametrization: its weights :math:`(1 - w, w)` sum to 1 and
     the ε, v and :math:`x_0` of the same :math:`x` are affine functions of each other,
     so it equals guidance in ε for every prediction type; only the rescale below
@@ -461,26 +480,21 @@ def cfg(
     rescale = _checks.real_scalar("rescale", rescale)
     if not _checks.is_traced(rescale) and not 0.0 <= rescale <= 1.0:
         raise ValueError(f"rescale must be in [0, 1], got {rescale}")
-    if not _checks.is_traced(scale):
-        host = np.asarray(scale)
-        if not np.issubdtype(host.dtype, np.floating) and not np.issubdtype(host.dtype, np.integer):
-            raise TypeError(f"scale must be a real number or array, got {host.dtype}")
-        if not np.all(np.isfinite(host)):
-            raise ValueError(f"scale must be finite, got {scale}")
+    _check_scale(scale)
 
     def guided(x: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
         batch = x.shape[0]
         null = jax.tree.map(lambda n, c: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), null_cond, cond)
-        both = jax.tree.map(lambda c, n: jnp.concatenate([c, n]), cond, null)
-        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
-        out_c, out_u = out[:batch], out[batch:]
+        both = jax.tree.map(_interleave, cond, null)
+        out = model_fn(_interleave(x, x), _interleave(t, t), both).reshape((batch, 2) + x.shape[1:])
+        out_c, out_u = out[:, 0], out[:, 1]
         w = _per_sample_scale(scale, x).astype(out.dtype)
         if bounds is not None:
             t_cont = t if not state.schedule.is_discrete else time_from_model_time(state, t)
             inside = (t_cont >= bounds[0]) & (t_cont <= bounds[1])
             w = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), w, jnp.ones((), out.dtype))
         y = out_u + w * (out_c - out_u)
-        if rescale != 0.0:
+        if _checks.is_traced(rescale) or rescale != 0.0:
             axes = tuple(range(1, x.ndim))
             ratio = jnp.std(out_c, axis=axes, keepdims=True) / jnp.std(y, axis=axes, keepdims=True)
             y = rescale * (y * ratio) + (1.0 - rescale) * y
@@ -513,6 +527,7 @@ def classifier_guidance(
     """
     if not callable(model_fn) or not callable(log_prob_fn):
         raise TypeError("model_fn and log_prob_fn must be callable")
+    _check_scale(scale)
     import inspect
 
     try:
