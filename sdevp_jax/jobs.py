@@ -98,7 +98,8 @@ from .models import NULL_CLASS, cfg, default_class_mixture, default_mixture, mak
 from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
 
-__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_model", "job_cond", "job_state", "schedule_json", "solver_defaults",
+__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_model", "job_cond", "job_state",
+           "schedule_json", "solver_defaults",
            "SOLVER_FIELDS", "CONDITION_FIELDS", "DEFAULT_CLASSES"]
 
 MANIFEST = "manifest.json"
