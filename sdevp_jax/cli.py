@@ -21,8 +21,15 @@ ODE solvers and the stochastic ``sde_dpm_solver_pp`` -- and ``--order``, ``--sol
 ``--eta``, ``--final-sigmas-type``, ``--no-lower-order-final``, ``--third-order`` and
 ``--thresholding`` (with ``--dynamic-thresholding-ratio``, ``--sample-max-value``) set the
 options of the methods they apply to (an error for any other method; see
-:func:`sdevp_jax.jobs.solver_defaults`). ``sdevp-jax info`` prints the backend, devices,
-versions, the schedule (of the same options) and the methods with their kind.
+:func:`sdevp_jax.jobs.solver_defaults`). ``--class K`` draws every sample from class ``K``
+of the embedded class-conditional mixture (:func:`sdevp_jax.default_class_mixture`: five
+modes in three classes), exact ``p(x | K)``; ``--guidance-scale W`` adds classifier-free
+guidance with the null class (one batched call of both halves), ``--guidance-interval LO HI``
+restricts it to continuous times in ``[LO, HI]`` and ``--guidance-rescale PHI`` applies
+CFG-rescale; a user's ``--model`` with ``--class`` is called ``model_fn(x, t, cond)`` (the class
+per sample, -1 for the null class). The picture then shows the class's exact density
+and weights. ``sdevp-jax info`` prints the backend, devices, versions, the schedule (of the
+same options), the embedded model's classes and the methods with their kind.
 """
 
 from __future__ import annotations
@@ -204,6 +211,96 @@ def solver_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
+    """The class and guidance options of ``sample`` (``None`` when not given)."""
+    add = parser.add_argument
+    add("--class", dest="class_label", type=_int_at_least(0), default=None, metavar="K",
+        help="draw every sample from class K: of the embedded class-conditional mixture (classes 0-2; 'sdevp-jax "
+             "info' lists their modes), or passed to a user's model_fn(x, t, cond) as cond (int32, per sample)")
+    add("--guidance-scale", type=_non_negative_float, default=None, metavar="W",
+        help="classifier-free guidance towards --class with the null class (-1): 1 is the conditional model, 0 the "
+             "unconditional one, > 1 sharpens the class (default: no guidance)")
+    add("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only at continuous times t in [LO, HI], 0 <= LO < HI <= 1 (Kynkaanniemi et al. 2024); the "
+             "conditional model elsewhere (default: every time)")
+    add("--guidance-rescale", type=_unit_float, default=None, metavar="PHI",
+        help="CFG-rescale (Lin et al. 2024) in [0, 1]: the guided prediction's per-sample std pulled towards the "
+             "conditional one's, over each sample's entries (meant for images; with few entries, as in 2-D, the "
+             "ratio of two stds of 2 numbers can be large) (default 0)")
+
+
+#: The condition options' flags, by JobSpec field.
+CONDITION_FLAGS = {"class_label": "--class", "guidance_scale": "--guidance-scale",
+                   "guidance_interval": "--guidance-interval", "guidance_rescale": "--guidance-rescale"}
+
+
+def condition_options(args: argparse.Namespace) -> dict:
+    """The JobSpec fields of the class and guidance options given on the command line.
+
+    Raises:
+      ValueError: guidance without ``--class``, an interval or rescale without
+        ``--guidance-scale``, a class outside the embedded model's classes, an interval
+        outside ``[0, 1]`` or reversed (each named by its flag).
+    """
+    from .jobs import DEFAULT_CLASSES
+
+    options = {name: getattr(args, name) for name in CONDITION_FLAGS if getattr(args, name) is not None}
+    if "guidance_scale" in options and "class_label" not in options:
+        raise ValueError("--guidance-scale needs --class K (the class that guidance steers towards)")
+    for name in ("guidance_interval", "guidance_rescale"):
+        if name in options and "guidance_scale" not in options:
+            raise ValueError(f"{CONDITION_FLAGS[name]} needs --guidance-scale")
+    num_classes = len(set(DEFAULT_CLASSES))
+    if args.model == "default" and options.get("class_label", 0) >= num_classes:
+        raise ValueError(f"--class must be one of the embedded model's classes 0..{num_classes - 1}, "
+                         f"got {options['class_label']}")
+    if "guidance_interval" in options:
+        lo, hi = options["guidance_interval"]
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi <= 1.0):
+            raise ValueError(f"--guidance-interval LO HI must satisfy 0 <= LO < HI <= 1 (continuous times), "
+                             f"got {lo:g} {hi:g}")
+        options["guidance_interval"] = (lo, hi)
+    return options
+
+
+def describe_condition(spec) -> str:
+    """``", class K, guidance W in [LO, HI], rescale PHI"`` for a conditional job; ``""`` otherwise."""
+    if spec.class_label is None:
+        return ""
+    text = f", class {spec.class_label}"
+    if spec.guidance_scale is not None:
+        text += f", guidance {spec.guidance_scale:g}"
+        if spec.guidance_interval is not None:
+            text += f" in [{spec.guidance_interval[0]:g}, {spec.guidance_interval[1]:g}]"
+        if spec.guidance_rescale:
+            text += f", rescale {spec.guidance_rescale:g}"
+    return text
+
+
+def describe_classes() -> str:
+    """One line: the embedded class-conditional mixture's classes, their modes and priors."""
+    import sdevp_jax as sv
+
+    cm = sv.default_class_mixture(2)
+    classes, weights = np.asarray(cm.classes), np.asarray(cm.mixture.weights, np.float64)
+    parts = []
+    for c in range(cm.num_classes):
+        modes = np.flatnonzero(classes == c)
+        parts.append(f"{c} = mode{'s' if len(modes) > 1 else ''} {', '.join(map(str, modes))} "
+                     f"(prior {weights[modes].sum():.2g})")
+    return f"classes of the embedded model (--class K): {'; '.join(parts)}"
+
+
 def describe_methods() -> list[str]:
     """One line per registered method: its name, kind, order and network calls."""
     from .samplers import METHODS
@@ -262,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
              "(the paper's code: batch-mean norms, couples the batch), 'snr_sample' (per-sample norms; biased "
              "in low dimension)")
     add_solver_arguments(sample)
+    add_condition_arguments(sample)
     add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
     add("--batch-size", type=_int_at_least(1), default=1024,
@@ -271,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(sample)
     add("--model", default="default",
         help="'default' (the embedded mixture, exact under the schedule) or module:function, a model_fn(x, t) "
-             "of --prediction-type taking sv.model_time (a discrete schedule's label)")
+             "of --prediction-type taking sv.model_time (a discrete schedule's label); model_fn(x, t, cond) with "
+             "--class")
     add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
     add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the samples' dtype")
     add("--plot", action=argparse.BooleanOptionalAction, default=None,
@@ -304,6 +403,22 @@ def mode_weights(samples: np.ndarray, mixture) -> tuple[np.ndarray, np.ndarray]:
     return p, np.sqrt(p * (1.0 - p) / len(flat))
 
 
+def target_weights(spec, mixture) -> np.ndarray:
+    """The exact per-mode weights of the job's target: ``p(k)``, or ``p(k | c)`` for ``--class c``.
+
+    ``p(k | c) = p(k) / p(c)`` for the class's components (``p(c)`` their total weight), 0
+    for the others (:func:`sdevp_jax.default_class_mixture`'s grouping). With guidance the
+    sampled distribution is not ``p(x | c)``; the picture still shows ``p(x | c)``.
+    """
+    from .jobs import DEFAULT_CLASSES
+
+    weights = np.asarray(mixture.weights, np.float64)
+    if spec.class_label is None:
+        return weights
+    member = np.asarray(DEFAULT_CLASSES) == spec.class_label
+    return np.where(member, weights, 0.0) / weights[member].sum()
+
+
 def make_figure(samples: np.ndarray, spec):
     """The figure of :func:`plot_samples` (a matplotlib Figure, Agg backend)."""
     import matplotlib
@@ -329,8 +444,11 @@ def make_figure(samples: np.ndarray, spec):
         # The marginal of a diagonal mixture in two coordinates is the mixture of the
         # components' 2-D marginals, with the same weights: exact, in any dimension.
         mixture = sv.default_mixture(flat.shape[1])
-        plane = sv.make_mixture(np.asarray(mixture.weights), np.asarray(mixture.means)[:, :2],
-                                np.asarray(mixture.scales)[:, :2])
+        # A class's density p(x | c) is the mixture of its components, their weights renormalised.
+        weights = target_weights(spec, mixture)
+        kept = weights > 0
+        plane = sv.make_mixture(weights[kept], np.asarray(mixture.means)[kept, :2],
+                                np.asarray(mixture.scales)[kept, :2])
         # The samplers end at t = sampling_eps on ScoreSdeVpScheduler's grid, at t = 0 on every other;
         # the grid solvers' final step to sigma = 0 (final_sigmas_type "zero") at t = 0 on any.
         state = jobs.job_state(spec)
@@ -343,13 +461,14 @@ def make_figure(samples: np.ndarray, spec):
         # Contours at fixed fractions of the peak, so every mode shows the same rings.
         levels = float(density.max()) * np.array([0.01, 0.05, 0.2, 0.5, 0.8])
         ax.contour(gx, gy, density, levels=levels, colors="tab:blue", linewidths=1.0, zorder=1)
-        ax.plot([], [], color="tab:blue", label=f"exact density at t = {eps:g}:\n1, 5, 20, 50, 80% of its peak")
+        target = "density" if spec.class_label is None else f"p(x | class {spec.class_label})"
+        ax.plot([], [], color="tab:blue", label=f"exact {target} at t = {eps:g}:\n1, 5, 20, 50, 80% of its peak")
     # Translucent enough that the contours show through wherever the dots are dense.
     ax.scatter(shown[:, 0], shown[:, 1], s=3, c="tab:red", alpha=min(0.5, 400.0 / max(len(shown), 1)) + 0.1,
                linewidths=0, zorder=2, label=f"samples ({len(shown)} of {len(flat)} shown)")
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
            title=("samples over the target" if exact else "samples (the target of a user's model is unknown)")
-           + coords)
+           + ("" if spec.class_label is None or not exact else f": p(x | class {spec.class_label})") + coords)
     legend = ax.legend(loc="upper right", fontsize=8, framealpha=0.9, markerscale=3)
     for handle in legend.legend_handles:
         handle.set_alpha(1.0)
@@ -357,15 +476,16 @@ def make_figure(samples: np.ndarray, spec):
         p, se = mode_weights(flat, mixture)
         k = np.arange(mixture.num_components)
         bx = axes[0, 1]
-        bx.bar(k - 0.2, np.asarray(mixture.weights), width=0.4, color="tab:blue", alpha=0.7, label="exact weight")
+        bx.bar(k - 0.2, weights, width=0.4, color="tab:blue", alpha=0.7,
+               label="exact weight" if spec.class_label is None else f"exact weight in p(x | class {spec.class_label})")
         bx.bar(k + 0.2, p, width=0.4, yerr=2 * se, capsize=4, color="tab:red", alpha=0.7,
                label="sampled fraction, ±2 SE (binomial)")
         bx.set(xticks=k, xlabel="mode (nearest component, sv.assign_modes)", ylabel="weight",
                title="per-mode weight: sampled vs exact")
         bx.legend(fontsize=8)
     bad = len(flat) - int(np.sum(np.all(np.isfinite(flat), axis=1)))
-    fig.suptitle(f"sdevp-jax {spec.method}{'' if spec.corrector is None else ' + ' + spec.corrector}: "
-                 f"{len(flat)} samples, {spec.steps} steps, seed {spec.seed}"
+    fig.suptitle(f"sdevp-jax {spec.method}{'' if spec.corrector is None else ' + ' + spec.corrector}"
+                 f"{describe_condition(spec)}: {len(flat)} samples, {spec.steps} steps, seed {spec.seed}"
                  + (f", {bad} non-finite" if bad else ""))
     return fig
 
@@ -377,7 +497,10 @@ def plot_samples(samples: np.ndarray, spec, file: IO[bytes]) -> None:
     dots over contour lines of the exact density at ``t = sampling_eps`` (the
     default model's mixture, marginalised to those coordinates). Right, for the
     default model, the fraction of samples nearest each mode against the mode's
-    weight, with binomial error bars. A user's model gets the scatter only.
+    weight, with binomial error bars. A user's model gets the scatter only. With
+    ``--class c`` the density and the weights are those of ``p(x | c)`` (with guidance
+    too: guidance with a scale other than 1 samples another distribution), and the title
+    names the class and the guidance.
     """
     import matplotlib.pyplot as plt
 
@@ -407,7 +530,7 @@ def run_sample(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
             method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
             step_rule=args.step_rule, event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
-            **solver_options(args),
+            **solver_options(args), **condition_options(args),
         )
     except (OSError, ValueError) as err:
         return _error(str(err))
@@ -483,13 +606,13 @@ def run_sample(args: argparse.Namespace) -> int:
         written.append(atomic_write(out / "samples.png", lambda f: plot_samples(samples, spec, f)))
     defaults = jobs.solver_defaults(spec.method, thresholding=bool(spec.thresholding))
     method = spec.method + "".join(f", {k} {v}" for k, v in spec.solver_options().items() if v != defaults[k])
-    print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {method}, "
+    print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {method}{describe_condition(spec)}, "
           f"{spec.steps} steps, seed {spec.seed}, in {seconds:.1f} s")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """The ``info`` subcommand: backend, devices, versions and the schedule of the model options."""
+    """The ``info`` subcommand: backend, devices, versions, the schedule of the model options, the classes."""
     from importlib.metadata import version
 
     import jax
@@ -507,6 +630,7 @@ def run_info(args: argparse.Namespace) -> int:
     for device in jax.devices():
         print(f"device {device.id}: {device.device_kind} ({device.platform})")
     print(describe_model(spec))
+    print(describe_classes())
     print("\n".join(describe_methods()))
     return 0
 

@@ -58,6 +58,20 @@ option is another job; a manifest written before these fields existed meant the
 defaults, and resumes as such. A stochastic solver (``sde_dpm_solver_pp``, ``ddim``
 with ``eta > 0``) draws sample ``b``'s noise from ``(seed, b)`` alone, as the
 predictors do, so a chunked or resumed job equals the uninterrupted run.
+
+A job may draw from one class and guide it (:class:`JobSpec`'s ``class_label``,
+``guidance_scale``, ``guidance_interval``, ``guidance_rescale``). Every sample of the
+job gets the same condition, ``cond = full((batch,), class_label)`` (int32), built
+inside each chunk's compiled call, so a chunk's condition depends on nothing but the
+spec and a resumed or chunked job equals the uninterrupted one as above. The default
+model is then the embedded class-conditional mixture
+(:func:`~sdevp_jax.default_class_mixture` in ``prod(event_shape)`` dimensions, exact
+``p(x | c)`` under the job's schedule); a user's model is called ``model_fn(x, t, cond)``
+with those class indices, and :data:`~sdevp_jax.NULL_CLASS` (-1) as the unconditional
+condition that classifier-free guidance (:func:`~sdevp_jax.cfg`, one batched call of both
+halves) asks for. The manifest records the condition and the guidance where they apply
+(the guidance's fields only with a ``guidance_scale``); a manifest without them was
+unconditional, and resumes as such; another class or guidance is another job.
 """
 
 from __future__ import annotations
@@ -71,6 +85,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import __version__, grids, schedules
@@ -79,12 +94,13 @@ from ._io import atomic_write
 from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
 from .distributed import barrier, batch_sharding
 from .loops import GRID_SOLVERS, SOLVER_TYPES, grid_solver_options, sample, sample_ode
-from .models import default_mixture, make_mixture_eps_fn
+from .models import NULL_CLASS, cfg, default_class_mixture, default_mixture, make_class_model, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
 
-__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_state", "schedule_json", "solver_defaults",
-           "SOLVER_FIELDS"]
+__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_model", "job_cond", "job_state",
+           "schedule_json", "solver_defaults",
+           "SOLVER_FIELDS", "CONDITION_FIELDS", "DEFAULT_CLASSES"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -95,6 +111,12 @@ SCHEDULE_KINDS = ("linear", "cosine", "discrete")
 SOLVER_FIELDS = ("order", "solver_type", "eta", "lower_order_final", "final_sigmas_type", "third_order",
                  "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
 SAMPLE_ODE_KINDS = ("ode", "sde_solver")  # the kinds that sample_ode runs
+#: The condition and guidance fields of a job, with the values that mean "unconditional".
+CONDITION_FIELDS = {"class_label": None, "guidance_scale": None, "guidance_interval": None, "guidance_rescale": 0.0}
+GUIDANCE_FIELDS = ("guidance_scale", "guidance_interval", "guidance_rescale")
+#: The class of each component of the default model's mixture, as :func:`~sdevp_jax.default_class_mixture`
+#: groups them (a host-side copy, so that a spec is checked without starting JAX; a test compares them).
+DEFAULT_CLASSES = (0, 0, 1, 1, 2)
 
 
 class JobMismatchError(ValueError):
@@ -131,6 +153,17 @@ class JobSpec:
         for the methods they apply to (:func:`solver_defaults`); ``None`` means the method's
         default, and the spec holds the resolved values once built (``None`` where an option
         does not apply).
+      class_label: ``None`` (unconditional) or the class every sample is drawn from: for the
+        default model one of the embedded class-conditional mixture's classes
+        (``0 <= class_label < 3``, :data:`DEFAULT_CLASSES`), for a user's model any int >= 0
+        (its ``model_fn(x, t, cond)`` gets it per sample).
+      guidance_scale: ``None`` (the conditional model) or classifier-free guidance's scale
+        ``w >= 0`` (:func:`~sdevp_jax.cfg` with the null class; 1 is the conditional model, 0
+        the unconditional one); needs ``class_label``. Negative scales (guiding away from
+        the class the job names) are refused.
+      guidance_interval: ``None`` or ``(t_lo, t_hi)``, continuous times with
+        ``0 <= t_lo < t_hi <= 1``: guide only there (the conditional model elsewhere).
+      guidance_rescale: CFG-rescale's ``phi`` in ``[0, 1]`` (0: none).
     """
 
     num_samples: int
@@ -159,6 +192,10 @@ class JobSpec:
     thresholding: Optional[bool] = None
     dynamic_thresholding_ratio: Optional[float] = None
     sample_max_value: Optional[float] = None
+    class_label: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    guidance_interval: Optional[tuple[float, float]] = None
+    guidance_rescale: float = 0.0
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size", "steps", "corrector_steps"):
@@ -185,6 +222,8 @@ class JobSpec:
             raise ValueError(f"event_shape must be a non-empty tuple of ints >= 1, got {self.event_shape!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        for name, value in _resolve_condition(self).items():
+            object.__setattr__(self, name, value)
         # On the host only: a multi-process job builds its spec before jax.distributed.initialize,
         # so nothing here may start JAX's backend (no set_timesteps).
         state, scheduler = _config_state(self)  # validates
@@ -203,11 +242,22 @@ class JobSpec:
 
     def to_json(self) -> dict:
         """The job's identity, as stored in the manifest: every field that changes the samples."""
-        return identity(dataclasses.asdict(self) | {"event_shape": list(self.event_shape)})
+        config = dataclasses.asdict(self) | {"event_shape": list(self.event_shape)}
+        if self.guidance_interval is not None:
+            config["guidance_interval"] = list(self.guidance_interval)
+        return identity(config)
 
     @classmethod
     def from_json(cls, data: dict) -> "JobSpec":
-        return cls(**(data | {"event_shape": tuple(data["event_shape"])}))
+        data = data | {"event_shape": tuple(data["event_shape"])}
+        if data.get("guidance_interval") is not None:
+            data["guidance_interval"] = tuple(data["guidance_interval"])
+        return cls(**data)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the job draws from a class (its model is called ``model_fn(x, t, cond)``)."""
+        return self.class_label is not None
 
 
 def solver_defaults(method: str, thresholding: bool = False) -> dict:
@@ -280,6 +330,58 @@ def _resolve_solver_options(spec: "JobSpec") -> dict:
     return {name: resolved.get(name) for name in SOLVER_FIELDS}
 
 
+def _number(name: str, value, allowed: str) -> float:
+    """``value`` as a finite float (ints accepted, bools not), or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
+    return float(value)
+
+
+def _resolve_condition(spec: "JobSpec") -> dict:
+    """``spec``'s class and guidance fields, checked and normalised on the host (floats, a tuple).
+
+    Raises:
+      ValueError: a class outside the default model's classes (or negative), guidance
+        without a class, guidance options without a scale, a negative scale, an interval
+        outside ``[0, 1]``, empty or reversed, a rescale outside ``[0, 1]``.
+    """
+    label = spec.class_label
+    if label is not None:
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label < 0:
+            raise ValueError(f"class_label must be None or an int >= 0, got {label!r}")
+        label = int(label)
+        if spec.model == "default" and label >= len(set(DEFAULT_CLASSES)):
+            raise ValueError(f"class_label must be one of the default model's classes 0..{max(DEFAULT_CLASSES)}, "
+                             f"got {label}")
+    rescale = _number("guidance_rescale", spec.guidance_rescale, "in [0, 1]")
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {rescale}")
+    scale, interval = spec.guidance_scale, spec.guidance_interval
+    if scale is None:
+        given = [name for name, value in (("guidance_interval", interval), ("guidance_rescale", rescale))
+                 if value != CONDITION_FIELDS[name]]
+        if given:
+            raise ValueError(f"{given[0]} is an option of classifier-free guidance; it needs guidance_scale")
+    else:
+        if label is None:
+            raise ValueError("guidance_scale needs class_label (the class that guidance steers towards)")
+        scale = _number("guidance_scale", scale, ">= 0")
+        if scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1: the conditional model, 0: the unconditional one), "
+                             f"got {scale}")
+    if interval is not None:
+        if isinstance(interval, (str, bytes)) or not hasattr(interval, "__len__") or len(interval) != 2:
+            raise ValueError(f"guidance_interval must be None or (t_lo, t_hi), got {interval!r}")
+        lo, hi = (_number("guidance_interval", v, "in [0, 1]") for v in interval)
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"guidance_interval must satisfy 0 <= t_lo < t_hi <= 1 (continuous times), "
+                             f"got ({lo}, {hi})")
+        interval = (lo, hi)
+    return {"class_label": label, "guidance_scale": scale, "guidance_interval": interval,
+            "guidance_rescale": rescale}
+
+
 def identity(config: dict) -> dict:
     """A job config without the options that change nothing, with the fields a manifest may lack filled in.
 
@@ -288,8 +390,13 @@ def identity(config: dict) -> dict:
     their ``scheduler``, epsilon and the ``"reference"`` grid, and lack the solver options
     (:data:`SOLVER_FIELDS`), which meant the method's defaults; they compare equal after
     it, so such jobs still resume. Solver options that do not apply to the method are
-    left out.
+    left out. The class and guidance fields (:data:`CONDITION_FIELDS`) are kept only where
+    they apply: ``class_label`` for a conditional job, the guidance's with a
+    ``guidance_scale``; a manifest without them was unconditional.
     """
+    dropped = [k for k in CONDITION_FIELDS if config.get("class_label") is None
+               or (k in GUIDANCE_FIELDS and config.get("guidance_scale") is None)]
+    config = {k: v for k, v in config.items() if k not in dropped}
     method = config.get("method", "euler_maruyama")
     applicable = solver_defaults(method, thresholding=bool(config.get("thresholding")))
     config = {k: v for k, v in config.items() if k not in SOLVER_FIELDS or k in applicable}
@@ -407,11 +514,19 @@ def versions() -> dict:
 
 
 def load_model(spec: JobSpec, state) -> Callable:
-    """The job's ``model_fn``: the embedded mixture, or the ``module:function`` it names."""
+    """The job's ``model_fn``: the embedded mixture, or the ``module:function`` it names.
+
+    For a conditional job (``class_label`` given) the embedded model is the exact
+    class-conditional mixture, ``model_fn(x, t, cond)``, and a user's function must take
+    ``(x, t, cond)`` too (checked by its signature where Python can read it). The
+    guidance is not applied here (:func:`job_model` does).
+    """
     if spec.model == "default":
         dim = math.prod(spec.event_shape)
         if dim < 2:
             raise ValueError(f"the default model needs at least 2 dimensions, got event_shape {spec.event_shape}")
+        if spec.conditional:
+            return make_class_model(state, default_class_mixture(dim))
         return make_mixture_eps_fn(state, default_mixture(dim))
     module_name, sep, attr = spec.model.partition(":")
     if not sep or not module_name or not attr:
@@ -422,7 +537,42 @@ def load_model(spec: JobSpec, state) -> Callable:
         raise ValueError(f"cannot load model {spec.model!r}: {err}") from None
     if not callable(model_fn):
         raise ValueError(f"model {spec.model!r} is not callable")
+    if spec.conditional and not _takes_three_arguments(model_fn):
+        raise ValueError(f"model {spec.model!r} takes no condition: a job with class_label calls "
+                         "model_fn(x, t, cond) (cond: the class per sample, int32; -1 the null class of guidance)")
     return model_fn
+
+
+def _takes_three_arguments(fn: Callable) -> bool:
+    """Whether ``fn(x, t, cond)`` binds (True where the signature cannot be read)."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins and C extensions)
+        return True
+    return True
+
+
+def job_model(spec: JobSpec, state, model_fn: Callable) -> Callable:
+    """``model_fn`` with the job's guidance: :func:`~sdevp_jax.cfg` with the null class, or itself.
+
+    The null condition is :data:`~sdevp_jax.NULL_CLASS`; the interval is read in
+    continuous time through ``state`` (a discrete schedule's model time is a label).
+    """
+    if spec.guidance_scale is None:
+        return model_fn
+    return cfg(model_fn, spec.guidance_scale, NULL_CLASS, interval=spec.guidance_interval,
+               rescale=spec.guidance_rescale, state=state)
+
+
+def job_cond(spec: JobSpec, batch: int) -> Optional[jax.Array]:
+    """The condition of a chunk of ``batch`` rows: ``full((batch,), class_label)``, int32 (None: unconditional)."""
+    if not spec.conditional:
+        return None
+    return jnp.full((batch,), spec.class_label, jnp.int32)
 
 
 def chunk_path(out: Path, c: int) -> Path:
@@ -501,17 +651,18 @@ def _sampler(spec: JobSpec, state, model_fn):
                       f"each chunk draws {batch} samples over all devices and keeps the first {spec.batch_size}",
                       stacklevel=3)
     shape = (batch, *spec.event_shape)
+    model_fn = job_model(spec, state, model_fn)
     if METHODS[spec.method].kind in SAMPLE_ODE_KINDS:
         options = spec.solver_options()
 
         def draw(key, offset):
             return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset,
-                              **options)
+                              cond=job_cond(spec, batch), **options)
     else:
         def draw(key, offset):
             return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,
                           corrector_steps=spec.corrector_steps, step_rule=spec.step_rule, dtype=spec.dtype,
-                          index_offset=offset)
+                          index_offset=offset, cond=job_cond(spec, batch))
     if len(devices) > 1:
         return jax.jit(draw, out_shardings=batch_sharding(devices))
     return jax.jit(draw)
@@ -531,7 +682,8 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
     Args:
       spec: the job.
       out: the job directory (created if missing).
-      model_fn: overrides ``spec.model``'s loading (for callers that hold the function).
+      model_fn: overrides ``spec.model``'s loading (for callers that hold the function); for a
+        conditional job it is called ``model_fn(x, t, cond)``, and the job's guidance wraps it.
       progress: called as ``progress(done, total)`` with this process's sample counts,
         once before the first chunk and after each one.
       cache_dir: a directory for JAX's persistent compilation cache (see

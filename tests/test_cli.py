@@ -294,6 +294,15 @@ def test_options_that_do_not_apply_to_the_method_are_errors(argv, flag, tmp_path
         ["sample", "--method", "unipc", "--thresholding", "--dynamic-thresholding-ratio", "1.5"],
         ["sample", "--num-processes", "2"],
         ["sample", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+        ["sample", "--class", "-1"],
+        ["sample", "--class", "3"],  # the embedded model's classes are 0..2
+        ["sample", "--guidance-scale", "2"],  # without --class
+        ["sample", "--class", "0", "--guidance-scale", "-1"],
+        ["sample", "--class", "0", "--guidance-interval", "0.1", "0.5"],  # without --guidance-scale
+        ["sample", "--class", "0", "--guidance-scale", "2", "--guidance-interval", "0.5", "0.2"],
+        ["sample", "--class", "0", "--guidance-scale", "2", "--guidance-interval", "0", "1.5"],
+        ["sample", "--class", "0", "--guidance-scale", "2", "--guidance-interval", "0.5"],
+        ["sample", "--class", "0", "--guidance-scale", "2", "--guidance-rescale", "1.5"],
         ["sample", "--bogus"],
         ["nope"],
         [],
@@ -418,3 +427,102 @@ def test_contradictory_model_options_are_errors(extra, match, tmp_path, capsys):
     with_sde_vp.write_text(json.dumps({"_class_name": "ScoreSdeVpScheduler"}))
     assert cli.main(["sample", "--config", str(with_sde_vp), "--schedule", "cosine", "--out", str(tmp_path / "j")]) == 2
     assert "--schedule cosine contradicts --config" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- class and guidance
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--class", "3"], "--class must be one of the embedded model's classes 0..2, got 3"),
+    (["--guidance-scale", "2"], "--guidance-scale needs --class K"),
+    (["--class", "1", "--guidance-rescale", "0.5"], "--guidance-rescale needs --guidance-scale"),
+    (["--class", "1", "--guidance-interval", "0.1", "0.5"], "--guidance-interval needs --guidance-scale"),
+    (["--class", "1", "--guidance-scale", "2", "--guidance-interval", "0.5", "0.2"],
+     "--guidance-interval LO HI must satisfy 0 <= LO < HI <= 1 (continuous times), got 0.5 0.2"),
+    (["--class", "1", "--guidance-scale", "2", "--guidance-interval", "-0.1", "0.5"], "0 <= LO < HI <= 1"),
+    (["--class", "1", "--guidance-scale", "-2"], "--guidance-scale: must be a finite number >= 0"),
+])
+def test_condition_errors_name_the_flag(extra, message, tmp_path, capsys):
+    assert cli.main(["sample", *extra, "--out", str(tmp_path / "job")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
+def test_class_and_guidance_run_record_and_show_the_class(tmp_path, capsys):
+    """--class 2 is mode 4 alone (prior 0.08): every sample lands there, with and without guidance.
+
+    p(x | 2) puts all its mass in mode 4, 7 standard deviations from the others (assignment errors
+    ~1e-11), and guidance at w = 3 only sharpens it; were the class lost, the unconditional model would
+    put each of the 40 samples elsewhere with probability 0.92 (all 40 in mode 4: 0.08^40).
+    """
+    import sdevp_jax as sv
+
+    out = tmp_path / "job"
+    argv = ["sample", "--class", "2", "--guidance-scale", "3", "--guidance-interval", "0.1", "0.9",
+            "--method", "dpm_solver_pp", "--steps", "10", "--num-samples", "40", "--batch-size", "40",
+            "--no-progress", "--no-cache", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "samples, dpm_solver_pp, class 2, guidance 3 in [0.1, 0.9], 10 steps" in capsys.readouterr().out
+    samples = load(out)
+    assert np.all(np.asarray(sv.assign_modes(sv.default_mixture(2), samples)) == 4)
+    recorded = json.loads((out / "manifest.json").read_text())["config"]
+    assert {k: recorded[k] for k in ("class_label", "guidance_scale", "guidance_interval", "guidance_rescale")} == {
+        "class_label": 2, "guidance_scale": 3.0, "guidance_interval": [0.1, 0.9], "guidance_rescale": 0.0}
+    assert (out / "samples.png").read_bytes().startswith(PNG_SIGNATURE)
+    for change in (["--guidance-scale", "2"], ["--class", "1"]):  # another condition is another job
+        assert cli.main(argv + change) == 2
+        assert "different job" in capsys.readouterr().err
+    without = [a for a in argv if a not in ("--guidance-scale", "3", "--guidance-interval", "0.1", "0.9")]
+    assert cli.main(without[:-1] + [str(tmp_path / "unguided")]) == 0
+    assert np.all(np.asarray(sv.assign_modes(sv.default_mixture(2), load(tmp_path / "unguided"))) == 4)
+    assert "class 2, 10 steps" in capsys.readouterr().out
+
+
+def test_figure_of_a_class_shows_its_density_and_weights():
+    """The bars are p(k | c) = p(k) / p(c) on the class's modes, 0 elsewhere; the titles name the class."""
+    import matplotlib.pyplot as plt
+
+    import sdevp_jax as sv
+    from sdevp_jax import jobs
+
+    spec = jobs.JobSpec(num_samples=100, batch_size=100, seed=0, steps=10, class_label=1, guidance_scale=2.0,
+                        guidance_rescale=0.5)
+    cm = sv.default_class_mixture(2)
+    samples = np.asarray(sv.sample_class_mixture(cm, jax_key(0), np.ones(100, np.int32)))
+    fig = cli.make_figure(samples, spec)
+    try:
+        weights_ax = fig.axes[1]
+        w = np.asarray(cm.mixture.weights, np.float64)
+        member = np.asarray(cm.classes) == 1
+        expected = np.where(member, w, 0.0) / w[member].sum()
+        np.testing.assert_allclose([p.get_height() for p in weights_ax.patches[:5]], expected, rtol=1e-12)
+        assert "class 1, guidance 2, rescale 0.5" in fig._suptitle.get_text()
+        assert "p(x | class 1)" in fig.axes[0].get_title()
+    finally:
+        plt.close(fig)
+
+
+def test_info_lists_the_embedded_models_classes(capsys):
+    import sdevp_jax as sv
+
+    assert cli.main(["info"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("classes of the embedded model")]
+    cm = sv.default_class_mixture(2)
+    for c in range(cm.num_classes):
+        modes = np.flatnonzero(np.asarray(cm.classes) == c)
+        prior = float(np.asarray(cm.mixture.weights, np.float64)[modes].sum())
+        assert f"{c} = mode{'s' if len(modes) > 1 else ''} {', '.join(map(str, modes))} (prior {prior:.2g})" in line
+
+
+def test_a_users_model_with_a_class_takes_the_condition(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_class_model.py").write_text(
+        "def eps(x, t, cond):\n    return 0.5 * x + 0.1 * cond[:, None].astype(x.dtype)\n"
+        "def plain(x, t):\n    return 0.5 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["sample", "--shape", "3", "--steps", "5", "--num-samples", "4", "--method", "heun", "--no-progress",
+            "--no-cache", "--class", "7", "--guidance-scale", "2"]  # any class >= 0 for a user's model
+    assert cli.main([*base, "--model", "my_class_model:eps", "--out", str(tmp_path / "job")]) == 0
+    assert load(tmp_path / "job").shape == (4, 3)
+    assert cli.main([*base, "--model", "my_class_model:plain", "--out", str(tmp_path / "plain")]) == 2
+    assert "takes no condition" in capsys.readouterr().err
+    assert not (tmp_path / "plain").exists()

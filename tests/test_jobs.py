@@ -258,6 +258,8 @@ def test_building_a_spec_does_not_start_jax():
             "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, schedule={'kind': 'cosine'}, spacing='karras')\n"
             "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, method='dpm_solver_pp', order=3, "
             "thresholding=True, sample_max_value=2.0)\n"  # the solver options are checked on the host too
+            "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, class_label=2, guidance_scale=2.0, "
+            "guidance_interval=(0.1, 0.9))\n"  # and the condition (the default model's classes: DEFAULT_CLASSES)
             "assert not xla_bridge.backends_are_initialized()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -530,3 +532,144 @@ def test_stochastic_solver_job_resumed_equals_the_uninterrupted_run(tmp_path, op
         ode = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, seed=4, steps=5, method="ddim"),
                                       tmp_path / "ode"))
         assert np.max(np.abs(ode - clean)) >= 0.05
+
+
+# --------------------------------------------------------------------------- class and guidance
+
+GUIDED = dict(class_label=1, guidance_scale=3.0, guidance_interval=(0.2, 0.9), guidance_rescale=0.5)
+
+
+def test_default_classes_are_the_embedded_class_mixtures():
+    """The host-side copy that specs are checked against is default_class_mixture's grouping."""
+    for dim in (2, 5):
+        assert tuple(np.asarray(sv.default_class_mixture(dim).classes).tolist()) == jobs.DEFAULT_CLASSES
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"class_label": 3}, "class_label must be one of the default model's classes 0..2, got 3"),
+    ({"class_label": -1}, "class_label must be None or an int >= 0"),
+    ({"class_label": True}, "class_label must be None or an int >= 0"),
+    ({"class_label": 1.0}, "class_label must be None or an int >= 0"),
+    ({"guidance_scale": 2.0}, "guidance_scale needs class_label"),
+    ({"class_label": 0, "guidance_interval": (0.1, 0.5)}, "guidance_interval is an option of classifier-free"),
+    ({"class_label": 0, "guidance_rescale": 0.5}, "guidance_rescale is an option of classifier-free"),
+    ({"class_label": 0, "guidance_scale": -1.0}, "guidance_scale must be >= 0"),
+    ({"class_label": 0, "guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+    ({"class_label": 0, "guidance_scale": "2"}, "guidance_scale must be a finite number"),
+    ({"class_label": 0, "guidance_scale": 2.0, "guidance_interval": (0.5, 0.2)}, "0 <= t_lo < t_hi <= 1"),
+    ({"class_label": 0, "guidance_scale": 2.0, "guidance_interval": (0.3, 0.3)}, "0 <= t_lo < t_hi <= 1"),
+    ({"class_label": 0, "guidance_scale": 2.0, "guidance_interval": (-0.1, 0.5)}, "0 <= t_lo < t_hi <= 1"),
+    ({"class_label": 0, "guidance_scale": 2.0, "guidance_interval": (0.5, 1.5)}, "0 <= t_lo < t_hi <= 1"),
+    ({"class_label": 0, "guidance_scale": 2.0, "guidance_interval": (0.5,)}, "guidance_interval must be None or"),
+    ({"class_label": 0, "guidance_scale": 2.0, "guidance_rescale": 1.5}, "guidance_rescale must be in"),
+])
+def test_bad_condition_fields_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jobs.JobSpec(**(dict(num_samples=2, batch_size=2, seed=0, steps=4) | kwargs))
+
+
+def test_condition_and_guidance_are_recorded_and_another_is_another_job(tmp_path):
+    """Recorded where they apply; an old manifest (no such fields) is the unconditional job."""
+    base = dict(num_samples=2, batch_size=2, seed=0, steps=5)
+    spec = jobs.JobSpec(**base, class_label=1, guidance_scale=3, guidance_interval=[0.2, 0.9], guidance_rescale=0.5)
+    assert spec == jobs.JobSpec(**base, **GUIDED)  # normalised: floats, a tuple
+    assert jobs.JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    jobs._write_manifest(spec, tmp_path, [], create=True)  # as run_job writes it first
+    recorded = json.loads((tmp_path / jobs.MANIFEST).read_text())["config"]
+    assert {k: recorded[k] for k in jobs.CONDITION_FIELDS} == GUIDED | {"guidance_interval": [0.2, 0.9]}
+    for change in [{"class_label": 0}, {"guidance_scale": 2.0}, {"guidance_interval": (0.1, 0.9)},
+                   {"guidance_interval": None}, {"guidance_rescale": 0.0}, {"guidance_scale": None,
+                   "guidance_interval": None, "guidance_rescale": 0.0}, dict.fromkeys(GUIDED, None) | {
+                   "guidance_rescale": 0.0}]:
+        field = next(k for k in GUIDED if k in change)
+        with pytest.raises(jobs.JobMismatchError, match=f"{field}: "):
+            jobs.check_manifest(jobs.JobSpec(**(base | GUIDED | change)), tmp_path)
+    assert jobs.check_manifest(spec, tmp_path) is not None
+    # Unguided: the class alone is recorded; unconditional: none of the four fields.
+    conditional = jobs.JobSpec(**base, class_label=2).to_json()
+    assert conditional["class_label"] == 2 and not set(jobs.GUIDANCE_FIELDS) & set(conditional)
+    assert not set(jobs.CONDITION_FIELDS) & set(jobs.JobSpec(**base).to_json())
+    # A manifest written before these fields existed lacks them, as an unconditional job's does now: it resumes
+    # as the unconditional job, and a class is another job.
+    plain = jobs.JobSpec(**base)
+    (tmp_path / "old").mkdir()
+    jobs._write_manifest(plain, tmp_path / "old", [], create=True)
+    assert not set(jobs.CONDITION_FIELDS) & set(json.loads((tmp_path / "old" / jobs.MANIFEST).read_text())["config"])
+    assert jobs.check_manifest(plain, tmp_path / "old") is not None
+    with pytest.raises(jobs.JobMismatchError, match="class_label: None there, 2 now"):
+        jobs.check_manifest(jobs.JobSpec(**base, class_label=2), tmp_path / "old")
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "dpm_solver_pp"])
+def test_guided_job_resumed_equals_the_uninterrupted_run_and_the_librarys_call(tmp_path, method):
+    """A class-conditional job with CFG (interval and rescale on), stopped after its first chunk and resumed.
+
+    In 8 dimensions: CFG-rescale divides by a per-sample std over the entries, which over 2 entries can
+    be near 0 (measured: a 2-D dpm_solver_pp sample at |x| = 63, where float32 rounding grew to 1e-3).
+    Bitwise equal to the uninterrupted run: the resumed chunks are the same compiled call, and each
+    chunk's condition is full((batch,), class) built in that call. A single chunk of all six samples,
+    and the library's own call (sv.cfg over sv.make_class_model with the same cond, compiled apart), draw
+    the same samples to float32 rounding: 1e-5 on O(1) values over 6 steps. The unguided conditional
+    job differs by O(1) (>= 0.05 asserted): the guidance reached the sampler.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    common = dict(seed=4, steps=6, method=method, event_shape=(8,))
+    spec = jobs.JobSpec(num_samples=6, batch_size=2, **common, **GUIDED)
+    cache = tmp_path / "cache"
+    clean = load_after(jobs.run_job(spec, tmp_path / "clean", cache_dir=cache))
+
+    def stop_after_first_chunk(done, total):
+        if done == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        jobs.run_job(spec, tmp_path / "resumed", progress=stop_after_first_chunk, cache_dir=cache)
+    resumed = load_after(jobs.run_job(spec, tmp_path / "resumed", cache_dir=cache))
+    np.testing.assert_array_equal(resumed, clean)
+    one = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, **common, **GUIDED), tmp_path / "one"))
+    np.testing.assert_allclose(one, clean, rtol=0, atol=1e-5)
+
+    state = jobs.job_state(spec)
+    model = sv.cfg(sv.make_class_model(state, sv.default_class_mixture(8)), 3.0, sv.NULL_CLASS, interval=(0.2, 0.9),
+                   rescale=0.5, state=state)
+    cond = jnp.full((6,), 1, jnp.int32)
+    if method == "euler_maruyama":
+        direct = sv.sample(state, model, jax.random.key(4), (6, 8), predictor=method, cond=cond)
+    else:
+        direct = sv.sample_ode(state, model, jax.random.key(4), (6, 8), method=method, cond=cond)
+    np.testing.assert_allclose(clean, np.asarray(direct), rtol=0, atol=1e-5)
+    unguided = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, **common, class_label=1),
+                                       tmp_path / "unguided"))
+    assert np.max(np.abs(unguided - clean)) >= 0.05
+
+
+def test_a_users_model_gets_the_class_per_sample(tmp_path, monkeypatch):
+    """model_fn(x, t, cond): cond is the class per row (int32); guidance calls it with NULL_CLASS too."""
+    import jax
+    import jax.numpy as jnp
+
+    (tmp_path / "my_cond_model.py").write_text(textwrap.dedent("""\
+        import jax.numpy as jnp
+        def eps(x, t, cond):
+            return 0.5 * x + 0.1 * cond[:, None].astype(x.dtype)
+        def plain(x, t):
+            return 0.5 * x
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = dict(num_samples=4, batch_size=4, seed=1, steps=5, method="heun", event_shape=(3,))
+    spec = jobs.JobSpec(**base, model="my_cond_model:eps", class_label=7, guidance_scale=2.0)
+    got = load_after(jobs.run_job(spec, tmp_path / "job"))
+    import my_cond_model
+
+    state = jobs.job_state(spec)
+    expected = sv.sample_ode(state, sv.cfg(my_cond_model.eps, 2.0, sv.NULL_CLASS), jax.random.key(1), (4, 3),
+                             method="heun", cond=jnp.full((4,), 7, jnp.int32))
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=0, atol=1e-5)  # float32 rounding, compiled apart
+    # the class reached the model: class 0 shifts the prediction by 0.1 (w (c - u) = 2 x 0.1) where 7 shifts it by 1.5
+    other = load_after(jobs.run_job(jobs.JobSpec(**base, model="my_cond_model:eps", class_label=0,
+                                                 guidance_scale=2.0), tmp_path / "other"))
+    assert np.max(np.abs(other - got)) >= 0.05
+    with pytest.raises(ValueError, match=r"takes no condition: .*model_fn\(x, t, cond\)"):
+        jobs.load_model(jobs.JobSpec(**base, model="my_cond_model:plain", class_label=0), None)
