@@ -466,7 +466,10 @@ def cfg(
         NeurIPS 2024); needs ``state`` for a discrete schedule (its model time is a label).
       rescale: CFG-rescale :math:`\phi \in [0, 1]` (Lin et al., WACV 2024, eq. 15-16):
         :math:`\hat y \leftarrow \phi\,\hat y\,\frac{\operatorname{std}(\hat y_c)}{\operatorname{std}(\hat y)} + (1 - \phi)\hat y`,
-        the standard deviations per sample over its entries.
+        the standard deviations per sample over its entries. Meant for
+        high-dimensional outputs (images, latents), where those are stable: with a few
+        entries the guided output's std can be near 0 and the ratio huge (in 2-D, phi =
+        0.5 at w = 3 threw a sample to |x| = 63), so use it there with care.
       state: the scheduler state, to read model times as continuous times for ``interval``.
 
     Returns:
