@@ -64,14 +64,22 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def _float_arg(accept, requirement: str):
+    """An argparse type: a float for which ``accept(value)`` holds, else an error saying ``requirement``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_arg(lambda v: v > 0, "a finite number > 0")
 
 
 def _event_shape(text: str) -> tuple[int, ...]:
@@ -211,14 +219,7 @@ def solver_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
+_unit_float = _float_arg(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def add_condition_arguments(parser: argparse.ArgumentParser) -> None:

@@ -501,6 +501,23 @@ class _Interrupt(Exception):
     pass
 
 
+def _clean_and_resumed_after_first_chunk(spec, tmp_path):
+    """``(clean, resumed)``: ``spec`` run straight through, and run again stopped after its first chunk of
+    ``spec.batch_size`` samples (only that chunk on disk) then resumed; both loaded as samples. The resumed
+    runs load the clean run's executable from a shared cache (as the CLI's resume does)."""
+    cache = tmp_path / "cache"
+    clean = load_after(jobs.run_job(spec, tmp_path / "clean", cache_dir=cache))
+
+    def stop_after_first_chunk(done, total):
+        if done == spec.batch_size:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        jobs.run_job(spec, tmp_path / "resumed", progress=stop_after_first_chunk, cache_dir=cache)
+    assert [p.name for p in (tmp_path / "resumed" / "chunks").glob("chunk_*.npy")] == ["chunk_000000.npy"]
+    return clean, load_after(jobs.run_job(spec, tmp_path / "resumed", cache_dir=cache))
+
+
 @pytest.mark.parametrize("options", [{"method": "sde_dpm_solver_pp"}, {"method": "ddim", "eta": 1.0}])
 def test_stochastic_solver_job_resumed_equals_the_uninterrupted_run(tmp_path, options):
     """A stochastic grid solver's noise is per sample (fold_in(key, index)): resume and batch size change nothing.
@@ -513,17 +530,7 @@ def test_stochastic_solver_job_resumed_equals_the_uninterrupted_run(tmp_path, op
     differed by 0 on this machine's CPU, not promised).
     """
     spec = jobs.JobSpec(num_samples=6, batch_size=2, seed=4, steps=5, **options)
-    cache = tmp_path / "cache"  # the resumed runs load the clean run's executable (as the CLI's resume does)
-    clean = load_after(jobs.run_job(spec, tmp_path / "clean", cache_dir=cache))
-
-    def stop_after_first_chunk(done, total):
-        if done == 2:
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        jobs.run_job(spec, tmp_path / "resumed", progress=stop_after_first_chunk, cache_dir=cache)
-    assert [p.name for p in (tmp_path / "resumed" / "chunks").glob("chunk_*.npy")] == ["chunk_000000.npy"]
-    resumed = load_after(jobs.run_job(spec, tmp_path / "resumed", cache_dir=cache))
+    clean, resumed = _clean_and_resumed_after_first_chunk(spec, tmp_path)
     np.testing.assert_array_equal(resumed, clean)
     one_chunk = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, seed=4, steps=5, **options),
                                         tmp_path / "one"))
@@ -617,16 +624,7 @@ def test_guided_job_resumed_equals_the_uninterrupted_run_and_the_librarys_call(t
 
     common = dict(seed=4, steps=6, method=method, event_shape=(8,))
     spec = jobs.JobSpec(num_samples=6, batch_size=2, **common, **GUIDED)
-    cache = tmp_path / "cache"
-    clean = load_after(jobs.run_job(spec, tmp_path / "clean", cache_dir=cache))
-
-    def stop_after_first_chunk(done, total):
-        if done == 2:
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        jobs.run_job(spec, tmp_path / "resumed", progress=stop_after_first_chunk, cache_dir=cache)
-    resumed = load_after(jobs.run_job(spec, tmp_path / "resumed", cache_dir=cache))
+    clean, resumed = _clean_and_resumed_after_first_chunk(spec, tmp_path)
     np.testing.assert_array_equal(resumed, clean)
     one = load_after(jobs.run_job(jobs.JobSpec(num_samples=6, batch_size=6, **common, **GUIDED), tmp_path / "one"))
     np.testing.assert_allclose(one, clean, rtol=0, atol=1e-5)
