@@ -28,7 +28,8 @@ the paper's linear one by default, cosine, or a discrete model's), the model's
 ``prediction_type`` (ε, v or :math:`x_0`, converted to ε once, where each step
 receives the model's output) and the name of its grid. The reference semantics
 above are those of the ``"reference"`` grid, the linear schedule's default, and are
-unchanged bit for bit; on every other grid (:func:`set_timesteps`) a step from
+computed with the same arithmetic as before schedules existed (the parity tests
+against diffusers hold unchanged); on every other grid (:func:`set_timesteps`) a step from
 ``t`` spans its own interval ``[t_next, t]``. A discrete model sees its training
 labels (:func:`model_time`).
 
@@ -403,7 +404,7 @@ def set_timesteps(
     * ``"reference"`` (the linear schedule only; its default): diffusers'
       ``linspace(1, sampling_eps, N)``, stepped as ScoreSdeVpScheduler steps it --
       ``dt = -1/N`` for every step and the discrete chain's rates ``beta(t)/N``
-      (the paper's code), bitwise as before schedules existed. ``dpm_solver``
+      (the paper's code), the same arithmetic as before schedules existed. ``dpm_solver``
       builds its own log-SNR grid between the same end points on it.
     * ``"time_uniform"``: ``linspace(t_max, sampling_eps, N)``.
     * ``"time_quadratic"``: uniform in :math:`\sqrt t` (DPM-Solver's, Lu et al. 2022).
