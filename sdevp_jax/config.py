@@ -134,6 +134,9 @@ def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSche
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     name = config.get("_class_name", CLASS_NAME)
+    if not isinstance(name, str):
+        raise ValueError(f"{source}: _class_name must be a string, one of "
+                         f"{', '.join(map(repr, (CLASS_NAME,) + tuple(DISCRETE_CLASSES)))}, got {name!r}")
     if name in DISCRETE_CLASSES:
         return discrete_state(discrete_config(config, source=source))
     if name != CLASS_NAME:
@@ -176,9 +179,14 @@ def read_config_file(path: str | os.PathLike) -> tuple[dict, str]:
     if path.is_dir():
         path = path / "scheduler_config.json"
     try:
-        return json.loads(path.read_text()), str(path)
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text), str(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be a scheduler config") from None
 
 
 def save_config(state: ScoreSdeVpSchedulerState, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -370,7 +378,7 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     name = config.get("_class_name")
-    if name not in DISCRETE_CLASSES:
+    if not isinstance(name, str) or name not in DISCRETE_CLASSES:
         raise ValueError(
             f"{source}: _class_name must be one of {', '.join(map(repr, DISCRETE_CLASSES))}, got {name!r}"
         )
