@@ -12,7 +12,7 @@ Typical use::
     x = jax.jit(sv.sample, static_argnums=(1, 3))(state, model_fn, jax.random.key(0), (512, 2))
 """
 
-__version__ = "0.3.0"  # before the submodules, which record it
+__version__ = "0.4.0"  # before the submodules, which record it
 
 from . import grids, schedules, sde
 from .config import load_config, save_config

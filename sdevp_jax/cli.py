@@ -9,7 +9,10 @@ and their per-mode weights against the exact ones. Rerunning the same command
 resumes an interrupted job, recomputes nothing already written and ends bitwise
 equal to an uninterrupted run; a different job (another batch size included)
 aimed at the same directory is refused. Files that are not a job's are never overwritten
-without ``--force``. Compiled samplers go to JAX's persistent compilation cache
+without ``--force``, and chunks of another job never, with or without it (each chunk carries a
+record with the job's id and its SHA-256: see :mod:`sdevp_jax.jobs`). A chunk with a NaN or inf
+sample stops the job unless ``--allow-nonfinite``. Every error a user can cause prints one line
+``sdevp-jax: error: ...`` and exits non-zero. Compiled samplers go to JAX's persistent compilation cache
 (``--cache-dir``, default ``$SDEVP_JAX_CACHE_DIR`` or ``~/.cache/sdevp-jax/jax``;
 ``--no-cache`` to skip it), so a rerun or a resumed job does not compile again.
 The model's schedule comes from ``--config`` (a ``ScoreSdeVpScheduler`` config, or a
@@ -377,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plot", action=argparse.BooleanOptionalAction, default=None,
         help="write OUT/samples.png, the first two coordinates (default: when samples are 2-D)")
     add("--out", type=Path, default=Path("samples"), help="the job directory (created if missing)")
-    add("--force", action="store_true", help="overwrite samples.npz / samples.png that are not from a job")
+    add("--force", action="store_true",
+        help="overwrite samples.npz / samples.png that are not from a job (never another job's chunks)")
+    add("--allow-nonfinite", action="store_true",
+        help="write chunks with NaN or inf samples instead of stopping the job there")
     add("--no-progress", action="store_true", help="hide the progress bar")
     add("--coordinator", default=None, metavar="HOST:PORT", help="multi-process run: process 0's address")
     add("--num-processes", type=_int_at_least(1), default=1, help="multi-process run: the number of processes")
@@ -515,9 +521,42 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, like the errors (``sdevp-jax: warning: ...``)."""
+    print(f"sdevp-jax: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _job_spec(args: argparse.Namespace):
+    """The JobSpec of the command line; ValueError/TypeError/OSError naming the flag or file otherwise."""
+    from . import jobs
+
+    options = model_options(args)  # JobSpec's defaults (the paper's VP) unless given
+    spec = jobs.JobSpec(
+        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+        method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
+        step_rule=args.step_rule, event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
+        **solver_options(args), **condition_options(args),
+    )
+    if spec.model == "default" and math.prod(spec.event_shape) < 2:
+        raise ValueError(f"--shape {','.join(map(str, spec.event_shape))}: the default model needs at least 2 "
+                         "entries per sample")
+    plot = (spec.event_shape == (2,)) if args.plot is None else args.plot
+    if plot and math.prod(spec.event_shape) < 2:
+        raise ValueError("--plot needs samples with at least 2 entries")
+    jobs.check_resources(spec)
+    if spec.model != "default":  # fail before any work if the user's model cannot be imported
+        jobs.load_model(spec, None)
+    return spec, plot
+
+
+#: What a user can cause through the command line: each ends in one line and a non-zero exit.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+
+
 def run_sample(args: argparse.Namespace) -> int:
     """The ``sample`` subcommand; returns the exit code."""
     from . import jobs
+    from .distributed import ProcessesDisagreeError, together
 
     if args.coordinator is None and (args.num_processes != 1 or args.process_id != 0):
         return _error("--num-processes/--process-id need --coordinator HOST:PORT")
@@ -525,58 +564,39 @@ def run_sample(args: argparse.Namespace) -> int:
         return _error("--cache-dir and --no-cache exclude each other")
     if args.process_id >= args.num_processes:
         return _error(f"--process-id must be < --num-processes = {args.num_processes}, got {args.process_id}")
-    try:
-        options = model_options(args)  # JobSpec's defaults (the paper's VP) unless given
-        spec = jobs.JobSpec(
-            num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-            method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
-            step_rule=args.step_rule, event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
-            **solver_options(args), **condition_options(args),
-        )
-    except (OSError, ValueError) as err:
-        return _error(str(err))
-    out: Path = args.out
-    plot = (spec.event_shape == (2,)) if args.plot is None else args.plot
-    if plot and math.prod(spec.event_shape) < 2:
-        return _error("--plot needs samples with at least 2 entries")
-
-    # Never touch files that are not a job's without --force; never mix jobs.
-    try:
-        manifest = jobs.check_manifest(spec, out) if out.exists() else None
-    except jobs.JobMismatchError as err:
-        return _error(str(err))
-    if manifest is None and args.process_id == 0:
-        foreign = [out / name for name in OUTPUT_NAMES if (out / name).exists()]
-        if foreign and not args.force:
-            return _error(f"{foreign[0]} exists and is not from a sdevp-jax job; pass --force to overwrite it")
-        for path in foreign:
-            path.unlink()
-    if spec.model != "default":  # fail before any work if the user's model cannot be imported
-        try:
-            jobs.load_model(spec, None)
-        except ValueError as err:
-            return _error(str(err))
-
     if args.coordinator is not None:
+        # Join first: from here on every check is agreed, so that a process that refuses its
+        # options stops the others at once instead of leaving them waiting for it.
         from .distributed import initialize
 
         try:
             initialize(args.coordinator, args.num_processes, args.process_id)
-        except ValueError as err:
-            return _error(str(err))
+        except (ValueError, RuntimeError) as err:
+            return _error(str(err).strip().splitlines()[0])
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return _error(f"cannot create output directory {out}: {err}", 1)
+        spec, plot = together("checking the options", lambda: _job_spec(args))
+    except ProcessesDisagreeError as err:
+        return _error(str(err))
+    except USER_ERRORS as err:
+        return _error(_first_line(err))
+    out: Path = args.out
 
     from ._cache import default_cache_dir
 
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    if cache_dir is not None and not cache_dir.is_dir():
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            return _error(f"--cache-dir: cannot create {cache_dir} ({err}); pass another directory or --no-cache")
+
+    def check_cache():
+        if cache_dir is not None and not cache_dir.is_dir():
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ValueError(f"--cache-dir: cannot create {cache_dir} ({err.strerror or err}); pass another "
+                                 "directory or --no-cache") from None
+
+    try:
+        together("checking --cache-dir", check_cache)
+    except (ProcessesDisagreeError, ValueError) as err:
+        return _error(str(err))
 
     from tqdm import tqdm
 
@@ -587,29 +607,44 @@ def run_sample(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
+    written = []
+
+    def picture(samples_path: Path) -> None:
+        written.append(samples_path)
+        if plot:
+            from ._io import atomic_write
+
+            with np.load(samples_path) as data:
+                samples = data["samples"].reshape(spec.num_samples, -1)
+            written.append(atomic_write(out / "samples.png", lambda f: plot_samples(samples, spec, f)))
+
     start = time.perf_counter()
     try:
         with bar:
-            samples_path = jobs.run_job(spec, out, progress=progress, cache_dir=cache_dir)
-    except jobs.JobMismatchError as err:
-        return _error(str(err))
+            jobs.run_job(spec, out, progress=progress, cache_dir=cache_dir, allow_nonfinite=args.allow_nonfinite,
+                         force=args.force, outputs=("samples.png",), finalize=picture)
+    except (jobs.JobWriteError, ProcessesDisagreeError) as err:
+        return _error(_first_line(err), 1)
+    except USER_ERRORS as err:
+        return _error(_first_line(err), 1 if isinstance(err, OSError) else 2)
     seconds = time.perf_counter() - start
     import jax
 
     if jax.process_index() != 0:
         return 0
-    written = [samples_path]
-    if plot:
-        from ._io import atomic_write
-
-        with np.load(samples_path) as data:
-            samples = data["samples"].reshape(spec.num_samples, -1)
-        written.append(atomic_write(out / "samples.png", lambda f: plot_samples(samples, spec, f)))
     defaults = jobs.solver_defaults(spec.method, thresholding=bool(spec.thresholding))
     method = spec.method + "".join(f", {k} {v}" for k, v in spec.solver_options().items() if v != defaults[k])
     print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {method}{describe_condition(spec)}, "
           f"{spec.steps} steps, seed {spec.seed}, in {seconds:.1f} s")
     return 0
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception as one line: its message's first line (OSErrors with their file), else its type."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -623,8 +658,8 @@ def run_info(args: argparse.Namespace) -> int:
 
     try:  # the job of the model options, to show their schedule, prediction type and grid
         spec = jobs.JobSpec(num_samples=1, batch_size=1, seed=0, steps=1, **model_options(args))
-    except (OSError, ValueError) as err:
-        return _error(str(err))
+    except USER_ERRORS as err:
+        return _error(_first_line(err))
     print(f"sdevp_jax {sdevp_jax.__version__}")
     print(f"jax {jax.__version__}, jaxlib {version('jaxlib')}")
     print(f"backend {jax.default_backend()}, processes {jax.process_count()}, x64 {jax.config.jax_enable_x64}")
@@ -646,6 +681,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit code: 0 on success, 2 for a usage error, a refused output
       directory or a bad configuration, 1 if the output directory cannot be created.
     """
+    import warnings
+
+    with warnings.catch_warnings():  # warnings as one line while the command runs, as they were after
+        warnings.showwarning = _warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

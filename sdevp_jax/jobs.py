@@ -1,29 +1,47 @@
-"""Resumable sampling jobs: chunks written atomically, a manifest, nothing computed twice.
+"""Resumable sampling jobs: verified chunks written atomically, a manifest, nothing computed twice.
 
 A job draws ``num_samples`` samples in chunks of ``batch_size`` into a directory::
 
-    DIR/manifest.json          the job's configuration and versions, written first
-    DIR/chunks/chunk_000000.npy  samples [0, batch_size), float array (n, *event_shape)
-    DIR/chunks/chunk_000001.npy  ...
-    DIR/samples.npz            array ``samples``: all chunks in order, written last
+    DIR/manifest.json              the job's configuration, id and versions, written first
+    DIR/chunks/chunk_000000.json   chunk 0's record: the job's id, the chunk's rows, the file's SHA-256
+    DIR/chunks/chunk_000000.npy    samples [0, batch_size), float array (n, *event_shape)
+    DIR/chunks/chunk_000001.json   ...
+    DIR/samples.npz                array ``samples``: all chunks in order, written last (its SHA-256
+                                   in the manifest)
 
 Every file is written to a temporary name and renamed into place, so after a
-crash at any moment (``kill -9`` included) each chunk is either complete or absent.
-Running the same job again reads the manifest, checks that the configuration is
-the same, skips every chunk already on disk, and computes the rest. Chunk ``c``
-holds samples ``[c B, (c + 1) B)`` (``B = batch_size``) and is computed by the same
-compiled call whenever it runs, so the result is bitwise the same as an
-uninterrupted run's, and on one machine (as tested) does not depend on how chunks
-were shared between processes (hosts with other CPUs may compile other code).
-The noise of sample ``b`` depends only on ``(seed, b)`` (see
-:mod:`sdevp_jax.loops`); a job with another batch size draws the same samples to
-float rounding, not bitwise (XLA compiles other shapes differently). A different
-configuration (``batch_size`` included) pointed at an existing job directory is
-refused, never mixed in.
+crash at any moment (``kill -9`` included) each file is either complete or absent;
+a chunk's record is written before the chunk, so a chunk file never exists without
+the record that vouches for it. Running the same job again reads the manifest,
+checks that the configuration is the same and verifies every chunk on disk: a chunk
+is adopted only if its record names this job (:func:`job_id`, a digest of the
+configuration and versions) and its bytes have the recorded SHA-256. A truncated or
+altered chunk of this job is computed again (a warning names it); a chunk file of
+another job, or one without a record, is never adopted nor overwritten: the run stops
+with a one-line error naming the file. ``samples.npz`` is rebuilt when it is missing
+or is not the file the manifest records. A lock on the directory (``flock``, :func:`job_lock`) keeps a
+second job out while one runs; stale temporaries are removed under it. A chunk with a non-finite
+sample is not written and the job stops, naming the chunk (``allow_nonfinite`` keeps
+such chunks, and the record counts them).
+
+Chunk ``c`` holds samples ``[c B, (c + 1) B)`` (``B = batch_size``, at most
+``num_samples``) and is computed by the same compiled single-device program whenever
+and wherever it runs: each device of a process takes whole chunks of its own, and a
+chunk is never split over devices (XLA may round a program partitioned over devices
+differently). So the result is bitwise the same as an uninterrupted run's, and on one
+machine (as tested) does not depend on how chunks were shared between processes or on
+the number of devices (hosts with other CPUs may compile other code). The noise of
+sample ``b`` depends only on ``(seed, b)`` (see :mod:`sdevp_jax.loops`); a job with
+another batch size draws the same samples to float rounding, not bitwise (XLA compiles
+other shapes differently). A different configuration (``batch_size`` included)
+pointed at an existing job directory is refused, never mixed in.
 
 Over several processes (:mod:`sdevp_jax.distributed`), chunk ``c`` is computed by
 process ``c % process_count`` and written to the shared directory; process 0
-writes the manifest and, after a barrier, assembles ``samples.npz``.
+writes the manifest and assembles ``samples.npz``. The processes first check that they
+run the same job (:func:`~sdevp_jax.distributed.agree_on`), and each step ends with an
+agreement (:func:`~sdevp_jax.distributed.agree`): when any process fails, every process
+stops with the same one-line message.
 
 The model a job samples is named by three fields of :class:`JobSpec`, resolved when
 the spec is built and recorded in the manifest, so that resuming with another
@@ -76,13 +94,21 @@ unconditional, and resumes as such; another class or guidance is another job.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import hashlib
 import importlib
+import io
 import json
 import math
+import os
+import re
+import shutil
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -92,18 +118,20 @@ from . import __version__, grids, schedules
 from ._cache import compilation_cache
 from ._io import atomic_write
 from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
-from .distributed import barrier, batch_sharding
+from .distributed import agree_on, together
 from .loops import GRID_SOLVERS, SOLVER_TYPES, grid_solver_options, sample, sample_ode
 from .models import NULL_CLASS, cfg, default_class_mixture, default_mixture, make_class_model, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
 
-__all__ = ["JobSpec", "JobMismatchError", "run_job", "load_model", "job_model", "job_cond", "job_state",
+__all__ = ["JobSpec", "JobError", "JobMismatchError", "JobIntegrityError", "JobLockedError", "JobWriteError",
+           "NonFiniteChunkError", "ModelError", "JobWarning", "run_job", "verify_chunks", "job_lock", "job_id", "check_resources", "load_model", "job_model", "job_cond", "job_state",
            "schedule_json", "solver_defaults",
            "SOLVER_FIELDS", "CONDITION_FIELDS", "DEFAULT_CLASSES"]
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+#: 2: chunk records (``chunk_NNNNNN.json``), the job's id and ``samples.npz``'s SHA-256 in the manifest.
+FORMAT = 2
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 CORRECTOR_FIELDS = ("snr", "corrector_steps", "step_rule")  # part of a job's identity only when a corrector runs
 SCHEDULE_KINDS = ("linear", "cosine", "discrete")
@@ -119,8 +147,36 @@ GUIDANCE_FIELDS = ("guidance_scale", "guidance_interval", "guidance_rescale")
 DEFAULT_CLASSES = (0, 0, 1, 1, 2)
 
 
-class JobMismatchError(ValueError):
+class JobError(Exception):
+    """A job cannot go on; the message is one line that names the file or option and what to do."""
+
+
+class JobMismatchError(JobError, ValueError):
     """The directory holds a job whose configuration (or versions) differ from this one."""
+
+
+class JobIntegrityError(JobError, ValueError):
+    """A chunk in the job's directory is not this job's (another job's, or without a record)."""
+
+
+class JobLockedError(JobError, RuntimeError):
+    """Another process is running a job in the same directory."""
+
+
+class JobWriteError(JobError, OSError):
+    """A file of the job cannot be written (disk full, permissions): nothing partial is left."""
+
+
+class NonFiniteChunkError(JobError, ValueError):
+    """A chunk holds NaN or inf samples; it is not written (unless ``allow_nonfinite``)."""
+
+
+class ModelError(JobError, ValueError):
+    """The user's model raised while it was traced (its message names the model and the error)."""
+
+
+class JobWarning(UserWarning):
+    """Something of the job's was found wrong and is being redone (a corrupt chunk, a stale samples.npz)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +262,10 @@ class JobSpec:
             raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
         if self.num_samples > 2**32:
             raise ValueError(f"num_samples must be <= 2**32 (sample indices are uint32), got {self.num_samples}")
+        # A chunk never holds more than the job's samples: a larger batch would compute rows it drops.
+        object.__setattr__(self, "batch_size", min(self.batch_size, self.num_samples))
+        if not isinstance(self.model, str):
+            raise TypeError(f"model must be 'default' or a 'module:function' string, got {self.model!r}")
         choices = list_methods("predictor") + [m for kind in SAMPLE_ODE_KINDS for m in list_methods(kind)]
         if not isinstance(self.method, str) or self.method not in choices:
             raise ValueError(f"method must be one of {choices}, got {self.method!r}")
@@ -215,6 +275,10 @@ class JobSpec:
             if METHODS[self.method].kind != "predictor":
                 raise ValueError(f"a corrector needs a predictor method, got the {METHODS[self.method].kind} method "
                                  f"{self.method!r}")
+            if isinstance(self.snr, bool) or not isinstance(self.snr, (int, float)) or not math.isfinite(self.snr) \
+                    or self.snr <= 0:
+                raise ValueError(f"snr must be a finite number > 0 (the corrector's signal-to-noise ratio), "
+                                 f"got {self.snr!r}")
         for name, value in _resolve_solver_options(self).items():
             object.__setattr__(self, name, value)
         check_step_rule(self.step_rule)
@@ -531,16 +595,34 @@ def load_model(spec: JobSpec, state) -> Callable:
     module_name, sep, attr = spec.model.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"model must be 'default' or 'module:function', got {spec.model!r}")
+    if module_name.startswith("."):
+        raise ValueError(f"model {spec.model!r}: the module must be an absolute import path (no leading '.'), "
+                         "importable from the current directory or PYTHONPATH")
     try:
         model_fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot load model {spec.model!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 -- the user's module raised while importing
+        raise ValueError(f"cannot load model {spec.model!r}: importing it raised {type(err).__name__}: {err}") from None
     if not callable(model_fn):
         raise ValueError(f"model {spec.model!r} is not callable")
     if spec.conditional and not _takes_three_arguments(model_fn):
         raise ValueError(f"model {spec.model!r} takes no condition: a job with class_label calls "
                          "model_fn(x, t, cond) (cond: the class per sample, int32; -1 the null class of guidance)")
-    return model_fn
+    return _named_model(model_fn, spec.model)
+
+
+def _named_model(model_fn: Callable, name: str) -> Callable:
+    """``model_fn``, with any exception it raises while traced re-raised as one that names the model."""
+
+    def wrapped(*args):
+        try:
+            return model_fn(*args)
+        except Exception as err:  # noqa: BLE001 -- the user's code: say whose error it is
+            raise ModelError(f"model {name!r} raised {type(err).__name__}: "
+                             f"{str(err).strip().splitlines()[0] if str(err).strip() else '(no message)'}") from err
+
+    return wrapped
 
 
 def _takes_three_arguments(fn: Callable) -> bool:
@@ -579,105 +661,429 @@ def chunk_path(out: Path, c: int) -> Path:
     return out / "chunks" / f"chunk_{c:06d}.npy"
 
 
+def record_path(out: Path, c: int) -> Path:
+    """The record of chunk ``c``: the job it belongs to and the SHA-256 of its file."""
+    return out / "chunks" / f"chunk_{c:06d}.json"
+
+
 def chunk_size(spec: JobSpec, c: int) -> int:
     return min(spec.batch_size, spec.num_samples - c * spec.batch_size)
 
 
+def job_id(spec: JobSpec) -> str:
+    """The job's identity: the SHA-256 of its configuration (``to_json``) and versions.
+
+    Two specs that draw the same samples have the same id; any field that changes a
+    sample (the seed, the model, the batch size ...) or another version changes it.
+    """
+    text = json.dumps({"config": spec.to_json(), "versions": versions()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def finished_chunks(spec: JobSpec, out: Path) -> list[int]:
-    return [c for c in range(spec.num_chunks) if chunk_path(out, c).exists()]
+    """The chunks of ``spec`` on disk in ``out`` whose record and checksum verify."""
+    ident = job_id(spec)
+    return [c for c in range(spec.num_chunks) if _check_chunk(spec, out, c, ident)[0] == "good"]
 
 
-def _write_manifest(spec: JobSpec, out: Path, finished: list[int], *, complete: bool = False,
-                    create: bool = False) -> None:
-    manifest = {"format": FORMAT, "config": spec.to_json(), "versions": versions(),
+def _write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """``atomic_write`` of ``data``; an OSError (disk full, permissions) becomes one line naming the file."""
+    try:
+        atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise JobWriteError(f"cannot write {path}: {err.strerror or err}; free space (or fix the permissions) "
+                            "and run the same command again to resume") from None
+
+
+def _write_manifest(spec: JobSpec, out: Path, finished, *, complete: bool = False, create: bool = False,
+                    samples_sha256: Optional[str] = None) -> None:
+    manifest = {"format": FORMAT, "job": job_id(spec), "config": spec.to_json(), "versions": versions(),
                 "num_chunks": spec.num_chunks, "finished_chunks": sorted(finished), "complete": complete}
-    text = json.dumps(manifest, indent=1) + "\n"
-    atomic_write(out / MANIFEST, lambda f: f.write(text.encode()), overwrite=not create)
+    if samples_sha256 is not None:
+        manifest["samples_sha256"] = samples_sha256
+    _write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), overwrite=not create)
+
+
+def _read_json(path: Path):
+    """The JSON in ``path``, or a one-line ValueError that names the file and why it cannot be read."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else (
+            "nested too deeply" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}")
+        raise ValueError(f"{path} cannot be read as JSON ({reason})") from None
 
 
 def check_manifest(spec: JobSpec, out: Path) -> Optional[dict]:
     """The manifest in ``out`` if it matches ``spec`` (None if there is none); JobMismatchError otherwise."""
     path = out / MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = _read_json(path)
         theirs = identity(manifest["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise JobMismatchError(f"{path} is not a sdevp-jax job manifest ({err}); use another output directory") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise JobMismatchError(f"{path} is not a sdevp-jax job manifest ({err}); move it away or use another "
+                               "output directory") from None
     ours = spec.to_json()
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if diff:
         detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in diff)
         raise JobMismatchError(f"{out} holds a different job ({detail}); use another output directory")
-    if manifest.get("versions") != versions():
+    if manifest.get("versions") != versions() or manifest.get("format") != FORMAT:
         raise JobMismatchError(
             f"{out} was started with {manifest.get('versions')}; this is {versions()}: the samples could differ, so "
             "finish it with the same versions or use another output directory")
     return manifest
 
 
+def _read_record(path: Path):
+    """Chunk record ``path`` as a dict; None if absent; the string "unreadable" if it is not a record."""
+    if not path.exists():
+        return None
+    try:
+        record = _read_json(path)
+    except ValueError:
+        return "unreadable"
+    return record if isinstance(record, dict) else "unreadable"
+
+
+def _check_chunk(spec: JobSpec, out: Path, c: int, ident: str) -> tuple[str, str]:
+    """Classify chunk ``c`` on disk: ``(status, detail)``.
+
+    ``"good"``: the file and its record are this job's and the file's SHA-256 is the
+    recorded one. ``"missing"``: no file (a record of this job without one is what a
+    crash between the two writes leaves: the record is written first). ``"corrupt"``:
+    this job's record, but the file's bytes are not the ones recorded (truncated,
+    altered). ``"foreign"``: a file without a record, or with another job's record.
+    ``"nonfinite"`` is ``"good"``'s detail when the record counts non-finite samples.
+    """
+    npy, rec = chunk_path(out, c), record_path(out, c)
+    record = _read_record(rec)
+    ours = isinstance(record, dict) and record.get("job") == ident and record.get("chunk") == c
+    if not npy.exists():
+        if record is None or ours:
+            return "missing", ""
+        return "foreign", f"{rec} is not a record of this job"
+    if record is None:
+        return "foreign", f"{npy} has no record ({rec.name}), so it was not written by this job"
+    if not ours:
+        other = record.get("job", "?") if isinstance(record, dict) else "?"
+        return "foreign", (f"{npy} belongs to another job (its record {rec.name} names job {str(other)[:12]}; this "
+                           f"job is {ident[:12]})")
+    try:
+        digest = hashlib.sha256(npy.read_bytes()).hexdigest()
+    except OSError as err:
+        return "corrupt", f"{npy} cannot be read ({err.strerror or err})"
+    if digest != record.get("sha256"):
+        return "corrupt", f"{npy} is not the file its record describes (truncated or altered: SHA-256 differs)"
+    return "good", "nonfinite" if record.get("nonfinite") else ""
+
+
+def _stray_chunk_files(spec: JobSpec, out: Path) -> list[Path]:
+    """Chunk files and records in ``out/chunks`` with an index beyond this job's chunks."""
+    pattern = re.compile(r"chunk_(\d{6,})\.(npy|json)")
+    chunks = out / "chunks"
+    if not chunks.is_dir():
+        return []
+    return sorted(p for p in chunks.iterdir()
+                  if (m := pattern.fullmatch(p.name)) and int(m.group(1)) >= spec.num_chunks)
+
+
+def verify_chunks(spec: JobSpec, out: Path, *, allow_nonfinite: bool = False) -> tuple[list[int], list[int]]:
+    """Check every chunk of ``spec`` in ``out``: ``(good, to_compute)``, on the host.
+
+    A chunk is adopted only if its record names this job and the file's SHA-256 is the
+    recorded one. A truncated or altered chunk of this job is recomputed (a
+    :class:`JobWarning` names it); a chunk of another job (or one without a record) is
+    never adopted and never overwritten: a :class:`JobIntegrityError` names the file.
+
+    Raises:
+      JobIntegrityError: a chunk file or record in ``out/chunks`` is not this job's.
+      NonFiniteChunkError: a chunk kept with ``allow_nonfinite`` holds non-finite
+        samples and ``allow_nonfinite`` is False now.
+    """
+    ident = job_id(spec)
+    good, todo = [], []
+    stray = _stray_chunk_files(spec, out)
+    for path in stray:
+        record = _read_record(path.with_suffix(".json"))
+        if not (isinstance(record, dict) and record.get("job") == ident):
+            raise JobIntegrityError(f"{path} is not a chunk of this job ({spec.num_chunks} chunks): move it out of "
+                                    f"{out / 'chunks'} or use another output directory")
+    for c in range(spec.num_chunks):
+        status, detail = _check_chunk(spec, out, c, ident)
+        if status == "foreign":
+            raise JobIntegrityError(f"{detail}: move it (and its .json record) out of {out / 'chunks'} or use "
+                                    "another output directory; it is never mixed into this job")
+        if status == "corrupt":
+            warnings.warn(f"{detail}: computing it again", JobWarning, stacklevel=3)
+        if status == "good" and detail == "nonfinite" and not allow_nonfinite:
+            raise NonFiniteChunkError(f"{chunk_path(out, c)} holds non-finite samples, kept by allow_nonfinite "
+                                      "(--allow-nonfinite): pass it again to finish this job with them")
+        (good if status == "good" else todo).append(c)
+    return good, todo
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Delete the temporaries of writes that a crash interrupted (our own names only).
 
     ``atomic_write`` names them ``.NAME.XXXXXXXX.tmp`` beside ``NAME``; a killed
-    process leaves its unfinished one behind. They were never renamed into
-    place, so nothing refers to them.
+    process leaves its unfinished one behind. They were never renamed into place,
+    so nothing refers to them; the job's lock (:func:`job_lock`) ensures that no
+    other job is writing one in this directory.
     """
-    patterns = [(out, f".{MANIFEST}.*.tmp"), (out, ".samples.npz.*.tmp"), (out / "chunks", ".chunk_*.npy.*.tmp")]
+    names = "|".join(re.escape(n) for n in (MANIFEST, "samples.npz", "samples.png"))
+    patterns = [(out, re.compile(rf"\.({names})\..+\.tmp")),
+                (out / "chunks", re.compile(r"\.chunk_\d{6,}\.(npy|json)\..+\.tmp"))]
     for directory, pattern in patterns:
-        for path in directory.glob(pattern):
-            path.unlink(missing_ok=True)
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if pattern.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
 
 
-def padded_batch(batch_size: int, num_devices: int) -> int:
-    """``batch_size`` rounded up to a multiple of ``num_devices``."""
-    return -(-batch_size // num_devices) * num_devices
+_HELD_LOCKS: set = set()
+
+
+@contextlib.contextmanager
+def job_lock(out: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on directory ``out`` for the block: two jobs never write one directory at once.
+
+    The lock is ``flock`` on the directory itself (no file is added), which the kernel
+    releases when the process ends, ``kill -9`` included, so a crash never leaves a
+    directory locked. Re-entrant within a process. It holds between the processes of
+    one host; a directory shared between hosts (NFS) is not locked against a job
+    started on another host.
+
+    Raises:
+      JobLockedError: another process holds the lock.
+    """
+    out = Path(out)
+    key = out.resolve()
+    if key in _HELD_LOCKS:
+        yield
+        return
+    import fcntl
+
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise JobLockedError(f"another process is running a job in {out}: wait for it to finish, or use another "
+                             "output directory") from None
+    try:
+        _HELD_LOCKS.add(key)
+        yield
+    finally:
+        _HELD_LOCKS.discard(key)
+        os.close(fd)  # releases the lock
+
+
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+#: A chunk's working set in memory, in multiples of its samples' bytes: the sample, its noise,
+#: the model's output and the host copy (a floor; a large network needs more).
+CHUNK_WORKING_SET = 4
+
+
+def physical_memory() -> Optional[int]:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_resources(spec: JobSpec, memory: Optional[int] = None) -> None:
+    """Refuse a job whose chunk cannot fit in this machine's memory, before any work.
+
+    A chunk of ``batch_size`` samples of ``event_shape`` needs at least
+    :data:`CHUNK_WORKING_SET` times its bytes (``batch_size * prod(event_shape) *``
+    the dtype's size) at once; the whole job never does (``samples.npz`` is
+    streamed from the chunks).
+
+    Raises:
+      ValueError: naming ``event_shape`` when one sample is already too large, else
+        ``batch_size``, with the largest batch that fits.
+    """
+    memory = physical_memory() if memory is None else memory
+    if memory is None:
+        return
+    sample = math.prod(spec.event_shape) * DTYPE_BYTES[spec.dtype] * CHUNK_WORKING_SET
+    if sample > memory:
+        raise ValueError(f"event_shape {spec.event_shape} needs {sample / 2**30:.3g} GiB per sample in memory "
+                         f"({CHUNK_WORKING_SET}x its {spec.dtype} bytes), more than this machine's "
+                         f"{memory / 2**30:.3g} GiB")
+    if sample * spec.batch_size > memory:
+        raise ValueError(f"batch_size {spec.batch_size} needs {sample * spec.batch_size / 2**30:.3g} GiB per chunk "
+                         f"in memory, more than this machine's {memory / 2**30:.3g} GiB: use batch_size <= "
+                         f"{memory // sample}")
+
+
+def _check_disk(spec: JobSpec, out: Path, chunks_to_write: int, write_samples: bool) -> None:
+    """Refuse to start when ``out``'s file system lacks the space the remaining files need."""
+    per_sample = math.prod(spec.event_shape) * DTYPE_BYTES[spec.dtype]
+    needed = chunks_to_write * spec.batch_size * per_sample + (spec.num_samples * per_sample if write_samples else 0)
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return
+    if needed > free:
+        raise JobWriteError(f"{out} has {free / 2**20:.4g} MiB free; the job needs about {needed / 2**20:.4g} MiB "
+                            "more (its chunks and samples.npz): free space or use another output directory")
 
 
 def _sampler(spec: JobSpec, state, model_fn):
-    """A jitted ``(key, index_offset) -> samples`` for one chunk, sharded over the local devices.
+    """A jitted ``(key, index_offset) -> samples`` for one chunk of ``batch_size`` rows: one single-device program.
 
-    With several devices the batch is split over all of them. When ``batch_size``
-    does not divide by the device count, each call draws a padded batch (the next
-    multiple of it) and the extra samples are dropped: sample ``b`` depends only
-    on ``(seed, b)``, so padding changes no sample, only wastes fewer than one
-    sample per device; a warning says so.
+    Each device of the process runs this same program on whole chunks of its own; a
+    chunk is never split over devices. XLA may fuse and round a program partitioned
+    over several devices differently from the single-device one, while one
+    single-device program gives the same bits on every device of a host: so a job's
+    samples do not depend on the device count.
     """
-    devices = jax.local_devices()
-    batch = padded_batch(spec.batch_size, len(devices))
-    if batch != spec.batch_size:
-        warnings.warn(f"batch_size={spec.batch_size} is not a multiple of the {len(devices)} local devices: "
-                      f"each chunk draws {batch} samples over all devices and keeps the first {spec.batch_size}",
-                      stacklevel=3)
-    shape = (batch, *spec.event_shape)
+    shape = (spec.batch_size, *spec.event_shape)
     model_fn = job_model(spec, state, model_fn)
     if METHODS[spec.method].kind in SAMPLE_ODE_KINDS:
         options = spec.solver_options()
 
         def draw(key, offset):
             return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset,
-                              cond=job_cond(spec, batch), **options)
+                              cond=job_cond(spec, spec.batch_size), **options)
     else:
         def draw(key, offset):
             return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,
                           corrector_steps=spec.corrector_steps, step_rule=spec.step_rule, dtype=spec.dtype,
-                          index_offset=offset, cond=job_cond(spec, batch))
-    if len(devices) > 1:
-        return jax.jit(draw, out_shardings=batch_sharding(devices))
+                          index_offset=offset, cond=job_cond(spec, spec.batch_size))
     return jax.jit(draw)
 
 
 def _compile(draw, key, cache_dir):
-    """``draw`` compiled ahead of its first call, through the persistent cache in ``cache_dir`` (if not None)."""
+    """``draw`` compiled ahead of its first call for ``key``'s device, through the persistent cache (if any)."""
     with compilation_cache(cache_dir):
         return draw.lower(key, np.uint32(0)).compile()
 
 
+def _npy_bytes(x: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, x, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """The indices of the rows of ``x`` with a non-finite entry (bfloat16 read through float32)."""
+    flat = x.reshape(len(x), -1)
+    if flat.dtype.kind == "V":  # bfloat16 as NumPy sees it without ml_dtypes
+        flat = flat.view(np.uint16).astype(np.uint32) << 16
+        flat = flat.view(np.float32)
+    return np.flatnonzero(~np.all(np.isfinite(flat.astype(np.float32, copy=False)), axis=1))
+
+
+def _write_chunk(spec: JobSpec, out: Path, c: int, x: np.ndarray, ident: str, device, *,
+                 allow_nonfinite: bool) -> None:
+    """Write chunk ``c``: its record first, then the file, each atomically.
+
+    Raises:
+      NonFiniteChunkError: ``x`` holds a non-finite sample and ``allow_nonfinite`` is False.
+    """
+    bad = _nonfinite_rows(x)
+    start = c * spec.batch_size
+    if len(bad) and not allow_nonfinite:
+        raise NonFiniteChunkError(
+            f"chunk {c} (samples {start}..{start + len(x) - 1}) has {len(bad)} non-finite samples, the first sample "
+            f"{start + int(bad[0])}: not written. The model returned NaN or inf, or the grid or dtype is too coarse "
+            f"for this schedule ({spec.dtype}, {spec.steps} steps); allow_nonfinite (--allow-nonfinite) keeps them")
+    data = _npy_bytes(x)
+    record = {"job": ident, "chunk": c, "rows": [start, start + len(x)], "shape": list(x.shape),
+              "dtype": np.lib.format.dtype_to_descr(x.dtype), "sha256": hashlib.sha256(data).hexdigest(),
+              "nonfinite": len(bad), "device": str(device)}
+    # The record goes first: a chunk file never exists without the record that vouches for it.
+    _write_bytes(record_path(out, c), (json.dumps(record) + "\n").encode())
+    _write_bytes(chunk_path(out, c), data)
+
+
+def _write_samples(spec: JobSpec, out: Path) -> str:
+    """Stream every chunk, in order, into ``samples.npz`` (array ``samples``); returns the file's SHA-256.
+
+    The archive holds one uncompressed ``samples.npy`` member, as ``np.savez`` writes
+    it, built chunk by chunk so that the whole never sits in memory.
+    """
+    path = out / "samples.npz"
+    first = np.load(chunk_path(out, 0), mmap_mode="r")
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+              "shape": (spec.num_samples, *spec.event_shape)}
+    digest = hashlib.sha256()
+
+    class Hashing(io.RawIOBase):
+        def __init__(self, file):
+            self.file = file
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            digest.update(data)
+            return self.file.write(data)
+
+        def flush(self):
+            self.file.flush()
+
+        def tell(self):
+            return self.file.tell()
+
+    def write(file):
+        with zipfile.ZipFile(Hashing(file), "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("samples.npy", "w", force_zip64=True) as member:
+                try:
+                    np.lib.format.write_array_header_1_0(member, header)
+                except ValueError:  # a header too long for format 1.0
+                    np.lib.format.write_array_header_2_0(member, header)
+                for c in range(spec.num_chunks):
+                    part = np.load(chunk_path(out, c))
+                    expected = (chunk_size(spec, c), *spec.event_shape)
+                    if part.shape != expected or part.dtype != first.dtype:
+                        raise JobIntegrityError(f"{chunk_path(out, c)} has shape {part.shape} and dtype {part.dtype}; "
+                                                f"expected {expected} and {first.dtype}")
+                    member.write(np.ascontiguousarray(part).tobytes())
+
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        raise JobWriteError(f"cannot write {path}: {err.strerror or err}; free space (or fix the permissions) "
+                            "and run the same command again to finish") from None
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> Optional[str]:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _spec_fields(spec: JobSpec, out: Path, allow_nonfinite: bool) -> dict:
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    return fields | {"versions": versions(), "out": str(out.resolve()), "allow_nonfinite": allow_nonfinite}
+
+
 def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = None,
             progress: Optional[Callable[[int, int], None]] = None,
-            cache_dir: Optional[str | Path] = None) -> Path:
+            cache_dir: Optional[str | Path] = None, allow_nonfinite: bool = False, force: bool = False,
+            outputs: Sequence[str] = (), finalize: Optional[Callable[[Path], None]] = None) -> Path:
     """Run (or resume) ``spec`` in directory ``out``; returns the path of ``samples.npz``.
+
+    In order: the job's directory is locked (:func:`job_lock`); the manifest, if any,
+    must be this job's; every chunk on disk is verified (:func:`verify_chunks`); the
+    sampler is built and compiled -- so a bad model or option fails before anything is
+    written; then the manifest is claimed, stale temporaries are removed, the missing
+    chunks are computed, each device of the process taking whole chunks of its own, and
+    ``samples.npz`` is (re)built unless the manifest records it complete with the
+    SHA-256 it has. A non-finite sample stops the job before its chunk is written
+    (:class:`NonFiniteChunkError`) unless ``allow_nonfinite``.
 
     Args:
       spec: the job.
@@ -689,54 +1095,145 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
       cache_dir: a directory for JAX's persistent compilation cache (see
         :mod:`sdevp_jax._cache`), so that a rerun or a resumed job loads the compiled
         sampler instead of compiling it; ``None`` leaves JAX's settings alone.
+      allow_nonfinite: write chunks that hold NaN or inf samples (the record counts them).
+      force: with no manifest in ``out``, delete the files of ``outputs`` and a
+        ``samples.npz`` that are there (not a job's); without it they are refused.
+      outputs: names of other files in ``out`` that belong to the job (the CLI's picture).
+      finalize: called as ``finalize(samples_path)`` by process 0 at the end, still holding
+        the directory's lock (the CLI writes its picture there).
 
     Raises:
-      JobMismatchError: ``out`` holds another job, or one started with other versions.
+      JobMismatchError: ``out`` holds another job, or one started with other versions, or
+        files that are not a job's (without ``force``).
+      JobIntegrityError: a chunk in ``out/chunks`` is another job's.
+      JobLockedError: another process is running a job in ``out``.
+      NonFiniteChunkError, JobWriteError: see above.
+      ProcessesDisagreeError: with several processes, any failure of any process, on all.
     """
     out = Path(out)
     process, count = jax.process_index(), jax.process_count()
-    if process == 0:
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        if check_manifest(spec, out) is None:
-            _write_manifest(spec, out, finished_chunks(spec, out), create=True)
-        else:
-            _remove_stale_temporaries(out)
-    barrier("sdevp_jax.jobs.manifest")  # no process writes before this: the clean-up above is safe
-    check_manifest(spec, out)
+    if count > 1:
+        agree_on(_spec_fields(spec, out, allow_nonfinite), "the processes of this job")
+    with contextlib.ExitStack() as stack:
+        def open_job():
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise JobWriteError(f"cannot create the output directory {out}: {err.strerror or err}") from None
+            stack.enter_context(job_lock(out))
+            manifest = check_manifest(spec, out)
+            if manifest is None:
+                foreign = [out / name for name in ("samples.npz", *outputs) if (out / name).exists()]
+                if foreign and not force:
+                    raise JobMismatchError(f"{foreign[0]} exists and is not from a sdevp-jax job; pass force=True "
+                                           "(--force) to overwrite it")
+                for path in foreign:
+                    path.unlink()
+            good, _ = verify_chunks(spec, out, allow_nonfinite=allow_nonfinite)
+            return manifest, np.isin(np.arange(spec.num_chunks), good).astype(np.uint8)
 
-    state = job_state(spec)
-    model_fn = load_model(spec, state) if model_fn is None else model_fn
-    mine = [c for c in range(spec.num_chunks) if c % count == process]
-    finished = set(finished_chunks(spec, out))  # scanned once; then kept up to date (no rescan per chunk)
-    todo = [c for c in mine if c not in finished]
-    total = sum(chunk_size(spec, c) for c in mine)
-    done = total - sum(chunk_size(spec, c) for c in todo)
-    if progress:
-        progress(done, total)
-    if todo:
-        key = jax.random.key(spec.seed)
-        draw = _compile(_sampler(spec, state, model_fn), key, cache_dir)
-        for c in todo:
-            x = np.asarray(draw(key, np.uint32(c * spec.batch_size)))[: chunk_size(spec, c)]
-            atomic_write(chunk_path(out, c), lambda f: np.save(f, x))
-            finished.add(c)
-            done += len(x)
-            if count == 1:
-                _write_manifest(spec, out, finished)
-            if progress:
-                progress(done, total)
-    barrier("sdevp_jax.jobs.chunks")
-    samples_path = out / "samples.npz"
-    if process == 0 and not samples_path.exists():
-        parts = []
-        for c in range(spec.num_chunks):
-            part = np.load(chunk_path(out, c))
-            if part.shape != (chunk_size(spec, c), *spec.event_shape):
-                raise ValueError(f"{chunk_path(out, c)} has shape {part.shape}; expected "
-                                 f"{(chunk_size(spec, c), *spec.event_shape)}")
-            parts.append(part)
-        samples = np.concatenate(parts)
-        atomic_write(samples_path, lambda f: np.savez(f, samples=samples))
-        _write_manifest(spec, out, list(range(spec.num_chunks)), complete=True)
-    barrier("sdevp_jax.jobs.done")
+        if process == 0:
+            manifest, status = together("opening the job", open_job)
+        else:
+            manifest, status = together("opening the job", lambda: (None, np.zeros(spec.num_chunks, np.uint8)))
+        if count > 1:
+            from jax.experimental import multihost_utils
+
+            status = np.asarray(multihost_utils.broadcast_one_to_all(status))
+        good = set(np.flatnonzero(status).tolist())
+        mine = [c for c in range(spec.num_chunks) if c % count == process]
+        todo = [c for c in mine if c not in good]
+
+        devices = jax.local_devices()[: max(1, min(len(todo), len(jax.local_devices())))]
+
+        def build():
+            if spec.dtype == "float64" and not jax.config.jax_enable_x64:
+                raise ValueError("dtype 'float64' needs JAX's 64-bit mode (JAX_ENABLE_X64=1 or "
+                                 "jax.config.update('jax_enable_x64', True)); without it the samples would be float32")
+            check_resources(spec)
+            if not todo:
+                return None
+            state = job_state(spec)
+            fn = load_model(spec, state) if model_fn is None else model_fn
+            draw = _sampler(spec, state, fn)
+            keys = [jax.device_put(jax.random.key(spec.seed), d) for d in devices]
+            return keys, [_compile(draw, k, cache_dir) for k in keys]
+
+        built = together("building the sampler", build)
+
+        def claim():
+            try:
+                (out / "chunks").mkdir(exist_ok=True)
+            except OSError as err:
+                raise JobWriteError(f"cannot create {out / 'chunks'}: {err.strerror or err}") from None
+            if manifest is None:
+                _write_manifest(spec, out, sorted(good), create=True)
+            _remove_stale_temporaries(out)
+            for c in range(spec.num_chunks):  # records that a crash left without their chunk
+                if c not in good and not chunk_path(out, c).exists():
+                    record_path(out, c).unlink(missing_ok=True)
+            write_samples = manifest is None or not manifest.get("complete")
+            _check_disk(spec, out, spec.num_chunks - len(good), write_samples)
+
+        together("claiming the job directory", claim if process == 0 else lambda: None)
+
+        total = sum(chunk_size(spec, c) for c in mine)
+        done = total - sum(chunk_size(spec, c) for c in todo)
+        if progress:
+            progress(done, total)
+        ident = job_id(spec)
+        finished = set(good)
+
+        def compute():
+            nonlocal done
+            if not todo:
+                return
+            keys, executables = built
+            in_flight: collections.deque = collections.deque()
+
+            def finish():
+                c, device, y = in_flight.popleft()
+                x = np.asarray(y)[: chunk_size(spec, c)]
+                _write_chunk(spec, out, c, x, ident, device, allow_nonfinite=allow_nonfinite)
+                finished.add(c)
+                nonlocal done
+                done += len(x)
+                if count == 1:
+                    _write_manifest(spec, out, finished)
+                if progress:
+                    progress(done, total)
+
+            # Each device runs whole chunks; two per device in flight keep every device busy while
+            # the host writes the previous ones (JAX dispatches asynchronously).
+            for i, c in enumerate(todo):
+                d = i % len(devices)
+                in_flight.append((c, devices[d], executables[d](keys[d], np.uint32(c * spec.batch_size))))
+                if len(in_flight) >= 2 * len(devices):
+                    finish()
+            while in_flight:
+                finish()
+
+        together("computing the chunks", compute)
+        samples_path = out / "samples.npz"
+
+        def assemble():
+            # The chunks other processes wrote in this run: verified (record and checksum) before use.
+            check = [c for c in range(spec.num_chunks) if c not in good and c not in todo]
+            for c in check:
+                status, detail = _check_chunk(spec, out, c, ident)
+                if status != "good":
+                    raise JobIntegrityError(f"chunk {c}: {detail or 'missing'} after every process finished")
+            recorded = None if manifest is None else manifest.get("samples_sha256")
+            complete = manifest is not None and manifest.get("complete") and not todo and not check
+            if complete and recorded is not None and _file_sha256(samples_path) == recorded:
+                return
+            if complete and samples_path.exists():
+                warnings.warn(f"{samples_path} is not the file the manifest records (missing, truncated or "
+                              "altered): building it again from the chunks", JobWarning, stacklevel=4)
+            digest = _write_samples(spec, out)
+            _write_manifest(spec, out, range(spec.num_chunks), complete=True, samples_sha256=digest)
+
+        together("writing samples.npz", assemble if process == 0 else lambda: None)
+        if finalize is not None:
+            together("finishing the job", (lambda: finalize(samples_path)) if process == 0 else lambda: None)
     return samples_path

@@ -110,7 +110,7 @@ def test_resumed_job_reuses_the_cache(tmp_path, cache_hits):
 
     with pytest.raises(Interrupt):
         jobs.run_job(spec, out, progress=stop_after_first_chunk, cache_dir=cache)
-    assert len(list((out / "chunks").iterdir())) == 1
+    assert len(list((out / "chunks").glob("chunk_*.npy"))) == 1
     written = entries(cache)
     assert len(written) == 1 and cache_hits == []
     jobs.run_job(spec, out, cache_dir=cache)

@@ -43,7 +43,8 @@ def test_writes_samples_plot_and_job_files(base_out):
     assert (base_out / "samples.png").read_bytes().startswith(PNG_SIGNATURE)
     # The job's files, and no temporary files left behind.
     assert sorted(p.name for p in base_out.iterdir()) == ["chunks", "manifest.json", "samples.npz", "samples.png"]
-    assert sorted(p.name for p in (base_out / "chunks").iterdir()) == [f"chunk_00000{i}.npy" for i in range(4)]
+    assert sorted(p.name for p in (base_out / "chunks").iterdir()) == sorted(
+        f"chunk_00000{i}.{kind}" for i in range(4) for kind in ("json", "npy"))
 
 
 def test_png_shows_the_target_and_the_mode_weights(base_out):

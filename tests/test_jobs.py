@@ -295,9 +295,10 @@ def test_manifest_updates_are_linear_in_the_chunk_count(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "chunk_path", counting)
     spec = jobs.JobSpec(num_samples=30, batch_size=1, seed=0, steps=2)
     jobs.run_job(spec, tmp_path)
-    # a scan for the new manifest (C) and one for the work list (C), a write per chunk (C), a read per
-    # chunk to assemble (C): 4C = 120. A rescan per chunk adds C(C+1)/2 = 465 more.
-    assert calls["n"] <= 4 * spec.num_chunks, calls["n"]
+    # a verifying scan (C), a look for records a crash left without their chunk (C), a write per chunk
+    # (C), a read per chunk to assemble (C) and one for the dtype: 4C + 1 = 121. A rescan per chunk
+    # adds C(C+1)/2 = 465 more.
+    assert calls["n"] <= 4 * spec.num_chunks + 1, calls["n"]
     manifest = json.loads((tmp_path / jobs.MANIFEST).read_text())
     assert manifest["finished_chunks"] == list(range(30)) and manifest["complete"]
 
@@ -315,36 +316,34 @@ def test_job_manifest_lists_chunks_as_they_finish(tmp_path, monkeypatch):
     assert seen == [[], [0], [0, 1], [0, 1, 2], [0, 1, 2]]
 
 
-PADDED = textwrap.dedent("""
-    import os, json, warnings
+DEVICES = textwrap.dedent("""
+    import os, json
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import jax, numpy as np
     from sdevp_jax import jobs
     assert len(jax.devices()) == 2
-    spec = jobs.JobSpec(num_samples=5, batch_size=3, seed=1, steps=10)
-    state = jobs.job_state(spec)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        draw = jobs._sampler(spec, state, jobs.load_model(spec, state))
-    out = draw(jax.random.key(1), np.uint32(0))
+    spec = jobs.JobSpec(num_samples=7, batch_size=3, seed=1, steps=10)
     path = jobs.run_job(spec, os.environ["JOB_DIR"])
-    print(json.dumps({"devices": len(out.sharding.device_set), "shape": list(out.shape),
-                      "warning": [str(w.message) for w in caught],
-                      "samples": np.load(path)["samples"].tolist()}))
+    records = [json.loads(jobs.record_path(path.parent, c).read_text()) for c in range(spec.num_chunks)]
+    print(json.dumps({"devices": [r["device"] for r in records],
+                      "bits": np.load(path)["samples"].view(np.uint32).tolist()}))
 """)
 
 
 @pytest.mark.slow
-def test_batch_not_divisible_by_devices_is_padded_and_uses_every_device(tmp_path):
-    """2 CPU devices, batch_size 3: the chunk is drawn as 4 over both devices (with a warning), same samples."""
+def test_each_device_takes_whole_chunks_and_the_job_is_bitwise_the_one_device_job(tmp_path):
+    """2 CPU devices, batch_size 3 (not a multiple of 2): whole chunks alternate between the devices.
+
+    A chunk is one single-device program wherever it runs, so the job's bits equal the
+    1-device job's (compared as uint32); the records show that both devices computed chunks.
+    """
     env = dict(os.environ, JOB_DIR=str(tmp_path / "two"))
-    proc = subprocess.run([sys.executable, "-c", PADDED], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-c", DEVICES], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["devices"] == 2 and result["shape"] == [4, 2]
-    assert any("batch_size=3" in w and "2 local devices" in w for w in result["warning"]), result["warning"]
-    single = load_after(jobs.run_job(jobs.JobSpec(num_samples=5, batch_size=3, seed=1, steps=10), tmp_path / "one"))
-    np.testing.assert_array_equal(np.asarray(result["samples"], single.dtype), single)
+    assert result["devices"] == ["cpu:0", "cpu:1", "cpu:0"], result["devices"]
+    single = load_after(jobs.run_job(jobs.JobSpec(num_samples=7, batch_size=3, seed=1, steps=10), tmp_path / "one"))
+    np.testing.assert_array_equal(np.asarray(result["bits"], np.uint32), single.view(np.uint32))
 
 
 # ---------------------------------------------------------------- faults injected into the chunk writer
@@ -373,26 +372,29 @@ def test_a_write_that_dies_half_way_loses_nothing_and_leaves_nothing(tmp_path, m
     spec = jobs.JobSpec(**FAULT_SPEC)
     clean = np.load(jobs.run_job(spec, tmp_path / "clean"))["samples"]
     out = tmp_path / "crashed"
-    real_save = np.save
-    calls, left_behind = [], {}
+    real_write = jobs.atomic_write
+    left_behind = {}
 
-    def dying_save(file, array, *args, **kwargs):
-        calls.append(len(calls))
-        if len(calls) - 1 != 2:
-            return real_save(file, array, *args, **kwargs)
+    def dying_write(path, write, **kwargs):
+        if Path(path).name != "chunk_000002.npy":
+            return real_write(path, write, **kwargs)
         buffer = io.BytesIO()
-        real_save(buffer, array, *args, **kwargs)
+        write(buffer)
         data = buffer.getvalue()
-        file.write(data[: len(data) // 2])
-        file.flush()
-        for tmp in (out / "chunks").glob(".chunk_*.tmp"):  # the writer's temporary, as a kill leaves it
-            left_behind[tmp] = tmp.read_bytes()
-        raise OSError("injected: the disk died half-way through chunk 2")
 
-    monkeypatch.setattr(np, "save", dying_save)
+        def half(file):
+            file.write(data[: len(data) // 2])
+            file.flush()
+            for tmp in (out / "chunks").glob(".chunk_*.tmp"):  # the writer's temporary, as a kill leaves it
+                left_behind[tmp] = tmp.read_bytes()
+            raise OSError("injected: the disk died half-way through chunk 2")
+
+        return real_write(path, half, **kwargs)
+
+    monkeypatch.setattr(jobs, "atomic_write", dying_write)
     with pytest.raises(OSError, match="injected"):
         jobs.run_job(spec, out)
-    monkeypatch.setattr(np, "save", real_save)
+    monkeypatch.setattr(jobs, "atomic_write", real_write)
 
     survivors = chunk_files(out)
     assert sorted(survivors) == ["chunk_000000.npy", "chunk_000001.npy"]  # no half chunk under a final name
