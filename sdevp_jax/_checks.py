@@ -175,3 +175,48 @@ def positive_real(name: str, value: Any) -> Any:
     if not is_traced(value) and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return value
+
+
+def default_float() -> np.dtype:
+    """JAX's default float dtype: float64 under ``jax_enable_x64``, float32 otherwise (grids and states use it)."""
+    return jnp.dtype(jnp.result_type(float))
+
+
+#: The most steps of a grid and the most training labels: the loops and the label arithmetic index
+#: them with int32 (the step counter of ``lax.scan``, a discrete schedule's piece index).
+INT32_MAX = 2**31 - 1
+
+
+def largest_rate(dtype: Any) -> float:
+    r"""The largest noise rate :math:`\beta` the schedules accept: :math:`\sqrt{\text{finfo(dtype).max}}`.
+
+    A schedule's arithmetic forms :math:`\beta`-squared-sized terms (the linear schedule's
+    log-SNR inverse computes :math:`\tfrac14\beta_{\min}^2 - \Delta\beta\,\log\alpha`, with
+    :math:`|\log\alpha| \le \beta_{\max}/2`), so a larger :math:`\beta` overflows to inf (and a
+    ``beta_max`` above ``finfo.max`` is inf already): 1.8e19 in float32, 1.3e154 in float64.
+    """
+    return math.sqrt(float(jnp.finfo(dtype).max))
+
+
+def max_train_timesteps(dtype: Any) -> int:
+    r"""The most training steps ``N``: ``min(2**31 - 1, 2**(nmant + 1))`` (16777216 in float32).
+
+    A discrete schedule places label ``n`` at :math:`t = (n + 1)/N` and recovers it as
+    :math:`tN - 1`: those are distinct floats of ``dtype`` and exact integers only while
+    :math:`N \le 2^{\text{nmant} + 1}`; its piece index is an int32.
+    """
+    return min(INT32_MAX, 2 ** (int(jnp.finfo(dtype).nmant) + 1))
+
+
+def floats_between(low: float, high: float, dtype: Any) -> int:
+    """How many floats of ``dtype`` lie in ``[low, high]`` (``0 < low <= high``): the most points of a strictly decreasing grid there."""
+    dtype = np.dtype(dtype)
+    ints = {4: np.int32, 8: np.int64}[dtype.itemsize]
+    lo = np.asarray(low, dtype)
+    hi = np.asarray(high, dtype)
+    if float(lo) < low:
+        lo = np.nextafter(lo, np.asarray(np.inf, dtype))
+    if float(hi) > high:
+        hi = np.nextafter(hi, np.asarray(0, dtype))
+    # positive floats are ordered as their bit patterns
+    return max(0, int(hi.view(ints)) - int(lo.view(ints)) + 1)

@@ -66,7 +66,8 @@ def inpaint(
       model_fn: ``(x, t) -> prediction`` as for :func:`~sdevp_jax.sample` (any schedule,
         any prediction type).
       key: a PRNG key; sample ``b`` uses ``fold_in(key, index_offset + b)`` only.
-      y: the observations, shape ``(batch, ...)``, float; its unknown entries are ignored.
+      y: the observations, shape ``(batch, ...)``, float; its unknown entries are ignored
+        (selected out, so they may hold anything, NaN included).
       mask: 1 where ``y`` is known, 0 where it is not; ``y``'s shape, or broadcastable to it.
       predictor, corrector, snr, corrector_steps, step_rule, unroll, index_offset, cond:
         as for :func:`~sdevp_jax.sample`.
@@ -86,22 +87,23 @@ def inpaint(
     shape, dtype = check_common(state, model_fn, key, y.shape, y.dtype, "inpaint", cond)
     model_fn = with_cond(model_fn, cond)
     work = _checks.compute_dtype(dtype)
-    known = mask.astype(work)
-    y_work = y.astype(work)
+    known = mask == 1
+    # selected, not multiplied: y's unknown entries (NaN, inf, anything) never enter the arithmetic
+    y_work = jnp.where(known, y, jnp.zeros((), y.dtype)).astype(work)
     schedule = state.schedule.cast(work)
 
     def project(x, x_mean, t_vec, z):
         t = t_vec.astype(work).reshape((-1,) + (1,) * (len(shape) - 1))
         alpha, std = schedule.alpha_sigma(t)
         mean = alpha * y_work
-        x = x.astype(work) * (1.0 - known) + (mean + std * z) * known
-        x_mean = x_mean.astype(work) * (1.0 - known) + mean * known
+        x = jnp.where(known, mean + std * z, x.astype(work))
+        x_mean = jnp.where(known, mean, x_mean.astype(work))
         return x.astype(dtype), x_mean.astype(dtype)
 
     _, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
                          *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
                          resolve_unroll(unroll), project=project)
-    return jnp.where(mask == 1, y, x_mean)
+    return jnp.where(known, y, x_mean)
 
 
 def _rotate(matrix: jax.Array, x: jax.Array) -> jax.Array:

@@ -65,8 +65,8 @@ def log_likelihood(
       trace: ``"hutchinson_rademacher"``, ``"hutchinson_gaussian"`` or ``"exact"``.
       rtol, atol: the ODE solver's tolerances, > 0.
       max_steps: the solver's step budget per sample.
-      prior_logp: ``x_1 -> log p_1(x_1)`` for one sample (shape ``event``); the
-        default is the standard normal, the VP SDE's prior. (The data's own
+      prior_logp: ``x_1 -> log p_1(x_1)`` for one sample (shape ``event``), a 0-d float
+        (it is vmapped over the batch; checked at trace time); the default is the standard normal, the VP SDE's prior. (The data's own
         :math:`p_1` differs from it by :math:`O(\alpha(t_{\max}))`, about 0.007 at the
         paper's defaults; that difference is part of the model's likelihood.)
       cond: ``None`` or the samples' conditions (a pytree of arrays with the batch as
@@ -87,6 +87,7 @@ def log_likelihood(
     max_steps = _checks.positive_int("max_steps", max_steps)
     dtype = _checks.compute_dtype(x.dtype)
     batch, event = x.shape[0], x.shape[1:]
+    _check_prior_logp(prior_logp, event, dtype)
     check_cond(cond, batch)
     dim = math.prod(event)
 
@@ -130,6 +131,21 @@ def log_likelihood(
         else:
             probes = jax.vmap(lambda k: jax.random.normal(k, event, dtype))(keys)
     return jax.vmap(solve)(x.astype(dtype), probes, cond)
+
+
+def _check_prior_logp(prior_logp, event, dtype) -> None:
+    """``prior_logp`` maps one sample (shape ``event``) to a 0-d float: traced once, before any solving."""
+    if prior_logp is None:
+        return
+    if not callable(prior_logp):
+        raise TypeError(f"prior_logp must be None or callable x_1 -> log p_1(x_1), got {type(prior_logp).__name__}")
+    out = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(event, dtype))
+    if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        shown = f"{out.dtype} of shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(
+            f"prior_logp must return one float per sample: called on one sample of shape {tuple(event)}, "
+            f"it returned {shown} (want a 0-d float)"
+        )
 
 
 def bits_per_dim(

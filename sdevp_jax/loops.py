@@ -67,10 +67,16 @@ def _check_model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array, cond=None
     """Trace ``model_fn`` once abstractly and check it returns an array of x's shape."""
     args = (x, t) if cond is None else (x, t, cond)
     call = "model_fn(x, t)" if cond is None else "model_fn(x, t, cond)"
+    context = f"{call} failed for x {x.shape} and t {t.shape}"
     try:
         out = jax.eval_shape(model_fn, *args)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"{call} failed for x {x.shape} and t {t.shape}: {err}") from err
+        if type(err) not in (TypeError, ValueError):
+            # JAX's own errors (a Python `if` on a traced value: TracerBoolConversionError, ...)
+            # take a tracer, not a message, to construct: keep the error and add where it came from.
+            err.add_note(f"sdevp_jax: {context} (model_fn is traced: use jnp.where / lax.cond, not Python branches on x or t)")
+            raise
+        raise type(err)(f"{context}: {err}") from err
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
         raise TypeError(f"model_fn must return one array, got {type(out).__name__}")
     if out.shape != x.shape:

@@ -313,10 +313,31 @@ NULL_CLASS = -1
 
 
 def _check_class_cond(cm: ClassMixture, cond: Any, batch: int) -> jax.Array:
+    """``cond`` of shape ``(batch,)``, ints; when concrete, each in ``0..K-1`` or :data:`NULL_CLASS`.
+
+    A traced ``cond`` is checked for shape and dtype only (its values are unknown at
+    trace time); :func:`_class_member` makes an out-of-range traced label act as
+    :data:`NULL_CLASS`, so the output stays finite.
+    """
+    host = None if _checks.is_traced(cond) else np.asarray(cond)
     cond = jnp.asarray(cond)
     if cond.shape != (batch,) or not jnp.issubdtype(cond.dtype, jnp.integer):
         raise ValueError(f"cond must be class indices of shape (batch,) = ({batch},), ints, got {cond.dtype} {cond.shape}")
+    if host is not None:
+        bad = np.flatnonzero(~(((host >= 0) & (host < cm.num_classes)) | (host == NULL_CLASS)))
+        if bad.size:
+            raise ValueError(
+                f"cond must hold class indices in 0..{cm.num_classes - 1} or NULL_CLASS = {NULL_CLASS}, "
+                f"got cond[{bad[0]}] = {int(host[bad[0]])}"
+            )
     return cond
+
+
+def _class_member(cm: ClassMixture, cond: jax.Array) -> jax.Array:
+    """``(B, K)``: whether component ``k`` belongs to sample ``b``'s class; every component for
+    :data:`NULL_CLASS` and for any label outside ``0..K-1`` (only a traced ``cond`` can hold one)."""
+    known = (cond >= 0) & (cond < cm.num_classes)
+    return ~known[:, None] | (cm.classes[None, :] == cond[:, None])
 
 
 def _class_logits(cm: ClassMixture, x, t, schedule, dtype):
@@ -329,8 +350,13 @@ def _class_logits(cm: ClassMixture, x, t, schedule, dtype):
 def make_class_model(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Callable:
     r"""``model_fn(x, t, cond)``: the exact conditional model of ``cm`` under ``state``, class ``cond`` per sample.
 
-    ``cond`` holds a class index per sample, or :data:`NULL_CLASS` (-1) for the
-    unconditional model. The noise prediction of :math:`p_t(x \mid c)` is the mixture
+    ``cond`` holds a class index per sample in ``0..K-1``, or :data:`NULL_CLASS` (-1) for
+    the unconditional model; a concrete ``cond`` holding anything else is a ValueError.
+    A traced ``cond`` cannot be checked at trace time (under ``jit`` its values are
+    unknown, and a ``checkify`` check would raise only under ``checkify.checkify``):
+    there a label outside ``0..K-1`` gives the unconditional model, as
+    :data:`NULL_CLASS` does -- a finite, documented output rather than the NaN of a class
+    with no components. The noise prediction of :math:`p_t(x \mid c)` is the mixture
     formula with the responsibilities restricted to class ``c``'s components; it is
     returned as ``state.prediction_type``, with ``t`` the model's time input.
     """
@@ -343,7 +369,7 @@ def make_class_model(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Calla
         cond = _check_class_cond(cm, cond, xf.shape[0])
         t_cont = time_from_model_time(state, t)
         logits, diff, var, sigma = _class_logits(cm, xf, t_cont, schedule, dtype)
-        member = (cond[:, None] == NULL_CLASS) | (cm.classes[None, :] == cond[:, None])
+        member = _class_member(cm, cond)
         resp = jax.nn.softmax(jnp.where(member, logits, -jnp.inf), axis=-1)
         eps = (sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)).reshape(shape)
         if prediction_type == "epsilon":
@@ -359,7 +385,10 @@ def make_class_log_prob(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Ca
     r"""``log_prob_fn(x, t, cond)``: the exact :math:`\log p_t(c \mid x)` of ``cm`` per sample (Bayes' rule).
 
     :math:`\log\sum_{k \in c} w_k N_k(x) - \log\sum_k w_k N_k(x)` with the components
-    diffused to time ``t`` (the model's time input, as ``model_fn`` gets it).
+    diffused to time ``t`` (the model's time input, as ``model_fn`` gets it). ``cond`` as for
+    :func:`make_class_model`: :data:`NULL_CLASS` (and, under trace, a label outside
+    ``0..K-1``) is the class of every component, so its log-probability is 0 and its
+    gradient 0 (no guidance), finite rather than the NaN gradient of :math:`\log 0`.
     """
     schedule = state.schedule
 
@@ -368,7 +397,7 @@ def make_class_log_prob(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Ca
         dtype = _checks.compute_dtype(flat.dtype)
         cond = _check_class_cond(cm, cond, flat.shape[0])
         logits, *_ = _class_logits(cm, flat.astype(dtype), time_from_model_time(state, t), schedule, dtype)
-        member = cm.classes[None, :] == cond[:, None]
+        member = _class_member(cm, cond)
         return jax.nn.logsumexp(jnp.where(member, logits, -jnp.inf), axis=-1) - jax.nn.logsumexp(logits, axis=-1)
 
     return log_prob_fn
@@ -469,7 +498,10 @@ def cfg(
         the standard deviations per sample over its entries. Meant for
         high-dimensional outputs (images, latents), where those are stable: with a few
         entries the guided output's std can be near 0 and the ratio huge (in 2-D, phi =
-        0.5 at w = 3 threw a sample to |x| = 63), so use it there with care.
+        0.5 at w = 3 threw a sample to |x| = 63), so use it there with care. Where
+        :math:`\operatorname{std}(\hat y) = 0` (a one-entry sample, or a constant one) there is
+        nothing to rescale: the ratio is taken as 1 there, and that sample's output is
+        the unrescaled :math:`\hat y`.
       state: the scheduler state, to read model times as continuous times for ``interval``.
 
     Returns:
@@ -499,11 +531,25 @@ def cfg(
         y = out_u + w * (out_c - out_u)
         if _checks.is_traced(rescale) or rescale != 0.0:
             axes = tuple(range(1, x.ndim))
-            ratio = jnp.std(out_c, axis=axes, keepdims=True) / jnp.std(y, axis=axes, keepdims=True)
+            std_y = jnp.std(y, axis=axes, keepdims=True)
+            flat = std_y == 0  # nothing to rescale (0/0 otherwise): ratio 1
+            ratio = jnp.where(flat, jnp.ones((), y.dtype), jnp.std(out_c, axis=axes, keepdims=True)
+                              / jnp.where(flat, jnp.ones((), y.dtype), std_y))
             y = rescale * (y * ratio) + (1.0 - rescale) * y
         return y
 
     return guided
+
+
+def _per_sample_log_prob(value: Any, batch: int) -> jax.Array:
+    """``log_prob_fn``'s output, required (at trace time) to be one float per sample, shape ``(batch,)``."""
+    shape = getattr(value, "shape", None)
+    if shape != (batch,) or not jnp.issubdtype(value.dtype, jnp.floating):
+        shown = f"{value.dtype} of shape {shape}" if shape is not None else type(value).__name__
+        raise ValueError(
+            f"log_prob_fn must return one float log-probability per sample, shape (batch,) = ({batch},); got {shown}"
+        )
+    return value
 
 
 def classifier_guidance(
@@ -525,7 +571,9 @@ def classifier_guidance(
       state: the scheduler state (schedule, prediction type, model time).
       model_fn: ``(x, t) -> prediction`` (an unconditional model) or ``(x, t, cond)``;
         it is called with ``cond`` only if it takes three arguments.
-      log_prob_fn: ``(x, t, cond) -> log p(c | x_t)``, one value per sample.
+      log_prob_fn: ``(x, t, cond) -> log p(c | x_t)``, one float per sample, shape
+        ``(batch,)`` (checked at trace time: a ``(batch, K)`` output would be summed into
+        the gradient silently).
       scale: :math:`w`, 0-d or ``(batch,)``, a leaf.
     """
     if not callable(model_fn) or not callable(log_prob_fn):
@@ -542,7 +590,7 @@ def classifier_guidance(
         out = model_fn(x, t, cond) if takes_cond else model_fn(x, t)
         dtype = _checks.compute_dtype(x.dtype)
         xc = x.astype(dtype)
-        grad = jax.grad(lambda z: jnp.sum(log_prob_fn(z, t, cond)))(xc)
+        grad = jax.grad(lambda z: jnp.sum(_per_sample_log_prob(log_prob_fn(z, t, cond), x.shape[0])))(xc)
         tb = _per_sample(time_from_model_time(state, t), x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
         alpha, sigma = state.schedule.cast(dtype).alpha_sigma(tb)
         eps = eps_from_prediction(state.prediction_type, out.astype(dtype), xc, alpha, sigma)

@@ -111,7 +111,9 @@ class ScoreSdeVpSchedulerState:
     is static.
 
     ``state.replace(**fields)`` checks concrete config values as
-    :func:`create_state` does and keeps ``min_discrete_steps`` up to date; on the
+    :func:`create_state` does, checks a concrete ``timesteps`` as :func:`set_timesteps`
+    checks its own grids (1-D, finite, strictly decreasing, inside the schedule's
+    range) and keeps ``min_discrete_steps`` up to date; on the
     linear schedule it also takes ``beta_min``/``beta_max`` (a ``dataclasses.replace``
     or the raw constructor does neither: use ``replace``).
 
@@ -226,6 +228,21 @@ def _check_linear(beta_min: Any, beta_max: Any) -> None:
         raise ValueError(f"beta_min must be > 0, got {beta_min}")
     if bmin is not None and bmax is not None and not np.all(bmax > bmin):
         raise ValueError(f"beta_max must be > beta_min = {beta_min}, got {beta_max}")
+    schedules.check_beta_max(beta_max)
+
+
+def smallest_time(schedule: Any, dtype: Any = None) -> float:
+    """The schedule's :meth:`~sdevp_jax.schedules.LinearSchedule.smallest_time` in ``dtype`` (default: JAX's default float), 0 if unknown."""
+    value = schedule.smallest_time(_default_float() if dtype is None else dtype)
+    return 0.0 if value is None else value
+
+
+def _below_floor(name: str, value: Any, floor: float, upper: str, dtype: Any = None) -> ValueError:
+    dtype = jnp.dtype(_default_float() if dtype is None else dtype)
+    return ValueError(
+        f"{name} must be in [{floor:.4g}, {upper}: below {floor:.4g} sigma(t)**2 is not a normal "
+        f"{dtype.name} number (sigma = 0, log_snr = inf), got {value}"
+    )
 
 
 def _eps_range(schedule: Any, num_train_timesteps: int) -> tuple[float, str]:
@@ -249,6 +266,9 @@ def _check_eps(sampling_eps: Any, schedule: Any, num_train_timesteps: int) -> No
     above = np.all(eps >= low) if schedule.is_discrete else np.all(eps > low)
     if not above or (t_max is not None and not np.all(eps < t_max)):
         raise ValueError(f"sampling_eps must be in {shown}, got {sampling_eps}")
+    floor = smallest_time(schedule)
+    if not np.all(eps >= floor):
+        raise _below_floor("sampling_eps", sampling_eps, floor, "t_max)")
 
 
 def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedulerState:
@@ -269,7 +289,10 @@ def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedu
         updates["min_discrete_steps"] = _min_discrete_steps(updates["schedule"])
     if "prediction_type" in updates:
         check_prediction_type(updates["prediction_type"])
-    return dataclasses.replace(self, **updates)
+    new = dataclasses.replace(self, **updates)
+    if updates.get("timesteps") is not None or (new.timesteps is not None and ("schedule" in updates or "sampling_eps" in updates)):
+        _check_grid(new, new.timesteps, "timesteps")
+    return new
 
 
 # flax.struct installs a plain dataclasses.replace; ours also checks and keeps the static bound.
@@ -310,15 +333,19 @@ def create_state(
     """Build a validated scheduler state (defaults: diffusers' and the paper's).
 
     Args:
-      num_train_timesteps: int >= 1; ``None`` means 2000 (diffusers' ScoreSdeVpScheduler)
+      num_train_timesteps: int in ``[1, 2**24]`` (float32; ``[1, 2**31 - 1]`` under x64: see
+        :func:`~sdevp_jax.schedules.check_num_train_timesteps`); ``None`` means 2000 (diffusers' ScoreSdeVpScheduler)
         for a continuous schedule and the schedule's ``N_train`` for a discrete one,
         which it must equal if given. Only reported, as ``len(state)``, for
         continuous schedules.
       beta_min: finite, > 0 (the linear schedule's; unused with ``schedule``).
-      beta_max: finite, > ``beta_min`` (likewise).
+      beta_max: finite, > ``beta_min`` and at most ``sqrt(finfo.max)`` of JAX's default
+        float dtype (1.8e19 in float32; larger overflows), likewise.
       sampling_eps: the smallest time: ``None`` means 1e-3 for a continuous schedule
         and ``1/N_train`` (label 0) for a discrete one; in ``(0, t_max)``, and
-        ``>= 1/N_train`` for a discrete schedule.
+        ``>= 1/N_train`` for a discrete schedule; at least the schedule's
+        ``smallest_time`` in JAX's default float dtype (2.4e-37 for the default linear
+        schedule in float32), below which :math:`\\sigma(t)^2` is not a normal number.
       schedule: a schedule of :mod:`sdevp_jax.schedules`; ``None`` means
         ``schedules.linear(beta_min, beta_max)``, so that every call without it
         keeps today's meaning and results.
@@ -352,8 +379,8 @@ def create_state(
                 f"N_train = {schedule.num_train_timesteps}"
             )
         num_train_timesteps = schedule.num_train_timesteps
-    num_train_timesteps = _checks.positive_int(
-        "num_train_timesteps", 2000 if num_train_timesteps is None else num_train_timesteps
+    num_train_timesteps = schedules.check_num_train_timesteps(
+        2000 if num_train_timesteps is None else num_train_timesteps
     )
     if sampling_eps is None:
         sampling_eps = 1.0 / num_train_timesteps if schedule.is_discrete else 1e-3
@@ -423,8 +450,9 @@ def set_timesteps(
 
     Args:
       state: a state from :func:`create_state`.
-      num_inference_steps: a Python int >= 1 (static: it sets an array length);
-        may be left out with ``timesteps``.
+      num_inference_steps: a Python int >= 1 (static: it sets an array length), at most
+        :func:`max_inference_steps` (checked before anything is allocated); may be left
+        out with ``timesteps``.
       spacing: the grid's name, or ``None``.
       timesteps: instead of ``spacing``, any strictly decreasing 1-D array of times
         in ``(0, t_max]`` (``[1/N_train, 1]`` for a discrete schedule), on the host;
@@ -446,6 +474,12 @@ def set_timesteps(
             )
         return state.replace(timesteps=grid, spacing="custom", spacing_given=True)
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
+    most = max_inference_steps(state)
+    if n > most:
+        raise ValueError(
+            f"num_inference_steps must be in [1, {most}]: a strictly decreasing grid in [sampling_eps, t_max] "
+            f"holds at most that many {_default_float().name} times (and steps are indexed with int32), got {n}"
+        )
     given = spacing is not None
     spacing = default_spacing(state) if spacing is None else spacing
     if not isinstance(spacing, str) or spacing not in SPACINGS:
@@ -465,7 +499,24 @@ def set_timesteps(
 
 
 def _default_float() -> np.dtype:
-    return jnp.zeros(()).dtype
+    return _checks.default_float()
+
+
+def max_inference_steps(state: ScoreSdeVpSchedulerState) -> int:
+    """The most steps :func:`set_timesteps` accepts: ``min(2**31 - 1, floats in [sampling_eps, t_max])``.
+
+    A grid must be strictly decreasing in its dtype (JAX's default float), so it
+    cannot hold more points than there are such floats between its ends (about
+    8.4e7 in float32 for ``sampling_eps = 1e-3``); the loops index steps with int32.
+    With a traced ``sampling_eps`` or ``t_max``, only the int32 bound applies.
+    """
+    eps, t_max = _concrete(state.sampling_eps), _concrete(state.schedule.t_max)
+    if eps is None or t_max is None or eps.size == 0:
+        return _checks.INT32_MAX
+    low, high = float(np.min(eps)), float(np.max(t_max))
+    if not 0.0 < low <= high:
+        return _checks.INT32_MAX
+    return min(_checks.INT32_MAX, _checks.floats_between(low, high, _default_float()))
 
 
 def _check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
@@ -491,6 +542,9 @@ def _check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
     if not (top_ok and bottom_ok):
         where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
         raise ValueError(f"{name} must lie in {where}, got values from {float(values[-1])!r} to {float(values[0])!r}")
+    floor = smallest_time(state.schedule)
+    if not values[-1] >= floor:
+        raise _below_floor(f"{name}'s last time", float(values[-1]), floor, f"t_max = {state.schedule.t_max!r}]")
 
 
 def _custom_grid(state: ScoreSdeVpSchedulerState, timesteps: Any) -> jax.Array:
@@ -520,10 +574,24 @@ def _label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_off
     return grid
 
 
+def _round_down(value: Any, dtype: Any) -> jax.Array:
+    """A concrete ``value`` rounded to ``dtype`` toward 0 (a traced one to nearest), so that a grid's top is not above it.
+
+    The cosine schedule's ``t_max`` is a float64 number; rounded to nearest in float32 it
+    lies above ``t_max`` for about half the offsets ``s`` (every ``s`` above about 1.5).
+    """
+    host = _concrete(value)
+    if host is None:
+        return jnp.asarray(value, dtype)
+    rounded = np.asarray(host, dtype)
+    rounded = np.where(rounded.astype(np.float64) > host, np.nextafter(rounded, np.zeros((), dtype)), rounded)
+    return jnp.asarray(rounded, dtype)
+
+
 def _continuous_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str) -> jax.Array:
     dtype = _default_float()
     schedule = state.schedule.cast(dtype)
-    t_hi = jnp.asarray(state.schedule.t_max, dtype)
+    t_hi = _round_down(state.schedule.t_max, dtype)
     t_lo = jnp.asarray(state.sampling_eps, dtype)
     if spacing == "time_uniform":
         return jnp.linspace(t_hi, t_lo, n)
@@ -597,6 +665,9 @@ def _check_times(state: ScoreSdeVpSchedulerState, t: np.ndarray, name: str) -> N
     if bad.size:
         where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
         raise ValueError(f"{name} must lie in {where}, got {float(t[bad[0]])!r}")
+    floor = smallest_time(state.schedule)
+    if not np.all(t >= floor):
+        raise _below_floor(name, float(np.min(t)), floor, f"t_max = {state.schedule.t_max!r}]")
 
 
 def eps_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -678,17 +749,23 @@ def times_from_grid():
         _TIMES_FROM_GRID.reset(token)
 
 
-def check_t(t: jax.Array, t_host: Optional[np.ndarray]) -> None:
+def check_t(t: jax.Array, t_host: Optional[np.ndarray], schedule: Any = None, dtype: Any = None) -> None:
     """``t`` finite and > 0: on the host if it is there, with ``checkify.debug_check`` if traced.
 
-    A concrete ``jax.Array`` is not read back (that would sync with the device
-    at every eager step); see the module docstring. Inside :func:`times_from_grid`
-    a traced ``t`` is not checked: it comes from a validated grid.
+    A host ``t`` must also be at least ``schedule``'s ``smallest_time`` in the compute
+    ``dtype`` (below it sigma(t) is 0 in floating point). A concrete ``jax.Array`` is
+    not read back (that would sync with the device at every eager step); see the
+    module docstring. Inside :func:`times_from_grid` a traced ``t`` is not checked:
+    it comes from a validated grid.
     """
     message = "t must be finite and > 0 (sigma(0) = 0)"
     if t_host is not None:
         if not np.all(np.isfinite(t_host) & (t_host > 0)):
             raise ValueError(f"{message}, got {t_host}")
+        if schedule is not None:
+            floor = smallest_time(schedule, dtype)
+            if not np.all(t_host >= floor):
+                raise _below_floor("t", t_host, floor, f"t_max = {schedule.t_max!r}]", dtype)
     elif _checks.is_traced(t) and not _TIMES_FROM_GRID.get():
         checkify.debug_check(jnp.all(jnp.isfinite(t) & (t > 0)), message)
 
@@ -737,7 +814,7 @@ class PreparedStep:
         t = jnp.asarray(t)
         if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
             raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
-        check_t(t, t_host)
+        check_t(t, t_host, state.schedule, _checks.compute_dtype(self.x.dtype))
         if t_host is not None:
             _check_t_max(state, t_host)
         if noise is None:

@@ -58,6 +58,7 @@ __all__ = [
     "from_diffusers",
     "DIFFUSERS_BETA_SCHEDULES",
     "COSINE_BETA_CAP",
+    "COSINE_S_MAX",
     "SCHEDULE_TYPES",
 ]
 
@@ -103,6 +104,24 @@ class _VPSchedule:
     def t_min(self) -> float:
         """The open lower end of the time range: ``alpha = 1``, ``sigma = 0``, ``log_snr = inf`` there."""
         return 0.0
+
+    def smallest_time(self, dtype: Any) -> Optional[float]:  # pragma: no cover - overridden
+        r"""The smallest ``t`` whose arithmetic in ``dtype`` keeps :math:`\sigma(t)^2` a normal number.
+
+        Below it :math:`-\operatorname{expm1}(2\log\alpha)` is subnormal or 0 (XLA flushes
+        subnormals to zero on CPU), so :math:`\sigma = 0`, :math:`\lambda = \infty` and
+        the score :math:`-\epsilon/\sigma` is not finite. ``None`` when the schedule's
+        numbers are traced. Each schedule derives it from its own formula for
+        :math:`\log\alpha` with a factor of 2 to 4 to spare for rounding.
+        """
+        raise NotImplementedError
+
+
+def _host(value: Any) -> Optional[np.ndarray]:
+    """A schedule number as float64 NumPy when it is concrete, else ``None`` (a tracer)."""
+    if _checks.is_traced(value):
+        return None
+    return np.asarray(value, np.float64)
 
 
 def _float_t(t: ArrayLike) -> jax.Array:
@@ -156,6 +175,18 @@ class LinearSchedule(_VPSchedule):
     def t_max(self) -> float:
         return 1.0
 
+    def smallest_time(self, dtype: Any) -> Optional[float]:
+        r""":math:`4\,\text{tiny}/\min(\beta_{\min}, 1)`, ``tiny = finfo(dtype).tiny`` (2.4e-37 at the defaults in float32).
+
+        :math:`-2\log\alpha(t) \ge \beta_{\min} t`, computed from ``0.5 * t * beta_min``:
+        at this ``t`` that product is ``2 tiny`` and ``0.5 t`` is normal, so
+        :math:`\sigma(t)^2 \ge 4\,\text{tiny}` (see :meth:`_VPSchedule.smallest_time`).
+        """
+        bmin = _host(self.beta_min)
+        if bmin is None or bmin.size == 0:
+            return None
+        return 4.0 * float(jnp.finfo(dtype).tiny) / min(float(np.min(bmin)), 1.0)
+
     @property
     def is_discrete(self) -> bool:
         return False
@@ -165,12 +196,31 @@ class LinearSchedule(_VPSchedule):
         return LinearSchedule(beta_min=jnp.asarray(self.beta_min, dtype), beta_max=jnp.asarray(self.beta_max, dtype))
 
 
+def check_beta_max(beta_max: Any, dtype: Any = None) -> None:
+    """A concrete ``beta_max`` (any shape) at most :func:`~sdevp_jax._checks.largest_rate` of ``dtype`` (default: JAX's default float)."""
+    value = _host(beta_max)
+    if value is None:
+        return
+    dtype = _checks.default_float() if dtype is None else jnp.dtype(dtype)
+    bound = _checks.largest_rate(dtype)
+    if not np.all(value <= bound):
+        raise ValueError(
+            f"beta_max must be <= sqrt(finfo({dtype.name}).max) = {bound:.4g} (the schedule's arithmetic forms "
+            f"beta_max**2-sized terms, which overflow beyond it), got {beta_max}"
+        )
+
+
 def linear(beta_min: Any = 0.1, beta_max: Any = 20.0) -> LinearSchedule:
-    """The paper's linear schedule; ``0 < beta_min < beta_max`` (checked when concrete; tracers pass)."""
+    """The paper's linear schedule; ``0 < beta_min < beta_max <= sqrt(finfo.max)`` (checked when concrete; tracers pass).
+
+    The upper bound (1.8e19 in float32, JAX's default float dtype) is
+    :func:`~sdevp_jax._checks.largest_rate`'s: a larger ``beta_max`` overflows.
+    """
     beta_min = _checks.positive_real("beta_min", beta_min)
     beta_max = _checks.positive_real("beta_max", beta_max)
     if not (_checks.is_traced(beta_min) or _checks.is_traced(beta_max)) and not beta_max > beta_min:
         raise ValueError(f"beta_max must be > beta_min = {beta_min}, got {beta_max}")
+    check_beta_max(beta_max)
     return LinearSchedule(beta_min=beta_min, beta_max=beta_max)
 
 
@@ -289,6 +339,24 @@ class CosineSchedule(_VPSchedule):
             return jnp.arctan(COSINE_BETA_CAP * (1.0 + s) / jnp.pi) * (2.0 * (1.0 + s) / jnp.pi) - s
         return math.atan(COSINE_BETA_CAP * (1.0 + s) / math.pi) * (2.0 * (1.0 + s) / math.pi) - s
 
+    def smallest_time(self, dtype: Any) -> Optional[float]:
+        r"""From :math:`-\log\alpha \approx \tan\theta_0\,\delta + \delta^2/2`, :math:`\delta = t\pi/(2(1+s))`.
+
+        The lower half computes ``log1p(-2 sin(delta/2)**2 - tan0 sin(delta))``; either
+        term alone keeps the argument normal: ``tan0 * delta >= 2 tiny`` (with ``delta``
+        itself normal) or ``delta >= 4 sqrt(tiny)`` (the only one for ``s = 0``).
+        """
+        s = _host(self.s)
+        if s is None or s.size == 0:
+            return None
+        tiny = float(jnp.finfo(dtype).tiny)
+        scale = (0.5 * math.pi) / (1.0 + s)
+        tan0 = np.tan(s / (1.0 + s) * (0.5 * math.pi))
+        with np.errstate(divide="ignore"):
+            by_tan = np.where(tan0 > 0, 2.0 * tiny * np.maximum(1.0, 1.0 / np.where(tan0 > 0, tan0, 1.0)), np.inf)
+        delta = np.minimum(by_tan, 4.0 * math.sqrt(tiny))
+        return float(np.max(np.maximum(delta / scale, 2.0 * tiny)))
+
     @property
     def is_discrete(self) -> bool:
         return False
@@ -300,11 +368,29 @@ class CosineSchedule(_VPSchedule):
         return CosineSchedule(s=jnp.asarray(self.s, dtype))
 
 
+#: The largest offset ``s`` of :func:`cosine`: :math:`999/4 - 1 = 248.75`.
+#: On :math:`t \le \tfrac12` :meth:`CosineSchedule.beta` evaluates :math:`\tan((t + s)\,\pi/(2(1+s)))`,
+#: whose rounding (``u`` per operation) is amplified by :math:`\theta/\varphi \le 2(1 + s)`
+#: (:math:`\varphi = \pi/2 - \theta \ge \pi/(4(1+s))` there). Every ``s`` already has
+#: :math:`\beta`'s relative error of about :math:`u/(1 - t_{\max}) \approx 999u/2` at
+#: ``t_max``, where :math:`1 - t_{\max} \approx 2/999` (the rounding of ``t`` itself); ``s``
+#: up to this bound keeps the lower half no less accurate than that (measured in float32:
+#: 1.6e-6 at s = 0.008, 1.3e-5 at s = 100, 1.6e-3 at s = 1e4).
+COSINE_S_MAX = COSINE_BETA_CAP / 4.0 - 1.0
+
+
 def cosine(s: Any = 0.008) -> CosineSchedule:
-    """The cosine schedule of Nichol & Dhariwal (2021) with offset ``s >= 0`` (checked when concrete)."""
+    """The cosine schedule of Nichol & Dhariwal (2021) with offset ``s`` in ``[0, COSINE_S_MAX]`` (checked when concrete).
+
+    :data:`COSINE_S_MAX` = 248.75 is where the schedule's float arithmetic stops
+    keeping its accuracy (see there); iDDPM's ``s`` is 0.008.
+    """
     s = _checks.real_scalar("s", s)
-    if not _checks.is_traced(s) and not s >= 0.0:
-        raise ValueError(f"s must be >= 0, got {s}")
+    if not _checks.is_traced(s) and not 0.0 <= s <= COSINE_S_MAX:
+        raise ValueError(
+            f"s must be in [0, {COSINE_S_MAX}] (beyond it the schedule's beta loses more than the "
+            f"float digits it loses at t_max), got {s}"
+        )
     return CosineSchedule(s=s)
 
 
@@ -379,6 +465,18 @@ class DiscreteSchedule(_VPSchedule):
     def t_max(self) -> float:
         return 1.0
 
+    def smallest_time(self, dtype: Any) -> Optional[float]:
+        r"""``max(2 tiny, 4 tiny/(N |increments[0]|))``: on the first piece :math:`\log\alpha = tN \cdot` ``increments[0]``.
+
+        (The discrete schedule's own times start at ``1/N`` far above it; this
+        bounds the continuous times that :func:`~sdevp_jax.add_noise` and a step accept.)
+        """
+        first = _host(self.increments)
+        if first is None or first.size == 0:
+            return None
+        tiny = float(jnp.finfo(dtype).tiny)
+        return max(2.0 * tiny, 4.0 * tiny / (self.num_train_timesteps * abs(float(first.reshape(-1)[0]))))
+
     @property
     def is_discrete(self) -> bool:
         return True
@@ -445,8 +543,29 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
             "the schedule's log alpha must be strictly decreasing in float64; "
             "betas are too close to 0 (or alphas_cumprod to 1) to resolve"
         )
+    check_increments(increments, "betas" if betas is not None else "alphas_cumprod")
     knots = np.concatenate([np.zeros(1), log_alpha])
     return DiscreteSchedule(knots=knots, increments=increments, num_train_timesteps=int(log_alpha.shape[0]))
+
+
+def check_increments(increments: np.ndarray, name: str, dtype: Any = None) -> None:
+    r"""Each piece's :math:`\tfrac12\operatorname{log1p}(-\beta_n)` a normal number of ``dtype`` (default: JAX's default float).
+
+    The knots and increments are cast to the compute dtype at each use; an increment
+    below ``finfo(dtype).tiny`` there (a beta below about ``2 tiny``: 2.4e-38 in float32)
+    becomes 0 (XLA flushes subnormals), so :math:`\beta = 0` on that piece, :math:`\sigma`
+    is 0 at the first label and the inverse of :math:`\lambda` divides by 0.
+    """
+    dtype = _checks.default_float() if dtype is None else jnp.dtype(dtype)
+    tiny = float(jnp.finfo(dtype).tiny)
+    small = np.flatnonzero(~(np.abs(increments) >= tiny))
+    if small.size:
+        i = int(small[0])
+        raise ValueError(
+            f"{name} too close to {'0' if name == 'betas' else '1'} for {dtype.name}: each beta_n must be >= about "
+            f"2 * finfo({dtype.name}).tiny = {2.0 * tiny:.4g} (its log1p(-beta_n)/2 a normal {dtype.name} number), "
+            f"got beta[{i}] = {-math.expm1(2.0 * float(increments[i]))!r}"
+        )
 
 
 #: The schedule classes a state accepts.
@@ -470,6 +589,18 @@ def _cosine_betas(n: int) -> np.ndarray:
     return np.where(i < n / 2, lower, upper)
 
 
+def check_num_train_timesteps(value: Any) -> int:
+    """An int in ``[1, max_train_timesteps]`` of JAX's default float (16777216 in float32; see :func:`~sdevp_jax._checks.max_train_timesteps`)."""
+    n = _checks.positive_int("num_train_timesteps", value)
+    bound = _checks.max_train_timesteps(_checks.default_float())
+    if n > bound:
+        raise ValueError(
+            f"num_train_timesteps must be in [1, {bound}] (the labels' times (n + 1)/N must be distinct "
+            f"{_checks.default_float().name} numbers, indexed with int32), got {n}"
+        )
+    return n
+
+
 def from_diffusers(
     beta_schedule: str = "linear",
     beta_start: float = 0.0001,
@@ -490,14 +621,17 @@ def from_diffusers(
     other fields are ignored except ``num_train_timesteps``, which must match their length.
     diffusers computes the same betas in float32; see tests/golden/make_schedule_golden.py.
     """
-    n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
+    n = check_num_train_timesteps(num_train_timesteps)
     if trained_betas is not None:
         betas = _host_1d("trained_betas", trained_betas)
         if betas.shape[0] != n:
             raise ValueError(
                 f"num_train_timesteps = {n} must equal len(trained_betas) = {betas.shape[0]}"
             )
-        return discrete(betas=betas)
+        try:
+            return discrete(betas=betas)
+        except ValueError as err:
+            raise ValueError(f"trained_betas: {err}") from None
     if beta_schedule not in DIFFUSERS_BETA_SCHEDULES:
         raise ValueError(
             f"beta_schedule must be one of {', '.join(map(repr, DIFFUSERS_BETA_SCHEDULES))}, got {beta_schedule!r}"

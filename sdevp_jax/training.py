@@ -27,11 +27,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from . import _checks
 from .loops import check_cond, make_sample_keys, with_cond
-from .scheduler import ScoreSdeVpSchedulerState, broadcast_t, model_time
+from .scheduler import ScoreSdeVpSchedulerState, broadcast_t, model_time, smallest_time
 
 __all__ = ["add_noise", "dsm_loss"]
 
@@ -43,8 +44,11 @@ def add_noise(state: ScoreSdeVpSchedulerState, x0: ArrayLike, noise: ArrayLike, 
       state: any scheduler state (only its schedule is used).
       x0: clean data, shape ``(batch, ...)``, float.
       noise: standard normal noise of ``x0``'s shape.
-      t: the continuous time, 0-d or ``(batch,)``, in ``(0, t_max]`` (``t = 0`` gives
-        ``x0``; convert a discrete model's labels with :func:`~sdevp_jax.time_from_model_time`).
+      t: the continuous time, 0-d or ``(batch,)``: 0 (which gives ``x0``) or in
+        ``[t_lo, t_max]``, ``t_lo`` the schedule's ``smallest_time`` in the compute dtype
+        (below it :math:`\sigma(t)` rounds to 0; 2.4e-37 for the default linear schedule
+        in float32). Checked when ``t`` is on the host (a Python number or NumPy value);
+        convert a discrete model's labels with :func:`~sdevp_jax.time_from_model_time`.
 
     Returns:
       ``x_t``, of ``x0``'s shape and dtype (computed in at least float32).
@@ -54,9 +58,28 @@ def add_noise(state: ScoreSdeVpSchedulerState, x0: ArrayLike, noise: ArrayLike, 
     if noise.shape != x0.shape:
         raise ValueError(f"noise must have x0's shape {x0.shape}, got {noise.shape}")
     dtype = _checks.compute_dtype(x0.dtype)
+    t_host = _checks.host_value(t)
+    if t_host is not None:
+        _check_noise_time(state, np.asarray(t_host, np.float64), dtype)
     t = broadcast_t(jnp.asarray(t).astype(dtype), x0)
     alpha, sigma = state.schedule.cast(dtype).alpha_sigma(t)
     return (alpha * x0.astype(dtype) + sigma * noise.astype(dtype)).astype(x0.dtype)
+
+
+def _check_noise_time(state: ScoreSdeVpSchedulerState, t: np.ndarray, dtype) -> None:
+    """Host times of :func:`add_noise`: finite, 0 or in ``[smallest_time, t_max]``."""
+    floor = smallest_time(state.schedule, dtype)
+    t_max = state.schedule.t_max
+    top = None if _checks.is_traced(t_max) else float(np.max(np.asarray(t_max)))
+    ok = np.isfinite(t) & ((t == 0) | (t >= floor))
+    if top is not None:
+        ok &= t <= top * (1 + 1e-6)  # t_max rounded to float32 may lie just above the float64 t_max
+    if not np.all(ok):
+        bad = float(t.reshape(-1)[np.flatnonzero(~ok.reshape(-1))[0]])
+        raise ValueError(
+            f"t must be 0 or in [{floor:.4g}, t_max = {t_max!r}] (below {floor:.4g} sigma(t) is 0 in "
+            f"{jnp.dtype(dtype).name}), got {bad!r}"
+        )
 
 
 def dsm_loss(
@@ -94,7 +117,8 @@ def dsm_loss(
         of the model's output times :math:`c^2\beta/\sigma^2`, with
         :math:`\hat\epsilon - z = c\,(\text{output} - \text{target})`, :math:`c = 1`
         (ε), :math:`\alpha` (v), :math:`-\alpha/\sigma` (:math:`x_0`).
-      eps: the smallest training time of a continuous schedule, in ``(0, t_max)``.
+      eps: the smallest training time of a continuous schedule, in ``(0, t_max)`` and at
+        least the schedule's ``smallest_time`` in the compute dtype.
       cond: ``None`` or the samples' conditions (a pytree of arrays with the batch as
         leading axis): the model is then called ``model_fn(x_t, t, cond)``. (For
         classifier-free guidance, train with the condition replaced by the null one
@@ -114,6 +138,11 @@ def dsm_loss(
         raise ValueError(f"eps must be in the open interval (0, {shown}), got {eps}")
     batch = x0.shape[0]
     dtype = _checks.compute_dtype(x0.dtype)
+    floor = smallest_time(state.schedule, dtype)
+    if not _checks.is_traced(eps) and not state.schedule.is_discrete and not eps >= floor:
+        raise ValueError(
+            f"eps must be in [{floor:.4g}, t_max) (below {floor:.4g} sigma(t) is 0 in {dtype.name}), got {eps}"
+        )
     keys = make_sample_keys(key, batch, 0)
     schedule = state.schedule.cast(dtype)
     n_train = state.num_train_timesteps

@@ -349,7 +349,7 @@ def test_schedules_under_jit_and_vmap():
     [
         (lambda: schedules.linear(0.1, 0.05), ValueError, "beta_max"),
         (lambda: schedules.linear(-1.0, 20.0), ValueError, "beta_min"),
-        (lambda: schedules.cosine(-0.1), ValueError, "s must be >= 0"),
+        (lambda: schedules.cosine(-0.1), ValueError, r"s must be in \[0, 248.75\]"),
         (lambda: schedules.discrete(), ValueError, "exactly one.*neither"),
         (lambda: schedules.discrete(betas=[0.1], alphas_cumprod=[0.9]), ValueError, "exactly one.*both"),
         (lambda: schedules.discrete(betas=[0.1, 0.0]), ValueError, r"betas must lie in \(0, 1\).*betas\[1\]"),
