@@ -344,7 +344,7 @@ def create_state(
       sampling_eps: the smallest time: ``None`` means 1e-3 for a continuous schedule
         and ``1/N_train`` (label 0) for a discrete one; in ``(0, t_max)``, and
         ``>= 1/N_train`` for a discrete schedule; at least the schedule's
-        ``smallest_time`` in JAX's default float dtype (2.4e-37 for the default linear
+        ``smallest_time`` in JAX's default float dtype (4.7e-37 for the default linear
         schedule in float32), below which :math:`\\sigma(t)^2` is not a normal number.
       schedule: a schedule of :mod:`sdevp_jax.schedules`; ``None`` means
         ``schedules.linear(beta_min, beta_max)``, so that every call without it

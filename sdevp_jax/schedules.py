@@ -176,7 +176,7 @@ class LinearSchedule(_VPSchedule):
         return 1.0
 
     def smallest_time(self, dtype: Any) -> Optional[float]:
-        r""":math:`4\,\text{tiny}/\min(\beta_{\min}, 1)`, ``tiny = finfo(dtype).tiny`` (2.4e-37 at the defaults in float32).
+        r""":math:`4\,\text{tiny}/\min(\beta_{\min}, 1)`, ``tiny = finfo(dtype).tiny`` (4.7e-37 at the defaults in float32).
 
         :math:`-2\log\alpha(t) \ge \beta_{\min} t`, computed from ``0.5 * t * beta_min``:
         at this ``t`` that product is ``2 tiny`` and ``0.5 t`` is normal, so

@@ -46,7 +46,7 @@ def add_noise(state: ScoreSdeVpSchedulerState, x0: ArrayLike, noise: ArrayLike, 
       noise: standard normal noise of ``x0``'s shape.
       t: the continuous time, 0-d or ``(batch,)``: 0 (which gives ``x0``) or in
         ``[t_lo, t_max]``, ``t_lo`` the schedule's ``smallest_time`` in the compute dtype
-        (below it :math:`\sigma(t)` rounds to 0; 2.4e-37 for the default linear schedule
+        (below it :math:`\sigma(t)` rounds to 0; 4.7e-37 for the default linear schedule
         in float32). Checked when ``t`` is on the host (a Python number or NumPy value);
         convert a discrete model's labels with :func:`~sdevp_jax.time_from_model_time`.
 
