@@ -139,7 +139,11 @@ def _check_prior_logp(prior_logp, event, dtype) -> None:
         return
     if not callable(prior_logp):
         raise TypeError(f"prior_logp must be None or callable x_1 -> log p_1(x_1), got {type(prior_logp).__name__}")
-    out = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(event, dtype))
+    # One real call on one zero sample, vmapped as the solve vmaps it (not eval_shape: a prior that
+    # computes with its own constants on the host, e.g. float(alpha(t_max)), works under vmap but not
+    # under jit's staging).
+    out = jax.vmap(prior_logp)(jnp.zeros((1, *event), dtype))
+    out = jax.ShapeDtypeStruct(out.shape[1:], out.dtype) if hasattr(out, "shape") and out.ndim >= 1 else out
     if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
         shown = f"{out.dtype} of shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
         raise ValueError(
