@@ -19,7 +19,12 @@ row is recorded as an error and the rest still run):
 Each row: median and [min, max] of ``--repeats`` (>= 5) timed runs after a
 warm-up, the compile time separately where it can be separated (``sv`` rows,
 ahead-of-time ``lower().compile()``) and the first call (compile + one run)
-otherwise, the device name and the JAX / torch versions. The results are
+otherwise, the device name and the JAX / torch versions. Every row of
+``gpu_suite.json`` has the keys of ``ROW_KEYS`` whatever its implementation or
+outcome (``None`` where a key does not apply: ``jax`` on the torch row,
+``compile_s`` where compilation is not separated, every measurement on an error
+or skipped row); ``device_kind`` is JAX's ``device_kind`` or torch's device
+name, ``platform`` ``"gpu"`` or ``"cpu"``. The results are
 rewritten after every row (``gpu_suite.json``, ``gpu_suite.md``, and
 ``gpu_suite.log``, the progress lines), so a run killed at its time limit still
 leaves what it measured. When less than ``--min-row-s`` of ``--budget-s`` is
@@ -83,6 +88,37 @@ def rows_for(tiny: bool) -> list[dict]:
             row("unet1_model", "UNet alone (scan), unroll 1", "unet_model", UNET, 100, "--unroll", "1"),
             row("dpm10_target", "sample_ode dpm_solver, 10 NFE", "dpm_solver", TARGET, 10),
             row("dpm10_small", "sample_ode dpm_solver, 10 NFE", "dpm_solver", SMALL, 10)]
+    return out
+
+
+#: The keys of every row of gpu_suite.json: the row's spec, its outcome, its measurement, its environment.
+SPEC_KEYS = ("id", "label", "impl", "shape", "steps", "extra")
+ROW_KEYS = SPEC_KEYS + (
+    "status", "wall_s", "error_tail",
+    "per_step_median_us", "per_step_min_us", "per_step_max_us", "times_s", "first_call_s", "compile_s",
+    "nfe", "model", "dtype", "prng", "unroll", "temp_bytes", "argument_bytes", "threads",
+    "device_kind", "platform", "jax", "torch",
+)
+
+
+def record(row: dict, status: str, wall_s=None, result=None, error_tail=None) -> dict:
+    """``row`` (its spec) as a row of the results: exactly ``ROW_KEYS``, ``None`` where a key does not apply.
+
+    ``result`` is a worker's JSON line. The spec's own keys win over the worker's (its ``shape`` is a
+    list there). torch's worker names its device ``device_name`` and its type ``device``: they become
+    ``device_kind`` and ``platform``, as JAX's. A worker's key outside ``ROW_KEYS`` is an error here,
+    so that a new measurement is added to the schema, not to some rows only.
+    """
+    result = dict(result or {})
+    if "device_name" in result:
+        result["device_kind"] = result.pop("device_name")
+        result["platform"] = "gpu" if result.pop("device", "cpu").startswith("cuda") else "cpu"
+    unknown = set(result) - set(ROW_KEYS)
+    if unknown:
+        raise ValueError(f"the worker's keys {sorted(unknown)} are not in ROW_KEYS")
+    out = dict.fromkeys(ROW_KEYS)
+    out.update({k: v for k, v in result.items() if k not in SPEC_KEYS})
+    out.update({k: row[k] for k in SPEC_KEYS}, status=status, wall_s=wall_s, error_tail=error_tail)
     return out
 
 
@@ -155,18 +191,20 @@ def run_row(row: dict, args, timeout: float) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return dict(row, status=f"error: timeout after {timeout:.0f} s", wall_s=time.perf_counter() - start)
+        return record(row, f"error: timeout after {timeout:.0f} s", time.perf_counter() - start)
     wall = time.perf_counter() - start
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:300]
-        return dict(row, status=f"error: exit {proc.returncode}: {tail}", stderr_tail=proc.stderr[-3000:],
-                    wall_s=wall)
+        return record(row, f"error: exit {proc.returncode}: {tail}", wall, error_tail=proc.stderr[-3000:])
     try:
         result = json.loads(lines[-1])
     except json.JSONDecodeError:
-        return dict(row, status="error: no JSON line", stdout_tail=proc.stdout[-2000:], wall_s=wall)
-    return dict(row, status="ok", wall_s=wall, **{k: v for k, v in result.items() if k not in row})
+        return record(row, "error: no JSON line", wall, error_tail=proc.stdout[-2000:])
+    try:
+        return record(row, "ok", wall, result)
+    except ValueError as err:  # a worker's key outside the schema: the row says so, the suite goes on
+        return record(row, f"error: {err}", wall, error_tail=lines[-1][-2000:])
 
 
 def ratio(rows: dict, num: str, den: str):
@@ -201,10 +239,9 @@ def verdicts(results: dict) -> list[dict]:
 
 def markdown(results: dict) -> str:
     ok = [r for r in results["rows"] if r["status"] == "ok"]
-    jax_dev = next((r["device_kind"] for r in ok if "device_kind" in r), "not measured")
-    torch_dev = next((f"{r['device_name']} (torch {r['torch']})" for r in ok if r["impl"] == "diffusers"),
-                     "not measured")
-    jax_version = next((r["jax"] for r in ok if "jax" in r), results["jax"])
+    jax_dev = next((r["device_kind"] for r in ok if r["jax"]), "not measured")
+    torch_dev = next((f"{r['device_kind']} (torch {r['torch']})" for r in ok if r["torch"]), "not measured")
+    jax_version = next((r["jax"] for r in ok if r["jax"]), results["jax"])
     out = ["# GPU suite: sv.sample against diffusers on one accelerator", "",
            f"Command: `{results['command']}`  ",
            f"JAX device: {jax_dev} (JAX {jax_version}); torch device: {torch_dev}.  ",
@@ -230,8 +267,8 @@ def markdown(results: dict) -> str:
         base = by_id.get("sv_" + r["id"].rsplit("_", 1)[-1])
         comparable = r["impl"] in ("sv", "naive", "diffusers") and base is not None and base["status"] == "ok"
         rel = f"{r['per_step_median_us'] / base['per_step_median_us']:.2f}" if comparable else ""
-        compile_s = f"{r['compile_s']:.2f}" if "compile_s" in r else ""
-        device = r.get("device_kind") or r.get("device_name", "")
+        compile_s = f"{r['compile_s']:.2f}" if r["compile_s"] is not None else ""
+        device = r["device_kind"] or ""
         out.append(f"| {i} | {r['label']} | {shape} | {r['steps']} | {r['per_step_median_us']:.2f} "
                    f"[{r['per_step_min_us']:.2f}, {r['per_step_max_us']:.2f}] | "
                    f"{statistics.median(r['times_s']) * 1e3:.2f} | {rel} | {compile_s} | {r['first_call_s']:.2f} | "
@@ -275,7 +312,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/gpu_suite.py " + " ".join(argv)
     results = {"command": command, "jax": jax.__version__, "python": sys.version.split()[0],
                "budget_s": args.budget_s, "repeats": args.repeats, "tiny": args.tiny, "finished": False,
-               "elapsed_s": 0.0, "rows": [dict(r, status="pending") for r in rows]}
+               "elapsed_s": 0.0, "rows": [record(r, "pending") for r in rows]}
 
     def save() -> None:
         write_atomic(paths["json"], json.dumps(results, indent=1) + "\n")
@@ -286,7 +323,7 @@ def main(argv=None) -> int:
     for i, row in enumerate(rows):
         left = args.budget_s - (time.perf_counter() - start)
         if left < max(min_row_s, 1e-9):
-            results["rows"][i] = dict(row, status="skipped: budget")
+            results["rows"][i] = record(row, "skipped: budget")
             say(f"[{i + 1}/{len(rows)}] {row['id']}: skipped: budget ({left:.0f} s left)")
         else:
             results["rows"][i] = done = run_row(row, args, min(args.row_timeout_s, left))

@@ -91,7 +91,9 @@ def test_speed_workers_time_every_implementation(impl):
 def test_gpu_suite_tiny_dry_run(tmp_path):
     """The GPU suite's CPU dry run: every row runs (or fails) in its own process; the files hold the results.
 
-    Without torch/diffusers the diffusers row must be an error row, not an abort.
+    Every row has the same keys (the suite's ROW_KEYS), whatever its implementation and outcome.
+    With torch/diffusers the diffusers row is timed like the others (its device_kind is torch's
+    device name); without them it must be an error row, not an abort.
     """
     suite = load("gpu_suite")
     assert suite.main(["--tiny", "--out", str(tmp_path)]) == 0
@@ -101,20 +103,45 @@ def test_gpu_suite_tiny_dry_run(tmp_path):
     rows = {r["id"]: r for r in results["rows"]}
     assert list(rows) == [r["id"] for r in suite.rows_for(tiny=True)]
     for rid, r in rows.items():
+        assert list(r) == list(suite.ROW_KEYS), rid
         if r["impl"] == "diffusers" and r["status"] != "ok":
-            assert r["status"].startswith("error")  # torch/diffusers absent here
+            assert r["status"].startswith("error") and r["error_tail"]  # torch/diffusers absent here
+            assert r["per_step_median_us"] is None and r["device_kind"] is None
             continue
         assert r["status"] == "ok", (rid, r["status"])
+        assert r["error_tail"] is None
         assert len(r["times_s"]) == 2 and r["per_step_min_us"] <= r["per_step_median_us"] <= r["per_step_max_us"]
-        assert r["device_kind"] and r["jax"] and r["first_call_s"] >= 0
+        assert r["device_kind"] and r["platform"] == "cpu" and r["first_call_s"] >= 0
+        if r["impl"] == "diffusers":  # torch's worker: its version, no JAX, no separate compile
+            assert r["torch"] and r["jax"] is None and r["compile_s"] is None and r["threads"] >= 1
+        else:
+            assert r["jax"] and r["torch"] is None
         if r["impl"] in ("sv", "dpm_solver"):
             assert r["compile_s"] > 0
     assert rows["unroll4_small"]["unroll"] == 4 and rows["bf16_target"]["dtype"] == "bfloat16"
     table = (tmp_path / "gpu_suite.md").read_text()
     assert "## Targets" in table and table.count("| ok |") == sum(r["status"] == "ok" for r in rows.values())
-    assert "not measured yet" in table  # the diffusers ratio and the UNet share are not measured in the dry run
+    assert "not measured yet" in table  # the UNet share (and, without diffusers, its ratio) is not measured here
     log = (tmp_path / "gpu_suite.log").read_text()
     assert log.count("\n[") == len(rows) and "wrote" in log
+
+
+def test_gpu_suite_rows_have_one_schema():
+    """A torch worker's line, a JAX worker's line, an error and a skip all become rows with ROW_KEYS;
+    a worker key outside the schema is refused (run_row records that as the row's error)."""
+    suite = load("gpu_suite")
+    spec = suite.rows_for(tiny=True)[1]
+    torch_line = {"impl": "diffusers", "shape": [4, 8], "steps": 5, "model": "gaussian", "device": "cuda",
+                  "device_name": "Some GPU", "torch": "2.13.0", "threads": 2, "first_call_s": 0.5,
+                  "times_s": [0.1, 0.2], "per_step_median_us": 30.0, "per_step_min_us": 20.0,
+                  "per_step_max_us": 40.0}
+    row = suite.record(spec, "ok", 1.0, torch_line)
+    assert list(row) == list(suite.ROW_KEYS)
+    assert (row["device_kind"], row["platform"], row["jax"], row["shape"]) == ("Some GPU", "gpu", None, spec["shape"])
+    for other in (suite.record(spec, "error: exit 1: x", 1.0, error_tail="x"), suite.record(spec, "skipped: budget")):
+        assert list(other) == list(suite.ROW_KEYS) and other["device_kind"] is None
+    with pytest.raises(ValueError, match="not in ROW_KEYS"):
+        suite.record(spec, "ok", 1.0, dict(torch_line, new_measurement=1))
 
 
 def test_gpu_suite_budget_skips_rows_and_targets_read_the_rows(tmp_path):

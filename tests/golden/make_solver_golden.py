@@ -13,7 +13,9 @@ slot, (3,), float64)`` (B = 8 samples) with ``key = jax.random.key(SEED)``, exac
 draws with that key. diffusers receives that noise through its own arguments: DDIM's
 ``step(..., variance_noise=noise[k])`` and DPMSolverMultistep's
 ``step(..., variance_noise=noise[k])`` (the ``sde-dpmsolver++`` path uses it instead of
-``randn_tensor``); nothing is monkeypatched for the noise.
+``randn_tensor``); nothing is monkeypatched for the noise. The same subprocess reports the
+library's solver tables (``GRID_SOLVERS``, ``SOLVER_TYPES``, ``FINAL_SIGMAS_TYPES`` of
+``sdevp_jax.loops``), from which the option cases below are generated.
 
 Model (written here in torch, in sdevp_jax in tests/test_solver_parity.py), row-wise: on
 the first half of the batch the exact noise prediction of data ``N(MU, S^2 I)`` in 3-D,
@@ -56,6 +58,32 @@ carries ``/nan_final``. So does UniPC's noise-prediction form (``predict_x0=Fals
 step computes ``sigma_t * expm1(h) = 0 * inf``; its golden last sample is the step's limit, the
 data prediction ``(x - sigma_s eps)/alpha_s``.
 
+Option cases. Besides the grid of named solvers above (``SOLVERS`` x ``SCHEDULES`` x
+``PREDICTION_TYPES`` x ``STEPS``), every combination of sample_ode options that changes a grid
+solver's arithmetic gets a case (:func:`solver_variants`, generated from the library's tables, so
+a new method, order, solver_type or final_sigmas_type gets its case by construction; a method with
+no diffusers counterpart in :func:`diffusers_scheduler` stops this script), on
+``OPTION_HEAD`` at ``VARIANT_STEPS``; and the variants of each multistep solver that its
+step-count thresholds act on (:func:`threshold_variants`) at ``THRESHOLD_STEPS``, both sides of
+DPMSolverMultistepScheduler's ``lower_order_final`` threshold (it lowers the order of the last two
+steps only when there are fewer than 15; UniPC lowers it at every length). sv's
+``final_sigmas_type="last"`` (end at the last grid time) is diffusers' ``final_sigmas_type="sigma_min"``
+for the multistep schedulers (their last step goes to the sigma of label 0: sv's grid gets label
+0 appended, ``/grid_labels``) and DDIM's ``set_alpha_to_one=False`` (its last step goes from label 0
+to ``alphas_cumprod[0]``, the point it starts from; sv's grid is the labels). Such a case's key is
+``<schedule>/<prediction_type>/<variant>/<steps>`` with ``<variant>`` the options written out
+(:func:`variant_name`); it also holds ``/options`` (the sample_ode keyword arguments, JSON) and
+``/grid_labels``. diffusers' UniPC also ends in NaN (or, at order 3, a singular order system) on
+the step to sigma = 0 without ``lower_order_final``: that step is then of order 2 or 3, its
+differences divided by ``r_k = (lambda_k - lambda_s)/h = 0``; sv's step to sigma = 0 is the data
+prediction whatever the order, and the golden holds that, as for bh1.
+
+Reproducibility: on one machine the script is deterministic, and adding cases leaves the other
+arrays bit for bit. Across machines it is not: torch's CPU kernels round differently with the
+instruction set (``torch.linspace`` of the float64 betas already differs between its default and
+its AVX2/AVX-512 builds), which moved the arrays by up to 2.4e-14 relative between two machines
+(the parity bar is 1e-10). Regenerate the whole file on one machine.
+
 The file holds, per case ``<schedule>/<prediction_type>/<solver>/<steps>``:
 ``/labels`` (int64, the scheduler's timesteps), ``/final`` (B, 3), ``/steps``
 (steps, B, 3, the sample after each ``step``) and, for those UniPC cases, ``/nan_final``; and ``x_T`` (B, 3), ``noise``
@@ -66,6 +94,7 @@ The file holds, per case ``<schedule>/<prediction_type>/<solver>/<steps>``:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -113,8 +142,17 @@ SOLVERS = {
 }
 
 
+#: Where the option cases run: one schedule and model of the grid above (Stable Diffusion's, a v-model).
+OPTION_HEAD = ("scaled_linear", "v_prediction")
+#: Every variant at 6 steps: each solver reaches its highest order (UniPC's order 3 needs 5 steps, its
+#: warm-up being min(order, k + 1) and its lowering min(order, N - k)), below DPM-Solver++'s threshold.
+VARIANT_STEPS = (6,)
+#: DPMSolverMultistepScheduler lowers the order of its last two steps when ``len(timesteps) < 15``.
+THRESHOLD_STEPS = (14, 15, 16)
+
+
 def cases():
-    """Every case key."""
+    """Every case key of the named-solver grid."""
     for schedule in SCHEDULES:
         for prediction_type in PREDICTION_TYPES:
             for solver in SOLVERS:
@@ -122,8 +160,80 @@ def cases():
                     yield f"{schedule}/{prediction_type}/{solver}/{steps}"
 
 
+def _extras(method: str, order: int) -> list[dict]:
+    """The options besides order, solver_type, final_sigmas_type and lower_order_final that change
+    ``method``'s arithmetic, each value diffusers has (DPM-Solver++ 3M: only ``third_order="diffusers"``;
+    sv's default exact Taylor term has no diffusers counterpart, see test_dpmpp_3m_taylor_differs_from_diffusers)."""
+    if method == "ddim":
+        return [{"eta": 0.0}, {"eta": 1.0}]
+    if method == "unipc":
+        return [{"predict_x0": True}, {"predict_x0": False}]
+    if method == "dpm_solver_pp" and order == 3:
+        return [{"third_order": "diffusers"}]
+    return [{}]
+
+
+def solver_variants(tables: dict) -> list[dict]:
+    """Every combination of a grid solver's arithmetic-changing options, as sample_ode keyword arguments.
+
+    From the library's tables: each method of ``GRID_SOLVERS``, each order up to its largest, each of
+    its ``SOLVER_TYPES``, each of ``FINAL_SIGMAS_TYPES``, ``lower_order_final`` both ways where the
+    order can be lowered (order >= 2), and :func:`_extras`.
+    """
+    out = []
+    for method, (_, max_order, _) in tables["GRID_SOLVERS"].items():
+        for order in range(1, max_order + 1):
+            for solver_type in tables["SOLVER_TYPES"].get(method, [None]):
+                for final in tables["FINAL_SIGMAS_TYPES"]:
+                    for lower in (True, False) if order >= 2 else (True,):
+                        for extra in _extras(method, order):
+                            options = {"method": method, "order": order}
+                            if solver_type is not None:
+                                options["solver_type"] = solver_type
+                            options.update(final_sigmas_type=final, lower_order_final=lower, **extra)
+                            out.append(options)
+    return out
+
+
+def threshold_variants(tables: dict) -> list[dict]:
+    """The variants the step-count thresholds act on: order >= 2 with ``lower_order_final``, each final
+    type, the default solver_type and extras (the thresholds set the orders, whatever their formulas)."""
+    out = []
+    for options in solver_variants(tables):
+        method, order = options["method"], options["order"]
+        defaults = dict(_extras(method, order)[0], lower_order_final=True)
+        default_type = tables["SOLVER_TYPES"].get(method, [None])[0]
+        if order >= 2 and options.get("solver_type") == default_type and all(
+                options[k] == v for k, v in defaults.items()):
+            out.append(options)
+    return out
+
+
+def variant_name(options: dict) -> str:
+    """A case's solver name from its options: ``method=unipc,order=3,solver_type=bh1,...`` (keys in order)."""
+    return ",".join(f"{k}={v}" for k, v in options.items())
+
+
+def option_cases(tables: dict) -> list[tuple[str, dict]]:
+    """``(key, options)`` of every option case: all variants at VARIANT_STEPS, then the threshold variants
+    at THRESHOLD_STEPS, on OPTION_HEAD."""
+    head = "/".join(OPTION_HEAD)
+    out = [(f"{head}/{variant_name(o)}/{n}", o) for n in VARIANT_STEPS for o in solver_variants(tables)]
+    out += [(f"{head}/{variant_name(o)}/{n}", o) for n in THRESHOLD_STEPS for o in threshold_variants(tables)]
+    return out
+
+
+def library_tables() -> dict:
+    """(Under the JAX Python.) sdevp_jax.loops' solver tables, as JSON-able lists."""
+    from sdevp_jax.loops import FINAL_SIGMAS_TYPES, GRID_SOLVERS, SOLVER_TYPES
+
+    return {"GRID_SOLVERS": {k: list(v) for k, v in GRID_SOLVERS.items()},
+            "SOLVER_TYPES": {k: list(v) for k, v in SOLVER_TYPES.items()},
+            "FINAL_SIGMAS_TYPES": list(FINAL_SIGMAS_TYPES)}
+
+
 def jax_inputs(path: str) -> None:
-    """(Under the JAX Python.) x_T and the noise, as sv.sample_ode draws them from ``key(SEED)``."""
+    """(Under the JAX Python.) x_T and the noise, as sv.sample_ode draws them from ``key(SEED)``, and the tables."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -134,7 +244,28 @@ def jax_inputs(path: str) -> None:
     keys = make_sample_keys(jax.random.key(SEED), BATCH, 0)
     x_t = per_sample_normal(keys, 0, (DIM,), jnp.float64)
     noise = jnp.stack([per_sample_normal(keys, 1 + k, (DIM,), jnp.float64) for k in range(MAX_STEPS)])
-    np.savez(path, x_T=np.asarray(x_t), noise=np.asarray(noise))
+    np.savez(path, x_T=np.asarray(x_t), noise=np.asarray(noise), tables=np.array(json.dumps(library_tables())))
+
+
+def diffusers_scheduler(options: dict) -> tuple[str, dict, bool]:
+    """``(class name, config, stochastic)`` of the diffusers scheduler sample_ode's ``options`` reproduce.
+
+    The config has the solver's own fields; :func:`run_scheduler` adds the schedule, the prediction
+    type and the final step. ``stochastic``: the step takes ``variance_noise``.
+    """
+    method, order = options["method"], options["order"]
+    if method == "ddim":
+        return "DDIMScheduler", {}, options["eta"] != 0.0
+    if method in ("dpm_solver_pp", "sde_dpm_solver_pp"):
+        if method == "dpm_solver_pp" and order == 3 and options.get("third_order") != "diffusers":
+            raise ValueError(f"diffusers has only third_order='diffusers': {options}")
+        algorithm = "dpmsolver++" if method == "dpm_solver_pp" else "sde-dpmsolver++"
+        config = dict(algorithm_type=algorithm, solver_order=order, solver_type=options["solver_type"])
+        return "DPMSolverMultistepScheduler", config, method == "sde_dpm_solver_pp"
+    if method == "unipc":
+        config = dict(solver_type=options["solver_type"], solver_order=order, predict_x0=options["predict_x0"])
+        return "UniPCMultistepScheduler", config, False
+    raise ValueError(f"no diffusers counterpart known for method={method!r}: add it to diffusers_scheduler")
 
 
 class _Float32As64:
@@ -178,15 +309,46 @@ def make_model(torch, acp, prediction_type: str):
 
 
 def run_case(torch, diffusers, key: str, x_t: np.ndarray, noise: np.ndarray):
+    """A case of the named-solver grid: ``(labels, steps)``."""
+    schedule, prediction_type, solver, steps = key.split("/")
+    cls_name, config, stochastic = SOLVERS[solver]
+    eta = (1.0 if solver == "ddim_eta1" else 0.0) if cls_name == "DDIMScheduler" else None
+    return run_scheduler(torch, diffusers, schedule, prediction_type, cls_name, config, stochastic, eta,
+                         final_zero=True, lower_order_final=True, steps=int(steps), x_t=x_t, noise=noise,
+                         limit_final=nan_final(solver))
+
+
+def run_option_case(torch, diffusers, key: str, options: dict, x_t: np.ndarray, noise: np.ndarray):
+    """An option case: ``(labels, grid_labels, steps, limit_final)``, ``grid_labels`` the labels sv steps through."""
+    schedule, prediction_type, _, steps = key.split("/")
+    cls_name, config, stochastic = diffusers_scheduler(options)
+    final_zero = options["final_sigmas_type"] == "zero"
+    limit = option_nan_final(options)
+    labels, out = run_scheduler(torch, diffusers, schedule, prediction_type, cls_name, config, stochastic,
+                                options.get("eta"), final_zero=final_zero,
+                                lower_order_final=options["lower_order_final"], steps=int(steps), x_t=x_t,
+                                noise=noise, limit_final=limit)
+    # the multistep schedulers' sigma_min is the sigma of label 0, the point sv's grid must end at
+    grid = labels if final_zero or cls_name == "DDIMScheduler" else np.concatenate([labels, [0]])
+    return labels, grid.astype(np.int64), out, limit
+
+
+def run_scheduler(torch, diffusers, schedule, prediction_type, cls_name, config, stochastic, eta, *, final_zero,
+                  lower_order_final, steps, x_t, noise, limit_final):
+    """diffusers' scheduler ``cls_name`` through ``steps`` steps in float64: ``(labels, samples after each step)``.
+
+    ``final_zero``: the last step goes to sigma = 0 (DDIM: to alpha = 1); otherwise to the sigma of
+    label 0 (multistep: ``final_sigmas_type="sigma_min"``; DDIM: ``set_alpha_to_one=False``).
+    ``limit_final``: diffusers' UniPC step to sigma = 0 is not finite there; the data prediction stands in.
+    """
     from make_schedule_golden import betas_float64
 
-    schedule, prediction_type, solver, steps = key.split("/")
-    steps = int(steps)
     beta_schedule, start, end = SCHEDULES[schedule]
-    cls_name, config, stochastic = SOLVERS[solver]
     cls = getattr(diffusers, cls_name)
-    extra = dict(clip_sample=False, set_alpha_to_one=True) if cls_name == "DDIMScheduler" else dict(
-        final_sigmas_type="zero", lower_order_final=True)
+    if cls_name == "DDIMScheduler":
+        extra = dict(clip_sample=False, set_alpha_to_one=final_zero)
+    else:
+        extra = dict(final_sigmas_type="zero" if final_zero else "sigma_min", lower_order_final=lower_order_final)
     sched = cls(num_train_timesteps=1000, beta_schedule=beta_schedule, beta_start=start, beta_end=end,
                 prediction_type=prediction_type, **config, **extra)
     betas = betas_float64(beta_schedule, start, end, 1000)
@@ -196,13 +358,14 @@ def run_case(torch, diffusers, key: str, x_t: np.ndarray, noise: np.ndarray):
     sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
     acp = sched.alphas_cumprod
     if cls_name == "DDIMScheduler":
-        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64) if final_zero else acp[0]
     sched.set_timesteps(steps)
     labels = sched.timesteps.numpy().astype(np.int64)
     assert labels.shape == (steps,)
     if cls_name != "DDIMScheduler":
         a = acp[torch.as_tensor(labels)]
-        sigmas = torch.cat([((1.0 - a) / a).sqrt(), torch.zeros(1, dtype=torch.float64)])
+        last = torch.zeros(1, dtype=torch.float64) if final_zero else ((1.0 - acp[:1]) / acp[:1]).sqrt()
+        sigmas = torch.cat([((1.0 - a) / a).sqrt(), last])
         assert sched.sigmas.dtype == torch.float32
         assert np.allclose(sigmas.numpy(), sched.sigmas.numpy(), rtol=1e-5, atol=0), "sigmas changed"
         sched.sigmas = sigmas
@@ -212,9 +375,9 @@ def run_case(torch, diffusers, key: str, x_t: np.ndarray, noise: np.ndarray):
     for k, n in enumerate(labels):
         kwargs = {"variance_noise": torch.as_tensor(noise[k])} if stochastic else {}
         if cls_name == "DDIMScheduler":
-            kwargs["eta"] = 1.0 if solver == "ddim_eta1" else 0.0
+            kwargs["eta"] = eta
         output = fn(x, int(n))
-        last_unipc = cls_name == "UniPCMultistepScheduler" and k == steps - 1
+        last_unipc = cls_name == "UniPCMultistepScheduler" and k == steps - 1 and final_zero
         if last_unipc:  # its order-1 step to sigma = 0 is the data prediction here (see nan_final)
             if config.get("predict_x0", True):
                 limit = sched.convert_model_output(output, sample=x)
@@ -223,10 +386,14 @@ def run_case(torch, diffusers, key: str, x_t: np.ndarray, noise: np.ndarray):
                 index = sched.step_index if sched.step_index is not None else k
                 alpha_s, sigma_s = sched._sigma_to_alpha_sigma_t(sched.sigmas[index])
                 limit = (x - sigma_s * eps) / alpha_s
-        x = sched.step(output, int(n), x, **kwargs).prev_sample
+        try:
+            x = sched.step(output, int(n), x, **kwargs).prev_sample
+        except torch.linalg.LinAlgError:  # UniPC's order-3 system to sigma = 0 is singular (r_k = 0)
+            assert last_unipc and limit_final, (cls_name, config, k)
+            x = torch.full_like(x, float("nan"))
         assert x.dtype == torch.float64
-        if last_unipc and nan_final(solver):
-            assert torch.all(torch.isnan(x)), f"diffusers' {solver} now ends finite: drop nan_final"
+        if last_unipc and limit_final:
+            assert not torch.any(torch.isfinite(x)), f"diffusers' UniPC {config} now ends finite: drop nan_final"
             x = limit
         elif last_unipc:
             assert torch.equal(x, limit)
@@ -238,6 +405,14 @@ def nan_final(solver: str) -> bool:
     """diffusers' UniPC ends in NaN with bh1 (B(h) = -h = -inf times 0) and in its noise form
     (sigma_t (e^h - 1) = 0 * inf on the step to sigma = 0)."""
     return solver.startswith("unipc_bh1") or solver.endswith("_noise")
+
+
+def option_nan_final(options: dict) -> bool:
+    """An option case ending where diffusers' UniPC step to sigma = 0 is not finite: bh1, the noise form,
+    or without lower_order_final an order-2 or -3 last step, whose differences divide by r_k = 0."""
+    return options["method"] == "unipc" and options["final_sigmas_type"] == "zero" and (
+        options["solver_type"] == "bh1" or not options["predict_x0"]
+        or (not options["lower_order_final"] and options["order"] >= 2))
 
 
 def main() -> None:
@@ -261,7 +436,7 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=ROOT)
         subprocess.run([args.jax_python, os.path.abspath(__file__), "--inputs", inputs], check=True, env=env)
         with np.load(inputs) as data:
-            x_t, noise = data["x_T"], data["noise"]
+            x_t, noise, tables = data["x_T"], data["noise"], json.loads(str(data["tables"]))
     assert x_t.dtype == noise.dtype == np.float64 and noise.shape == (MAX_STEPS, BATCH, DIM)
 
     torch.set_default_dtype(torch.float64)
@@ -274,6 +449,16 @@ def main() -> None:
             if nan_final(key.split("/")[2]):
                 out[f"{key}/nan_final"] = np.array(True)
             out[f"{key}/labels"] = labels
+            out[f"{key}/steps"] = steps
+            out[f"{key}/final"] = steps[-1]
+        for key, options in option_cases(tables):
+            labels, grid, steps, limit = run_option_case(torch, diffusers, key, options, x_t, noise)
+            assert np.all(np.isfinite(steps)), key
+            if limit:
+                out[f"{key}/nan_final"] = np.array(True)
+            out[f"{key}/labels"] = labels
+            out[f"{key}/grid_labels"] = grid
+            out[f"{key}/options"] = np.array(json.dumps(options))
             out[f"{key}/steps"] = steps
             out[f"{key}/final"] = steps[-1]
     finally:
