@@ -16,13 +16,16 @@ depends only on ``(key, b)``), so spreading it out is a matter of placement:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["batch_sharding", "initialize", "barrier"]
+from . import _checks
+
+__all__ = ["batch_sharding", "sample_on_devices", "initialize", "barrier"]
 
 
 def batch_sharding(devices: Optional[Sequence[jax.Device]] = None, axis_name: str = "batch") -> NamedSharding:
@@ -35,6 +38,157 @@ def batch_sharding(devices: Optional[Sequence[jax.Device]] = None, axis_name: st
     if not devices:
         raise ValueError("devices must not be empty")
     return NamedSharding(Mesh(np.array(devices), (axis_name,)), PartitionSpec(axis_name))
+
+
+
+def _device_list(devices) -> list:
+    """``devices`` (default: this process's) as a checked list of distinct addressable devices."""
+    if devices is None:
+        return list(jax.local_devices())
+    if isinstance(devices, jax.Device):
+        raise TypeError(f"devices must be a sequence of jax.Device, got the single device {devices!r}; "
+                        "pass [device]")
+    try:
+        devices = list(devices)
+    except TypeError:
+        raise TypeError(f"devices must be a sequence of jax.Device or None, got {type(devices).__name__}") from None
+    if not devices:
+        raise ValueError("devices must not be empty")
+    for d in devices:
+        if not isinstance(d, jax.Device):
+            raise TypeError(f"devices must hold jax.Device objects, got {d!r} of type {type(d).__name__}")
+        if d.process_index != jax.process_index():
+            raise ValueError(f"devices must be this process's (jax.local_devices()), got {d!r} of process "
+                             f"{d.process_index}; each process samples its own slice (index_offset)")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices must be distinct, got {devices}")
+    return devices
+
+
+def sample_on_devices(
+    draw: Callable[..., Any],
+    key: jax.Array,
+    num_samples: int,
+    *,
+    piece_size: int,
+    devices: Optional[Sequence[jax.Device]] = None,
+    cond: Any = None,
+    index_offset: int = 0,
+) -> Any:
+    """Draw a global batch as single-device pieces of one size, spread over ``devices``, into one sharded array.
+
+    The batch is cut into ``num_samples / piece_size`` pieces. Piece ``p`` is one
+    single-device program of ``piece_size`` rows, ``jax.jit(draw, static_argnums=1)``
+    called as ``draw(key, piece_size, o, cond_p)`` with ``o = np.uint32(index_offset + p * piece_size)``
+    and ``cond_p`` the piece's rows of ``cond``, its inputs committed to the piece's device
+    (``jax.device_put``), so it runs there; device ``d`` of ``devices`` computes the
+    contiguous pieces ``[d k, (d + 1) k)``, ``k = num_samples / (piece_size * len(devices))``.
+    JAX dispatches asynchronously, so the devices run their pieces concurrently. The
+    pieces are assembled, with no gather, into one ``jax.Array`` sharded by
+    ``batch_sharding(devices)``: each device's shard is its own pieces, concatenated there.
+
+    Each piece is therefore bitwise the single-device call of ``piece_size`` rows at its
+    offset (the same program compiled for another device of the host gives the same
+    bits; tests/test_devices.py compares bits on 1, 2, 4 and 8 devices), and the samples
+    do not depend on the number of devices. A jit with ``out_shardings=batch_sharding()``
+    instead compiles one program partitioned over the devices, which XLA may fuse and
+    round differently (see the module docstring).
+
+    JAX compiles a program per device: a first call compiles ``draw``'s program once for
+    each of ``devices`` (serially, as the first piece of each is dispatched); later calls
+    with the same ``draw`` object, ``piece_size`` and argument shapes reuse them.
+
+    Example::
+
+        def draw(key, batch, index_offset, cond):
+            return sv.sample(state, model_fn, key, (batch, 2), index_offset=index_offset, cond=cond)
+
+        x = sv.distributed.sample_on_devices(draw, jax.random.key(0), 4096, piece_size=512)
+
+    Args:
+      draw: ``draw(key, batch, index_offset, cond) -> samples``: ``batch`` is a Python int
+        (static), ``index_offset`` a 0-d uint32 array (traced, so every piece shares one
+        compilation), ``cond`` the piece's rows of ``cond`` (``None`` without one). It
+        returns an array, or a pytree of arrays, each with ``batch`` leading rows
+        (e.g. ``sv.sample`` or ``sv.sample_ode``; ``return_info``'s scalar does not qualify).
+      key: the PRNG key, passed to every piece unchanged.
+      num_samples: the global batch, a positive multiple of ``piece_size * len(devices)``
+        (every device holds the same number of whole pieces).
+      piece_size: rows per piece, an int >= 1: the unit whose bits do not depend on the
+        device count (as a job's ``batch_size`` is).
+      devices: distinct devices of this process, default ``jax.local_devices()``.
+      cond: ``None`` or the samples' conditions: a pytree whose every leaf has ``num_samples``
+        leading rows (row ``b`` is sample ``index_offset + b``'s); piece ``p`` gets rows
+        ``[p * piece_size, (p + 1) * piece_size)``.
+      index_offset: the global index of the first sample, an int >= 0 with
+        ``index_offset + num_samples <= 2**32`` (e.g. a process's slice of a larger job).
+
+    Returns:
+      ``draw``'s output for the whole batch: arrays of ``num_samples`` rows, sharded over
+      ``devices`` by :func:`batch_sharding`.
+    """
+    if not callable(draw):
+        raise TypeError(f"draw must be callable as draw(key, batch, index_offset, cond), got {type(draw).__name__}")
+    devices = _device_list(devices)
+    num_samples = _checks.int_at_least("num_samples", num_samples, 1)
+    piece_size = _checks.int_at_least("piece_size", piece_size, 1)
+    index_offset = _checks.int_at_least("index_offset", index_offset, 0)
+    unit = piece_size * len(devices)
+    if num_samples % unit:
+        raise ValueError(
+            f"num_samples must be a multiple of piece_size * len(devices) = {piece_size} * {len(devices)} = {unit} "
+            f"(each device holds the same number of whole pieces), got {num_samples}; "
+            f"the next multiple is {-(-num_samples // unit) * unit}"
+        )
+    if index_offset + num_samples > 2**32:
+        raise ValueError(f"index_offset + num_samples must be <= 2**32 (sample indices are uint32), got "
+                         f"{index_offset} + {num_samples}")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+        shape = getattr(leaf, "shape", None)
+        if shape is None or len(shape) == 0 or shape[0] != num_samples:
+            where = jax.tree_util.keystr(path) or "cond"
+            raise ValueError(f"every leaf of cond must have num_samples = {num_samples} leading rows; "
+                             f"{where} has shape {shape}")
+
+    def piece_cond(p):
+        return jax.tree.map(lambda c: c[p * piece_size:(p + 1) * piece_size], cond)
+
+    program = jax.jit(draw, static_argnums=1)
+    out = program.eval_shape(key, piece_size, np.uint32(index_offset), piece_cond(0))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(out):
+        if len(leaf.shape) == 0 or leaf.shape[0] != piece_size:
+            where = jax.tree_util.keystr(path) or "its output"
+            raise ValueError(f"draw(key, {piece_size}, index_offset, cond) must return arrays of piece_size = "
+                             f"{piece_size} leading rows; {where} has shape {leaf.shape}")
+
+    per_device = num_samples // unit
+    keys = [jax.device_put(key, d) for d in devices]
+
+    def run(i, j):
+        """Dispatch piece ``j`` of device ``i`` (returns once it is enqueued, or compiled on a first call)."""
+        p = i * per_device + j
+        offset = jax.device_put(np.uint32(index_offset + p * piece_size), devices[i])
+        return program(keys[i], piece_size, offset, jax.device_put(piece_cond(p), devices[i]))
+
+    # Round-robin over the devices, so that each gets its first piece at once. A device's first call
+    # compiles the program for it (on the calling thread); after that a call only enqueues the piece.
+    pieces = [[None] * per_device for _ in devices]
+    for j in range(per_device):
+        for i in range(len(devices)):
+            pieces[i][j] = run(i, j)
+    sharding = batch_sharding(devices)
+    flat_pieces = [[jax.tree.leaves(piece) for piece in row] for row in pieces]
+
+    def assemble(n, leaf_shape):
+        """Leaf ``n`` of every piece: each device's pieces concatenated on that device, then one array."""
+        blocks = []
+        for row in flat_pieces:
+            parts = [leaves[n] for leaves in row]
+            blocks.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+        return jax.make_array_from_single_device_arrays((num_samples, *leaf_shape[1:]), sharding, blocks)
+
+    flat, treedef = jax.tree.flatten(out)
+    return jax.tree.unflatten(treedef, [assemble(n, leaf.shape) for n, leaf in enumerate(flat)])
 
 
 def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
