@@ -170,6 +170,7 @@ def cell(r: dict | None) -> str:
 
 
 def table(args, label: str, repo: Path) -> dict:
+    rev = git_rev(repo)  # before the run: the code the children import
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {}
@@ -191,7 +192,7 @@ def table(args, label: str, repo: Path) -> dict:
                        "job": compare(np.load(dirs[count] / f"{stem}.job.npy"), np.load(dirs[1] / f"{stem}.job.npy")),
                        "sample_on_devices_in_process": r.get("sample_on_devices_in_process")}
                 rows.setdefault(case, {})[count] = row
-    return {"label": label, "repo": str(repo), "rev": git_rev(repo), "rows": rows}
+    return {"label": label, "repo": str(repo), "rev": rev, "rows": rows}
 
 
 def throughput(args, repos: dict[str, Path]) -> dict:
@@ -209,7 +210,7 @@ def stats(values: list[float]) -> str:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"# Device count and samples", "",
+    lines = ["# Device count and samples", "",
              f"Command: `{result['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['machine']}), CPU backend with forced host devices; "
              f"jax {result['jax']}; {result['date']}.", ""]
@@ -220,13 +221,19 @@ def markdown(result: dict) -> str:
                   f"(pieces of {s['piece']}), against single-device calls of each shard's size (out_shardings, same "
                   f"process) or of each piece in the 1-device process (sample_on_devices); job: "
                   f"{s['job_samples']} samples in chunks of {s['job_batch']}, against the 1-device job. "
-                  "\"yes\": bitwise; else the max |difference|.", "",
+                  "\"yes\": bitwise; else the max |difference|. Where sample_on_devices differs from the "
+                  "1-device process, \"same process\" compares it with single-device calls of the pieces in "
+                  "its own process.", "",
                   "| model | method | devices | out_shardings | sample_on_devices | job |", "|---|---|---|---|---|---|"]
         for case, counts in t["rows"].items():
             model, method = case.split("/")
             for count, row in counts.items():
+                helper = cell(row["sample_on_devices"])
+                same = row.get("sample_on_devices_in_process")
+                if same is not None and not row["sample_on_devices"]["bitwise"]:
+                    helper += f" (same process: {cell(same)})"
                 lines.append(f"| {model} | {method} | {count} | {cell(row['out_shardings'])} | "
-                             f"{cell(row['sample_on_devices'])} | {cell(row['job'])} |")
+                             f"{helper} | {cell(row['job'])} |")
         lines.append("")
     if "throughput" in result:
         lines += ["## run_job throughput", "",
@@ -304,8 +311,8 @@ def main(argv=None) -> int:
     if not args.no_table:
         result["tables"] = [table(args, label, repo) for label, repo in repos.items()]
     if args.throughput:
-        result["throughput"] = throughput(args, repos)
         result["throughput_revs"] = {label: git_rev(repo) for label, repo in repos.items()}
+        result["throughput"] = throughput(args, repos)
     text = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(targets[0], lambda f: f.write(json.dumps(result, indent=1).encode()), overwrite=args.force)
