@@ -1,14 +1,36 @@
-"""Devices and processes: a batch sharding over local devices, and JAX's multi-controller runtime.
+"""Devices and processes: fixed-size pieces on the local devices, a batch sharding, JAX's multi-controller runtime.
 
 Sampling needs no communication between samples (the noise of sample ``b``
 depends only on ``(key, b)``), so spreading it out is a matter of placement:
 
-* over the devices of one process, jit ``sample`` / ``sample_ode`` with the batch
-  sharded (``out_shardings=batch_sharding()``): each device computes its own
-  shard, with no gather. Each shard is bitwise the single-device call of the
-  shard's size at the shard's ``index_offset`` (the same compiled shapes); the
-  whole equals the single-device call of the whole batch to float rounding
-  (XLA compiles a batch of B and of B/n differently; tests/test_invariance.py);
+* over the devices of one process, bitwise: :func:`sample_on_devices` cuts the
+  batch into pieces of a fixed size and runs each piece as one single-device
+  program on its own device. Each piece is bitwise the single-device call of its
+  size at its ``index_offset`` in the same process (tests/test_devices.py compares
+  the bits on 1, 2, 4 and 8 forced CPU devices, every method, six models). The same
+  single-device program in a process with another device count gave the same bits
+  for five of the six models; for a Flax conv net a process of 8 forced CPU devices
+  gave other bits than a process of 1 (at 24 steps up to 1.8e-4 with the fixed-step
+  samplers, 1.1e-2 with the adaptive solver; the same optimized HLO, so XLA's CPU
+  runtime executes the convolution differently there;
+  benchmarks/results/device_count_before.md);
+* over the devices of one process, to float rounding: jit ``sample`` /
+  ``sample_ode`` with the batch sharded (``out_shardings=batch_sharding()``). Each
+  device computes its own shard with no gather, but the devices run ONE program
+  partitioned over them, which XLA may fuse and round differently from the
+  single-device program of a shard's size. On 2, 4 and 8 forced CPU devices at 24
+  steps (samples of size ~1.5), a Gaussian-mixture score written with exp / log /
+  softmax gave shards up to 2.9e-5 from the single-device calls with the fixed-step
+  samplers and 4.7e-4 with the adaptive ODE solver (its accepted steps move with
+  rounding); the embedded mixture up to 6e-7 (``unipc``, 4 devices), otherwise the
+  same bits, as a Flax MLP, a Flax conv net and two guided models did in the cases
+  measured, which nothing guarantees for other models, shapes or backends.
+  tests/test_devices.py holds each shard within 2 P of the single-device calls
+  (8 P for the adaptive solver), P the change that a 2-ulp perturbation of the
+  model's output makes; benchmarks/results/device_count_before.md has the table per
+  model, method and device count. Either way the whole batch equals the
+  single-device call of the whole batch to float rounding only (XLA compiles a
+  batch of B and of B/n differently; tests/test_invariance.py);
 * over processes (hosts), each process computes its own slice of sample
   indices (``index_offset``) -- see :mod:`sdevp_jax.jobs` -- after
   :func:`initialize` has joined them into one JAX runtime.
@@ -31,8 +53,9 @@ __all__ = ["batch_sharding", "sample_on_devices", "initialize", "barrier"]
 def batch_sharding(devices: Optional[Sequence[jax.Device]] = None, axis_name: str = "batch") -> NamedSharding:
     """A sharding that splits the leading (batch) axis over ``devices`` (default: this process's).
 
-    Use it as ``out_shardings`` of a jitted sampler; the batch size must be a
-    multiple of the number of devices.
+    Use it as ``out_shardings`` of a jitted sampler (equal to single-device calls to
+    float rounding, see the module docstring); the batch size must be a multiple of the
+    number of devices. :func:`sample_on_devices` returns arrays with this sharding.
     """
     devices = list(jax.local_devices() if devices is None else devices)
     if not devices:
@@ -88,11 +111,13 @@ def sample_on_devices(
     ``batch_sharding(devices)``: each device's shard is its own pieces, concatenated there.
 
     Each piece is therefore bitwise the single-device call of ``piece_size`` rows at its
-    offset (the same program compiled for another device of the host gives the same
-    bits; tests/test_devices.py compares bits on 1, 2, 4 and 8 devices), and the samples
-    do not depend on the number of devices. A jit with ``out_shardings=batch_sharding()``
-    instead compiles one program partitioned over the devices, which XLA may fuse and
-    round differently (see the module docstring).
+    offset in the same process (the program compiled for another device of the host gives
+    the same bits; tests/test_devices.py compares bits on 1, 2, 4 and 8 forced CPU
+    devices), so within a process the samples do not depend on how many devices share
+    the work. Across processes with other device counts the single-device program itself
+    may differ on CPU (see the module docstring). A jit with
+    ``out_shardings=batch_sharding()`` instead compiles one program partitioned over the
+    devices, which XLA may fuse and round differently (see the module docstring).
 
     JAX compiles a program per device: a first call compiles ``draw``'s program once for
     each of ``devices`` (serially, as the first piece of each is dispatched); later calls
