@@ -145,8 +145,9 @@ def test_sharded_sampling_equals_single_device_with_no_gather():
 
     Equal to 1e-5 for the predictors and the ODE solvers, not bitwise: each device
     compiles a program for its own 8-row shard, and XLA may sum and fuse a batch
-    of 8 differently from one of 64 (tests/test_invariance.py compares each shard
-    bitwise with a single-device call of its own size). With the Langevin
+    of 8 differently from one of 64, and one program partitioned over devices may
+    round otherwise than the single-device program of a shard's size (tests/test_devices.py).
+    Jobs do not use this pattern: each device takes whole single-device chunks. With the Langevin
     corrector, to 1e-4 (measured: 2.8e-5 at most, on samples of size ~1). The adaptive
     solver's while-loop needs an all-reduce of its stop flag, a scalar; no
     sampler gathers the batch.
