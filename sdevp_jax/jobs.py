@@ -1185,7 +1185,6 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
         finished = set(good)
 
         def compute():
-            nonlocal done
             if not todo:
                 return
             keys, executables = built

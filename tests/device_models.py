@@ -9,6 +9,10 @@ checkout's) and a scheduler state, and returns a :class:`Model`.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -141,3 +145,16 @@ def make_draw(sv, state, model: Model, method: str, extra: Optional[dict] = None
                              cond=cond, **extra)
 
     return draw
+
+
+def run_child(script: str, args: list[str], timeout: float = 900) -> dict:
+    """Run a test file as a child process (its own forced device count) and return its last line's JSON.
+
+    The repository root goes on the child's ``PYTHONPATH``, so it imports this checkout's
+    ``sdevp_jax``; a child that fails shows the end of its stderr.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

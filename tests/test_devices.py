@@ -26,7 +26,6 @@ if __name__ == "__main__":  # a child: the device count must be set before JAX s
 
 import hashlib
 import json
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -115,12 +114,7 @@ def child(cases: list[str], spmd_cases: list[str]) -> dict:
 
 
 def run_child(count: int, cases: tuple[str, ...], spmd_cases: tuple[str, ...] = ()) -> dict:
-    args = [sys.executable, __file__, str(count), ",".join(cases), ",".join(spmd_cases)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = dm.run_child(__file__, [str(count), ",".join(cases), ",".join(spmd_cases)])
     assert result["devices"] == count, result
     return result
 

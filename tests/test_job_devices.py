@@ -22,7 +22,6 @@ if __name__ == "__main__":  # a child: the device count must be set before JAX s
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +64,7 @@ def child(count: int, out: Path, cases: list[str], resume: list[str]) -> dict:
 
 
 def run_child(count: int, out: Path, cases: list[str], resume: list[str] = ()) -> dict:
-    args = [sys.executable, __file__, str(count), str(out), ",".join(cases), ",".join(resume)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = dm.run_child(__file__, [str(count), str(out), ",".join(cases), ",".join(resume)])
     assert result["devices"] == count, result
     return result
 

@@ -275,6 +275,14 @@ def test_a_full_disk_during_a_chunk_write_ends_in_one_line_and_resumes(tmp_path,
     np.testing.assert_array_equal(bits(out / "samples.npz"), bits(tmp_path / "elsewhere" / "samples.npz"))
 
 
+def test_a_directory_that_cannot_be_written_ends_in_one_line(small_fs, capsys):
+    """The file system remounted read-only (a permission no root can override): one line, exit 1."""
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    assert run_cli(small_fs / "job") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot create the output directory" in line and "Read-only file system" in line
+
+
 def test_a_job_larger_than_the_free_space_is_refused_before_it_starts(small_fs, capsys):
     """2000 samples of 16 floats (128 KB of chunks and as much of samples.npz) on 64 KiB: refused upfront."""
     out = small_fs / "job"
