@@ -19,10 +19,11 @@ one device, else the largest absolute difference:
 
 ``--repo PATH`` (or ``LABEL=PATH``, repeatable) imports ``sdevp_jax`` from another
 checkout; the models always come from this checkout's tests/device_models.py.
-``--throughput`` times ``run_job`` (4096 samples, batch 512, 100 Euler-Maruyama steps of
-the embedded 2-D mixture) on 1 and 4 forced devices, for every ``--repo``, interleaved
-in ``--rounds`` rounds: the first job of a process (compilation included) and a second
-one in a fresh directory (the sampler compiled), median and min-max over rounds.
+``--throughput`` times ``run_job`` (by default 16384 samples, batch 2048, 1000 Euler-Maruyama steps of
+the embedded 64-D mixture; ``--tp-*`` change them) on 1 and 4 forced devices, for every ``--repo``,
+interleaved in ``--rounds`` rounds: the first job of a process (compilation included), a second
+one in a fresh directory (a new sampler, compiled again), and one whose programs the persistent
+compilation cache holds, median and min-max over rounds.
 
     python benchmarks/device_count.py --name device_count_before --force
     python benchmarks/device_count.py --repo before=/path/to/old --repo after=. --throughput --rounds 5 --force
@@ -119,15 +120,21 @@ def child_throughput(args) -> dict:
 
     import sdevp_jax as sv
 
-    spec = sv.JobSpec(num_samples=4096, batch_size=512, seed=0, steps=100, method="euler_maruyama",
-                      event_shape=(2,))
+    spec = sv.JobSpec(num_samples=args.tp_samples, batch_size=args.tp_batch, seed=0, steps=args.tp_steps,
+                      method="euler_maruyama", event_shape=(args.tp_dim,))
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(2):
             start = time.perf_counter()
             sv.run_job(spec, Path(tmp) / f"job{i}")
             times.append(time.perf_counter() - start)
-    return {"devices": len(jax.devices()), "first_s": times[0], "second_s": times[1]}
+        # The persistent compilation cache filled by one job, then read by the timed one: sampling and
+        # writing with the compiled programs loaded, not compiled (one per device on CPU).
+        sv.run_job(spec, Path(tmp) / "fill", cache_dir=Path(tmp) / "cache")
+        start = time.perf_counter()
+        sv.run_job(spec, Path(tmp) / "cached", cache_dir=Path(tmp) / "cache")
+        times.append(time.perf_counter() - start)
+    return {"devices": len(jax.devices()), "first_s": times[0], "second_s": times[1], "cached_s": times[2]}
 
 
 # ------------------------------------------------------------------------------------------------- parent
@@ -200,8 +207,14 @@ def throughput(args, repos: dict[str, Path]) -> dict:
     for _ in range(args.rounds):
         for label, repo in repos.items():
             for count in (1, 4):
-                runs[label][count].append(run_child(repo, count, ["--child", "throughput"], args.child_timeout))
+                runs[label][count].append(run_child(repo, count, ["--child", "throughput", *throughput_argv(args)],
+                                                    args.child_timeout))
     return {label: {str(c): r for c, r in counts.items()} for label, counts in runs.items()}
+
+
+def throughput_argv(args) -> list[str]:
+    return ["--tp-samples", str(args.tp_samples), "--tp-batch", str(args.tp_batch), "--tp-steps", str(args.tp_steps),
+            "--tp-dim", str(args.tp_dim)]
 
 
 def stats(values: list[float]) -> str:
@@ -210,6 +223,7 @@ def stats(values: list[float]) -> str:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
+    s = result["settings"]
     lines = ["# Device count and samples", "",
              f"Command: `{result['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['machine']}), CPU backend with forced host devices; "
@@ -237,14 +251,17 @@ def markdown(result: dict) -> str:
         lines.append("")
     if "throughput" in result:
         lines += ["## run_job throughput", "",
-                  f"4096 samples, batch 512, 100 Euler-Maruyama steps, 2-D embedded mixture; seconds per run_job, "
+                  f"{s['tp_samples']} samples, batch {s['tp_batch']}, {s['tp_steps']} Euler-Maruyama steps, "
+                  f"{s['tp_dim']}-D embedded mixture; seconds per run_job, "
                   f"median (min-max) over {result['settings']['rounds']} interleaved rounds; first: a fresh process "
-                  "(compilation included), second: the same spec into a fresh directory in that process.", "",
-                  "| checkout | devices | first (s) | second (s) |", "|---|---|---|---|"]
+                  "(compilation included), second: the same spec into a fresh directory in that process (compiled "
+                  "again: a new sampler), cached: with the persistent compilation cache filled by an earlier job "
+                  "(loaded, not compiled).", "",
+                  "| checkout | devices | first (s) | second (s) | cached (s) |", "|---|---|---|---|---|"]
         for label, counts in result["throughput"].items():
             for count, runs in counts.items():
                 lines.append(f"| {label} | {count} | {stats([r['first_s'] for r in runs])} | "
-                             f"{stats([r['second_s'] for r in runs])} |")
+                             f"{stats([r['second_s'] for r in runs])} | {stats([r['cached_s'] for r in runs])} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -276,6 +293,10 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput", action="store_true", help="also time run_job on 1 and 4 devices")
     parser.add_argument("--no-table", action="store_true", help="skip the bitwise table")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tp-samples", type=int, default=16384, help="--throughput: the job's samples")
+    parser.add_argument("--tp-batch", type=int, default=2048, help="--throughput: its batch size")
+    parser.add_argument("--tp-steps", type=int, default=1000, help="--throughput: its steps")
+    parser.add_argument("--tp-dim", type=int, default=64, help="--throughput: the mixture's dimension")
     parser.add_argument("--child-timeout", type=float, default=3600)
     parser.add_argument("--name", default="device_count")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -307,7 +328,9 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": machine(), "jax": jax.__version__,
               "settings": {"steps": args.steps, "piece": args.piece, "job_samples": args.job_samples,
-                           "job_batch": args.job_batch, "seed": args.seed, "rounds": args.rounds}}
+                           "job_batch": args.job_batch, "seed": args.seed, "rounds": args.rounds,
+                           "tp_samples": args.tp_samples, "tp_batch": args.tp_batch, "tp_steps": args.tp_steps,
+                           "tp_dim": args.tp_dim}}
     if not args.no_table:
         result["tables"] = [table(args, label, repo) for label, repo in repos.items()]
     if args.throughput:
