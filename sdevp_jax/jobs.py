@@ -1065,9 +1065,14 @@ def _file_sha256(path: Path) -> Optional[str]:
         return None
 
 
-def _spec_fields(spec: JobSpec, out: Path, allow_nonfinite: bool) -> dict:
+def _spec_fields(spec: JobSpec, allow_nonfinite: bool) -> dict:
+    """What every process of a job must agree on: the spec's fields, the versions, ``allow_nonfinite``.
+
+    Not the output path: hosts may mount the shared directory at different paths. Processes
+    that write to different directories are caught when process 0 verifies every chunk.
+    """
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    return fields | {"versions": versions(), "out": str(out.resolve()), "allow_nonfinite": allow_nonfinite}
+    return fields | {"versions": versions(), "allow_nonfinite": allow_nonfinite}
 
 
 def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = None,
@@ -1113,7 +1118,7 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
     out = Path(out)
     process, count = jax.process_index(), jax.process_count()
     if count > 1:
-        agree_on(_spec_fields(spec, out, allow_nonfinite), "the processes of this job")
+        agree_on(_spec_fields(spec, allow_nonfinite), "the processes of this job")
     with contextlib.ExitStack() as stack:
         def open_job():
             try:
