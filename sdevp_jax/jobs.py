@@ -680,21 +680,19 @@ def job_id(spec: JobSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def finished_chunks(spec: JobSpec, out: Path) -> list[int]:
-    """The chunks of ``spec`` on disk in ``out`` whose record and checksum verify."""
-    ident = job_id(spec)
-    return [c for c in range(spec.num_chunks) if _check_chunk(spec, out, c, ident)[0] == "good"]
-
-
-def _write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> None:
-    """``atomic_write`` of ``data``; an OSError (disk full, permissions) becomes one line naming the file."""
+def _write_file(path: Path, write: Callable, *, overwrite: bool = True) -> None:
+    """``atomic_write(path, write)``; an OSError (disk full, permissions) becomes one line naming the file."""
     try:
-        atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+        atomic_write(path, write, overwrite=overwrite)
     except FileExistsError:
         raise
     except OSError as err:
         raise JobWriteError(f"cannot write {path}: {err.strerror or err}; free space (or fix the permissions) "
-                            "and run the same command again to resume") from None
+                            "and run the same command again") from None
+
+
+def _write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    _write_file(path, lambda f: f.write(data), overwrite=overwrite)
 
 
 def _write_manifest(spec: JobSpec, out: Path, finished, *, complete: bool = False, create: bool = False,
@@ -974,12 +972,15 @@ def _npy_bytes(x: np.ndarray) -> bytes:
 
 
 def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
-    """The indices of the rows of ``x`` with a non-finite entry (bfloat16 read through float32)."""
+    """The indices of the rows of ``x`` with a non-finite entry.
+
+    bfloat16 (ml_dtypes', NumPy kind ``"V"``) is read through float32, which holds each of its
+    values exactly; every other dtype is tested as it is (a float64 beyond float32's range is finite).
+    """
     flat = x.reshape(len(x), -1)
-    if flat.dtype.kind == "V":  # bfloat16 as NumPy sees it without ml_dtypes
-        flat = flat.view(np.uint16).astype(np.uint32) << 16
-        flat = flat.view(np.float32)
-    return np.flatnonzero(~np.all(np.isfinite(flat.astype(np.float32, copy=False)), axis=1))
+    if flat.dtype.kind == "V":
+        flat = flat.astype(np.float32)
+    return np.flatnonzero(~np.all(np.isfinite(flat), axis=1))
 
 
 def _write_chunk(spec: JobSpec, out: Path, c: int, x: np.ndarray, ident: str, device, *,
@@ -1049,11 +1050,7 @@ def _write_samples(spec: JobSpec, out: Path) -> str:
                                                 f"expected {expected} and {first.dtype}")
                     member.write(np.ascontiguousarray(part).tobytes())
 
-    try:
-        atomic_write(path, write)
-    except OSError as err:
-        raise JobWriteError(f"cannot write {path}: {err.strerror or err}; free space (or fix the permissions) "
-                            "and run the same command again to finish") from None
+    _write_file(path, write)
     return digest.hexdigest()
 
 

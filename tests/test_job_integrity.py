@@ -336,6 +336,16 @@ def test_a_model_returning_nan_stops_the_job_naming_the_chunk(tmp_path, capsys, 
     assert "holds non-finite samples, kept by allow_nonfinite" in one_error_line(capsys.readouterr().err)
 
 
+def test_non_finite_rows_are_found_in_every_dtype_without_a_lossy_cast():
+    """bfloat16 inf/NaN are found; a float64 sample beyond float32's range is finite, not flagged."""
+    import ml_dtypes
+
+    bf16 = np.array([[1.0, 2.0], [np.inf, 0.0], [0.0, np.nan], [3e38, -3e38]], ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(jobs._nonfinite_rows(bf16), [1, 2])
+    np.testing.assert_array_equal(jobs._nonfinite_rows(np.array([[1e39, 0.0], [np.inf, 0.0]])), [1])
+    np.testing.assert_array_equal(jobs._nonfinite_rows(np.array([[65504.0], [np.inf]], np.float16)), [1])
+
+
 # ---------------------------------------------------------------- faults end in one line
 
 def write(path: Path, data) -> Path:
