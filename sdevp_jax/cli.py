@@ -46,7 +46,8 @@ from typing import IO, Callable, Sequence
 
 import numpy as np
 
-OUTPUT_NAMES = ("samples.npz", "samples.png")
+#: The CLI's own file in a job's directory, beside the job's (refused there without --force when no job owns it).
+PICTURE = "samples.png"
 MAX_PLOTTED = 5000
 
 
@@ -616,17 +617,15 @@ def run_sample(args: argparse.Namespace) -> int:
 
             with np.load(samples_path) as data:
                 samples = data["samples"].reshape(spec.num_samples, -1)
-            written.append(atomic_write(out / "samples.png", lambda f: plot_samples(samples, spec, f)))
+            written.append(atomic_write(out / PICTURE, lambda f: plot_samples(samples, spec, f)))
 
     start = time.perf_counter()
     try:
         with bar:
             jobs.run_job(spec, out, progress=progress, cache_dir=cache_dir, allow_nonfinite=args.allow_nonfinite,
-                         force=args.force, outputs=("samples.png",), finalize=picture)
-    except (jobs.JobWriteError, ProcessesDisagreeError) as err:
-        return _error(_first_line(err), 1)
-    except USER_ERRORS as err:
-        return _error(_first_line(err), 1 if isinstance(err, OSError) else 2)
+                         force=args.force, outputs=(PICTURE,), finalize=picture)
+    except USER_ERRORS as err:  # files that cannot be written (JobWriteError is one) and failed processes: 1
+        return _error(_first_line(err), 1 if isinstance(err, (OSError, ProcessesDisagreeError)) else 2)
     seconds = time.perf_counter() - start
     import jax
 
