@@ -30,7 +30,9 @@ and wherever it runs: each device of a process takes whole chunks of its own, an
 chunk is never split over devices (XLA may round a program partitioned over devices
 differently). So the result is bitwise the same as an uninterrupted run's, and on one
 machine (as tested) does not depend on how chunks were shared between processes or on
-the number of devices (hosts with other CPUs may compile other code). The noise of
+the number of devices (hosts with other CPUs may compile other code; on CPU, a
+convolution's bits change once the forced devices outnumber the cores, as XLA:CPU
+splits it over the threads each device gets: see :mod:`sdevp_jax.distributed`). The noise of
 sample ``b`` depends only on ``(seed, b)`` (see :mod:`sdevp_jax.loops`); a job with
 another batch size draws the same samples to float rounding, not bitwise (XLA compiles
 other shapes differently). A different configuration (``batch_size`` included)

@@ -501,7 +501,7 @@ def cfg(
         0.5 at w = 3 threw a sample to |x| = 63), so use it there with care. Where
         :math:`\operatorname{std}(\hat y) = 0` (a one-entry sample, or a constant one) there is
         nothing to rescale: the ratio is taken as 1 there, and that sample's output is
-        the unrescaled :math:`\hat y`.
+        the unrescaled :math:`\hat y` up to the rounding of :math:`\phi \hat y + (1 - \phi) \hat y`.
       state: the scheduler state, to read model times as continuous times for ``interval``.
 
     Returns:
