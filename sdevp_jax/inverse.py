@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import check_common, make_sample_keys, resolve_unroll, sde_loop, sde_options, with_cond
+from .loops import _solver_from, check_common, make_sample_keys, per_sample_normal, resolve_unroll, run
+from .solvers import Projected
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["inpaint", "colorize", "COLOR_DECOUPLING"]
@@ -85,7 +86,7 @@ def inpaint(
     if not _checks.is_traced(mask) and not bool(jnp.all((mask == 0) | (mask == 1))):
         raise ValueError("mask must contain only 0 and 1 (1 where y is known)")
     shape, dtype = check_common(state, model_fn, key, y.shape, y.dtype, "inpaint", cond)
-    model_fn = with_cond(model_fn, cond)
+    solver = _solver_from(None, predictor, corrector, snr, corrector_steps, step_rule).check()
     work = _checks.compute_dtype(dtype)
     known = mask == 1
     # selected, not multiplied: y's unknown entries (NaN, inf, anything) never enter the arithmetic
@@ -100,9 +101,10 @@ def inpaint(
         x_mean = jnp.where(known, mean, x_mean.astype(work))
         return x.astype(dtype), x_mean.astype(dtype)
 
-    _, x_mean = sde_loop(state, model_fn, make_sample_keys(key, shape[0], index_offset), shape, dtype,
-                         *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
-                         resolve_unroll(unroll), project=project)
+    keys = make_sample_keys(key, shape[0], index_offset)
+    x_init = per_sample_normal(keys, 0, shape[1:], work).astype(dtype)
+    _, x_mean, _ = run(Projected.around(solver, project), state, model_fn, x_init, keys, work, cond,
+                       resolve_unroll(unroll))
     return jnp.where(known, y, x_mean)
 
 

@@ -121,7 +121,8 @@ from ._cache import compilation_cache
 from ._io import atomic_write
 from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
 from .distributed import agree_on, together
-from .loops import GRID_SOLVERS, SOLVER_TYPES, grid_solver_options, sample, sample_ode
+from . import solvers
+from .loops import sample, sample_ode
 from .models import NULL_CLASS, cfg, default_class_mixture, default_mixture, make_class_model, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
@@ -137,10 +138,11 @@ FORMAT = 2
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 CORRECTOR_FIELDS = ("snr", "corrector_steps", "step_rule")  # part of a job's identity only when a corrector runs
 SCHEDULE_KINDS = ("linear", "cosine", "discrete")
-#: sample_ode's solver options that a job records where they apply (see :func:`solver_defaults`).
-SOLVER_FIELDS = ("order", "solver_type", "eta", "lower_order_final", "final_sigmas_type", "third_order",
-                 "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
 SAMPLE_ODE_KINDS = ("ode", "sde_solver")  # the kinds that sample_ode runs
+#: The solver options a job records where they apply (:func:`solver_defaults`): every option of every
+#: solver that sample_ode runs, read from the registry (JobSpec has a field of each name; a test checks).
+SOLVER_FIELDS = tuple(dict.fromkeys(name for method in solvers.names(SAMPLE_ODE_KINDS)
+                                    for name in solvers.option_fields(solvers.get(method))))
 #: The condition and guidance fields of a job, with the values that mean "unconditional".
 CONDITION_FIELDS = {"class_label": None, "guidance_scale": None, "guidance_interval": None, "guidance_rescale": 0.0}
 GUIDANCE_FIELDS = ("guidance_scale", "guidance_interval", "guidance_rescale")
@@ -207,10 +209,10 @@ class JobSpec:
       schedule, prediction_type, spacing: see the module docstring; ``None`` means the
         scheduler config's, and the spec holds the resolved values once built.
       order, solver_type, eta, lower_order_final, final_sigmas_type, third_order, thresholding,
-        dynamic_thresholding_ratio, sample_max_value: :func:`~sdevp_jax.sample_ode`'s options,
-        for the methods they apply to (:func:`solver_defaults`); ``None`` means the method's
-        default, and the spec holds the resolved values once built (``None`` where an option
-        does not apply).
+        dynamic_thresholding_ratio, sample_max_value, predict_x0, rtol, atol, max_steps: the
+        solvers' options (:data:`SOLVER_FIELDS`, from the registered solver classes), for the
+        methods they apply to (:func:`solver_defaults`); ``None`` means the method's default, and
+        the spec holds the resolved values once built (``None`` where an option does not apply).
       class_label: ``None`` (unconditional) or the class every sample is drawn from: for the
         default model one of the embedded class-conditional mixture's classes
         (``0 <= class_label < 3``, :data:`DEFAULT_CLASSES`), for a user's model any int >= 0
@@ -250,6 +252,10 @@ class JobSpec:
     thresholding: Optional[bool] = None
     dynamic_thresholding_ratio: Optional[float] = None
     sample_max_value: Optional[float] = None
+    predict_x0: Optional[bool] = None
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+    max_steps: Optional[int] = None
     class_label: Optional[int] = None
     guidance_scale: Optional[float] = None
     guidance_interval: Optional[tuple[float, float]] = None
@@ -327,30 +333,17 @@ class JobSpec:
 
 
 def solver_defaults(method: str, thresholding: bool = False) -> dict:
-    """The solver options that apply to ``method``, each with its default (``sample_ode``'s).
+    """The solver options that apply to ``method``, each with its default: the solver class's options.
 
-    ``order``: ``dpm_solver`` (3) and the multistep grid solvers (their default order);
-    ``lower_order_final``: the multistep grid solvers; ``solver_type``: ``dpm_solver_pp``,
-    ``sde_dpm_solver_pp`` and ``unipc``; ``eta``: ``ddim``; ``third_order``:
-    ``dpm_solver_pp``; ``final_sigmas_type`` and ``thresholding``: every grid solver,
-    ``dynamic_thresholding_ratio`` and ``sample_max_value`` with ``thresholding`` on. No
-    option applies to the predictors, ``euler``, ``heun`` or ``adaptive``.
+    Read from the registry (:func:`sdevp_jax.solvers.option_defaults`): ``order`` for the
+    multistep methods, ``eta`` for ``ddim``, ``final_sigmas_type`` and ``thresholding`` for every
+    grid solver (``dynamic_thresholding_ratio`` and ``sample_max_value`` with ``thresholding``
+    on), ``rtol``/``atol``/``max_steps`` for ``adaptive``, and so on. The predictors take none
+    here (the corrector's options are :data:`CORRECTOR_FIELDS`).
     """
-    options: dict = {"order": 3} if method == "dpm_solver" else {}
-    if method in GRID_SOLVERS:
-        default_order, max_order, _ = GRID_SOLVERS[method]
-        if max_order > 1:
-            options |= {"order": default_order, "lower_order_final": True}
-        if method in SOLVER_TYPES:
-            options["solver_type"] = SOLVER_TYPES[method][0]
-        if method == "ddim":
-            options["eta"] = 0.0
-        if method == "dpm_solver_pp":
-            options["third_order"] = "taylor"
-        options |= {"final_sigmas_type": "zero", "thresholding": False}
-        if thresholding:
-            options |= {"dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}
-    return options
+    if method not in solvers.names(SAMPLE_ODE_KINDS):
+        return {}
+    return solvers.option_defaults(solvers.get(method), thresholding=thresholding)
 
 
 def option_methods(name: str) -> list[str]:
@@ -361,9 +354,12 @@ def option_methods(name: str) -> list[str]:
 def _resolve_solver_options(spec: "JobSpec") -> dict:
     """``spec``'s solver options, resolved and checked on the host: a value per field of SOLVER_FIELDS.
 
+    The solver is built from them (its class checks its options) and its normalised
+    options are the job's.
+
     Raises:
       ValueError, TypeError: an option given to a method it does not apply to, or out of its range
-        (:func:`~sdevp_jax.loops.grid_solver_options`'s messages).
+        (the solver classes' messages).
     """
     applicable = solver_defaults(spec.method, thresholding=bool(spec.thresholding))
     for name in SOLVER_FIELDS:
@@ -374,25 +370,14 @@ def _resolve_solver_options(spec: "JobSpec") -> dict:
             raise ValueError(f"{name} applies to the methods {option_methods(name)} only; method={spec.method!r} "
                              f"takes none, got {name}={getattr(spec, name)!r}")
     resolved = {name: applicable[name] if getattr(spec, name) is None else getattr(spec, name) for name in applicable}
-    if spec.method in GRID_SOLVERS:
-        if not isinstance(resolved["thresholding"], bool):
-            raise TypeError(f"thresholding must be a bool, got {resolved['thresholding']!r}")
-        opts = grid_solver_options(
-            spec.method, resolved.get("order"), resolved.get("solver_type"), resolved.get("lower_order_final", True),
-            resolved["final_sigmas_type"], resolved.get("eta", 0.0), resolved.get("third_order", "taylor"),
-            resolved["thresholding"], resolved.get("dynamic_thresholding_ratio", 0.995),
-            resolved.get("sample_max_value", 1.0))
-        if resolved.get("third_order", "taylor") != "taylor" and opts.order < 3:
+    if applicable:
+        solver = solvers.make(spec.method, **resolved).check()
+        if resolved.get("third_order", "taylor") != "taylor" and solver.order < 3:
             raise ValueError(f"third_order={resolved['third_order']!r} changes only order 3's steps; "
-                             f"this job's order is {opts.order}")
-        normalised = {"order": opts.order, "solver_type": opts.solver_type, "eta": opts.eta,
-                      "dynamic_thresholding_ratio": None if opts.thresholding is None else opts.thresholding[0],
-                      "sample_max_value": None if opts.thresholding is None else opts.thresholding[1]}
-        resolved |= {k: v for k, v in normalised.items() if k in applicable}
-    elif "order" in resolved:  # dpm_solver
-        order = resolved["order"]
-        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
-            raise ValueError(f"order must be 1, 2 or 3 for method={spec.method!r}, got {order!r}")
+                             f"this job's order is {solver.order}")
+        options = solver.options()
+        resolved = {name: float(options[name]) if isinstance(applicable[name], float) else options[name]
+                    for name in applicable}
     return {name: resolved.get(name) for name in SOLVER_FIELDS}
 
 

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import check_cond, make_sample_keys, schedule_jumps, tsit5_solve, with_cond
+from .loops import check_cond, make_sample_keys, with_cond
+from .solvers.adaptive import schedule_jumps, tsit5_solve
 from .samplers import probability_flow_drift
 from .scheduler import ScoreSdeVpSchedulerState, model_time, model_time_dtype
 

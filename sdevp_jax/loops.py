@@ -1,7 +1,9 @@
-"""The compiled sampling loops: the reverse SDE (``sample``) and the probability-flow ODE (``sample_ode``).
+"""The one sampling loop, and the sampling functions built on it: ``sample``, ``sample_ode``, ``invert_ode``.
 
-Each is one ``lax.scan`` over the timesteps (the adaptive ODE solver is a
-``while_loop``, inside diffrax). Noise is addressed per sample, in the manner of
+:func:`integrate` is one ``lax.scan`` over a grid's intervals that calls a solver's
+``step`` (:mod:`sdevp_jax.solvers`) and threads ``x``, the solver's own state and the
+step index; it holds no method names and no solver math. (The adaptive solver
+integrates the whole interval itself, a ``while_loop`` inside diffrax.) Noise is addressed per sample, in the manner of
 EDM's ``StackedRandomGenerator`` (Karras et al., 2022): sample ``b`` of a call owns
 the key ``fold_in(key, b)``, and its noise at slot ``j`` is
 ``normal(fold_in(fold_in(key, b), j), event_shape)`` -- slot 0 for the prior draw
@@ -18,30 +20,20 @@ compiles the model and the update differently for different shapes
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
-import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.typing import DTypeLike
 
-from . import _checks
-from .samplers import CORRECTORS, PREDICTORS, check_step_rule, lookup
-from .samplers import drift_from_eps
-from .scheduler import (
-    ScoreSdeVpSchedulerState,
-    eps_from_prediction,
-    model_time,
-    x0_from_prediction,
-    model_time_dtype,
-    next_times,
-    require_timesteps,
-    times_from_grid,
-)
+from . import _checks, solvers
+from .denoiser import Denoiser
+from .solvers import Grid, Noise, Solver
+from .solvers.adaptive import Adaptive, ode_span, schedule_jumps, tsit5_solve  # noqa: F401  (re-exported)
+from .scheduler import ScoreSdeVpSchedulerState, require_timesteps, times_from_grid
 
-__all__ = ["sample", "sample_ode", "invert_ode", "per_sample_normal", "sde_loop", "SamplerInfo"]
+__all__ = ["sample", "sample_ode", "invert_ode", "integrate", "run", "per_sample_normal", "SamplerInfo", "INVERTIBLE"]
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -188,61 +180,76 @@ def resolve_unroll(unroll: Optional[int]) -> int:
     return default_unroll() if unroll is None else _checks.positive_int("unroll", unroll)
 
 
-def sde_options(predictor, corrector, corrector_steps, snr, step_rule):
-    """Checked ``(predict, correct, num_corrector, corrector_options)`` for :func:`sde_loop`."""
-    predict = PREDICTORS[lookup("predictor", predictor, "predictor")]
-    if corrector is None:
-        return predict, None, 0, {}
-    correct = CORRECTORS[lookup("corrector", corrector, "corrector")]
-    options = {"snr": _checks.positive_real("snr", snr), "step_rule": check_step_rule(step_rule)}
-    return predict, correct, _checks.positive_int("corrector_steps", corrector_steps), options
+def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_keys, unroll: int = 1):
+    """Run ``solver`` over ``grid``'s intervals from ``x``: one ``lax.scan``; returns ``(x, solver_state, nfe)``.
 
-
-def sde_loop(state, model_fn, sample_keys, shape, dtype, predict, correct, num_corrector, corrector_options, unroll,
-             project=None, x_init=None):
-    """The reverse-SDE scan shared by :func:`sample` and the inverse-problem solvers.
-
-    At each grid time ``t`` it runs ``num_corrector`` corrector updates at ``t``,
-    then the predictor from ``t`` to the next time (see :func:`sample` for why this
-    order); after every update, ``project(x, x_mean, t_vec, z)`` (if given) may
-    replace part of the sample, with its own standard normal ``z``. Noise slots of
-    sample ``b``: 0 for x_T; update ``u`` of step ``i`` (``u < M`` the correctors,
-    ``u = M`` the predictor) uses slot ``1 + (i (1 + M) + u) k`` (and the next one
-    for ``project``), ``k = 2`` with ``project`` and 1 without.
-    Returns the last ``(x, x_mean)``: the predictor's.
+    Step ``k`` (from ``grid.t[k]`` to ``grid.t[k + 1]``) draws its noise from the slots
+    ``1 + k s`` to ``k s + s`` of each sample's stream, ``s = solver.noise_slots``
+    (slot 0 is the prior draw). The step index rides in the carry (not as an arange
+    over the steps), so nothing but the grid has the length of the loop. ``nfe`` is
+    the network calls the traced steps report (a Python int).
     """
-    batch, event = shape[0], shape[1:]
-    noise_dtype = _checks.compute_dtype(dtype)
-    timesteps = state.timesteps
-    if x_init is None:
-        x_init = per_sample_normal(sample_keys, 0, event, noise_dtype).astype(dtype)
-    per_update = 1 if project is None else 2
+    event = x.shape[1:]
+    slots = solver.noise_slots
+    per_step = []
 
-    def update(step_fn, x, t_vec, t_next_vec, slot, **kwargs):
-        z = per_sample_normal(sample_keys, slot, event, noise_dtype)
-        out = model_fn(x, model_time(state, t_vec))
-        x, x_mean = step_fn(state, out, x, t_vec, None, noise=z, t_next=t_next_vec, **kwargs)
-        if project is not None:
-            x, x_mean = project(x, x_mean, t_vec, per_sample_normal(sample_keys, slot + 1, event, noise_dtype))
-        return x, x_mean
+    def body(carry, _):
+        x, state, k = carry
+        noise = Noise(sample_keys, 1 + k * slots, event, model.dtype)
+        x, state, info = solver.step(model, x, state, grid, k, noise)
+        per_step.append(info.nfe)
+        return (x, state, k + 1), None
 
-    def body(carry, ts):
-        x, _, i = carry
-        t, t_next = ts
-        t_vec = jnp.full((batch,), t, timesteps.dtype)
-        t_next_vec = jnp.full((batch,), t_next, timesteps.dtype)
-        first = 1 + i * ((1 + num_corrector) * per_update)
-        for j in range(num_corrector):  # static: unrolled at trace time
-            x, _ = update(correct, x, t_vec, t_next_vec, first + j * per_update, **corrector_options)
-        x, x_mean = update(predict, x, t_vec, t_next_vec, first + num_corrector * per_update)
-        return (x, x_mean, i + 1), None
-
-    # The step index rides in the carry (not as an arange over the steps), so
-    # nothing but the timestep grid (and its successors) has the length of the loop.
     with times_from_grid():
-        (x_last, x_mean, _), _ = lax.scan(body, (x_init, x_init, jnp.uint32(0)), (timesteps, next_times(state)),
-                                          unroll=unroll)
-    return x_last, x_mean
+        (x, state, _), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0)), None,
+                                    length=grid.num_points - 1, unroll=unroll)
+        x, state, info = solver.finish(model, x, state, grid)
+    return x, state, per_step[0] * (grid.num_points - 1) + info.nfe
+
+
+def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unroll: int = 1, reverse: bool = False):
+    """``solver`` from ``x`` down ``state``'s grid (up with ``reverse``); returns ``(x, solver_state, nfe_per_sample)``.
+
+    Builds the model boundary and the grid (in the work ``dtype``, the schedule's
+    coefficients computed once, outside the loop) and runs :func:`integrate`, or the
+    adaptive solver's own ``solve``. Solvers with ``in_work_dtype`` carry ``x`` in the
+    work dtype; the SDE updates take and return the samples' own dtype, as diffusers'
+    step does.
+    """
+    batch = x.shape[0]
+    model = Denoiser(state, model_fn, x.dtype, dtype, cond)
+    if isinstance(solver, Adaptive):
+        x, nfe = solver.solve(model, x)
+        return x, None, nfe.astype(jnp.int32)
+    times = solver.times(state, dtype)
+    if reverse:
+        times = times[::-1]
+    grid = Grid.build(state.schedule.cast(dtype), times, solver.coefficients)
+    if solver.in_work_dtype:
+        x = x.astype(dtype)
+    x, solver_state, nfe = integrate(solver, model, x, grid, sample_keys, unroll)
+    return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
+
+
+def _solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule) -> Solver:
+    """The solver ``sample`` runs: ``solver`` itself or by name, else the predictor and corrector named."""
+    if solver is not None:
+        given = {"predictor": (predictor, "euler_maruyama"), "corrector": (corrector, None), "snr": (snr, 0.16),
+                 "corrector_steps": (corrector_steps, 1), "step_rule": (step_rule, "sigma")}
+        for name, (value, default) in given.items():
+            if value is not default and value != default:
+                raise ValueError(f"give either solver= or {name}=, not both (got {name}={value!r})")
+        if isinstance(solver, str):
+            return solvers.make(solver)
+        if not isinstance(solver, Solver):
+            raise TypeError(f"solver must be a sdevp_jax.solvers.Solver or a registered name, "
+                            f"got {type(solver).__name__}")
+        return solver
+    pred = solvers.make(solvers.get(predictor, "predictor", "predictor").name)
+    if corrector is None:
+        return pred
+    correct = solvers.get(corrector, "corrector", "corrector")(snr=snr, step_rule=step_rule)
+    return solvers.PredictorCorrector(pred, correct, _checks.positive_int("corrector_steps", corrector_steps))
 
 
 def sample(
@@ -262,6 +269,8 @@ def sample(
     unroll: Optional[int] = None,
     x_init: Optional[jax.Array] = None,
     cond=None,
+    solver: Union[Solver, str, None] = None,
+    return_info: bool = False,
 ) -> jax.Array:
     r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
@@ -294,6 +303,12 @@ def sample(
     draws :math:`x_T`, and step ``i`` uses slots ``1 + i (1 + M)`` to ``i (1 + M) + M``
     for its ``M = corrector_steps`` corrector updates and slot ``1 + i (1 + M) + M``
     for the predictor (``M = 0`` without a corrector).
+
+    Any solver: ``solver=`` takes a solver object (``sv.solvers.UniPC(order=3)``,
+    ``sv.solvers.PredictorCorrector(...)``) or a registered name
+    (``sv.list_methods()``), which runs with its default options; ``predictor``,
+    ``corrector`` and their options then stay at their defaults. An ODE solver
+    returns its last point (``denoise`` applies to the SDE solvers only).
 
     Args:
       state: a state after :func:`set_timesteps`.
@@ -332,339 +347,87 @@ def sample(
         then called ``model_fn(x, t, cond)``; a chunk at ``index_offset`` takes the
         matching rows, a sharded batch shards them with it.
 
+      solver: ``None`` (the ``predictor``/``corrector`` arguments), a
+        :class:`~sdevp_jax.solvers.Solver` or a registered name.
+      return_info: also return a :class:`SamplerInfo` with the network calls made.
+
     Returns:
-      The samples, an array of ``shape`` and ``dtype``.
+      The samples, an array of ``shape`` and ``dtype`` (or ``(samples, info)``).
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample", cond)
-    x_init = check_x_init(x_init, shape, dtype)
-    x_last, x_mean = sde_loop(state, with_cond(model_fn, cond), make_sample_keys(key, shape[0], index_offset), shape, dtype,
-                              *sde_options(predictor, corrector, corrector_steps, snr, step_rule),
-                              resolve_unroll(unroll), x_init=x_init)
-    return x_mean if denoise else x_last
+    solver = _solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule).check()
+    return _draw(solver, state, model_fn, key, shape, dtype, index_offset, resolve_unroll(unroll), x_init, cond,
+                 denoise, return_info)
 
 
-def _ode_grid(state, method, dtype):
-    r"""The times the fixed-step ODE methods step through, from the top of the grid to its bottom.
-
-    ``state.timesteps`` itself, except for ``dpm_solver`` on a grid whose spacing was
-    not asked for (``set_timesteps`` without ``spacing``): there it steps through its
-    own ``N`` points uniform in log-SNR between the same end points, the grid its
-    convergence rests on (on the linear schedule's ``"reference"`` grid, as it always
-    did; on a diffusers config's label spacing, whose last steps are coarse in
-    :math:`\lambda`, 20 points of ``leading`` left 13 % of the samples of a sharp
-    mixture off its modes where the log-SNR grid left 0.05 %).
-    """
-    if method != "dpm_solver" or state.spacing_given:
-        return state.timesteps.astype(dtype)
-    schedule = state.schedule.cast(dtype)
-    if state.uses_reference_step:
-        top, bottom = jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype)
-    else:
-        top, bottom = state.timesteps[0].astype(dtype), state.timesteps[-1].astype(dtype)
-    lam = jnp.linspace(schedule.log_snr(top), schedule.log_snr(bottom), state.timesteps.shape[0], dtype=dtype)
-    t = schedule.t_from_log_snr(lam)
-    # the end points exactly (the inverse is accurate to rounding in between)
-    return t.at[0].set(top).at[-1].set(bottom)
-
-
-def model_eps(state, model_fn, dtype_out, dtype):
-    r"""``eps(x, t)``: ``model_fn`` at ``(x, model_time(t))``, called in the samples' dtype, as a noise prediction.
-
-    The model boundary of the ODE loops: the model sees its own time input
-    (:func:`~sdevp_jax.model_time`) and returns ``state.prediction_type``, converted
-    here, once, to :math:`\hat\epsilon` in the work ``dtype``. ``t`` is 0-d or ``(batch,)``.
-    """
-    t_dtype = model_time_dtype(state)
-
-    def eps(x, t):
-        t_vec = jnp.broadcast_to(jnp.asarray(t, t_dtype), (x.shape[0],))
-        out = model_fn(x.astype(dtype_out), model_time(state, t_vec)).astype(dtype)
-        if state.prediction_type == "epsilon":
-            return out
-        tb = t_vec.astype(dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        return eps_from_prediction(state.prediction_type, out, x.astype(dtype), *state.schedule.cast(dtype).alpha_sigma(tb))
-
-    return eps
-
-
-def _drift(state, dtype, e, x, t):
-    """The probability-flow velocity at a scalar or ``(batch,)`` time ``t``, in ``dtype``.
-
-    The schedule is cast here, inside whatever is being traced (as
-    :func:`~sdevp_jax.probability_flow_drift` does): a cast hoisted out of diffrax's
-    trace made XLA round the jitted and the eager adaptive solves differently.
-    """
-    t = jnp.asarray(t).astype(dtype)
-    if t.ndim == 1:
-        t = t.reshape((-1,) + (1,) * (x.ndim - 1))
-    return drift_from_eps(state.schedule.cast(dtype), e, x, t)
-
-
-def _fixed_step_ode(state, model_fn, x, method, dtype, order=3, reverse=False):
-    """Euler, Heun or multistep DPM-Solver (order 1-3) through the grid (upwards with ``reverse``); returns (x, nfe)."""
-    dtype_out = x.dtype
-    grid = _ode_grid(state, method, dtype)
-    if reverse:
-        grid = grid[::-1]
-    schedule = state.schedule.cast(dtype)
-    eps = model_eps(state, model_fn, dtype_out, dtype)
+def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_init, cond, denoise, return_info):
+    """Draw ``x_T`` (slot 0 of each sample's stream, unless ``x_init``), run ``solver``, return as asked."""
+    n = state.timesteps.shape[0]
+    if solver.in_work_dtype and not isinstance(solver, Adaptive) and n < 2:
+        raise ValueError(f"method={solver.name!r} steps between grid points: num_inference_steps must be >= 2, "
+                         f"got {n}")
+    work = _checks.compute_dtype(dtype)
+    keys = make_sample_keys(key, shape[0], index_offset)
+    x = check_x_init(x_init, shape, dtype)
+    if x is None:
+        x = per_sample_normal(keys, 0, shape[1:], work).astype(dtype)
+    x, solver_state, nfe_per_sample = run(solver, state, model_fn, x, keys, work, cond, unroll)
+    if denoise and not solver.in_work_dtype:
+        x = solver_state  # the SDE updates' state: the last one's noise-free mean
     x = x.astype(dtype)
-
-    if method in ("euler", "heun"):
-        def body(x, ts):
-            t, t_next = ts
-            d1 = _drift(state, dtype, eps(x, t), x, t)
-            x_euler = x + (t_next - t) * d1
-            if method == "euler":
-                return x_euler, None
-            d2 = _drift(state, dtype, eps(x_euler, t_next), x_euler, t_next)
-            return x + (t_next - t) * 0.5 * (d1 + d2), None
-
-        with times_from_grid():
-            x, _ = lax.scan(body, x, (grid[:-1], grid[1:]))
-        return x, (1 if method == "euler" else 2) * (grid.shape[0] - 1)
-
-    # dpm_solver: multistep DPM-Solver in eps form (sdevp_jax.solvers.dpm_solver_step), orders 1, 2,
-    # then 3, capped at ``order``.
-    from .solvers import dpm_solver_step
-
-    lam = schedule.log_snr(grid)
-    log_alpha = schedule.log_alpha(grid)
-    sigma = schedule.sigma(grid)
-
-    def body(carry, k):
-        x, e1, e2, h1, h2 = carry  # previous eps values and the lambda steps before them
-        e0 = eps(x, grid[k])
-        h = lam[k + 1] - lam[k]
-        use2 = (k >= 1).astype(dtype) if order >= 2 else jnp.zeros((), dtype)
-        use3 = (k >= 2).astype(dtype) if order >= 3 else jnp.zeros((), dtype)
-        x_next = dpm_solver_step(x, e0, e1, e2, h, h1, h2, log_alpha[k + 1] - log_alpha[k], sigma[k + 1],
-                                 use2, use3)
-        return (x_next, e0, e1, h, h1), None
-
-    one = jnp.ones((), dtype)
-    init = (x, jnp.zeros_like(x), jnp.zeros_like(x), one, one)
-    with times_from_grid():
-        (x, *_), _ = lax.scan(body, init, jnp.arange(grid.shape[0] - 1))
-    return x, grid.shape[0] - 1
+    if return_info:
+        return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)
+    return x
 
 
-#: The grid solvers of :mod:`sdevp_jax.solvers`, with their default and largest order and their step rule.
-GRID_SOLVERS = {
-    "ddim": (1, 1, "dpmsolver"),
-    "dpm_solver_pp": (2, 3, "dpmsolver"),
-    "sde_dpm_solver_pp": (2, 2, "dpmsolver"),
-    "unipc": (2, 3, "unipc"),
-}
-SOLVER_TYPES = {"dpm_solver_pp": ("midpoint", "heun"), "sde_dpm_solver_pp": ("midpoint", "heun"),
-                "unipc": ("bh2", "bh1")}
-FINAL_SIGMAS_TYPES = ("zero", "last")
+#: sample_ode's solver options and the value that means "the method's default" (not passed on).
+ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": True, "final_sigmas_type": None,
+               "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+               "sample_max_value": 1.0, "predict_x0": True, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
-class GridSolverOptions(NamedTuple):
-    """The checked options of a grid solver (see :func:`sample_ode`); ``eta`` may be traced."""
-
-    method: str
-    order: int
-    solver_type: Optional[str]
-    lower_order_final: bool
-    final_zero: bool
-    eta: object
-    third_order: str
-    thresholding: Optional[tuple]
-    predict_x0: bool = True
-
-
-def grid_solver_options(method, order, solver_type, lower_order_final, final_sigmas_type, eta, third_order,
-                        thresholding, dynamic_thresholding_ratio, sample_max_value, predict_x0=True):
-    """Check a grid solver's options: a ValueError naming the option and its allowed values."""
-    default_order, max_order, _ = GRID_SOLVERS[method]
-    order = default_order if order is None else _checks.positive_int("order", order)
-    if order > max_order:
-        raise ValueError(f"order must be in [1, {max_order}] for method={method!r}, got {order}")
-    allowed = SOLVER_TYPES.get(method, (None,))
-    solver_type = allowed[0] if solver_type is None else solver_type
-    if solver_type not in allowed:
-        raise ValueError(f"solver_type must be one of {list(allowed)} for method={method!r}, got {solver_type!r}")
-    final_sigmas_type = "zero" if final_sigmas_type is None else final_sigmas_type
-    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
-        raise ValueError(f"final_sigmas_type must be one of {list(FINAL_SIGMAS_TYPES)}, got {final_sigmas_type!r}")
-    if third_order not in ("taylor", "diffusers"):
-        raise ValueError(f"third_order must be 'taylor' or 'diffusers', got {third_order!r}")
-    if not isinstance(lower_order_final, bool):
-        raise TypeError(f"lower_order_final must be a bool, got {lower_order_final!r}")
-    if method == "ddim":
-        eta = _checks.real_scalar("eta", eta)
-        if not _checks.is_traced(eta) and not eta >= 0.0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-    elif eta != 0.0:
-        raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={eta!r}")
-    threshold = None
-    if thresholding:
-        ratio = _checks.real_scalar("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
-        max_value = _checks.positive_real("sample_max_value", sample_max_value)
-        threshold = (ratio, max_value)
-    if not isinstance(predict_x0, bool):
-        raise TypeError(f"predict_x0 must be a bool, got {predict_x0!r}")
-    if not predict_x0 and method != "unipc":
-        raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
-    if not predict_x0 and threshold is not None:
-        raise ValueError("thresholding acts on the data prediction: it needs predict_x0=True")
-    return GridSolverOptions(method, order, solver_type, lower_order_final, final_sigmas_type == "zero", eta,
-                             third_order, threshold, predict_x0)
+def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
+    """The solver ``method`` names with the options ``sample_ode`` was given (see :func:`sample_ode`)."""
+    if isinstance(method, Solver):
+        given = [name for name, value in options.items() if not _is_default(value, ODE_OPTIONS[name])]
+        if given:
+            raise ValueError(f"method is a solver object: give its options to it, not {given}")
+        return method
+    cls = solvers.get(method, kind)
+    fields = solvers.option_fields(cls)
+    passed = {}
+    for name, value in options.items():
+        if _is_default(value, ODE_OPTIONS[name]):
+            continue
+        if name not in fields:
+            if name == "order":  # documented: the methods without an order ignore it
+                _checks.positive_int("order", value)
+                if value > 3:
+                    raise ValueError(f"order must be 1, 2 or 3, got {value}")
+                continue
+            if name == "final_sigmas_type" and value == "last":  # every other method ends at the last grid time
+                continue
+            if name == "final_sigmas_type":
+                raise ValueError(f"final_sigmas_type={value!r} needs a grid solver "
+                                 f"({', '.join(solvers.methods_with('final_sigmas_type'))}); method={method!r} "
+                                 f"ends at the last grid time")
+            if name == "eta":
+                raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={value!r}")
+            if name == "predict_x0":
+                raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
+            if name == "solver_type":
+                raise ValueError(f"solver_type must be one of [None] for method={method!r}, got {value!r}")
+        passed[name] = value
+    for name in ("dynamic_thresholding_ratio", "sample_max_value"):
+        if name in passed and not options.get("thresholding"):
+            del passed[name]  # as before: thresholding's options are read only with thresholding on
+    return solvers.make(cls.name, kind, **passed)
 
 
-def _grid_solver(state, model_fn, x, opts: GridSolverOptions, sample_keys, dtype, grid=None):
-    """DDIM, DPM-Solver++, SDE-DPM-Solver++ or UniPC through ``grid`` (default: the state's); returns (x, nfe).
-
-    One scan over the ``N - 1`` steps between grid points, the solver's
-    :class:`~sdevp_jax.solvers.History` in the carry, then with ``final_zero`` one last
-    step to :math:`\\sigma = 0`: the data prediction at the last grid time (what every
-    first-order update to :math:`\\sigma = 0` reduces to; diffusers 0.42.1's UniPC with
-    ``solver_type="bh1"`` evaluates that step as ``B(h) * 0`` with ``B(h) = -h = -inf`` and
-    returns NaN, see tests/golden/make_solver_golden.py). Stochastic steps draw step
-    ``k``'s noise from slot ``1 + k`` of each sample's stream.
-    """
-    from . import solvers
-
-    dtype_out = x.dtype
-    event = x.shape[1:]
-    grid = state.timesteps.astype(dtype) if grid is None else grid
-    n = grid.shape[0]
-    schedule = state.schedule.cast(dtype)
-    lam = schedule.log_snr(grid)
-    log_alpha = schedule.log_alpha(grid)
-    alpha = jnp.exp(log_alpha)
-    sigma = schedule.sigma(grid)
-    t_dtype = model_time_dtype(state)
-    rule = GRID_SOLVERS[opts.method][2]
-    num_steps = n - 1 + (1 if opts.final_zero else 0)
-    orders = jnp.asarray(solvers.step_orders(num_steps, opts.order, opts.lower_order_final, opts.final_zero,
-                                             rule)[: n - 1])
-
-    def predict(x, k):
-        """The model at grid point ``k``: ``(eps_hat, x0_hat)`` in the work dtype."""
-        t_vec = jnp.full((x.shape[0],), grid[k], t_dtype)
-        out = model_fn(x.astype(dtype_out), model_time(state, t_vec)).astype(dtype)
-        eps = eps_from_prediction(state.prediction_type, out, x, alpha[k], sigma[k])
-        x0 = x0_from_prediction(state.prediction_type, out, x, alpha[k], sigma[k])
-        if opts.thresholding is not None:
-            x0 = solvers.dynamic_threshold(x0, *opts.thresholding)
-        return eps, x0
-
-    def coeffs(s, t):
-        return solvers.StepCoeffs(lam[s], lam[t], alpha[s], sigma[s], alpha[t], sigma[t], log_alpha[s], log_alpha[t])
-
-    stochastic = opts.method == "sde_dpm_solver_pp" or (
-        opts.method == "ddim" and (_checks.is_traced(opts.eta) or opts.eta != 0.0))
-
-    def body(carry, k):
-        x, hist = carry
-        c = coeffs(k, k + 1)
-        z = per_sample_normal(sample_keys, 1 + k, event, dtype) if stochastic else None
-        eps, d0 = predict(x, k)
-        order = orders[k]
-        if opts.method == "unipc":
-            if not opts.predict_x0:
-                d0 = eps  # UniPC's noise-prediction form keeps the noise predictions in its history
-            previous = solvers.History(hist.m2, hist.m3, hist.m3, hist.lam2, hist.lam3, hist.lam3,
-                                       hist.x_prev, hist.order_prev)
-            corrected = solvers.unipc_correct(hist.x_prev, hist.m1, previous, coeffs(k - 1, k), d0,
-                                              hist.order_prev, variant=opts.solver_type,
-                                              predict_x0=opts.predict_x0)
-            x = jnp.where(k > 0, corrected, x)
-            x_next = solvers.unipc_predict(x, d0, hist, c, order, variant=opts.solver_type,
-                                           predict_x0=opts.predict_x0)
-        elif opts.method == "dpm_solver_pp":
-            x_next = solvers.dpmpp_step(x, d0, hist, c, order, solver_type=opts.solver_type,
-                                        third_order=opts.third_order)
-        elif opts.method == "sde_dpm_solver_pp":
-            x_next = solvers.sde_dpmpp_step(x, d0, hist, c, order, z, solver_type=opts.solver_type)
-        else:
-            x_next = solvers.ddim_step(x, d0, eps, c, opts.eta, z)
-        return (x_next, hist.push(d0, lam[k], x, order)), None
-
-    x = x.astype(dtype)
-    with times_from_grid():
-        (x, _), _ = lax.scan(body, (x, solvers.History.init(x)), jnp.arange(n - 1))
-        if opts.final_zero:
-            _, x = predict(x, n - 1)
-    return x, num_steps
-
-
-def schedule_jumps(state, dtype):
-    """The times where the schedule's beta jumps, for the adaptive solver's controller, or ``None``.
-
-    A discrete schedule's beta is piecewise constant between its knots ``k/N``;
-    a step across a jump has no smooth error estimate, and stepping over its 1000
-    jumps left the likelihood (:func:`~sdevp_jax.log_likelihood`, which passes these)
-    of a Stable Diffusion-schedule Gaussian 1e-2 nats off
-    (float32 defaults; 4e-4 in float64 at 1e-8). Passing the knots as
-    ``jump_ts`` makes diffrax step to each one (8e-4 and 5e-6). A host float64 array:
-    the same knots as a float32 device array left the error at 3e-2 (measured).
-    """
-    if not state.schedule.is_discrete:
-        return None
-    n = state.num_train_timesteps
-    return np.arange(1, n) / n
-
-
-def tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps, args=None, jump_ts=None):
-    """Solve ``dy/dt = field(t, y, args)`` from ``t0`` to ``t1`` with diffrax's Tsit5 and a PID controller.
-
-    The one adaptive-ODE setup of the package (the ODE sampler and the
-    likelihood both use it). ``y0`` may be any pytree; returns ``(y(t1), steps)``
-    with ``steps`` diffrax's count of steps taken (accepted and rejected).
-    ``jump_ts``: times where the field is discontinuous (:func:`schedule_jumps`).
-    Past ``max_steps`` diffrax raises.
-    """
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        diffrax.Tsit5(),
-        t0=t0,
-        t1=t1,
-        dt0=None,
-        y0=y0,
-        args=args,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jump_ts),
-        saveat=diffrax.SaveAt(t1=True),
-        max_steps=max_steps,
-    )
-    return jax.tree.map(lambda y: y[0], sol.ys), sol.stats["num_steps"]
-
-
-def ode_span(state, dtype):
-    """``(t0, t1)`` of the adaptive solver: ``(1, sampling_eps)`` on the reference grid, else the grid's end points."""
-    if state.uses_reference_step:
-        return jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype)
-    return state.timesteps[0].astype(dtype), state.timesteps[-1].astype(dtype)
-
-
-def _adaptive_ode(state, model_fn, x, dtype, rtol, atol, max_steps, cond=None):
-    """Tsit5 with a PID controller (diffrax), each sample with its own steps; returns (x, nfe per sample)."""
-    dtype_out = x.dtype
-    t_dtype = model_time_dtype(state)
-
-    def field(t, y, cond_1):
-        y1 = y[None]
-        t1 = jnp.full((1,), t, t_dtype)
-        eps = model_eps(state, with_cond(model_fn, cond_1), dtype_out, dtype)
-        return _drift(state, dtype, eps(y1, t1), y1.astype(dtype), t1)[0]
-
-    t0, t1 = ode_span(state, dtype)
-
-    def solve(y0, cond_b):
-        cond_1 = None if cond is None else jax.tree.map(lambda c: c[None], cond_b)
-        # No jump_ts here (the likelihood has them): stepping to each of a discrete schedule's 1000 knots
-        # would cost >= 1000 steps per sample; across the jumps the samples still pass the statistics
-        # tests (tests/test_schedule_statistics.py), at an ODE error of ~2e-3 instead of ~3e-4.
-        return tsit5_solve(field, y0, t0, t1, rtol, atol, max_steps, args=cond_1)
-
-    y, steps = jax.vmap(solve)(x.astype(dtype), cond)
-    # Tsit5 is first-same-as-last: one evaluation at t0, then six per step tried.
-    return y, 1 + 6 * steps
+def _is_default(value, default) -> bool:
+    if default is None or isinstance(default, (bool, str)):
+        return value is default or (not _checks.is_traced(value) and type(value) is type(default) and value == default)
+    return not _checks.is_traced(value) and not isinstance(value, bool) and value == default
 
 
 def sample_ode(
@@ -673,7 +436,7 @@ def sample_ode(
     key: jax.Array,
     shape: tuple[int, ...],
     *,
-    method: str = "dpm_solver",
+    method: Union[str, Solver] = "dpm_solver",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 4096,
@@ -704,6 +467,12 @@ def sample_ode(
     in :func:`sample` (the :math:`x_T` of sample ``b`` depends only on
     ``(key, index_offset + b)``, bitwise; the result to float rounding).
 
+    ``sample_ode(state, model_fn, key, shape, method=name, **options)`` is
+    ``sample(state, model_fn, key, shape, solver=sv.solvers.make(name, **options))``
+    with the options' old spellings kept: an option left at its default here is
+    not passed on, and one the method does not take raises a ValueError naming it
+    (``order`` excepted: Euler, Heun and the adaptive solver ignore it).
+
     Methods (``sv.list_methods("ode")``), with ``N = len(state.timesteps)``:
 
     * ``"euler"`` (order 1) and ``"heun"`` (order 2): fixed steps through the
@@ -725,7 +494,8 @@ def sample_ode(
       model_fn: ``(x, t) -> eps_hat``, as for :func:`sample`.
       key: a PRNG key; draws :math:`x_T` only.
       shape: ``(batch, *event)``.
-      method: the solver, one of ``sv.list_methods("ode")``.
+      method: the solver, one of ``sv.list_methods("ode")`` (or ``"sde_dpm_solver_pp"``), or a
+        :class:`~sdevp_jax.solvers.Solver` (then no other solver option may be given).
       rtol, atol: tolerances of the adaptive solver, > 0.
       max_steps: the adaptive solver's step budget per sample (an error past it).
       return_info: also return a :class:`SamplerInfo` with the network calls made.
@@ -764,49 +534,16 @@ def sample_ode(
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
-    method = lookup(("ode", "sde_solver"), method, "method")
-    n = state.timesteps.shape[0]
-    if method != "adaptive" and n < 2:
-        raise ValueError(f"method={method!r} steps between grid points: num_inference_steps must be >= 2, got {n}")
-    grid_opts = None
-    if method in GRID_SOLVERS:
-        grid_opts = grid_solver_options(method, order, solver_type, lower_order_final, final_sigmas_type, eta,
-                                        third_order, thresholding, dynamic_thresholding_ratio, sample_max_value,
-                                        predict_x0)
-    else:
-        order = 3 if order is None else _checks.positive_int("order", order)
-        if order > 3:
-            raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {order}")
-        if final_sigmas_type not in (None, "last"):
-            raise ValueError(f"final_sigmas_type={final_sigmas_type!r} needs a grid solver "
-                             f"({', '.join(GRID_SOLVERS)}); method={method!r} ends at the last grid time")
-    if method == "adaptive":
-        rtol = _checks.positive_real("rtol", rtol)
-        atol = _checks.positive_real("atol", atol)
-        max_steps = _checks.positive_int("max_steps", max_steps)
-    batch, event = shape[0], shape[1:]
-    work_dtype = _checks.compute_dtype(dtype)
-    keys = make_sample_keys(key, batch, index_offset)
-    x = check_x_init(x_init, shape, dtype)
-    if x is None:
-        x = per_sample_normal(keys, 0, event, work_dtype).astype(dtype)
-    if method == "adaptive":
-        x, nfe_per_sample = _adaptive_ode(state, model_fn, x, work_dtype, rtol, atol, max_steps, cond)
-        nfe_per_sample = nfe_per_sample.astype(jnp.int32)
-    elif grid_opts is not None:
-        x, nfe = _grid_solver(state, with_cond(model_fn, cond), x, grid_opts, keys, work_dtype)
-        nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
-    else:
-        x, nfe = _fixed_step_ode(state, with_cond(model_fn, cond), x, method, work_dtype, order)
-        nfe_per_sample = jnp.full((batch,), nfe, jnp.int32)
-    x = x.astype(dtype)
-    if return_info:
-        return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)
-    return x
+    solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, order=order, eta=eta,
+                        solver_type=solver_type, lower_order_final=lower_order_final,
+                        final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
+                        dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
+                        predict_x0=predict_x0).check()
+    return _draw(solver, state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond, False, return_info)
 
 
-#: The methods :func:`invert_ode` runs: every deterministic fixed-grid solver.
-INVERTIBLE = ("ddim", "dpm_solver_pp", "unipc", "dpm_solver", "euler", "heun")
+#: The methods :func:`invert_ode` runs: every deterministic solver through a fixed grid.
+INVERTIBLE = tuple(name for name, cls in solvers.REGISTRY.items() if cls.invertible)
 
 
 def invert_ode(
@@ -856,22 +593,14 @@ def invert_ode(
     check_cond(cond, x0.shape[0])
     _check_model_output(model_fn, jax.ShapeDtypeStruct(x0.shape, x0.dtype),
                         jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype), cond)
-    model_fn = with_cond(model_fn, cond)
     n = state.timesteps.shape[0]
     if n < 2:
         raise ValueError(f"invert_ode steps between grid points: num_inference_steps must be >= 2, got {n}")
-    work = _checks.compute_dtype(x0.dtype)
-    if method in GRID_SOLVERS:
-        opts = grid_solver_options(method, order, solver_type, lower_order_final, "last", 0.0, third_order,
-                                   False, 0.995, 1.0, predict_x0)
-        x, nfe = _grid_solver(state, model_fn, x0, opts, None, work, grid=state.timesteps.astype(work)[::-1])
-    else:
-        order = 3 if order is None else _checks.positive_int("order", order)
-        if order > 3:
-            raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {order}")
-        x, nfe = _fixed_step_ode(state, model_fn, x0, method, work, order, reverse=True)
+    solver = ode_solver(method, "ode", order=order, solver_type=solver_type, lower_order_final=lower_order_final,
+                        third_order=third_order, predict_x0=predict_x0, final_sigmas_type="last").check()
+    x, _, nfe_per_sample = run(solver, state, model_fn, x0, None, _checks.compute_dtype(x0.dtype), cond,
+                               reverse=True)
     x = x.astype(x0.dtype)
     if return_info:
-        nfe_per_sample = jnp.full((x0.shape[0],), nfe, jnp.int32)
         return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)
     return x

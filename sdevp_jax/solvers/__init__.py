@@ -1,0 +1,36 @@
+r"""Every sampler as a solver object over its own state, one file per family.
+
+* :mod:`~sdevp_jax.solvers.base`: the protocol (:class:`Solver`, :class:`Grid`,
+  :class:`Noise`, :class:`StepInfo`) and :func:`register`;
+* :mod:`~sdevp_jax.solvers.sde`: the reverse-SDE predictors, the Langevin corrector,
+  :class:`PredictorCorrector` and :class:`Projected`;
+* :mod:`~sdevp_jax.solvers.ode`: Euler and Heun in time;
+* :mod:`~sdevp_jax.solvers.multistep`: what the grid solvers share;
+* :mod:`~sdevp_jax.solvers.dpm`: DPM-Solver, DDIM, DPM-Solver++ and SDE-DPM-Solver++;
+* :mod:`~sdevp_jax.solvers.unipc`: UniPC;
+* :mod:`~sdevp_jax.solvers.adaptive`: diffrax's Tsit5 per sample;
+* :mod:`~sdevp_jax.solvers.registry`: names, options and ``make(name, **options)``.
+
+A solver runs through :func:`sdevp_jax.sample` (``solver=...``), or by name through
+``sample``/``sample_ode``'s method arguments.
+"""
+
+from .base import REGISTRY, Grid, Noise, Solver, StepCoeffs, StepInfo, option, register
+from .multistep import FINAL_SIGMAS_TYPES, GridSolver, History, dynamic_threshold, step_orders
+from .sde import (STEP_RULES, Ancestral, EulerMaruyama, Langevin, PredictorCorrector, Projected, ReverseDiffusion,
+                  ancestral, check_step_rule, euler_maruyama, langevin_correct, reverse_diffusion)
+from .ode import Euler, Heun
+from .dpm import DDIM, DPMSolver, DPMSolverPP, SDEDPMSolverPP, ddim_step, dpm_solver_step, dpmpp_step, sde_dpmpp_step
+from .unipc import UniPC, unipc_correct, unipc_predict
+from .adaptive import Adaptive
+from .registry import get, make, methods_with, names, option_defaults, option_fields
+
+__all__ = [
+    "Solver", "Grid", "Noise", "StepInfo", "StepCoeffs", "REGISTRY", "register", "option",
+    "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "Projected",
+    "Euler", "Heun", "DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "UniPC", "Adaptive",
+    "GridSolver", "History", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES",
+    "dpm_solver_step", "ddim_step", "dpmpp_step", "sde_dpmpp_step", "unipc_predict", "unipc_correct",
+    "euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",
+    "get", "make", "names", "option_fields", "option_defaults", "methods_with",
+]
