@@ -8,13 +8,19 @@ Typical use::
 
     import jax, sdevp_jax as sv
     state = sv.set_timesteps(sv.create_state(), 1000)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
     x = jax.jit(sv.sample, static_argnums=(1, 3))(state, model_fn, jax.random.key(0), (512, 2))
+    x = sv.sample(state, model_fn, jax.random.key(0), (512, 2), solver=sv.solvers.UniPC(order=3))
+
+Namespaces (each importable on its own, without side effects): ``sv.solvers`` (every
+sampler, the registry), ``sv.schedules``, ``sv.grids``, ``sv.mixtures`` (the toy models),
+``sv.jobs``, ``sv.distributed``. The toy mixtures' top-level names of earlier releases
+(``sv.default_mixture``, ...) are kept for this release; new code should use ``sv.mixtures``.
 """
 
 __version__ = "0.4.0"  # before the submodules, which record it
 
-from . import grids, schedules, sde
+from . import grids, schedules, sde, solvers
 from .config import load_config, save_config
 from .loops import SamplerInfo, invert_ode, sample, sample_ode
 from .models import (
@@ -59,7 +65,7 @@ from .scheduler import (
     time_from_model_time,
 )
 
-from . import distributed, jobs  # noqa: E402  (they build on everything above)
+from . import distributed, jobs, mixtures  # noqa: E402  (they build on everything above)
 from .inverse import colorize, inpaint  # noqa: E402
 from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
 from .training import add_noise, dsm_loss  # noqa: E402
@@ -113,6 +119,8 @@ __all__ = [
     "sample_mixture",
     "schedules",
     "grids",
+    "solvers",
+    "mixtures",
     "sde",
     "model_time",
     "time_from_model_time",

@@ -168,41 +168,51 @@ def model_options(args: argparse.Namespace) -> dict:
     return options
 
 
-#: The solver options' flags, by JobSpec field.
-SOLVER_FLAGS = {"order": "--order", "solver_type": "--solver-type", "eta": "--eta",
-                "lower_order_final": "--no-lower-order-final", "final_sigmas_type": "--final-sigmas-type",
-                "third_order": "--third-order", "thresholding": "--thresholding",
-                "dynamic_thresholding_ratio": "--dynamic-thresholding-ratio", "sample_max_value": "--sample-max-value"}
+def _solver_option_flags() -> dict:
+    """Each solver option's flag and argparse arguments, read from the solver classes (the registry).
+
+    A bool option that is on by default gets ``--no-NAME``, one that is off ``--NAME``;
+    an int ``--NAME N`` (>= 1), a float ``--NAME X`` (finite; the solver checks its range),
+    a string ``--NAME`` with the choices of every solver that takes it. The help is the
+    option's own, with the methods it applies to.
+    """
+    from . import jobs, solvers
+
+    flags = {}
+    for name in jobs.SOLVER_FIELDS:
+        methods = solvers.methods_with(name)
+        fields = [solvers.option_fields(solvers.get(m))[name] for m in methods]
+        default = fields[0].default
+        applies = f" [{', '.join(methods)}]"
+        dash = name.replace("_", "-")
+        if isinstance(default, bool):
+            flag = f"--no-{dash}" if default else f"--{dash}"
+            kwargs = {"dest": name, "action": "store_const", "const": not default, "default": None}
+        elif isinstance(default, int):
+            flag, kwargs = f"--{dash}", {"type": _int_at_least(1), "default": None}
+        elif isinstance(default, float):
+            flag, kwargs = f"--{dash}", {"type": _float_arg(lambda v: True, "a finite number"), "default": None}
+        else:
+            choices = list(dict.fromkeys(c for f in fields for c in (f.metadata.get("choices") or ())))
+            flag, kwargs = f"--{dash}", {"default": None, "choices": choices or None}
+        defaults = [f.default for f in fields]
+        if len(set(map(repr, defaults))) > 1:  # e.g. order: each method's own default
+            applies = " [default: " + ", ".join(f"{m} {d}" for m, d in zip(methods, defaults)) + "]"
+        helps = list(dict.fromkeys(f.metadata["help"] for f in fields))
+        text = helps[0] if len(helps) == 1 else "; ".join(
+            f"{', '.join(m for m, f in zip(methods, fields) if f.metadata['help'] == h)}: {h}" for h in helps)
+        flags[name] = (flag, kwargs | {"help": text + applies})
+    return flags
+
+
+#: The solver options' flags, by JobSpec field (from the registry).
+SOLVER_FLAGS = {name: flag for name, (flag, _) in _solver_option_flags().items()}
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of sample_ode's solvers (``None`` when not given: the method's default)."""
-    from .loops import FINAL_SIGMAS_TYPES, SOLVER_TYPES
-
-    add = parser.add_argument
-    add("--order", type=_int_at_least(1), default=None,
-        help="the multistep order: dpm_solver 1-3 (default 3), dpm_solver_pp 1-3 (2: '2M', 3: '3M'; default 2), "
-             "sde_dpm_solver_pp 1-2 (default 2), unipc 1-3 (default 2)")
-    add("--solver-type", default=None, choices=sorted({t for ts in SOLVER_TYPES.values() for t in ts}),
-        help="dpm_solver_pp / sde_dpm_solver_pp: midpoint (default) or heun; unipc: bh2 (default) or bh1")
-    add("--eta", type=_non_negative_float, default=None,
-        help="ddim's eta (default 0: deterministic; 1: DDPM's posterior variance, per-sample keyed noise)")
-    add("--final-sigmas-type", default=None, choices=list(FINAL_SIGMAS_TYPES),
-        help="the grid solvers' (ddim, dpm_solver_pp, sde_dpm_solver_pp, unipc) last step: 'zero' (default, "
-             "diffusers': one more network call, to sigma = 0) or 'last' (end at the last grid time)")
-    add("--no-lower-order-final", dest="lower_order_final", action="store_const", const=False, default=None,
-        help="dpm_solver_pp / sde_dpm_solver_pp / unipc: keep the order at the last steps (diffusers lowers it, "
-             "the default)")
-    add("--third-order", default=None, choices=["taylor", "diffusers"],
-        help="dpm_solver_pp --order 3's third-order term: 'taylor' (default, exact Taylor coefficients) or "
-             "'diffusers' (half the second-derivative term, as diffusers and the official code)")
-    add("--thresholding", action="store_const", const=True, default=None,
-        help="dynamic thresholding of the data prediction (Saharia et al. 2022) in the grid solvers, for "
-             "pixel-space models")
-    add("--dynamic-thresholding-ratio", type=_positive_float, default=None,
-        help="with --thresholding: the quantile of |x0| (default 0.995; in (0, 1])")
-    add("--sample-max-value", type=_positive_float, default=None,
-        help="with --thresholding: the largest threshold, the data's bound (default 1)")
+    """The options of every solver (``None`` when not given: the method's default)."""
+    for flag, kwargs in _solver_option_flags().values():
+        parser.add_argument(flag, **kwargs)
 
 
 def solver_options(args: argparse.Namespace) -> dict:

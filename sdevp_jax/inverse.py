@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _checks
-from .loops import _solver_from, check_common, make_sample_keys, per_sample_normal, resolve_unroll, run
+from .loops import solver_from, check_common, make_sample_keys, per_sample_normal, resolve_unroll, run
 from .solvers import Projected
 from .scheduler import ScoreSdeVpSchedulerState
 
@@ -86,7 +86,7 @@ def inpaint(
     if not _checks.is_traced(mask) and not bool(jnp.all((mask == 0) | (mask == 1))):
         raise ValueError("mask must contain only 0 and 1 (1 where y is known)")
     shape, dtype = check_common(state, model_fn, key, y.shape, y.dtype, "inpaint", cond)
-    solver = _solver_from(None, predictor, corrector, snr, corrector_steps, step_rule).check()
+    solver = solver_from(None, predictor, corrector, snr, corrector_steps, step_rule).check()
     work = _checks.compute_dtype(dtype)
     known = mask == 1
     # selected, not multiplied: y's unknown entries (NaN, inf, anything) never enter the arithmetic

@@ -184,7 +184,7 @@ class JobWarning(UserWarning):
 
 
 @dataclasses.dataclass(frozen=True)
-class JobSpec:
+class _JobFields:
     """Everything that determines a job's samples.
 
     Attributes:
@@ -208,11 +208,11 @@ class JobSpec:
       dtype: the samples' dtype name, one of ``DTYPES``.
       schedule, prediction_type, spacing: see the module docstring; ``None`` means the
         scheduler config's, and the spec holds the resolved values once built.
-      order, solver_type, eta, lower_order_final, final_sigmas_type, third_order, thresholding,
-        dynamic_thresholding_ratio, sample_max_value, predict_x0, rtol, atol, max_steps: the
-        solvers' options (:data:`SOLVER_FIELDS`, from the registered solver classes), for the
-        methods they apply to (:func:`solver_defaults`); ``None`` means the method's default, and
-        the spec holds the resolved values once built (``None`` where an option does not apply).
+      order, solver_type, eta, lower_order_final, final_sigmas_type, third_order, thresholding, ...:
+        one field per option of the registered solvers (:data:`SOLVER_FIELDS`: read from the
+        solver classes, after the fields above), for the methods they apply to
+        (:func:`solver_defaults`); ``None`` means the method's default, and the spec holds the
+        resolved values once built (``None`` where an option does not apply).
       class_label: ``None`` (unconditional) or the class every sample is drawn from: for the
         default model one of the embedded class-conditional mixture's classes
         (``0 <= class_label < 3``, :data:`DEFAULT_CLASSES`), for a user's model any int >= 0
@@ -243,19 +243,6 @@ class JobSpec:
     schedule: Optional[dict] = None
     prediction_type: Optional[str] = None
     spacing: Optional[str] = None
-    order: Optional[int] = None
-    solver_type: Optional[str] = None
-    eta: Optional[float] = None
-    lower_order_final: Optional[bool] = None
-    final_sigmas_type: Optional[str] = None
-    third_order: Optional[str] = None
-    thresholding: Optional[bool] = None
-    dynamic_thresholding_ratio: Optional[float] = None
-    sample_max_value: Optional[float] = None
-    predict_x0: Optional[bool] = None
-    rtol: Optional[float] = None
-    atol: Optional[float] = None
-    max_steps: Optional[int] = None
     class_label: Optional[int] = None
     guidance_scale: Optional[float] = None
     guidance_interval: Optional[tuple[float, float]] = None
@@ -330,6 +317,15 @@ class JobSpec:
     def conditional(self) -> bool:
         """Whether the job draws from a class (its model is called ``model_fn(x, t, cond)``)."""
         return self.class_label is not None
+
+
+#: The job's configuration: :class:`_JobFields`' fields, then one field per solver option of the
+#: registry (:data:`SOLVER_FIELDS`), each ``None`` by default: a new solver's options are job fields
+#: (recorded, checked, resumed) without an edit here.
+JobSpec = dataclasses.make_dataclass(
+    "JobSpec", [(name, Optional[object], dataclasses.field(default=None)) for name in SOLVER_FIELDS],
+    bases=(_JobFields,), frozen=True)
+JobSpec.__module__, JobSpec.__doc__ = __name__, _JobFields.__doc__
 
 
 def solver_defaults(method: str, thresholding: bool = False) -> dict:

@@ -31,7 +31,7 @@ from . import _checks, solvers
 from .denoiser import Denoiser
 from .solvers import Grid, Noise, Solver
 from .solvers.adaptive import Adaptive, ode_span, schedule_jumps, tsit5_solve  # noqa: F401  (re-exported)
-from .scheduler import ScoreSdeVpSchedulerState, require_timesteps, times_from_grid
+from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
 
 __all__ = ["sample", "sample_ode", "invert_ode", "integrate", "run", "per_sample_normal", "SamplerInfo", "INVERTIBLE"]
 
@@ -200,10 +200,9 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
         per_step.append(info.nfe)
         return (x, state, k + 1), None
 
-    with times_from_grid():
-        (x, state, _), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0)), None,
-                                    length=grid.num_points - 1, unroll=unroll)
-        x, state, info = solver.finish(model, x, state, grid)
+    (x, state, _), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0)), None,
+                                length=grid.num_points - 1, unroll=unroll)
+    x, state, info = solver.finish(model, x, state, grid)
     return x, state, per_step[0] * (grid.num_points - 1) + info.nfe
 
 
@@ -231,7 +230,7 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
     return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
 
 
-def _solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule) -> Solver:
+def solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule) -> Solver:
     """The solver ``sample`` runs: ``solver`` itself or by name, else the predictor and corrector named."""
     if solver is not None:
         given = {"predictor": (predictor, "euler_maruyama"), "corrector": (corrector, None), "snr": (snr, 0.16),
@@ -240,10 +239,13 @@ def _solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule) 
             if value is not default and value != default:
                 raise ValueError(f"give either solver= or {name}=, not both (got {name}={value!r})")
         if isinstance(solver, str):
-            return solvers.make(solver)
+            solver = solvers.make(solver)
         if not isinstance(solver, Solver):
             raise TypeError(f"solver must be a sdevp_jax.solvers.Solver or a registered name, "
                             f"got {type(solver).__name__}")
+        if solver.kind == "corrector":
+            raise ValueError(f"solver={solver.name!r} is a corrector: it runs at fixed time, inside "
+                             f"sv.solvers.PredictorCorrector(predictor, corrector), or as corrector=")
         return solver
     pred = solvers.make(solvers.get(predictor, "predictor", "predictor").name)
     if corrector is None:
@@ -355,7 +357,7 @@ def sample(
       The samples, an array of ``shape`` and ``dtype`` (or ``(samples, info)``).
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample", cond)
-    solver = _solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule).check()
+    solver = solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule).check()
     return _draw(solver, state, model_fn, key, shape, dtype, index_offset, resolve_unroll(unroll), x_init, cond,
                  denoise, return_info)
 

@@ -59,8 +59,6 @@ time. Each check therefore runs where the value is known:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
@@ -68,7 +66,6 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
@@ -101,7 +98,13 @@ SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS
 KARRAS_RHO = 7.0
 
 
-@struct.dataclass
+def _static(default):
+    """A field that is pytree metadata (a Python value: it changes the program), not a leaf."""
+    return dataclasses.field(default=default, metadata={"static": True})
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class ScoreSdeVpSchedulerState:
     """The scheduler's configuration and timestep grid: an immutable pytree.
 
@@ -149,12 +152,16 @@ class ScoreSdeVpSchedulerState:
     schedule: Any
     sampling_eps: Any
     timesteps: Optional[jax.Array] = None
-    num_train_timesteps: int = struct.field(pytree_node=False, default=2000)
-    min_discrete_steps: Optional[int] = struct.field(pytree_node=False, default=None)
-    prediction_type: str = struct.field(pytree_node=False, default="epsilon")
-    spacing: Optional[str] = struct.field(pytree_node=False, default=None)
-    spacing_given: bool = struct.field(pytree_node=False, default=False)
-    diffusers_config: Any = struct.field(pytree_node=False, default=None)
+    num_train_timesteps: int = _static(2000)
+    min_discrete_steps: Optional[int] = _static(None)
+    prediction_type: str = _static("epsilon")
+    spacing: Optional[str] = _static(None)
+    spacing_given: bool = _static(False)
+    diffusers_config: Any = _static(None)
+
+    def replace(self, **updates: Any) -> "ScoreSdeVpSchedulerState":
+        """A new state with ``updates``, checked as :func:`create_state` checks (see the class docstring)."""
+        return _replace(self, **updates)
 
     @property
     def num_inference_steps(self) -> Optional[int]:
@@ -289,14 +296,11 @@ def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedu
         updates["min_discrete_steps"] = _min_discrete_steps(updates["schedule"])
     if "prediction_type" in updates:
         check_prediction_type(updates["prediction_type"])
-    new = dataclasses.replace(self, **updates)
+    new = dataclasses.replace(self, **updates)  # the dataclass's own replace: no checks
     if updates.get("timesteps") is not None or (new.timesteps is not None and ("schedule" in updates or "sampling_eps" in updates)):
         _check_grid(new, new.timesteps, "timesteps")
     return new
 
-
-# flax.struct installs a plain dataclasses.replace; ours also checks and keeps the static bound.
-ScoreSdeVpSchedulerState.replace = _replace
 
 
 def check_prediction_type(prediction_type: Any) -> str:
@@ -729,34 +733,17 @@ def model_time_dtype(state: ScoreSdeVpSchedulerState) -> np.dtype:
     return state.timesteps.dtype
 
 
-_TIMES_FROM_GRID = contextvars.ContextVar("sdevp_jax_times_from_grid", default=False)
-
-
-@contextlib.contextmanager
-def times_from_grid():
-    """While tracing a loop over ``state.timesteps``: its steps' ``t`` need no check.
-
-    The grid was validated where it was built (``set_timesteps`` on a checked
-    state), so the loops trace their steps inside this block. That keeps the
-    compiled loop free of a per-step check, and keeps its program the same from
-    one trace to the next (a ``checkify.debug_check`` numbers its error codes per
-    process, which would change the persistent compilation cache's key).
-    """
-    token = _TIMES_FROM_GRID.set(True)
-    try:
-        yield
-    finally:
-        _TIMES_FROM_GRID.reset(token)
-
-
 def check_t(t: jax.Array, t_host: Optional[np.ndarray], schedule: Any = None, dtype: Any = None) -> None:
     """``t`` finite and > 0: on the host if it is there, with ``checkify.debug_check`` if traced.
 
     A host ``t`` must also be at least ``schedule``'s ``smallest_time`` in the compute
     ``dtype`` (below it sigma(t) is 0 in floating point). A concrete ``jax.Array`` is
     not read back (that would sync with the device at every eager step); see the
-    module docstring. Inside :func:`times_from_grid` a traced ``t`` is not checked:
-    it comes from a validated grid.
+    module docstring. The package's loops build their steps with ``trusted=True``
+    (:class:`PreparedStep`): their ``t`` come from a validated grid, and their compiled
+    program stays free of a per-step check and the same from one trace to the next (a
+    ``checkify.debug_check`` numbers its error codes per process, which would change the
+    persistent compilation cache's key).
     """
     message = "t must be finite and > 0 (sigma(0) = 0)"
     if t_host is not None:
@@ -766,7 +753,7 @@ def check_t(t: jax.Array, t_host: Optional[np.ndarray], schedule: Any = None, dt
             floor = smallest_time(schedule, dtype)
             if not np.all(t_host >= floor):
                 raise _below_floor("t", t_host, floor, f"t_max = {schedule.t_max!r}]", dtype)
-    elif _checks.is_traced(t) and not _TIMES_FROM_GRID.get():
+    elif _checks.is_traced(t):
         checkify.debug_check(jnp.all(jnp.isfinite(t) & (t > 0)), message)
 
 
@@ -802,27 +789,33 @@ class PreparedStep:
     on the ``"reference"`` grid, ``t - t_next`` on every other.
     """
 
-    def __init__(self, caller, state, model_output, x, t, key, noise, t_next=None):
-        self.n = require_timesteps(state, caller)
+    def __init__(self, caller, state, model_output, x, t, key, noise, t_next=None, *, trusted=False):
+        """``trusted``: the inputs come from a loop over a validated grid (the solvers of
+        :mod:`sdevp_jax.solvers`), so nothing is checked; the arithmetic is the same."""
+        self.n = state.timesteps.shape[0] if trusted else require_timesteps(state, caller)
         self.caller = caller
         self.state = state
-        self.x = _checks.float_array("x", x)
-        out = _checks.float_array("model_output", model_output)
-        if out.shape != self.x.shape:
-            raise ValueError(f"model_output must have x's shape {self.x.shape}, got {out.shape}")
-        t_host = _checks.host_value(t)
-        t = jnp.asarray(t)
-        if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
-            raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
-        check_t(t, t_host, state.schedule, _checks.compute_dtype(self.x.dtype))
-        if t_host is not None:
-            _check_t_max(state, t_host)
-        if noise is None:
-            _checks.prng_key("key", key)
+        t_host = None
+        if trusted:
+            self.x, out, t = x, model_output, t
         else:
-            noise = _checks.float_array("noise", noise)
-            if noise.shape != self.x.shape:
-                raise ValueError(f"noise must have x's shape {self.x.shape}, got {noise.shape}")
+            self.x = _checks.float_array("x", x)
+            out = _checks.float_array("model_output", model_output)
+            if out.shape != self.x.shape:
+                raise ValueError(f"model_output must have x's shape {self.x.shape}, got {out.shape}")
+            t_host = _checks.host_value(t)
+            t = jnp.asarray(t)
+            if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
+                raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
+            check_t(t, t_host, state.schedule, _checks.compute_dtype(self.x.dtype))
+            if t_host is not None:
+                _check_t_max(state, t_host)
+            if noise is None:
+                _checks.prng_key("key", key)
+            else:
+                noise = _checks.float_array("noise", noise)
+                if noise.shape != self.x.shape:
+                    raise ValueError(f"noise must have x's shape {self.x.shape}, got {noise.shape}")
         self.dtype = _checks.compute_dtype(self.x.dtype)
         self.schedule = state.schedule.cast(self.dtype)
         self.t = broadcast_t(t.astype(self.dtype), self.x)
@@ -834,7 +827,7 @@ class PreparedStep:
             if t_next is None:
                 t_next = _next_time_of(state, t.astype(self.dtype))
             else:
-                t_next_host = _checks.host_value(t_next)
+                t_next_host = None if trusted else _checks.host_value(t_next)
                 if t_next_host is not None and t_host is not None and not np.all(
                     (t_next_host >= 0) & (t_next_host < t_host)
                 ):
@@ -966,7 +959,11 @@ def step_pred(
         checked under ``checkify``; see the module docstring).
       TypeError: non-float ``x``/``model_output``/``noise``; a bad ``key``.
     """
-    p = PreparedStep("step_pred", state, model_output, x, t, key, noise, t_next)
+    return step_pred_update(PreparedStep("step_pred", state, model_output, x, t, key, noise, t_next))
+
+
+def step_pred_update(p: PreparedStep) -> StepOutput:
+    """:func:`step_pred`'s arithmetic on prepared (checked, or trusted) inputs."""
     # The reference computes x + (-beta x / 2 - beta * (-eps / std)) * dt with
     # dt = -h = -1/N. With its per-sample coefficients collected, that is
     #     x_mean = x + [(h beta / 2) x - (h beta / std) eps],

@@ -45,6 +45,7 @@ ORDERS = [
     ("unipc", {"order": 2}, 3),
     ("unipc", {"order": 2, "solver_type": "bh1"}, 3),
     ("unipc", {"order": 2, "predict_x0": False}, 3),
+    ("dpm_solver_pp_2s", {}, 2),  # single-step: 2 calls per step, the same order in the step count
 ]
 
 

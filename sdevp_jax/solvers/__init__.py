@@ -23,12 +23,13 @@ from .ode import Euler, Heun
 from .dpm import DDIM, DPMSolver, DPMSolverPP, SDEDPMSolverPP, ddim_step, dpm_solver_step, dpmpp_step, sde_dpmpp_step
 from .unipc import UniPC, unipc_correct, unipc_predict
 from .adaptive import Adaptive
+from .dpmpp_2s import DPMSolverPP2S
 from .registry import get, make, methods_with, names, option_defaults, option_fields
 
 __all__ = [
     "Solver", "Grid", "Noise", "StepInfo", "StepCoeffs", "REGISTRY", "register", "option",
     "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "Projected",
-    "Euler", "Heun", "DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "UniPC", "Adaptive",
+    "Euler", "Heun", "DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "UniPC", "Adaptive", "DPMSolverPP2S",
     "GridSolver", "History", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES",
     "dpm_solver_step", "ddim_step", "dpmpp_step", "sde_dpmpp_step", "unipc_predict", "unipc_correct",
     "euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",

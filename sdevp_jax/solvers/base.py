@@ -137,6 +137,8 @@ class Solver:
     coefficients: ClassVar[bool] = True
     noise_slots: ClassVar[int] = 0
     invertible: ClassVar[bool] = False
+    #: the diffusers scheduler this solver reproduces (tests/test_solver_parity.py holds it to its goldens)
+    diffusers_scheduler: ClassVar[Optional[str]] = None
     #: whether the loop carries x in the work dtype (the SDE updates take and return the samples' dtype)
     in_work_dtype: ClassVar[bool] = True
 

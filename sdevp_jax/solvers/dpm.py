@@ -67,7 +67,7 @@ class DPMSolver(Solver):
     the log-SNR steps before them.
     """
 
-    order: int = option(3, choices=(1, 2, 3), help="the multistep order 1-3 (default 3; 1 is DDIM, eta = 0)")
+    order: int = option(3, choices=(1, 2, 3), help="the multistep order, 1-3 (1 is DDIM with eta = 0)")
 
     name = "dpm_solver"
     description = ("probability-flow ODE, multistep DPM-Solver (order 1-3, default 3) in eps form along the state's "
@@ -134,6 +134,7 @@ class DDIM(GridSolver):
     eta: float = option(0.0, static=False, help="eta >= 0 (default 0: deterministic; 1: DDPM's posterior variance)")
 
     name = "ddim"
+    diffusers_scheduler = "DDIMScheduler"
     description = "DDIM (Song, Meng & Ermon 2021); eta > 0 makes it stochastic, per-sample keyed noise"
     order = 1
     noise_slots = 1
@@ -219,7 +220,7 @@ def dpmpp_step(x, d0, hist: History, c: StepCoeffs, order, *, solver_type: str =
 class DPMSolverPP(GridSolver):
     """Multistep DPM-Solver++ (:func:`dpmpp_step`), 2M (default) or 3M."""
 
-    order: int = option(2, choices=(1, 2, 3), help="the multistep order 1-3 (2: '2M', default; 3: '3M')")
+    order: int = option(2, choices=(1, 2, 3), help="the multistep order, 1-3 (2: '2M'; 3: '3M')")
     solver_type: str = option("midpoint", choices=DPMPP_TYPES, help="the second-order term: midpoint or heun")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
     third_order: str = option("taylor", choices=THIRD_ORDER, help=(
@@ -227,6 +228,7 @@ class DPMSolverPP(GridSolver):
         "second-derivative term, as diffusers and the official code)"))
 
     name = "dpm_solver_pp"
+    diffusers_scheduler = "DPMSolverMultistepScheduler"
     description = "multistep DPM-Solver++ in data prediction, 2M (midpoint/heun) or 3M (Lu et al. 2022b)"
     max_order = 3
     invertible = True
@@ -273,11 +275,12 @@ def sde_dpmpp_step(x, d0, hist: History, c: StepCoeffs, order, z, *, solver_type
 class SDEDPMSolverPP(GridSolver):
     """SDE-DPM-Solver++ (:func:`sde_dpmpp_step`); step ``k``'s noise slot ``1 + k``."""
 
-    order: int = option(2, choices=(1, 2), help="the multistep order 1-2 (default 2)")
+    order: int = option(2, choices=(1, 2), help="the multistep order, 1-2")
     solver_type: str = option("midpoint", choices=DPMPP_TYPES, help="the second-order term: midpoint or heun")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
 
     name = "sde_dpm_solver_pp"
+    diffusers_scheduler = "DPMSolverMultistepScheduler"
     kind = "sde_solver"
     description = "SDE-DPM-Solver++(2M), stochastic, per-sample keyed noise (Lu et al. 2022b)"
     max_order = 2

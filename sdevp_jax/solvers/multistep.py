@@ -155,7 +155,11 @@ class GridSolver(Solver):
 
     def predict(self, model, x, grid: Grid, k):
         """The model at grid point ``k``: ``(eps_hat, x0_hat)`` in the work dtype, ``x0_hat`` thresholded."""
-        eps, x0 = model.eps_x0(x, grid.t[k], grid.alpha[k], grid.sigma[k])
+        return self.predict_at(model, x, grid.t[k], grid.alpha[k], grid.sigma[k])
+
+    def predict_at(self, model, x, t, alpha, sigma):
+        """The model at time ``t`` (0-d), where the schedule is ``alpha``, ``sigma``; as :meth:`predict`."""
+        eps, x0 = model.eps_x0(x, t, alpha, sigma)
         if self.thresholding:
             x0 = dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
         return eps, x0

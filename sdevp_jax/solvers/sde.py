@@ -44,7 +44,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from .. import _checks
-from ..scheduler import PreparedStep, ScoreSdeVpSchedulerState, StepOutput, step_pred
+from ..scheduler import PreparedStep, ScoreSdeVpSchedulerState, StepOutput, step_pred, step_pred_update
 from .base import Solver, StepInfo, option, register
 
 __all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",
@@ -72,7 +72,11 @@ def reverse_diffusion(
         \bar x = (2 - \sqrt{1 - \beta_i})\,x + \beta_i\, s, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
     """
-    p = PreparedStep("reverse_diffusion", state, model_output, x, t, key, noise, t_next)
+    return reverse_diffusion_update(PreparedStep("reverse_diffusion", state, model_output, x, t, key, noise, t_next))
+
+
+def reverse_diffusion_update(p: PreparedStep) -> StepOutput:
+    """:func:`reverse_diffusion`'s arithmetic on prepared inputs."""
     beta_i = p.rate()
     score = -p.eps / p.sigma()
     x_mean = (2.0 - p.sqrt_keep(beta_i)) * p.xc + beta_i * score
@@ -96,7 +100,11 @@ def ancestral(
         \bar x = \frac{x + \beta_i\, s}{\sqrt{1 - \beta_i}}, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
     """
-    p = PreparedStep("ancestral", state, model_output, x, t, key, noise, t_next)
+    return ancestral_update(PreparedStep("ancestral", state, model_output, x, t, key, noise, t_next))
+
+
+def ancestral_update(p: PreparedStep) -> StepOutput:
+    """:func:`ancestral`'s arithmetic on prepared inputs."""
     beta_i = p.rate()
     score = -p.eps / p.sigma()
     x_mean = (p.xc + beta_i * score) / p.sqrt_keep(beta_i)
@@ -178,6 +186,11 @@ def langevin_correct(
     p = PreparedStep("langevin_correct", state, model_output, x, t, key, noise, t_next)
     if p.x.ndim == 0:
         raise ValueError("langevin_correct needs x of shape (batch, ...): its step rules work per sample")
+    return langevin_update(p, snr, step_rule)
+
+
+def langevin_update(p: PreparedStep, snr, step_rule: str) -> StepOutput:
+    """:func:`langevin_correct`'s arithmetic on prepared inputs (``snr`` and ``step_rule`` checked)."""
     alpha_i = 1.0 - p.rate()
     sigma = p.sigma()
     score = -p.eps / sigma
@@ -216,6 +229,7 @@ class _Update(Solver):
     coefficients = False
     noise_slots = 1
     in_work_dtype = False
+    step_name = ""  # the public step function's name, as its errors name it
 
     def times(self, state, dtype):
         grid = state.timesteps
@@ -233,8 +247,9 @@ class _Update(Solver):
         t_next_vec = jnp.full((batch,), grid.t[k + 1], grid.t.dtype)
         z = noise.draw()
         out = model.output(x, t_vec)
-        x, x_mean = type(self).update(model.state, out, x, t_vec, None, noise=z, t_next=t_next_vec,
-                                      **self.update_options())
+        # the grid was validated where it was built: the update trusts its inputs (no per-step check)
+        p = PreparedStep(self.step_name, model.state, out, x, t_vec, None, z, t_next_vec, trusted=True)
+        x, x_mean = type(self).update(p, **self.update_options())
         return x, x_mean, StepInfo(1)
 
 
@@ -244,8 +259,9 @@ class EulerMaruyama(_Update):
     """Euler-Maruyama on the reverse SDE: diffusers' ``step_pred`` (:func:`euler_maruyama`)."""
 
     name = "euler_maruyama"
+    step_name = "step_pred"
     description = "reverse-SDE Euler-Maruyama, diffusers' step_pred (dt = -1/N)"
-    update = staticmethod(euler_maruyama)
+    update = staticmethod(step_pred_update)
 
 
 @register
@@ -254,8 +270,9 @@ class ReverseDiffusion(_Update):
     """The reverse-diffusion predictor (:func:`reverse_diffusion`)."""
 
     name = "reverse_diffusion"
+    step_name = "reverse_diffusion"
     description = "reverse-diffusion predictor on the VP discretisation (Song et al. eq. 47)"
-    update = staticmethod(reverse_diffusion)
+    update = staticmethod(reverse_diffusion_update)
 
 
 @register
@@ -264,8 +281,9 @@ class Ancestral(_Update):
     """Ancestral (DDPM) sampling (:func:`ancestral`)."""
 
     name = "ancestral"
+    step_name = "ancestral"
     description = "DDPM ancestral sampling (Ho et al. 2020)"
-    update = staticmethod(ancestral)
+    update = staticmethod(ancestral_update)
 
 
 @register
@@ -277,11 +295,12 @@ class Langevin(_Update):
     step_rule: str = option("sigma", choices=STEP_RULES, help="the corrector's step size rule (see langevin_correct)")
 
     name = "langevin"
+    step_name = "langevin_correct"
     kind = "corrector"
     description = "Langevin corrector with signal-to-noise step size (Song et al. Alg. 5)"
     order = 0
     nfe_formula = "N * corrector_steps"
-    update = staticmethod(langevin_correct)
+    update = staticmethod(langevin_update)
 
     def __post_init__(self):
         check_step_rule(self.step_rule)

@@ -111,13 +111,14 @@ def unipc_correct(x_prev, d0, hist: History, c: StepCoeffs, d_t, order, *, varia
 class UniPC(GridSolver):
     """UniPC: UniC on the last step, then UniP on the next, in data (default) or noise prediction."""
 
-    order: int = option(2, choices=(1, 2, 3), help="the predictor's order 1-3 (default 2; UniC adds one)")
+    order: int = option(2, choices=(1, 2, 3), help="the predictor's order, 1-3 (UniC adds one)")
     solver_type: str = option("bh2", choices=VARIANTS, help="B(h): 'bh2' (default, e^h - 1) or 'bh1' (h)")
     lower_order_final: bool = option(True, help="lower the order at the last steps, as diffusers")
     predict_x0: bool = option(True, help=(
         "data prediction (default, as diffusers); False: the noise-prediction form (Zhao et al. give both)"))
 
     name = "unipc"
+    diffusers_scheduler = "UniPCMultistepScheduler"
     description = "UniPC: UniP predictor + UniC corrector, bh1/bh2, orders 1-3 (Zhao et al. 2023)"
     order_rule = "unipc"
     max_order = 3

@@ -14,8 +14,8 @@ draws with that key. diffusers receives that noise through its own arguments: DD
 ``step(..., variance_noise=noise[k])`` and DPMSolverMultistep's
 ``step(..., variance_noise=noise[k])`` (the ``sde-dpmsolver++`` path uses it instead of
 ``randn_tensor``); nothing is monkeypatched for the noise. The same subprocess reports the
-library's solver tables (``GRID_SOLVERS``, ``SOLVER_TYPES``, ``FINAL_SIGMAS_TYPES`` of
-``sdevp_jax.loops``), from which the option cases below are generated.
+library's solver tables (``GRID_SOLVERS``, ``SOLVER_TYPES``, ``FINAL_SIGMAS_TYPES``, read from
+the registered solvers with a ``diffusers_scheduler``), from which the option cases below are generated.
 
 Model (written here in torch, in sdevp_jax in tests/test_solver_parity.py), row-wise: on
 the first half of the batch the exact noise prediction of data ``N(MU, S^2 I)`` in 3-D,
@@ -224,12 +224,19 @@ def option_cases(tables: dict) -> list[tuple[str, dict]]:
 
 
 def library_tables() -> dict:
-    """(Under the JAX Python.) sdevp_jax.loops' solver tables, as JSON-able lists."""
-    from sdevp_jax.loops import FINAL_SIGMAS_TYPES, GRID_SOLVERS, SOLVER_TYPES
+    """(Under the JAX Python.) The registered grid solvers that reproduce a diffusers scheduler, as JSON-able
+    tables: ``GRID_SOLVERS`` (name -> default order, largest order, order rule), ``SOLVER_TYPES`` (name ->
+    its ``solver_type`` choices) and ``FINAL_SIGMAS_TYPES``."""
+    from sdevp_jax import solvers
 
-    return {"GRID_SOLVERS": {k: list(v) for k, v in GRID_SOLVERS.items()},
-            "SOLVER_TYPES": {k: list(v) for k, v in SOLVER_TYPES.items()},
-            "FINAL_SIGMAS_TYPES": list(FINAL_SIGMAS_TYPES)}
+    grid = {name: cls for name, cls in solvers.REGISTRY.items()
+            if issubclass(cls, solvers.GridSolver) and cls.diffusers_scheduler is not None}
+    return {"GRID_SOLVERS": {name: [cls.order if "order" not in solvers.option_fields(cls)
+                                    else solvers.option_fields(cls)["order"].default, cls.max_order, cls.order_rule]
+                             for name, cls in grid.items()},
+            "SOLVER_TYPES": {name: list(solvers.option_fields(cls)["solver_type"].metadata["choices"])
+                             for name, cls in grid.items() if "solver_type" in solvers.option_fields(cls)},
+            "FINAL_SIGMAS_TYPES": list(solvers.FINAL_SIGMAS_TYPES)}
 
 
 def jax_inputs(path: str) -> None:

@@ -1,0 +1,171 @@
+"""Each solver's step tested directly: its arithmetic against known answers, without a compiled loop.
+
+The steps are called by hand (``init``, ``step`` for each interval, ``finish``) in
+float64, on models whose probability-flow ODE has a closed form:
+
+data at one point ``mu``: ``x_t = alpha_t mu + sigma_t (x_s - alpha_s mu) / sigma_s``. Its
+  data prediction is ``mu`` everywhere, and its noise prediction is constant along each
+  trajectory, so every exponential integrator -- of any order, in data or noise
+  prediction -- is exact on it at any step size: a wrong zeroth-order coefficient shows.
+
+The higher-order terms, which vanish on point data, are held by the order tests
+(tests/test_solvers.py) and the parity goldens against diffusers
+(tests/test_solver_parity.py).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdevp_jax as sv
+from sdevp_jax import solvers
+from sdevp_jax.denoiser import Denoiser
+from sdevp_jax.solvers import Grid, Noise
+
+MU = np.array([[0.7, -1.3]])  # (1, 2): broadcasts over the batch
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def gaussian_eps(state, s):
+    """The exact noise prediction of data ``N(MU, s^2 I)`` under ``state``'s schedule (s = 0: a point)."""
+    def model_fn(x, t_model):
+        t = sv.time_from_model_time(state, t_model).astype(x.dtype)[:, None]  # (batch, 1)
+        alpha, sigma = state.schedule.cast(x.dtype).alpha_sigma(t)
+        return sigma * (x - alpha * MU) / (alpha ** 2 * s ** 2 + sigma ** 2)
+    return model_fn
+
+
+def gaussian_flow(state, s, x, t_from, t_to):
+    """The exact probability-flow map of data ``N(MU, s^2 I)`` from ``t_from`` to ``t_to``."""
+    schedule = state.schedule.cast(jnp.float64)
+    a0, s0 = schedule.alpha_sigma(jnp.asarray(t_from, jnp.float64))
+    a1, s1 = schedule.alpha_sigma(jnp.asarray(t_to, jnp.float64))
+    v0, v1 = a0 ** 2 * s ** 2 + s0 ** 2, a1 ** 2 * s ** 2 + s1 ** 2
+    return a1 * MU + jnp.sqrt(v1 / v0) * (x - a0 * MU)
+
+
+def run_by_hand(solver, state, model_fn, x, keys=None):
+    """``solver`` over ``state``'s grid, one ``step`` call per interval (no scan); returns (x, nfe)."""
+    dtype = x.dtype
+    model = Denoiser(state, model_fn, dtype, dtype)
+    grid = Grid.build(state.schedule.cast(dtype), solver.times(state, dtype), solver.coefficients)
+    noise = Noise(keys, jnp.int32(1), x.shape[1:], dtype)
+    memory = solver.init(x, grid)
+    nfe = []
+
+    @jax.jit  # one step compiled once, called for each k (no loop is compiled)
+    def step(x, memory, k):
+        x, memory, info = solver.step(model, x, memory, grid, k, noise)
+        nfe.append(info.nfe)
+        return x, memory
+
+    for k in range(grid.num_points - 1):
+        x, memory = step(x, memory, jnp.int32(k))
+    nfe = nfe[0] * (grid.num_points - 1)
+    x, memory, info = solver.finish(model, x, memory, grid)
+    return x, nfe + info.nfe
+
+
+STATES = {
+    "linear": lambda: sv.create_state(),
+    "cosine": lambda: sv.create_state(schedule=sv.schedules.CosineSchedule(0.008)),
+    "discrete": lambda: sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)),
+}
+
+# every deterministic exponential integrator of the registry, at each of its orders
+EXACT = [("dpm_solver", {"order": p}) for p in (1, 2, 3)] + [("ddim", {})] + [
+    ("dpm_solver_pp", {"order": p}) for p in (1, 2, 3)] + [("dpm_solver_pp", {"order": 2, "solver_type": "heun"}),
+                                                             ("dpm_solver_pp", {"order": 3, "third_order": "diffusers"})
+                                                             ] + [
+    ("unipc", {"order": p, "solver_type": v, "predict_x0": x0}) for p in (1, 2, 3) for v in ("bh1", "bh2")
+    for x0 in (True, False)] + [("dpm_solver_pp_2s", {}), ("dpm_solver_pp_2s", {"r": 1.0})]
+
+
+def _last(options, name):
+    return options | ({"final_sigmas_type": "last"} if "final_sigmas_type" in solvers.option_fields(
+        solvers.get(name)) else {})
+
+
+@pytest.mark.parametrize("schedule", sorted(STATES))
+@pytest.mark.parametrize("name,options", EXACT, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={w}" for k, w in v.items()) or "default")
+def test_exponential_integrators_are_exact_on_point_data(x64, schedule, name, options):
+    # 7 grid points uniform in log-SNR: coarse steps (h about 1.5 on the linear schedule), where any
+    # error in a step's zeroth-order coefficients would be of order 1; exact arithmetic leaves rounding.
+    state = sv.set_timesteps(STATES[schedule](), 7, spacing="logsnr")
+    solver = solvers.make(name, **_last(options, name))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)))
+    out, nfe = run_by_hand(solver, state, gaussian_eps(state, 0.0), x)
+    times = solver.times(state, jnp.float64)
+    expected = gaussian_flow(state, 0.0, x, times[0], times[-1])
+    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9)
+    assert nfe == solver.nfe(7)
+
+
+def test_registry_is_what_every_edge_exposes():
+    # sv.METHODS, the jobs' recorded options and the CLI's flags are read from the solver classes:
+    # every registered solver and every option of each must appear in all of them.
+    from sdevp_jax import cli, jobs
+
+    assert list(sv.METHODS) == list(solvers.REGISTRY)
+    job_fields = {f.name for f in __import__("dataclasses").fields(jobs.JobSpec)}
+    for name, cls in solvers.REGISTRY.items():
+        assert sv.METHODS[name].kind == cls.kind and sv.METHODS[name].description == cls.description
+        for option, field in solvers.option_fields(cls).items():
+            assert field.metadata["help"], (name, option)
+            if cls.kind in jobs.SAMPLE_ODE_KINDS:
+                assert option in jobs.SOLVER_FIELDS and option in job_fields and option in cli.SOLVER_FLAGS
+                assert jobs.solver_defaults(name, thresholding=True)[option] == field.default
+
+
+def test_make_names_the_option_a_method_does_not_take():
+    with pytest.raises(ValueError, match=r"eta applies to the methods \['ddim'\] only; method='unipc'"):
+        solvers.make("unipc", eta=0.5)
+    with pytest.raises(ValueError, match="sample_max_value is an option of thresholding"):
+        solvers.make("ddim", sample_max_value=2.0)
+    with pytest.raises(ValueError, match=r"order must be in \[1, 2\] for method='sde_dpm_solver_pp', got 3"):
+        solvers.make("sde_dpm_solver_pp", order=3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        solvers.make("dpm_solver_2m")
+    with pytest.raises(ValueError, match=r"r must be a number in \(0, 1\]"):
+        solvers.DPMSolverPP2S(r=0.0)
+
+
+def test_solver_objects_are_pytrees_with_static_options():
+    # the options that change the program are static (aux data); DDIM's eta is a leaf, so a jitted
+    # function may take the solver as an argument and trace eta
+    leaves, treedef = jax.tree.flatten(solvers.DDIM(eta=0.5))
+    assert leaves == [0.5]
+    assert jax.tree.flatten(solvers.UniPC(order=3))[0] == []
+    assert jax.tree.unflatten(treedef, [1.0]).eta == 1.0
+
+
+@pytest.mark.parametrize("solver", [
+    solvers.EulerMaruyama(), solvers.PredictorCorrector(solvers.Ancestral(), solvers.Langevin(), 2),
+    solvers.SDEDPMSolverPP(), solvers.DDIM(eta=1.0), solvers.Heun(), solvers.DPMSolverPP2S()], ids=lambda s: s.name)
+def test_the_steps_report_the_solvers_network_calls(solver):
+    # info.nfe, summed over the steps, is the count the solver declares (SamplerInfo reports the former)
+    state = sv.set_timesteps(sv.create_state(), 25)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(0), jnp.arange(3))
+    out, nfe = run_by_hand(solver, state, gaussian_eps(state, 0.5), jnp.zeros((3, 2)), keys)
+    assert nfe == solver.nfe(solver.times(state, jnp.float32).shape[0]) > 0
+    assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("namespace", ["solvers", "schedules", "grids", "mixtures", "jobs", "distributed", "denoiser"])
+def test_every_namespace_imports_on_its_own_without_side_effects(namespace):
+    # a fresh interpreter: importing the namespace alone works, starts no JAX backend (a multi-process
+    # job must import before jax.distributed.initialize) and changes no JAX config
+    import subprocess
+    import sys
+
+    code = (f"import jax; x64 = jax.config.jax_enable_x64; import sdevp_jax.{namespace}; "
+            "from jax._src import xla_bridge; assert not xla_bridge._backends, 'a backend was started'; "
+            "assert jax.config.jax_enable_x64 == x64")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
