@@ -183,7 +183,7 @@ def resolve_unroll(unroll: Optional[int]) -> int:
 def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_keys, unroll: int = 1):
     """Run ``solver`` over ``grid``'s intervals from ``x``: one ``lax.scan``; returns ``(x, solver_state, nfe)``.
 
-    Step ``k`` (from ``grid.t[k]`` to ``grid.t[k + 1]``) draws its noise from the slots
+    Step ``k`` (from ``grid.t[k]``, ``k < solver.num_steps(n)``) draws its noise from the slots
     ``1 + k s`` to ``k s + s`` of each sample's stream, ``s = solver.noise_slots``
     (slot 0 is the prior draw). The step index rides in the carry (not as an arange
     over the steps), so nothing but the grid has the length of the loop. ``nfe`` is
@@ -200,10 +200,11 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
         per_step.append(info.nfe)
         return (x, state, k + 1), None
 
-    (x, state, _), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0)), None,
-                                length=grid.num_points - 1, unroll=unroll)
+    num_steps = solver.num_steps(grid.num_points)
+    (x, state, _), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0)), None, length=num_steps,
+                                unroll=unroll)
     x, state, info = solver.finish(model, x, state, grid)
-    return x, state, per_step[0] * (grid.num_points - 1) + info.nfe
+    return x, state, per_step[0] * num_steps + info.nfe
 
 
 def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unroll: int = 1, reverse: bool = False):
@@ -407,6 +408,9 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
                 if value > 3:
                     raise ValueError(f"order must be 1, 2 or 3, got {value}")
                 continue
+            if name == "lower_order_final":  # likewise: there is no order to lower
+                solvers.base.bool_option("lower_order_final", value)
+                continue
             if name == "final_sigmas_type" and value == "last":  # every other method ends at the last grid time
                 continue
             if name == "final_sigmas_type":
@@ -473,7 +477,9 @@ def sample_ode(
     ``sample(state, model_fn, key, shape, solver=sv.solvers.make(name, **options))``
     with the options' old spellings kept: an option left at its default here is
     not passed on, and one the method does not take raises a ValueError naming it
-    (``order`` excepted: Euler, Heun and the adaptive solver ignore it).
+    (``order`` and ``lower_order_final`` excepted: a method without an order to set or
+    lower ignores them, as it did). ``sample(..., solver=...)`` is the one way to
+    sample; ``sample_ode`` is kept as this spelling of it.
 
     Methods (``sv.list_methods("ode")``), with ``N = len(state.timesteps)``:
 

@@ -435,7 +435,9 @@ def test_every_ode_and_sde_solver_method_builds_a_job_with_its_options():
     assert jobs.solver_defaults("dpm_solver_pp") == {
         "order": 2, "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero",
         "third_order": "taylor", "thresholding": False}
-    assert jobs.solver_defaults("euler_maruyama") == {} and jobs.solver_defaults("adaptive") == {}
+    assert jobs.solver_defaults("euler_maruyama") == {}
+    assert jobs.solver_defaults("adaptive") == {"rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
+    assert jobs.solver_defaults("unipc")["predict_x0"] is True
 
 
 @pytest.mark.parametrize("kwargs, match", [

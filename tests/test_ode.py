@@ -104,7 +104,7 @@ def test_nfe_counts_the_model_calls_exactly(method):
         if method != "adaptive":
             # N - 1 steps between the 7 grid points; the grid solvers' default last step to sigma = 0 adds one call.
             expected = {"euler": 6, "heun": 12, "dpm_solver": 6, "ddim": 7, "dpm_solver_pp": 7, "unipc": 7,
-                        "sde_dpm_solver_pp": 7}
+                        "sde_dpm_solver_pp": 7, "dpm_solver_pp_2s": 13}
             assert int(info.nfe) == expected[method]
 
 
@@ -126,11 +126,10 @@ def test_ode_samplers_reach_the_mixture(method, n):
 
 
 def test_dpm_solver_grid_is_uniform_in_log_snr(x64):
-    from sdevp_jax.loops import _ode_grid
     from sdevp_jax.sde import log_snr as _log_snr
 
     state = sv.set_timesteps(sv.create_state(), 11)
-    grid = _ode_grid(state, "dpm_solver", jnp.float64)
+    grid = sv.solvers.DPMSolver().times(state, jnp.float64)
     assert float(grid[0]) == 1.0 and float(grid[-1]) == 1e-3
     lam = _log_snr(grid, 0.1, 20.0)
     np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)

@@ -208,7 +208,8 @@ def test_sample_rejects_bad_sampler_options(state, kwargs, err, match):
 def test_registry_lists_every_method_by_kind():
     assert sv.list_methods("predictor") == ["euler_maruyama", "reverse_diffusion", "ancestral"]
     assert sv.list_methods("corrector") == ["langevin"]
-    assert sv.list_methods("ode") == ["euler", "heun", "dpm_solver", "adaptive", "ddim", "dpm_solver_pp", "unipc"]
+    assert sv.list_methods("ode") == ["euler", "heun", "dpm_solver", "ddim", "dpm_solver_pp", "unipc", "adaptive",
+                                      "dpm_solver_pp_2s"]  # the registry's order: by file, as registered
     assert sv.list_methods("sde_solver") == ["sde_dpm_solver_pp"]
     assert sv.list_methods() == list(sv.METHODS)
     assert all(isinstance(m, sv.MethodInfo) and m.description for m in sv.METHODS.values())

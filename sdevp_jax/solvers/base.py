@@ -7,7 +7,8 @@ its options as fields (static ones as ``pytree_node=False``, numbers a user may 
 * ``init(x, grid) -> state``: the solver's own memory before the first step (a
   multistep method's past predictions, an SDE predictor's noise-free mean);
 * ``step(model, x, state, grid, k, noise) -> (x, state, info)``: one step over the
-  grid's interval ``k``, from ``grid.t[k]`` to ``grid.t[k + 1]``, calling the model
+  grid's interval ``k``, from ``grid.t[k]`` to ``grid.t[k + 1]`` (the SDE updates: to the
+  next grid time, 0 after the last), calling the model
   only through ``model`` (a :class:`~sdevp_jax.denoiser.Denoiser`), drawing only from
   ``noise`` (the sample's fixed slots of this step), and returning a :class:`StepInfo`.
 
@@ -158,9 +159,13 @@ class Solver:
         """The times this solver steps through on ``state``'s grid, from the first to the last."""
         return state.timesteps.astype(dtype)
 
+    def num_steps(self, num_points: int) -> int:
+        """The steps of a run over ``num_points`` grid times: one per interval."""
+        return num_points - 1
+
     def nfe(self, num_points: int) -> int:
         """The batched network calls of a run over ``num_points`` grid times."""
-        return num_points - 1
+        return self.num_steps(num_points)
 
     def init(self, x: jax.Array, grid: Grid) -> Any:
         return ()

@@ -29,9 +29,9 @@ The discrete VP chain (Song et al., ICLR 2021, appendix; Ho et al., 2020) used b
   its ``"fixed_large"`` variance :math:`\beta_i` (Ho et al. 2020, sec. 3.2; tests compare
   with diffusers' ``DDPMScheduler``).
 
-The loop's grid for these solvers is ``state.timesteps`` followed by 0: the step from
-``t_i`` spans ``[t_{i+1}, t_i]`` (``t_N = 0``), and each update draws its noise from its
-own slot of the sample's stream (:class:`~sdevp_jax.solvers.base.Noise`).
+The loop's grid for these solvers is ``state.timesteps``, with one step from each time:
+the step from ``t_i`` spans ``[t_{i+1}, t_i]`` (``t_N = 0``), and each update draws its
+noise from its own slot of the sample's stream (:class:`~sdevp_jax.solvers.base.Noise`).
 """
 
 from __future__ import annotations
@@ -232,8 +232,10 @@ class _Update(Solver):
     step_name = ""  # the public step function's name, as its errors name it
 
     def times(self, state, dtype):
-        grid = state.timesteps
-        return jnp.concatenate([grid, jnp.zeros((1,), grid.dtype)])
+        return state.timesteps  # in the grid's dtype, as diffusers' step receives t
+
+    def num_steps(self, num_points):
+        return num_points  # one from each grid time; the last one to t = 0
 
     def init(self, x, grid):
         return x
@@ -243,8 +245,10 @@ class _Update(Solver):
 
     def step(self, model, x, x_mean, grid, k, noise):
         batch = x.shape[0]
+        n = grid.num_points
         t_vec = jnp.full((batch,), grid.t[k], grid.t.dtype)
-        t_next_vec = jnp.full((batch,), grid.t[k + 1], grid.t.dtype)
+        t_next = jnp.where(k + 1 < n, grid.t[jnp.minimum(k + 1, n - 1)], jnp.zeros((), grid.t.dtype))
+        t_next_vec = jnp.full((batch,), t_next, grid.t.dtype)
         z = noise.draw()
         out = model.output(x, t_vec)
         # the grid was validated where it was built: the update trusts its inputs (no per-step check)
@@ -353,8 +357,11 @@ class PredictorCorrector(Solver):
     def times(self, state, dtype):
         return self.predictor.times(state, dtype)
 
+    def num_steps(self, num_points):
+        return self.predictor.num_steps(num_points)
+
     def nfe(self, num_points):
-        return (self.corrector_steps + 1) * (num_points - 1)
+        return (self.corrector_steps + 1) * self.num_steps(num_points)
 
     def init(self, x, grid):
         return self.predictor.init(x, grid)
@@ -408,6 +415,9 @@ class Projected(Solver):
 
     def times(self, state, dtype):
         return self.inner.times(state, dtype)
+
+    def num_steps(self, num_points):
+        return self.inner.num_steps(num_points)
 
     def nfe(self, num_points):
         return self.inner.nfe(num_points)
