@@ -34,6 +34,7 @@ def test_sliced_w2_of_a_shift_is_the_projected_shift(accuracy):
                                rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_smoke(accuracy, tmp_path, capsys):
     args = ["--quick", "--num-samples", "200", "--dims", "2", "--directions", "16", "--floor-repeats", "2", "--replicates", "2",
             "--out", str(tmp_path)]
@@ -77,7 +78,8 @@ def test_speed_worker_and_runner_smoke(tmp_path):
     assert speed.main(args) == 2  # never overwrite without --force
 
 
-@pytest.mark.parametrize("impl", ["naive", "diffrax", "unet_sv", "unet_model"])
+# unet_sv compiles the UNet inside sv.sample (tens of seconds on CPU): full suite only; unet_model times the same UNet
+@pytest.mark.parametrize("impl", ["naive", "diffrax", pytest.param("unet_sv", marks=pytest.mark.slow), "unet_model"])
 def test_speed_workers_time_every_implementation(impl):
     speed = load("speed")
     args = speed.main.__globals__["argparse"].Namespace(

@@ -81,6 +81,7 @@ def test_figure_has_contours_weights_and_an_uncut_title():
         plt.close(fig)
 
 
+@pytest.mark.slow
 def test_mode_weights_of_exact_samples_are_within_their_standard_error():
     """Exact mixture samples: each sampled fraction within 4 binomial SE of its weight.
 
@@ -332,6 +333,7 @@ def test_console_script_declared():
     assert entry.load() is cli.main
 
 
+@pytest.mark.slow
 def test_module_runs_as_script():
     proc = subprocess.run(
         [sys.executable, "-m", "sdevp_jax.cli", "sample", "--help"],
@@ -455,6 +457,7 @@ def test_condition_errors_name_the_flag(extra, message, tmp_path, capsys):
     assert not (tmp_path / "job").exists()
 
 
+@pytest.mark.slow
 def test_class_and_guidance_run_record_and_show_the_class(tmp_path, capsys):
     """--class 2 is mode 4 alone (prior 0.08): every sample lands there, with and without guidance.
 
@@ -485,6 +488,7 @@ def test_class_and_guidance_run_record_and_show_the_class(tmp_path, capsys):
     assert "class 2, 10 steps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_figure_of_a_class_shows_its_density_and_weights():
     """The bars are p(k | c) = p(k) / p(c) on the class's modes, 0 elsewhere; the titles name the class."""
     import matplotlib.pyplot as plt

@@ -24,6 +24,7 @@ if __name__ == "__main__":  # a child: the device count must be set before JAX s
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(sys.argv[1])}"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import functools
 import hashlib
 import json
 
@@ -131,6 +132,7 @@ def check_bitwise(result: dict, count: int) -> None:
 FAST_CASES = ("toy_mixture/euler_maruyama", "hand_mixture/dpm_solver_pp", "cfg_class_mixture/ancestral")
 
 
+@pytest.mark.slow
 def test_pieces_on_2_devices_are_bitwise_single_device_calls():
     """2 forced CPU devices, 2 pieces of 8 rows each: each piece is bitwise the single-device call of 8 rows at
     its offset, for the embedded mixture, the hand-written softmax mixture and a guided model."""
@@ -147,12 +149,6 @@ def pick(cases: list[str], indices) -> list[str]:
 COUNT_CASES = {1: rotation(0), 2: rotation(1), 4: pick(rotation(2), (1, 5, 6, 9)), 8: pick(rotation(3), (0, 4, 8, 10))}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("count", COUNTS)
-def test_pieces_are_bitwise_single_device_calls(count):
-    """1, 2, 4 and 8 forced CPU devices, the methods rotating over the models (``rotation``): the output of
-    sample_on_devices is bitwise the single-device calls of its pieces, each device holding its own pieces."""
-    check_bitwise(run_child(count, tuple(COUNT_CASES[count])), count)
 
 
 # The out_shardings pattern: one program partitioned over the devices. Its tolerance, as the invariance tests
@@ -165,13 +161,36 @@ SPMD_CASES = ("hand_mixture/euler_maruyama", "hand_mixture/reverse_diffusion", "
               "flax_conv/heun")
 
 
+SPMD_COUNTS = (2, 8)
+
+
+@functools.lru_cache(maxsize=None)
+def count_child(count: int) -> dict:
+    """One child per device count for both slow tests below: the bitwise cases of ``COUNT_CASES`` through
+    sample_on_devices and, at 2 and 8 devices, the ``SPMD_CASES`` through the out_shardings program (a case
+    in both lists is run once with both checks). Each test reads only its own cases' entries."""
+    return run_child(count, tuple(COUNT_CASES[count]), SPMD_CASES if count in SPMD_COUNTS else ())
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("count", (2, 8))
+@pytest.mark.parametrize("count", COUNTS)
+def test_pieces_are_bitwise_single_device_calls(count):
+    """1, 2, 4 and 8 forced CPU devices, the methods rotating over the models (``rotation``): the output of
+    sample_on_devices is bitwise the single-device calls of its pieces, each device holding its own pieces."""
+    result = count_child(count)
+    bitwise = {case: result["cases"][case] for case in COUNT_CASES[count]}
+    assert len(bitwise) == len(COUNT_CASES[count])
+    check_bitwise({**result, "cases": bitwise}, count)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("count", SPMD_COUNTS)
 def test_out_shardings_equals_single_device_calls_to_rounding(count):
     """jit(..., out_shardings=batch_sharding()) on ``count`` forced CPU devices against the single-device calls
     of its shards: within the tolerance above, and not bitwise for the hand-written softmax mixture (as the
     module docstring of sdevp_jax.distributed says)."""
-    result = run_child(count, (), SPMD_CASES)
+    result = count_child(count)
+    result = {**result, "cases": {case: result["cases"][case] for case in SPMD_CASES}}
     for case, r in result["cases"].items():
         tolerance = (8.0 if case.endswith("/adaptive") else 2.0) * r["perturbed_diff"]
         assert r["finite"] and 0 < tolerance < 1e-1, (case, r)

@@ -125,7 +125,7 @@ def _run_fixed(family, state):
                                               cond=c), static_argnums=0)
 
 
-@pytest.mark.parametrize("family, n", [("sde", 100), ("ode", 20)])
+@pytest.mark.parametrize("family, n", [pytest.param("sde", 100, marks=pytest.mark.slow), ("ode", 20)])
 def test_cfg_at_1_and_0_and_classifier_guidance_at_1_follow_the_exact_paths(family, n):
     """Same key, same x_T: cfg(w=1) and the exact classifier at w=1 give the conditional run, cfg(w=0) the
     unconditional one, to rounding carried by the dynamics.

@@ -100,6 +100,7 @@ def conditioning_checks(observed_sign, filled, mode_mean):
         np.testing.assert_array_less(np.abs(part.mean(0) - sign * A_EPS * mode_mean), tol)
 
 
+@pytest.mark.slow
 def test_inpainting_follows_the_observed_mode():
     state = sv.set_timesteps(sv.create_state(), 100)
     mixture = sv.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
@@ -109,6 +110,7 @@ def test_inpainting_follows_the_observed_mode():
     conditioning_checks(np.sign(np.asarray(y[:, 0])), np.asarray(x[:, 3:], np.float64), 3.0)
 
 
+@pytest.mark.slow
 def test_colorization_follows_the_mode_the_grey_level_reveals():
     """Colour modes (3, 1, 2) and (-3, -1, -2): grey levels 2 and -2 tell them apart; the colour
     difference red - green (+2 or -2) must follow, where the marginal would give either sign."""

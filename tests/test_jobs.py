@@ -612,7 +612,7 @@ def test_condition_and_guidance_are_recorded_and_another_is_another_job(tmp_path
         jobs.check_manifest(jobs.JobSpec(**base, class_label=2), tmp_path / "old")
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "dpm_solver_pp"])
+@pytest.mark.parametrize("method", ["euler_maruyama", pytest.param("dpm_solver_pp", marks=pytest.mark.slow)])
 def test_guided_job_resumed_equals_the_uninterrupted_run_and_the_librarys_call(tmp_path, method):
     """A class-conditional job with CFG (interval and rescale on), stopped after its first chunk and resumed.
 

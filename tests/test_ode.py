@@ -54,6 +54,7 @@ def reference_solution():
     return np.asarray(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("dpm_solver", 1), ("dpm_solver", 2),
                                            ("dpm_solver", 3)])
 def test_fixed_step_methods_reach_their_order(x64, reference_solution, method, order):
@@ -72,6 +73,7 @@ def test_fixed_step_methods_reach_their_order(x64, reference_solution, method, o
     assert abs(slope - order) < 0.3, (slope, errors)
 
 
+@pytest.mark.slow
 def test_adaptive_solver_meets_its_tolerance_in_under_200_nfe(x64, reference_solution):
     state, model_fn = smooth_setup(2)
     x, info = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method="adaptive", return_info=True,
@@ -160,6 +162,7 @@ def test_sample_ode_shares_the_loops_input_checks():
         sv.sample_ode(state, model_fn, jax.random.key(0), ())
 
 
+@pytest.mark.slow
 def test_adaptive_tolerances_may_be_traced():
     """rtol/atol are numbers a user may pass through jit: checked only when concrete."""
     state, model_fn = smooth_setup(2)

@@ -95,6 +95,7 @@ def gaussian_em_moments(state, mu, scale):
     return float(m[0, 0]), float(v[0, 0])
 
 
+@pytest.mark.slow
 def test_euler_maruyama_has_weak_order_one(x64):
     """Fit log(error) against log(1/N): the slope is 1 within +-0.3 (as in diffrax's tests).
 

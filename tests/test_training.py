@@ -46,6 +46,7 @@ def test_dsm_loss_matches_its_definition(x64):
         np.testing.assert_allclose(got, expected[weighting], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_exact_eps_scores_lower_than_a_perturbed_one():
     """The exact eps minimises E||eps_hat - z||^2; a 10% perturbation raises it by ~0.01 E||eps||^2 > 0.
 
