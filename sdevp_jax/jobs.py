@@ -122,7 +122,7 @@ from ._io import atomic_write
 from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
 from .distributed import agree_on, together
 from . import solvers
-from .loops import sample, sample_ode
+from .loops import sample
 from .models import NULL_CLASS, cfg, default_class_mixture, default_mixture, make_class_model, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
 from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
@@ -292,7 +292,7 @@ class _JobFields:
         object.__setattr__(self, "spacing", _check_spacing(state, self.spacing, self.steps))
 
     def solver_options(self) -> dict:
-        """The solver options that apply to the method, resolved: keyword arguments of ``sample_ode``."""
+        """The solver options that apply to the method, resolved: ``sv.solvers.make(method, **options)``."""
         return {name: getattr(self, name) for name in SOLVER_FIELDS if getattr(self, name) is not None}
 
     @property
@@ -929,11 +929,11 @@ def _sampler(spec: JobSpec, state, model_fn):
     shape = (spec.batch_size, *spec.event_shape)
     model_fn = job_model(spec, state, model_fn)
     if METHODS[spec.method].kind in SAMPLE_ODE_KINDS:
-        options = spec.solver_options()
+        solver = solvers.make(spec.method, **spec.solver_options())
 
-        def draw(key, offset):
-            return sample_ode(state, model_fn, key, shape, method=spec.method, dtype=spec.dtype, index_offset=offset,
-                              cond=job_cond(spec, spec.batch_size), **options)
+        def draw(key, offset):  # unroll 1, as sample_ode (the program a job compiles is the same on every backend)
+            return sample(state, model_fn, key, shape, solver=solver, dtype=spec.dtype, index_offset=offset,
+                          cond=job_cond(spec, spec.batch_size), unroll=1)
     else:
         def draw(key, offset):
             return sample(state, model_fn, key, shape, predictor=spec.method, corrector=spec.corrector, snr=spec.snr,

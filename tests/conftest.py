@@ -35,3 +35,20 @@ def x64():
     """Run the test with 64-bit floats enabled (and back to the default after)."""
     with jax.enable_x64(True):
         yield
+
+
+# The fast tier. `pytest -m "not slow"` is the edit-test loop; besides the tests marked slow in
+# their files, the tests whose measured time (tests/slow_tier.txt, written by tests/measure_tier.py
+# from a `--durations=0` run of that tier on the project's 2-core VM) was above its threshold are
+# in the slow tier. The full suite (`pytest`, what CI runs) runs every test either way.
+_SLOW_TIER = os.path.join(os.path.dirname(__file__), "slow_tier.txt")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.path.exists(_SLOW_TIER):
+        return
+    with open(_SLOW_TIER) as f:
+        measured = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid in measured:
+            item.add_marker(pytest.mark.slow)

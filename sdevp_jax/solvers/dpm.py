@@ -11,12 +11,11 @@ diffusers options (``final_sigmas_type``, thresholding, ``lower_order_final``).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import struct
 
 from .. import _checks
-from .base import Grid, Solver, StepCoeffs, StepInfo, choice_option, option, positive_int_option, register
+from .base import Grid, Solver, StepCoeffs, StepInfo, choice_option, option, register
 from .multistep import GridSolver, History
 
 __all__ = ["DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "dpm_solver_step", "ddim_step", "dpmpp_step",

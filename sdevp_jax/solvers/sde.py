@@ -36,7 +36,7 @@ noise from its own slot of the sample's stream (:class:`~sdevp_jax.solvers.base.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
