@@ -17,6 +17,8 @@ import collections
 import re
 from pathlib import Path
 
+#: Never moved: the direct tests of each solver's step (their point is to be in the edit-test loop).
+KEEP = ("tests/test_solver_steps.py::",)
 LINE = re.compile(r"^\s*([\d.]+)s (?:setup|call|teardown)\s+(\S.*)$")
 
 
@@ -35,7 +37,12 @@ def main():
             seconds[match.group(2).strip()] += float(match.group(1))
     allowance = args.cores * (args.budget - args.overhead)
     fast, used = set(), 0.0
+    for nodeid in [n for n in seconds if n.startswith(KEEP)]:
+        fast.add(nodeid)
+        used += seconds[nodeid]
     for nodeid, s in sorted(seconds.items(), key=lambda kv: kv[1]):
+        if nodeid in fast:
+            continue
         if used + s > allowance:
             break
         fast.add(nodeid)
@@ -43,7 +50,8 @@ def main():
     slow = set(seconds) - fast
     listed = Path(__file__).with_name("slow_tier.txt")
     if args.add and listed.exists():  # a run of the fast tier as it is: add to the tests already moved
-        slow |= {line.strip() for line in listed.read_text().splitlines() if line.strip() and line[0] != "#"}
+        slow |= {line.strip() for line in listed.read_text().splitlines()
+                 if line.strip() and line[0] != "#" and not line.startswith(KEEP)}
     slow = sorted(slow)
     header = (f"# written by tests/measure_tier.py from {Path(args.durations).name}: {len(slow)} tests over the fast "
               f"tier's {args.budget:.0f} s on {args.cores} cores ({used:.0f} CPU-s kept in it)\n")

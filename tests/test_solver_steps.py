@@ -93,7 +93,7 @@ def _last(options, name):
         solvers.get(name)) else {})
 
 
-@pytest.mark.parametrize("schedule", sorted(STATES))
+@pytest.mark.parametrize("schedule", ["linear"] + [pytest.param(s, marks=pytest.mark.slow) for s in ("cosine", "discrete")])
 @pytest.mark.parametrize("name,options", EXACT, ids=lambda v: v if isinstance(v, str) else
                          ",".join(f"{k}={w}" for k, w in v.items()) or "default")
 def test_exponential_integrators_are_exact_on_point_data(x64, schedule, name, options):
