@@ -171,3 +171,33 @@ def test_every_namespace_imports_on_its_own_without_side_effects(namespace):
             "from jax._src import xla_bridge; assert not xla_bridge._backends, 'a backend was started'; "
             "assert jax.config.jax_enable_x64 == x64")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("r", [0.5, 0.3, 1.0])
+def test_dpmpp_2s_step_has_local_order_three(x64, r):
+    # A model whose data prediction is D(lambda) = a + b lambda (whatever x) has the exact step
+    # x_t = sigma_t/sigma_s x_s + sigma_t [A(lambda_t) - A(lambda_s)], A = e^lambda (a + b (lambda - 1)).
+    # A second-order step misses it by O(h^3): one step of h and of h/2 differ in error by 2^3 (log2 ratio
+    # 3; at these h the next term moves it by < 0.1). Weights of the two evaluations other than
+    # 1 - 1/(2r), 1/(2r) leave an O(h^2) error (ratio 2), a wrong first-order term O(h) (ratio 1).
+    a, b = 0.4, -0.15
+    base = sv.create_state(prediction_type="sample")
+    schedule = base.schedule.cast(jnp.float64)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2)))
+    errors = []
+    for h in (0.4, 0.2):
+        lam = jnp.asarray([-1.0, -1.0 + h], jnp.float64)
+        state = sv.set_timesteps(base, timesteps=np.asarray(schedule.t_from_log_snr(lam)))
+
+        def model_fn(x, t_model, state=state):
+            t = sv.time_from_model_time(state, t_model).astype(x.dtype)
+            return jnp.broadcast_to(a + b * schedule.log_snr(t)[:, None], x.shape)
+
+        out, nfe = run_by_hand(solvers.DPMSolverPP2S(r=r, final_sigmas_type="last"), state, model_fn, x)
+        assert nfe == 2
+        t0, t1 = state.timesteps.astype(jnp.float64)
+        l0, l1 = schedule.log_snr(t0), schedule.log_snr(t1)
+        antiderivative = lambda lam: jnp.exp(lam) * (a + b * (lam - 1.0))  # noqa: E731
+        exact = schedule.sigma(t1) / schedule.sigma(t0) * x + schedule.sigma(t1) * (antiderivative(l1) - antiderivative(l0))
+        errors.append(float(jnp.max(jnp.abs(out - exact))))
+    assert abs(np.log2(errors[0] / errors[1]) - 3.0) < 0.2, errors
