@@ -18,7 +18,7 @@ sampler, the registry), ``sv.schedules``, ``sv.grids``, ``sv.mixtures`` (the toy
 (``sv.default_mixture``, ...) are kept for this release; new code should use ``sv.mixtures``.
 """
 
-__version__ = "0.4.0"  # before the submodules, which record it
+__version__ = "0.5.0"  # before the submodules, which record it
 
 from . import grids, schedules, sde, solvers
 from .config import load_config, save_config
