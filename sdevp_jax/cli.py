@@ -206,12 +206,13 @@ def _solver_option_flags() -> dict:
 
 
 #: The solver options' flags, by JobSpec field (from the registry).
-SOLVER_FLAGS = {name: flag for name, (flag, _) in _solver_option_flags().items()}
+_SOLVER_OPTION_FLAGS = _solver_option_flags()
+SOLVER_FLAGS = {name: flag for name, (flag, _) in _SOLVER_OPTION_FLAGS.items()}
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every solver (``None`` when not given: the method's default)."""
-    for flag, kwargs in _solver_option_flags().values():
+    for flag, kwargs in _SOLVER_OPTION_FLAGS.values():
         parser.add_argument(flag, **kwargs)
 
 

@@ -474,7 +474,7 @@ def sample_ode(
     ``(key, index_offset + b)``, bitwise; the result to float rounding).
 
     ``sample_ode(state, model_fn, key, shape, method=name, **options)`` is
-    ``sample(state, model_fn, key, shape, solver=sv.solvers.make(name, **options))``
+    ``sample(state, model_fn, key, shape, solver=sv.solvers.make(name, **options), unroll=1)``
     with the options' old spellings kept: an option left at its default here is
     not passed on, and one the method does not take raises a ValueError naming it
     (``order`` and ``lower_order_final`` excepted: a method without an order to set or

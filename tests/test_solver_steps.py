@@ -13,6 +13,8 @@ The higher-order terms, which vanish on point data, are held by the order tests
 (tests/test_solver_parity.py).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,7 +117,7 @@ def test_registry_is_what_every_edge_exposes():
     from sdevp_jax import cli, jobs
 
     assert list(sv.METHODS) == list(solvers.REGISTRY)
-    job_fields = {f.name for f in __import__("dataclasses").fields(jobs.JobSpec)}
+    job_fields = {f.name for f in dataclasses.fields(jobs.JobSpec)}
     for name, cls in solvers.REGISTRY.items():
         assert sv.METHODS[name].kind == cls.kind and sv.METHODS[name].description == cls.description
         for option, field in solvers.option_fields(cls).items():
