@@ -115,7 +115,7 @@ def tight_solution(base, mixture, key, shape):
     """The probability-flow ODE solved tightly (adaptive, rtol = atol = TIGHT) from the x_T of ``key``."""
     state = sv.set_timesteps(base, 2)
     f = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method", "max_steps"))
-    x = f(state, sv.make_mixture_eps_fn(state, mixture), key, shape, method="adaptive", rtol=TIGHT, atol=TIGHT,
+    x = f(state, sv.mixtures.make_mixture_eps_fn(state, mixture), key, shape, method="adaptive", rtol=TIGHT, atol=TIGHT,
           max_steps=100_000)
     return np.asarray(jax.block_until_ready(x), np.float64)
 
@@ -136,14 +136,14 @@ def run(args) -> dict:
     a = float(sde.alpha(base.sampling_eps, base.beta_min, base.beta_max))
     s = float(sde.sigma(base.sampling_eps, base.beta_min, base.beta_max))
     for dim in args.dims:
-        mixture = sv.default_mixture(dim)
+        mixture = sv.mixtures.default_mixture(dim)
         rng = np.random.default_rng(dim)
         directions = rng.standard_normal((args.directions, dim))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         mean, cov = exact_moments(mixture, a, s)
 
         def exact(seed):
-            return np.asarray(sv.sample_mixture(mixture, jax.random.key(seed), args.num_samples, alpha=a, sigma=s),
+            return np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(seed), args.num_samples, alpha=a, sigma=s),
                               np.float64)
 
         references = [exact(10_000 + k) for k in range(args.reference_sets)]
@@ -157,7 +157,7 @@ def run(args) -> dict:
         for label, kind, opts, budgets in plan:
             for n, nfe_or_tol in budgets:
                 state = sv.set_timesteps(base, 2 if isinstance(n, str) else n)
-                model_fn = sv.make_mixture_eps_fn(state, mixture)
+                model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
                 start = time.perf_counter()
                 reps = []  # replicate r uses the same key for every method (common random numbers)
                 for r in range(args.replicates):
@@ -381,7 +381,7 @@ def tight_to_zero(state64, mixture, x_t, tol):
     """
     from sdevp_jax.loops import tsit5_solve
 
-    model = sv.make_mixture_eps_fn(state64, mixture)
+    model = sv.mixtures.make_mixture_eps_fn(state64, mixture)
     run = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method", "max_steps", "dtype"))
     x_label0 = run(state64, model, jax.random.key(0), x_t.shape, method="adaptive", rtol=tol, atol=tol,
                    max_steps=100_000, dtype=jnp.float64, x_init=jnp.asarray(x_t, jnp.float64))
@@ -428,14 +428,14 @@ def frontier_run(args) -> dict:
     exchange = {"meta": None}
     x_ts = {}
     for dim in args.dims:
-        mixture = sv.default_mixture(dim)
+        mixture = sv.mixtures.default_mixture(dim)
         for name in ("weights", "means", "scales"):
             exchange[f"d{dim}_{name}"] = np.asarray(getattr(mixture, name), np.float32)
         for r in range(args.replicates):
             # x_T: the mixture diffused to t = 1 exactly (label 999), so that every solver's limit is the exact
             # law at its end time (a N(0, I) start would add the prior's mismatch, alpha(1) = 0.068 here)
             key = jax.random.fold_in(jax.random.key(dim), r)
-            x_ts[dim, r] = np.asarray(sv.sample_mixture(mixture, key, args.num_samples, alpha=alpha_top,
+            x_ts[dim, r] = np.asarray(sv.mixtures.sample_mixture(mixture, key, args.num_samples, alpha=alpha_top,
                                                         sigma=sigma_top), np.float32)
             exchange[f"d{dim}_xT_{r}"] = x_ts[dim, r]
     meta = {**SD_SCHEDULE, "dims": list(args.dims), "nfes": nfes, "replicates": args.replicates}
@@ -459,14 +459,14 @@ def frontier_run(args) -> dict:
         results["torch"], results["diffusers"] = diffusers_meta["torch"], diffusers_meta["diffusers"]
 
     for dim in args.dims:
-        mixture = sv.default_mixture(dim)
+        mixture = sv.mixtures.default_mixture(dim)
         rng = np.random.default_rng(dim)
         directions = rng.standard_normal((args.directions, dim))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
 
         def exact(end, seed):
             a, s = alpha_sigma[end]
-            return np.asarray(sv.sample_mixture(mixture, jax.random.key(seed), args.num_samples, alpha=a, sigma=s),
+            return np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(seed), args.num_samples, alpha=a, sigma=s),
                               np.float64)
 
         references = {end: [exact(end, 10_000 + k) for k in range(args.reference_sets)] for end in t_end}
@@ -480,7 +480,7 @@ def frontier_run(args) -> dict:
             schedule64 = schedules.from_diffusers(SD_SCHEDULE["beta_schedule"], SD_SCHEDULE["beta_start"],
                                                   SD_SCHEDULE["beta_end"], n_train)
             state64 = sv.set_timesteps(sv.create_state(schedule=schedule64), timesteps=np.array([1.0, 1.0 / n_train]))
-            mixture64 = sv.make_mixture(*(np.asarray(v, np.float64) for v in (mixture.weights, mixture.means,
+            mixture64 = sv.mixtures.make_mixture(*(np.asarray(v, np.float64) for v in (mixture.weights, mixture.means,
                                                                               mixture.scales)))
             for r in range(args.replicates):
                 x_label0, x_zero = tight_to_zero(state64, mixture64, x_ts[dim, r], args.tight_tol)
@@ -499,7 +499,7 @@ def frontier_run(args) -> dict:
                     "ode_err": float(ode_err.mean()), "ode_err_sd": float(ode_err.std(ddof=1)) if len(ode_err) > 1
                     else 0.0}
 
-        model_fn = sv.make_mixture_eps_fn(base, mixture)
+        model_fn = sv.mixtures.make_mixture_eps_fn(base, mixture)
         run_ode = jax.jit(sv.sample_ode, static_argnums=(1, 3),
                           static_argnames=("method", "order", "solver_type", "third_order", "final_sigmas_type",
                                            "return_info"))

@@ -12,7 +12,7 @@ scheduler's own ``alphas_cumprod[label]`` (alpha = sqrt(abar), sigma = sqrt(1 - 
 
     eps(x, label) = sigma * sum_k r_k(x) (x - alpha mu_k) / v_k,   v_k = alpha^2 s_k^2 + sigma^2,
 
-r_k the posterior responsibilities -- the model ``sv.make_mixture_eps_fn`` is on the
+r_k the posterior responsibilities -- the model ``sv.mixtures.make_mixture_eps_fn`` is on the
 JAX side (sv's discrete schedule puts label n at t = (n + 1)/N with alpha(t)^2 = abar_n).
 
     python benchmarks/accuracy_vs_nfe_diffusers.py IN.npz OUT.npz

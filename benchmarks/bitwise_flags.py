@@ -46,7 +46,7 @@ def child(repeats: int) -> dict:
     key = jax.random.key(0)
     result = {"differing": {}, "ms_per_step": {}}
     for dim in (2, 3, 64):
-        model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim))
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim))
 
         def draw(batch):
             return np.asarray(jax.jit(lambda k: sv.sample(state, model_fn, k, (batch, dim)))(key))
@@ -54,7 +54,7 @@ def child(repeats: int) -> dict:
         ref = draw(1024)
         result["differing"][f"{dim}-D"] = sum(int(np.sum(np.any(draw(b) != ref[:b], axis=1))) for b in (1, 7, 256, 1000))
     for dim, batch in SHAPES:
-        model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim))
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim))
         fn = jax.jit(lambda k: sv.sample(state, model_fn, k, (batch, dim)))
         fn(key).block_until_ready()
         times = []

@@ -45,9 +45,11 @@ def worker(config: str) -> dict:
 
     import sdevp_jax as sv
 
+    mx = getattr(sv, "mixtures", sv)  # the toy mixtures' namespace; the top level in releases before it
+
     name, steps, options = CONFIGS[config]
     state = sv.set_timesteps(sv.create_state(), steps)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(SHAPE[1]))
+    model_fn = mx.make_mixture_eps_fn(state, mx.default_mixture(SHAPE[1]))
     fn = getattr(sv, name)
     jitted = jax.jit(lambda st, key: fn(st, model_fn, key, SHAPE, **options))
     start = time.perf_counter()

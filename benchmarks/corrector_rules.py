@@ -43,7 +43,7 @@ def measure(mixture, x, alpha, sigma, plane):
     w, mu, s2 = (np.asarray(v, np.float64) for v in (mixture.weights, mixture.means, np.square(mixture.scales)))
     mu, v = alpha * mu, alpha**2 * s2 + sigma**2
     mean = w @ mu
-    modes = np.asarray(sv.assign_modes(mixture, x))
+    modes = np.asarray(sv.mixtures.assign_modes(mixture, x))
     freq = np.bincount(modes, minlength=len(w)) / len(x)
     ratio = np.square(x - mu[modes]) / v[modes]
     out = {"mean_err": float(np.max(np.abs(x.mean(0) - mean))), "weight_err": float(np.max(np.abs(freq - w))),
@@ -65,13 +65,13 @@ def run(args) -> dict:
     alpha = float(sde.alpha(state.sampling_eps, state.beta_min, state.beta_max))
     sigma = float(sde.sigma(state.sampling_eps, state.beta_min, state.beta_max))
     f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector", "step_rule"))
-    targets = [("3-component 3-D mixture", sv.make_mixture(*MIX3), args.samples[0], False)]
-    targets += [(f"default mixture, D = {d}", sv.default_mixture(d), m, True)
+    targets = [("3-component 3-D mixture", sv.mixtures.make_mixture(*MIX3), args.samples[0], False)]
+    targets += [(f"default mixture, D = {d}", sv.mixtures.default_mixture(d), m, True)
                 for d, m in zip(args.dims, args.samples[1:])]
     results = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
                "jax": jax.__version__, "steps": args.steps, "snr": args.snr, "rows": []}
     for name, mixture, m, plane in targets:
-        model_fn = sv.make_mixture_eps_fn(state, mixture)
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
         for rule in RULES:
             opts = {"corrector": "langevin", "snr": args.snr, "step_rule": rule} if rule else {}
             start = time.perf_counter()

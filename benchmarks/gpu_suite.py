@@ -155,11 +155,13 @@ def dpm_worker(a) -> dict:
     import jax.numpy as jnp
 
     import sdevp_jax as sv
+
+    mx = getattr(sv, "mixtures", sv)  # the toy mixtures' namespace; the top level in releases before it
     import speed
 
     shape = tuple(int(s) for s in a.shape.split(","))
     state = sv.set_timesteps(sv.create_state(), a.steps + 1)
-    model_fn = sv.make_mixture_eps_fn(state, speed.make_mixture("gaussian", math.prod(shape[1:])))
+    model_fn = mx.make_mixture_eps_fn(state, speed.make_mixture("gaussian", math.prod(shape[1:])))
     key = jax.random.key(0)
     f = jax.jit(lambda st, k: sv.sample_ode(st, model_fn, k, shape, method="dpm_solver", dtype=jnp.dtype(a.dtype)))
     start = time.perf_counter()

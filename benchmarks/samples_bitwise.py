@@ -25,6 +25,8 @@ import numpy as np
 
 import sdevp_jax as sv
 
+mx = getattr(sv, "mixtures", sv)  # the toy mixtures' namespace; the top level in releases before it
+
 SHAPE = (16, 2)
 
 
@@ -66,7 +68,7 @@ def record() -> dict:
     out = {}
     key = jax.random.key(0)
     for label, state in _states():
-        model = sv.make_mixture_eps_fn(state, sv.default_mixture())
+        model = mx.make_mixture_eps_fn(state, mx.default_mixture())
         if state.prediction_type != "epsilon":
             eps_model = model
 
@@ -88,23 +90,23 @@ def record() -> dict:
             if label.startswith("ref") or not options:
                 fn = jax.jit(lambda s, k, o=options, f=model: sv.sample(s, f, k, SHAPE, **o))
                 out[f"sde/{label}/{_name(options)}"] = np.asarray(fn(state, key))
-        x0 = sv.sample_mixture(sv.default_mixture(), jax.random.key(1), SHAPE[0])
+        x0 = mx.sample_mixture(mx.default_mixture(), jax.random.key(1), SHAPE[0])
         for method, options in INVERT_CASES if full or label.startswith("ref") else INVERT_CASES[:1]:
             fn = jax.jit(lambda s, x, m=method, o=options, f=model: sv.invert_ode(s, f, x, method=m, **o))
             out[f"invert/{label}/{method}/{_name(options)}"] = np.asarray(fn(state, x0))
     state = sv.set_timesteps(sv.create_state(), 25)
-    model = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model = mx.make_mixture_eps_fn(state, mx.default_mixture())
     out["adaptive/linear"] = np.asarray(jax.jit(lambda k: sv.sample_ode(state, model, k, SHAPE, method="adaptive"))(key))
-    cm = sv.default_class_mixture()
-    guided = sv.cfg(sv.make_class_model(state, cm), 3.0, sv.NULL_CLASS)
+    cm = mx.default_class_mixture()
+    guided = sv.cfg(mx.make_class_model(state, cm), 3.0, sv.NULL_CLASS)
     labels = jnp.arange(SHAPE[0]) % 3
     for method in ("dpm_solver_pp", "unipc", "ddim"):
         out[f"cfg/{method}"] = np.asarray(jax.jit(
             lambda k, c, m=method: sv.sample_ode(state, guided, k, SHAPE, method=m, cond=c))(key, labels))
     out["cfg/sde"] = np.asarray(jax.jit(lambda k, c: sv.sample(state, guided, k, SHAPE, cond=c))(key, labels))
     ref = sv.set_timesteps(sv.create_state(), 100)
-    ref_model = sv.make_mixture_eps_fn(ref, sv.default_mixture())
-    known = sv.sample_mixture(sv.default_mixture(), jax.random.key(2), SHAPE[0])
+    ref_model = mx.make_mixture_eps_fn(ref, mx.default_mixture())
+    known = mx.sample_mixture(mx.default_mixture(), jax.random.key(2), SHAPE[0])
     out["inpaint"] = np.asarray(jax.jit(lambda k: sv.inpaint(ref, ref_model, k, known, jnp.array([1, 0])))(key))
     out["inpaint/pc"] = np.asarray(jax.jit(
         lambda k: sv.inpaint(ref, ref_model, k, known, jnp.array([1, 0]), corrector="langevin"))(key))

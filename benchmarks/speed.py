@@ -47,8 +47,8 @@ def make_mixture(model: str, dim: int):
     import sdevp_jax as sv
 
     if model == "gaussian":
-        return sv.make_mixture([1.0], [[0.5] * dim], 0.5)
-    return sv.default_mixture(dim) if dim >= 2 else sv.make_mixture([0.4, 0.6], [[-1.0], [1.0]], 0.3)
+        return sv.mixtures.make_mixture([1.0], [[0.5] * dim], 0.5)
+    return sv.mixtures.default_mixture(dim) if dim >= 2 else sv.mixtures.make_mixture([0.4, 0.6], [[-1.0], [1.0]], 0.3)
 
 
 def timed(fn, repeats):
@@ -80,7 +80,7 @@ def worker(args) -> dict:
     dim = int(np.prod(shape[1:]))
     dtype = jnp.dtype(args.dtype)
     state = sv.set_timesteps(sv.create_state(), args.steps)
-    model_fn = sv.make_mixture_eps_fn(state, make_mixture(args.model, dim))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, make_mixture(args.model, dim))
     key = jax.random.key(0)
     from sdevp_jax.loops import resolve_unroll
 

@@ -14,34 +14,18 @@ Typical use::
 
 Namespaces (each importable on its own, without side effects): ``sv.solvers`` (every
 sampler, the registry), ``sv.schedules``, ``sv.grids``, ``sv.mixtures`` (the toy models),
-``sv.jobs``, ``sv.distributed``. The toy mixtures' top-level names of earlier releases
-(``sv.default_mixture``, ...) are kept for this release; new code should use ``sv.mixtures``.
+``sv.jobs``, ``sv.distributed``. The toy mixtures' top-level names of 0.3 and 0.4
+(``sv.default_mixture``, ...) still resolve in this release, with a DeprecationWarning that
+names their ``sv.mixtures`` spelling.
 """
 
 __version__ = "0.5.0"  # before the submodules, which record it
 
-from . import grids, schedules, sde, solvers
+from . import grids, mixtures, schedules, sde, solvers
 from .config import load_config, save_config
 from .loops import SamplerInfo, invert_ode, sample, sample_ode
-from .models import (
-    NULL_CLASS,
-    ClassMixture,
-    GaussianMixture,
-    cfg,
-    classifier_guidance,
-    default_class_mixture,
-    make_class_log_prob,
-    make_class_mixture,
-    make_class_model,
-    sample_class_mixture,
-    assign_modes,
-    default_mixture,
-    diffused_log_prob,
-    make_mixture,
-    make_mixture_eps_fn,
-    mixture_eps,
-    sample_mixture,
-)
+from .guidance import cfg, classifier_guidance
+from .mixtures import NULL_CLASS
 from .samplers import (
     METHODS,
     STEP_RULES,
@@ -53,19 +37,11 @@ from .samplers import (
     probability_flow_drift,
     reverse_diffusion,
 )
-from .scheduler import (
-    PREDICTION_TYPES,
-    SPACINGS,
-    ScoreSdeVpSchedulerState,
-    StepOutput,
-    create_state,
-    model_time,
-    set_timesteps,
-    step_pred,
-    time_from_model_time,
-)
+from .denoiser import PREDICTION_TYPES, model_time, time_from_model_time
+from .grids import SPACINGS
+from .scheduler import ScoreSdeVpSchedulerState, StepOutput, create_state, set_timesteps, step_pred
 
-from . import distributed, jobs, mixtures  # noqa: E402  (they build on everything above)
+from . import distributed, jobs  # noqa: E402  (they build on everything above)
 from .inverse import colorize, inpaint  # noqa: E402
 from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
 from .training import add_noise, dsm_loss  # noqa: E402
@@ -96,27 +72,13 @@ __all__ = [
     "reverse_diffusion",
     "sample_ode",
     "invert_ode",
-    "GaussianMixture",
-    "ClassMixture",
     "NULL_CLASS",
     "cfg",
     "classifier_guidance",
-    "default_class_mixture",
-    "make_class_log_prob",
-    "make_class_mixture",
-    "make_class_model",
-    "sample_class_mixture",
     "ScoreSdeVpSchedulerState",
     "StepOutput",
-    "assign_modes",
     "create_state",
-    "default_mixture",
-    "diffused_log_prob",
-    "make_mixture",
-    "make_mixture_eps_fn",
-    "mixture_eps",
     "sample",
-    "sample_mixture",
     "schedules",
     "grids",
     "solvers",
@@ -129,3 +91,21 @@ __all__ = [
     "set_timesteps",
     "step_pred",
 ]
+
+
+#: The toy mixtures' names that 0.3 and 0.4 exported at the top level: they now live in
+#: :mod:`sdevp_jax.mixtures` and resolve here, with a DeprecationWarning, for this release.
+_MOVED_TO_MIXTURES = frozenset(mixtures.__all__) - {"NULL_CLASS"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_MIXTURES:
+        import warnings
+
+        warnings.warn(
+            f"sdevp_jax.{name} is deprecated and will be removed in 0.6: use sdevp_jax.mixtures.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(mixtures, name)
+    raise AttributeError(f"module 'sdevp_jax' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -220,3 +220,18 @@ def floats_between(low: float, high: float, dtype: Any) -> int:
         hi = np.nextafter(hi, np.asarray(0, dtype))
     # positive floats are ordered as their bit patterns
     return max(0, int(hi.view(ints)) - int(lo.view(ints)) + 1)
+
+
+def per_sample(v: Any, batch: int, dtype: Any) -> jax.Array:
+    """``v`` (0-d or one value per sample) as a ``(batch,)`` vector of ``dtype``."""
+    return jnp.broadcast_to(jnp.asarray(v, dtype).reshape(-1), (batch,))
+
+
+def concrete(value: Any) -> Optional[np.ndarray]:
+    """``value`` as a NumPy array if it is known now (host or a concrete ``jax.Array``), else ``None``."""
+    if is_traced(value):
+        return None
+    host = host_value(value)
+    if host is not None:
+        return host
+    return np.asarray(value) if isinstance(value, jax.Array) else None

@@ -25,7 +25,7 @@ ODE solvers and the stochastic ``sde_dpm_solver_pp`` -- and ``--order``, ``--sol
 ``--thresholding`` (with ``--dynamic-thresholding-ratio``, ``--sample-max-value``) set the
 options of the methods they apply to (an error for any other method; see
 :func:`sdevp_jax.jobs.solver_defaults`). ``--class K`` draws every sample from class ``K``
-of the embedded class-conditional mixture (:func:`sdevp_jax.default_class_mixture`: five
+of the embedded class-conditional mixture (:func:`sdevp_jax.mixtures.default_class_mixture`: five
 modes in three classes), exact ``p(x | K)``; ``--guidance-scale W`` adds classifier-free
 guidance with the null class (one batched call of both halves), ``--guidance-interval LO HI``
 restricts it to continuous times in ``[LO, HI]`` and ``--guidance-rescale PHI`` applies
@@ -109,7 +109,8 @@ def _non_negative_float(text: str) -> float:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that name the model's schedule, prediction type and grid (``sample`` and ``info``)."""
     from .config import DISCRETE_CLASSES
-    from .scheduler import PREDICTION_TYPES, SPACINGS
+    from .denoiser import PREDICTION_TYPES
+    from .grids import SPACINGS
 
     add = parser.add_argument
     add("--config", type=Path, default=None,
@@ -307,7 +308,7 @@ def describe_classes() -> str:
     """One line: the embedded class-conditional mixture's classes, their modes and priors."""
     import sdevp_jax as sv
 
-    cm = sv.default_class_mixture(2)
+    cm = sv.mixtures.default_class_mixture(2)
     classes, weights = np.asarray(cm.classes), np.asarray(cm.mixture.weights, np.float64)
     parts = []
     for c in range(cm.num_classes):
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def mode_weights(samples: np.ndarray, mixture) -> tuple[np.ndarray, np.ndarray]:
-    """The fraction of ``samples`` that ``sv.assign_modes`` gives to each mode, and its binomial standard error.
+    """The fraction of ``samples`` that ``sv.mixtures.assign_modes`` gives to each mode, and its binomial standard error.
 
     For ``n`` samples and a fraction ``p``, the standard error is ``sqrt(p (1 - p) / n)``.
     Non-finite samples count in ``n`` but in no mode.
@@ -417,7 +418,7 @@ def mode_weights(samples: np.ndarray, mixture) -> tuple[np.ndarray, np.ndarray]:
 
     flat = np.asarray(samples, np.float32).reshape(len(samples), -1)
     finite = np.all(np.isfinite(flat), axis=1)
-    modes = np.asarray(sv.assign_modes(mixture, flat[finite])) if finite.any() else np.zeros(0, int)
+    modes = np.asarray(sv.mixtures.assign_modes(mixture, flat[finite])) if finite.any() else np.zeros(0, int)
     p = np.bincount(modes, minlength=mixture.num_components) / len(flat)
     return p, np.sqrt(p * (1.0 - p) / len(flat))
 
@@ -426,7 +427,7 @@ def target_weights(spec, mixture) -> np.ndarray:
     """The exact per-mode weights of the job's target: ``p(k)``, or ``p(k | c)`` for ``--class c``.
 
     ``p(k | c) = p(k) / p(c)`` for the class's components (``p(c)`` their total weight), 0
-    for the others (:func:`sdevp_jax.default_class_mixture`'s grouping). With guidance the
+    for the others (:func:`sdevp_jax.mixtures.default_class_mixture`'s grouping). With guidance the
     sampled distribution is not ``p(x | c)``; the picture still shows ``p(x | c)``.
     """
     from .jobs import DEFAULT_CLASSES
@@ -462,11 +463,11 @@ def make_figure(samples: np.ndarray, spec):
     if exact:
         # The marginal of a diagonal mixture in two coordinates is the mixture of the
         # components' 2-D marginals, with the same weights: exact, in any dimension.
-        mixture = sv.default_mixture(flat.shape[1])
+        mixture = sv.mixtures.default_mixture(flat.shape[1])
         # A class's density p(x | c) is the mixture of its components, their weights renormalised.
         weights = target_weights(spec, mixture)
         kept = weights > 0
-        plane = sv.make_mixture(weights[kept], np.asarray(mixture.means)[kept, :2],
+        plane = sv.mixtures.make_mixture(weights[kept], np.asarray(mixture.means)[kept, :2],
                                 np.asarray(mixture.scales)[kept, :2])
         # The samplers end at t = sampling_eps on ScoreSdeVpScheduler's grid, at t = 0 on every other;
         # the grid solvers' final step to sigma = 0 (final_sigmas_type "zero") at t = 0 on any.
@@ -476,7 +477,7 @@ def make_figure(samples: np.ndarray, spec):
         axis = np.linspace(-lim, lim, 300, dtype=np.float32)
         gx, gy = np.meshgrid(axis, axis)
         grid = np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1)
-        density = np.exp(np.asarray(sv.diffused_log_prob(plane, grid, alpha, sigma))).reshape(gx.shape)
+        density = np.exp(np.asarray(sv.mixtures.diffused_log_prob(plane, grid, alpha, sigma))).reshape(gx.shape)
         # Contours at fixed fractions of the peak, so every mode shows the same rings.
         levels = float(density.max()) * np.array([0.01, 0.05, 0.2, 0.5, 0.8])
         ax.contour(gx, gy, density, levels=levels, colors="tab:blue", linewidths=1.0, zorder=1)
@@ -499,7 +500,7 @@ def make_figure(samples: np.ndarray, spec):
                label="exact weight" if spec.class_label is None else f"exact weight in p(x | class {spec.class_label})")
         bx.bar(k + 0.2, p, width=0.4, yerr=2 * se, capsize=4, color="tab:red", alpha=0.7,
                label="sampled fraction, ±2 SE (binomial)")
-        bx.set(xticks=k, xlabel="mode (nearest component, sv.assign_modes)", ylabel="weight",
+        bx.set(xticks=k, xlabel="mode (nearest component, sv.mixtures.assign_modes)", ylabel="weight",
                title="per-mode weight: sampled vs exact")
         bx.legend(fontsize=8)
     bad = len(flat) - int(np.sum(np.all(np.isfinite(flat), axis=1)))

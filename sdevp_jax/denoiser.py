@@ -21,14 +21,29 @@ front of it: a guided model is another ``model_fn``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from .scheduler import eps_from_prediction, model_time, model_time_dtype, x0_from_prediction
+import numpy as np
+from jax.typing import ArrayLike
 
-__all__ = ["Denoiser"]
+from . import _checks, grids
+
+if TYPE_CHECKING:  # annotations only: the scheduler builds on this module
+    from .scheduler import ScoreSdeVpSchedulerState
+
+__all__ = [
+    "Denoiser",
+    "PREDICTION_TYPES",
+    "model_time",
+    "time_from_model_time",
+    "model_time_dtype",
+    "eps_from_prediction",
+    "prediction_from_eps",
+    "x0_from_prediction",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,3 +88,119 @@ class Denoiser:
         eps = eps_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         x0 = x0_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         return eps, x0
+
+
+#: The model parametrizations a state can name (``prediction_type``), as diffusers names them.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def check_prediction_type(prediction_type: Any) -> str:
+    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else a ValueError listing them."""
+    if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {', '.join(map(repr, PREDICTION_TYPES))}, got {prediction_type!r}"
+        )
+    return prediction_type
+
+
+def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
+    r"""The time input ``model_fn`` receives at continuous time ``t``: the one convention of the package.
+
+    A continuous schedule's model sees ``t`` itself (for a network trained on the
+    paper's labels, wrap it as ``lambda x, t: net(x, t * 999)``). A discrete
+    schedule's model sees its training label :math:`n = t N_{train} - 1`, a float
+    (an integer, to rounding, on the training grid), in the dtype of ``t``. Host
+    values are checked against the schedule's range.
+    """
+    t_host = _checks.host_value(t)
+    if t_host is not None:
+        check_times(state, t_host, "t")
+    t = jnp.asarray(t)
+    if not state.schedule.is_discrete:
+        return t
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        t = t.astype(_checks.default_float())
+    return t * state.num_train_timesteps - 1.0
+
+
+def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) -> jax.Array:
+    r"""The inverse of :func:`model_time`: ``t`` itself, or :math:`(n + 1)/N_{train}` for a label ``n``."""
+    host = _checks.host_value(model_t)
+    model_t = jnp.asarray(model_t)
+    if not jnp.issubdtype(model_t.dtype, jnp.floating):
+        model_t = model_t.astype(_checks.default_float())
+    if not state.schedule.is_discrete:
+        if host is not None:
+            check_times(state, host, "model_t")
+        return model_t
+    n = state.num_train_timesteps
+    if host is not None:
+        bad = np.flatnonzero(~((host >= 0) & (host <= n - 1)).reshape(-1))
+        if bad.size:
+            raise ValueError(
+                f"model_t, a discrete schedule's label, must lie in [0, num_train_timesteps - 1] = [0, {n - 1}], "
+                f"got {float(host.reshape(-1)[bad[0]])!r}"
+            )
+    return (model_t + 1.0) / n
+
+
+def check_times(state: ScoreSdeVpSchedulerState, t: np.ndarray, name: str) -> None:
+    """Host times inside ``(0, t_max]`` (``[1/N_train, 1]`` for a discrete schedule)."""
+    t = np.asarray(t, np.float64).reshape(-1)
+    low, _ = grids.eps_range(state.schedule, state.num_train_timesteps)
+    t_max = _checks.concrete(state.schedule.t_max)
+    ok = np.isfinite(t) & ((t >= low * (1 - 1e-6)) if state.schedule.is_discrete else (t > 0))
+    if t_max is not None:
+        ok &= t <= np.max(t_max) * (1 + 1e-6)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
+        raise ValueError(f"{name} must lie in {where}, got {float(t[bad[0]])!r}")
+    floor = grids.smallest_time(state.schedule)
+    if not np.all(t >= floor):
+        raise grids.below_floor(name, float(np.min(t)), floor, f"t_max = {state.schedule.t_max!r}]")
+
+
+def model_time_dtype(state: ScoreSdeVpSchedulerState) -> np.dtype:
+    """The dtype every loop passes ``t`` to ``model_fn`` in: the grid's (JAX's default float before a grid is set)."""
+    if state.timesteps is None:
+        return jnp.zeros(()).dtype
+    return state.timesteps.dtype
+
+
+def eps_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The noise prediction :math:`\hat\epsilon` from a model output of ``prediction_type``.
+
+    With :math:`x = \alpha x_0 + \sigma\epsilon` and :math:`v = \alpha\epsilon - \sigma x_0`
+    (Salimans & Ho, ICLR 2022): :math:`\hat\epsilon = \alpha v + \sigma x` from a v-model,
+    :math:`\hat\epsilon = (x - \alpha\hat x_0)/\sigma` from an :math:`x_0`-model; an
+    ε-model's output is returned as it is (no arithmetic).
+    """
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return alpha * output + sigma * x
+    return (x - alpha * output) / sigma
+
+
+def prediction_from_eps(prediction_type: str, eps: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The inverse of :func:`eps_from_prediction`: :math:`v = (\epsilon - \sigma x)/\alpha`, :math:`x_0 = (x - \sigma\epsilon)/\alpha`."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return (eps - sigma * x) / alpha
+    return (x - sigma * eps) / alpha
+
+
+def x0_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The data prediction :math:`\hat x_0` from a model output of ``prediction_type``.
+
+    :math:`(x - \sigma\hat\epsilon)/\alpha` from an ε-model, :math:`\alpha x - \sigma v` from a
+    v-model (Salimans & Ho 2022), the output itself from an :math:`x_0`-model: the
+    forms diffusers' solvers use, so that their roundings match.
+    """
+    if prediction_type == "epsilon":
+        return (x - sigma * output) / alpha
+    if prediction_type == "v_prediction":
+        return alpha * x - sigma * output
+    return output

@@ -1,4 +1,13 @@
-r"""diffusers' training-label spacings of its discrete schedulers, and labels <-> times.
+r"""Every time grid: :func:`~sdevp_jax.set_timesteps`' spacings, their checks, and diffusers' label spacings.
+
+:data:`SPACINGS` names the grids a state can hold; :func:`default_spacing` picks one;
+:func:`continuous_grid` builds the time-uniform, time-quadratic, log-SNR and Karras grids
+(:func:`log_snr_grid`, the one builder of grids spaced in :math:`\lambda`, also gives
+``dpm_solver`` its grid), :func:`label_grid` a discrete model's training labels,
+:func:`custom_grid` a user's times, and :func:`check_grid` holds every grid to the same
+rules (finite, strictly decreasing, inside the schedule's range, above the schedule's
+``smallest_time``). The rest of this docstring is about diffusers' label spacings.
+
 
 A discrete-time model is trained on integer labels :math:`n = 0, \dots, N-1`
 (``N = num_train_timesteps``); :mod:`sdevp_jax.schedules` places label :math:`n` at
@@ -41,13 +50,26 @@ with ``N`` training steps, ``n`` inference steps, ``o = steps_offset``:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _checks
+from . import _checks, schedules
+
+if TYPE_CHECKING:  # annotations only: the scheduler builds on this module
+    from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = [
+    "SPACINGS",
+    "CONTINUOUS_SPACINGS",
     "LABEL_SPACINGS",
+    "KARRAS_RHO",
+    "default_spacing",
+    "max_inference_steps",
+    "log_snr_grid",
     "SPACING_SCHEDULERS",
     "diffusers_label_spacing",
     "labels_to_times",
@@ -157,3 +179,182 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
             f"got times[{bad[0]}] = {float(times.flat[bad[0]])!r}"
         )
     return times * big_n - 1.0
+
+
+# --------------------------------------------------------------------------- the grids of set_timesteps
+
+#: The grids of :func:`set_timesteps`: ScoreSdeVpScheduler's own (``"reference"``, the linear
+#: schedule only), the continuous ones, and diffusers' label spacings (discrete schedules only).
+CONTINUOUS_SPACINGS = ("time_uniform", "time_quadratic", "logsnr", "karras")
+
+
+SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS
+
+
+#: The exponent of the ``"karras"`` grid (Karras et al., NeurIPS 2022, eq. 5).
+KARRAS_RHO = 7.0
+
+
+def smallest_time(schedule: Any, dtype: Any = None) -> float:
+    """The schedule's :meth:`~sdevp_jax.schedules.LinearSchedule.smallest_time` in ``dtype`` (default: JAX's default float), 0 if unknown."""
+    value = schedule.smallest_time(_checks.default_float() if dtype is None else dtype)
+    return 0.0 if value is None else value
+
+
+def below_floor(name: str, value: Any, floor: float, upper: str, dtype: Any = None) -> ValueError:
+    dtype = jnp.dtype(_checks.default_float() if dtype is None else dtype)
+    return ValueError(
+        f"{name} must be in [{floor:.4g}, {upper}: below {floor:.4g} sigma(t)**2 is not a normal "
+        f"{dtype.name} number (sigma = 0, log_snr = inf), got {value}"
+    )
+
+
+def eps_range(schedule: Any, num_train_timesteps: int) -> tuple[float, str]:
+    """The smallest ``sampling_eps`` allowed, and how to say it."""
+    if schedule.is_discrete:
+        return 1.0 / num_train_timesteps, f"[1/num_train_timesteps, 1) = [{1.0 / num_train_timesteps!r}, 1)"
+    t_max = schedule.t_max
+    shown = "1" if isinstance(t_max, float) and t_max == 1.0 else repr(t_max)
+    return 0.0, f"the open interval (0, {shown})"
+
+
+def default_spacing(state: ScoreSdeVpSchedulerState) -> str:
+    """The grid ``set_timesteps`` builds without ``spacing``.
+
+    ``"reference"`` (ScoreSdeVpScheduler's own) on the linear schedule; the config's
+    ``timestep_spacing`` for a state loaded from a diffusers config; else
+    ``"logsnr"``, uniform in :math:`\\lambda`, which bounds every step's
+    :math:`\\beta h \\approx 2\\,\\Delta\\lambda\\,\\sigma^2` however steep the schedule is near
+    its end (the cosine schedule's :math:`\\beta` reaches 999, a discrete cosine
+    schedule's about 6900: a time-uniform grid would need thousands of steps there).
+    """
+    if state.diffusers_config is not None:
+        return state.diffusers_config.timestep_spacing
+    if isinstance(state.schedule, schedules.LinearSchedule):
+        return "reference"
+    return "logsnr"
+
+
+def max_inference_steps(state: ScoreSdeVpSchedulerState) -> int:
+    """The most steps :func:`set_timesteps` accepts: ``min(2**31 - 1, floats in [sampling_eps, t_max])``.
+
+    A grid must be strictly decreasing in its dtype (JAX's default float), so it
+    cannot hold more points than there are such floats between its ends (about
+    8.4e7 in float32 for ``sampling_eps = 1e-3``); the loops index steps with int32.
+    With a traced ``sampling_eps`` or ``t_max``, only the int32 bound applies.
+    """
+    eps, t_max = _checks.concrete(state.sampling_eps), _checks.concrete(state.schedule.t_max)
+    if eps is None or t_max is None or eps.size == 0:
+        return _checks.INT32_MAX
+    low, high = float(np.min(eps)), float(np.max(t_max))
+    if not 0.0 < low <= high:
+        return _checks.INT32_MAX
+    return min(_checks.INT32_MAX, _checks.floats_between(low, high, _checks.default_float()))
+
+
+def check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
+    """A concrete grid: finite, strictly decreasing, inside the schedule's range."""
+    values = _checks.concrete(grid)
+    if values is None:
+        return
+    if values.ndim != 1 or values.shape[0] < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite, got {values}")
+    steps = np.flatnonzero(np.diff(values) >= 0)
+    if steps.size:
+        i = int(steps[0])
+        raise ValueError(
+            f"{name} must be strictly decreasing (in the grid's float dtype), got "
+            f"{name}[{i}] = {float(values[i])!r} <= {name}[{i + 1}] = {float(values[i + 1])!r}"
+        )
+    low, shown = eps_range(state.schedule, state.num_train_timesteps)
+    t_max = _checks.concrete(state.schedule.t_max)
+    top_ok = t_max is None or values[0] <= t_max
+    bottom_ok = values[-1] >= low if state.schedule.is_discrete else values[-1] > low
+    if not (top_ok and bottom_ok):
+        where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
+        raise ValueError(f"{name} must lie in {where}, got values from {float(values[-1])!r} to {float(values[0])!r}")
+    floor = smallest_time(state.schedule)
+    if not values[-1] >= floor:
+        raise below_floor(f"{name}'s last time", float(values[-1]), floor, f"t_max = {state.schedule.t_max!r}]")
+
+
+def custom_grid(state: ScoreSdeVpSchedulerState, timesteps: Any) -> jax.Array:
+    values = _checks.host_real_array("timesteps", timesteps)
+    check_grid(state, values, "timesteps")
+    grid = jnp.asarray(values, _checks.default_float())
+    check_grid(state, grid, "timesteps")  # still strictly decreasing after rounding to the grid's dtype
+    return grid
+
+
+def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offset: Optional[int]) -> jax.Array:
+    if not state.schedule.is_discrete:
+        raise ValueError(
+            f"spacing={spacing!r} picks training labels and needs a discrete schedule; this state's schedule "
+            f"is {type(state.schedule).__name__} (use one of {', '.join(map(repr, CONTINUOUS_SPACINGS))})"
+        )
+    config = state.diffusers_config
+    if steps_offset is None:
+        steps_offset = 0 if config is None else config.steps_offset
+    family = "DDIMScheduler"
+    if config is not None and config.class_name in SPACING_SCHEDULERS:
+        family = config.class_name
+    labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family)
+    times = labels_to_times(labels, state.num_train_timesteps)
+    grid = jnp.asarray(times, _checks.default_float())
+    check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
+    return grid
+
+
+def _round_down(value: Any, dtype: Any) -> jax.Array:
+    """A concrete ``value`` rounded to ``dtype`` toward 0 (a traced one to nearest), so that a grid's top is not above it.
+
+    The cosine schedule's ``t_max`` is a float64 number; rounded to nearest in float32 it
+    lies above ``t_max`` for about half the offsets ``s`` (every ``s`` above about 1.5).
+    """
+    host = _checks.concrete(value)
+    if host is None:
+        return jnp.asarray(value, dtype)
+    rounded = np.asarray(host, dtype)
+    rounded = np.where(rounded.astype(np.float64) > host, np.nextafter(rounded, np.zeros((), dtype)), rounded)
+    return jnp.asarray(rounded, dtype)
+
+
+def continuous_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str) -> jax.Array:
+    dtype = _checks.default_float()
+    schedule = state.schedule.cast(dtype)
+    t_hi = _round_down(state.schedule.t_max, dtype)
+    t_lo = jnp.asarray(state.sampling_eps, dtype)
+    if spacing == "time_uniform":
+        return jnp.linspace(t_hi, t_lo, n)
+    if spacing == "time_quadratic":
+        # the end points exactly (the square root is accurate to rounding in between); t_max last,
+        # so that a one-point grid is [t_max], as linspace's is
+        grid = jnp.square(jnp.linspace(jnp.sqrt(t_hi), jnp.sqrt(t_lo), n)).at[-1].set(t_lo).at[0].set(t_hi)
+    else:
+        grid = log_snr_grid(schedule, t_hi, t_lo, n, spacing)
+    check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
+    return grid
+
+
+def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spacing: str = "logsnr") -> jax.Array:
+    r"""``n`` times from ``top`` down to ``bottom`` spaced in :math:`\lambda = \log(\alpha/\sigma)`: the one log-SNR grid.
+
+    ``"logsnr"``: uniform in :math:`\lambda` (Lu et al., NeurIPS 2022, sec. 3.3); ``"karras"``:
+    :math:`\sigma/\alpha = e^{-\lambda}` uniform in its :math:`1/\rho`-th power, :math:`\rho` =
+    :data:`KARRAS_RHO` (Karras et al., NeurIPS 2022, eq. 5). ``schedule``, ``top`` and ``bottom``
+    in one dtype, the grid's. The end points are set exactly (the maps :math:`t \mapsto \lambda
+    \mapsto t` are accurate to rounding in between), ``top`` last, so that a one-point grid is
+    ``[top]``, as ``linspace``'s is. :func:`set_timesteps`'s ``"logsnr"`` and ``"karras"`` grids and
+    the grid ``dpm_solver`` steps through on a default grid are this function's.
+    """
+    lam_hi, lam_lo = schedule.log_snr(top), schedule.log_snr(bottom)
+    if spacing == "logsnr":
+        lam = jnp.linspace(lam_hi, lam_lo, n, dtype=top.dtype)
+    elif spacing == "karras":  # (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform (not -lam/rho: that is logsnr)
+        root = jnp.linspace(jnp.exp(-lam_hi / KARRAS_RHO), jnp.exp(-lam_lo / KARRAS_RHO), n, dtype=top.dtype)
+        lam = -KARRAS_RHO * jnp.log(root)
+    else:
+        raise ValueError(f"spacing must be 'logsnr' or 'karras', got {spacing!r}")
+    return schedule.t_from_log_snr(lam).at[-1].set(bottom).at[0].set(top)

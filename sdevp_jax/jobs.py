@@ -85,7 +85,7 @@ job gets the same condition, ``cond = full((batch,), class_label)`` (int32), bui
 inside each chunk's compiled call, so a chunk's condition depends on nothing but the
 spec and a resumed or chunked job equals the uninterrupted one as above. The default
 model is then the embedded class-conditional mixture
-(:func:`~sdevp_jax.default_class_mixture` in ``prod(event_shape)`` dimensions, exact
+(:func:`~sdevp_jax.mixtures.default_class_mixture` in ``prod(event_shape)`` dimensions, exact
 ``p(x | c)`` under the job's schedule); a user's model is called ``model_fn(x, t, cond)``
 with those class indices, and :data:`~sdevp_jax.NULL_CLASS` (-1) as the unconditional
 condition that classifier-free guidance (:func:`~sdevp_jax.cfg`, one batched call of both
@@ -123,9 +123,12 @@ from .config import DISCRETE_CLASSES, _same, discrete_config, discrete_config_di
 from .distributed import agree_on, together
 from . import solvers
 from .loops import sample
-from .models import NULL_CLASS, cfg, default_class_mixture, default_mixture, make_class_model, make_mixture_eps_fn
+from .guidance import cfg
+from .mixtures import NULL_CLASS, default_class_mixture, default_mixture, make_class_model, make_mixture_eps_fn
 from .samplers import METHODS, check_step_rule, list_methods
-from .scheduler import LABEL_SPACINGS, SPACINGS, check_prediction_type, create_state, default_spacing, set_timesteps
+from .denoiser import check_prediction_type
+from .grids import LABEL_SPACINGS, SPACINGS, default_spacing
+from .scheduler import create_state, set_timesteps
 
 __all__ = ["JobSpec", "JobError", "JobMismatchError", "JobIntegrityError", "JobLockedError", "JobWriteError",
            "NonFiniteChunkError", "ModelError", "JobWarning", "run_job", "verify_chunks", "job_lock", "job_id", "check_resources", "load_model", "job_model", "job_cond", "job_state",
@@ -146,7 +149,7 @@ SOLVER_FIELDS = tuple(dict.fromkeys(name for method in solvers.names(SAMPLE_ODE_
 #: The condition and guidance fields of a job, with the values that mean "unconditional".
 CONDITION_FIELDS = {"class_label": None, "guidance_scale": None, "guidance_interval": None, "guidance_rescale": 0.0}
 GUIDANCE_FIELDS = ("guidance_scale", "guidance_interval", "guidance_rescale")
-#: The class of each component of the default model's mixture, as :func:`~sdevp_jax.default_class_mixture`
+#: The class of each component of the default model's mixture, as :func:`~sdevp_jax.mixtures.default_class_mixture`
 #: groups them (a host-side copy, so that a spec is checked without starting JAX; a test compares them).
 DEFAULT_CLASSES = (0, 0, 1, 1, 2)
 

@@ -30,7 +30,8 @@ from . import _checks
 from .loops import check_cond, make_sample_keys, with_cond
 from .solvers.adaptive import schedule_jumps, tsit5_solve
 from .samplers import probability_flow_drift
-from .scheduler import ScoreSdeVpSchedulerState, model_time, model_time_dtype
+from .denoiser import model_time, model_time_dtype
+from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["log_likelihood", "bits_per_dim", "TRACE_ESTIMATORS"]
 

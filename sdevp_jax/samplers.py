@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
-from .scheduler import ScoreSdeVpSchedulerState, broadcast_t, eps_from_prediction
+from .denoiser import eps_from_prediction
+from .scheduler import ScoreSdeVpSchedulerState, broadcast_t
 from .solvers import REGISTRY
 from .solvers.ode import drift_from_eps
 from .solvers.sde import (STEP_RULES, ancestral, check_step_rule, euler_maruyama, langevin_correct,  # noqa: F401

@@ -27,11 +27,13 @@ and agrees with diffusers to rounding elsewhere.
 the paper's linear one by default, cosine, or a discrete model's), the model's
 ``prediction_type`` (ε, v or :math:`x_0`, converted to ε once, where each step
 receives the model's output) and the name of its grid. The reference semantics
-above are those of the ``"reference"`` grid, the linear schedule's default, and are
-computed with the same arithmetic as before schedules existed (the parity tests
-against diffusers hold unchanged); on every other grid (:func:`set_timesteps`) a step from
-``t`` spans its own interval ``[t_next, t]``. A discrete model sees its training
-labels (:func:`model_time`).
+above are those of the ``"reference"`` grid, the linear schedule's default (the parity
+tests against diffusers' ScoreSdeVpScheduler run on it); on every other grid a step from
+``t`` spans its own interval ``[t_next, t]``. The grids themselves are built in
+:mod:`sdevp_jax.grids`; the model's time input (a discrete model sees its training
+labels) and the conversion of its output live at the model boundary,
+:mod:`sdevp_jax.denoiser`. This module holds the state, its checks, :func:`create_state`,
+:func:`set_timesteps` and the reference step.
 
 Checks under ``jit`` (no silent NaN). Under ``jax.jit(sv.sample, static_argnums=(1, 3))``
 the state's floats are tracers, so a check on their values cannot run at trace
@@ -70,6 +72,8 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from . import _checks, grids, schedules, sde
+from .denoiser import check_prediction_type, eps_from_prediction
+from .grids import smallest_time
 
 __all__ = [
     "ScoreSdeVpSchedulerState",
@@ -77,25 +81,7 @@ __all__ = [
     "create_state",
     "set_timesteps",
     "step_pred",
-    "model_time_dtype",
-    "model_time",
-    "time_from_model_time",
-    "PREDICTION_TYPES",
-    "SPACINGS",
 ]
-
-
-#: The model parametrizations a state can name (``prediction_type``), as diffusers names them.
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-#: The grids of :func:`set_timesteps`: ScoreSdeVpScheduler's own (``"reference"``, the linear
-#: schedule only), the continuous ones, and diffusers' label spacings (discrete schedules only).
-CONTINUOUS_SPACINGS = ("time_uniform", "time_quadratic", "logsnr", "karras")
-LABEL_SPACINGS = ("linspace", "leading", "trailing")
-SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS
-
-#: The exponent of the ``"karras"`` grid (Karras et al., NeurIPS 2022, eq. 5).
-KARRAS_RHO = 7.0
 
 
 def _static(default):
@@ -141,7 +127,7 @@ class ScoreSdeVpSchedulerState:
       spacing: static; the name of the grid in ``timesteps`` (one of :data:`SPACINGS`,
         or ``"custom"`` for ``set_timesteps(timesteps=...)``); ``None`` before.
       spacing_given: static; whether the grid's spacing (or ``timesteps``) was passed to
-        :func:`set_timesteps` rather than taken from :func:`default_spacing`.
+        :func:`set_timesteps` rather than taken from :func:`~sdevp_jax.grids.default_spacing`.
         ``dpm_solver`` follows only a grid that was asked for; on a default grid it
         steps through its own log-SNR grid between the same end points.
       diffusers_config: static; the :class:`~sdevp_jax.config.DiscreteConfig` the state
@@ -205,21 +191,11 @@ def _linear_field(state: ScoreSdeVpSchedulerState, name: str) -> Any:
     return getattr(state.schedule, name)
 
 
-def _concrete(value: Any) -> Optional[np.ndarray]:
-    """``value`` as a NumPy array if it is known now (host or a concrete ``jax.Array``), else ``None``."""
-    if _checks.is_traced(value):
-        return None
-    host = _checks.host_value(value)
-    if host is not None:
-        return host
-    return np.asarray(value) if isinstance(value, jax.Array) else None
-
-
 def _min_discrete_steps(schedule: Any) -> Optional[int]:
     """``floor(max beta_max) + 1`` of a linear schedule with a concrete ``beta_max`` (else ``None``)."""
     if not isinstance(schedule, schedules.LinearSchedule):
         return None
-    value = _concrete(schedule.beta_max)
+    value = _checks.concrete(schedule.beta_max)
     if value is None or value.size == 0 or not np.all(np.isfinite(value)):
         return None
     return int(math.floor(float(np.max(value)))) + 1
@@ -227,7 +203,7 @@ def _min_discrete_steps(schedule: Any) -> Optional[int]:
 
 def _check_linear(beta_min: Any, beta_max: Any) -> None:
     """The linear schedule's ranges, elementwise, for the values that are concrete (tracers are skipped)."""
-    bmin, bmax = _concrete(beta_min), _concrete(beta_max)
+    bmin, bmax = _checks.concrete(beta_min), _checks.concrete(beta_max)
     for name, value in (("beta_min", bmin), ("beta_max", bmax)):
         if value is not None and not np.all(np.isfinite(value)):
             raise ValueError(f"{name} must be finite, got {value}")
@@ -238,44 +214,21 @@ def _check_linear(beta_min: Any, beta_max: Any) -> None:
     schedules.check_beta_max(beta_max)
 
 
-def smallest_time(schedule: Any, dtype: Any = None) -> float:
-    """The schedule's :meth:`~sdevp_jax.schedules.LinearSchedule.smallest_time` in ``dtype`` (default: JAX's default float), 0 if unknown."""
-    value = schedule.smallest_time(_default_float() if dtype is None else dtype)
-    return 0.0 if value is None else value
-
-
-def _below_floor(name: str, value: Any, floor: float, upper: str, dtype: Any = None) -> ValueError:
-    dtype = jnp.dtype(_default_float() if dtype is None else dtype)
-    return ValueError(
-        f"{name} must be in [{floor:.4g}, {upper}: below {floor:.4g} sigma(t)**2 is not a normal "
-        f"{dtype.name} number (sigma = 0, log_snr = inf), got {value}"
-    )
-
-
-def _eps_range(schedule: Any, num_train_timesteps: int) -> tuple[float, str]:
-    """The smallest ``sampling_eps`` allowed, and how to say it."""
-    if schedule.is_discrete:
-        return 1.0 / num_train_timesteps, f"[1/num_train_timesteps, 1) = [{1.0 / num_train_timesteps!r}, 1)"
-    t_max = schedule.t_max
-    shown = "1" if isinstance(t_max, float) and t_max == 1.0 else repr(t_max)
-    return 0.0, f"the open interval (0, {shown})"
-
-
 def _check_eps(sampling_eps: Any, schedule: Any, num_train_timesteps: int) -> None:
     """``sampling_eps`` finite and in the schedule's range (when concrete)."""
-    eps = _concrete(sampling_eps)
+    eps = _checks.concrete(sampling_eps)
     if eps is None:
         return
     if not np.all(np.isfinite(eps)):
         raise ValueError(f"sampling_eps must be finite, got {eps}")
-    low, shown = _eps_range(schedule, num_train_timesteps)
-    t_max = _concrete(schedule.t_max)
+    low, shown = grids.eps_range(schedule, num_train_timesteps)
+    t_max = _checks.concrete(schedule.t_max)
     above = np.all(eps >= low) if schedule.is_discrete else np.all(eps > low)
     if not above or (t_max is not None and not np.all(eps < t_max)):
         raise ValueError(f"sampling_eps must be in {shown}, got {sampling_eps}")
     floor = smallest_time(schedule)
     if not np.all(eps >= floor):
-        raise _below_floor("sampling_eps", sampling_eps, floor, "t_max)")
+        raise grids.below_floor("sampling_eps", sampling_eps, floor, "t_max)")
 
 
 def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedulerState:
@@ -298,18 +251,8 @@ def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedu
         check_prediction_type(updates["prediction_type"])
     new = dataclasses.replace(self, **updates)  # the dataclass's own replace: no checks
     if updates.get("timesteps") is not None or (new.timesteps is not None and ("schedule" in updates or "sampling_eps" in updates)):
-        _check_grid(new, new.timesteps, "timesteps")
+        grids.check_grid(new, new.timesteps, "timesteps")
     return new
-
-
-
-def check_prediction_type(prediction_type: Any) -> str:
-    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else a ValueError listing them."""
-    if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type must be one of {', '.join(map(repr, PREDICTION_TYPES))}, got {prediction_type!r}"
-        )
-    return prediction_type
 
 
 class StepOutput(NamedTuple):
@@ -400,23 +343,6 @@ def create_state(
     )
 
 
-def default_spacing(state: ScoreSdeVpSchedulerState) -> str:
-    """The grid ``set_timesteps`` builds without ``spacing``.
-
-    ``"reference"`` (ScoreSdeVpScheduler's own) on the linear schedule; the config's
-    ``timestep_spacing`` for a state loaded from a diffusers config; else
-    ``"logsnr"``, uniform in :math:`\\lambda`, which bounds every step's
-    :math:`\\beta h \\approx 2\\,\\Delta\\lambda\\,\\sigma^2` however steep the schedule is near
-    its end (the cosine schedule's :math:`\\beta` reaches 999, a discrete cosine
-    schedule's about 6900: a time-uniform grid would need thousands of steps there).
-    """
-    if state.diffusers_config is not None:
-        return state.diffusers_config.timestep_spacing
-    if isinstance(state.schedule, schedules.LinearSchedule):
-        return "reference"
-    return "logsnr"
-
-
 def set_timesteps(
     state: ScoreSdeVpSchedulerState,
     num_inference_steps: Optional[int] = None,
@@ -430,12 +356,12 @@ def set_timesteps(
     The input state is left as it was. ``state.timesteps`` always holds continuous
     times, in JAX's default float dtype (float64 under ``jax_enable_x64``, float32
     otherwise), from the top of the schedule (``t_max``) down to ``sampling_eps``.
-    ``spacing`` (:data:`SPACINGS`; ``None`` means :func:`default_spacing`):
+    ``spacing`` (:data:`~sdevp_jax.grids.SPACINGS`; ``None`` means :func:`~sdevp_jax.grids.default_spacing`):
 
     * ``"reference"`` (the linear schedule only; its default): diffusers'
       ``linspace(1, sampling_eps, N)``, stepped as ScoreSdeVpScheduler steps it --
       ``dt = -1/N`` for every step and the discrete chain's rates ``beta(t)/N``
-      (the paper's code), the same arithmetic as before schedules existed. ``dpm_solver``
+      (the paper's code). ``dpm_solver``
       builds its own log-SNR grid between the same end points on it.
     * ``"time_uniform"``: ``linspace(t_max, sampling_eps, N)``.
     * ``"time_quadratic"``: uniform in :math:`\sqrt t` (DPM-Solver's, Lu et al. 2022).
@@ -455,7 +381,7 @@ def set_timesteps(
     Args:
       state: a state from :func:`create_state`.
       num_inference_steps: a Python int >= 1 (static: it sets an array length), at most
-        :func:`max_inference_steps` (checked before anything is allocated); may be left
+        :func:`~sdevp_jax.grids.max_inference_steps` (checked before anything is allocated); may be left
         out with ``timesteps``.
       spacing: the grid's name, or ``None``.
       timesteps: instead of ``spacing``, any strictly decreasing 1-D array of times
@@ -471,23 +397,23 @@ def set_timesteps(
     if timesteps is not None:
         if spacing is not None:
             raise ValueError("give spacing or timesteps, not both")
-        grid = _custom_grid(state, timesteps)
+        grid = grids.custom_grid(state, timesteps)
         if num_inference_steps is not None and num_inference_steps != grid.shape[0]:
             raise ValueError(
                 f"num_inference_steps = {num_inference_steps!r} must equal len(timesteps) = {grid.shape[0]}"
             )
         return state.replace(timesteps=grid, spacing="custom", spacing_given=True)
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
-    most = max_inference_steps(state)
+    most = grids.max_inference_steps(state)
     if n > most:
         raise ValueError(
             f"num_inference_steps must be in [1, {most}]: a strictly decreasing grid in [sampling_eps, t_max] "
-            f"holds at most that many {_default_float().name} times (and steps are indexed with int32), got {n}"
+            f"holds at most that many {_checks.default_float().name} times (and steps are indexed with int32), got {n}"
         )
     given = spacing is not None
-    spacing = default_spacing(state) if spacing is None else spacing
-    if not isinstance(spacing, str) or spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))}, got {spacing!r}")
+    spacing = grids.default_spacing(state) if spacing is None else spacing
+    if not isinstance(spacing, str) or spacing not in grids.SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, grids.SPACINGS))}, got {spacing!r}")
     if spacing == "reference":
         if not isinstance(state.schedule, schedules.LinearSchedule):
             raise ValueError(
@@ -495,207 +421,11 @@ def set_timesteps(
                 f"this state's schedule is {type(state.schedule).__name__}"
             )
         grid = jnp.linspace(1.0, state.sampling_eps, n)
-    elif spacing in LABEL_SPACINGS:
-        grid = _label_grid(state, n, spacing, steps_offset)
+    elif spacing in grids.LABEL_SPACINGS:
+        grid = grids.label_grid(state, n, spacing, steps_offset)
     else:
-        grid = _continuous_grid(state, n, spacing)
+        grid = grids.continuous_grid(state, n, spacing)
     return state.replace(timesteps=grid, spacing=spacing, spacing_given=given)
-
-
-def _default_float() -> np.dtype:
-    return _checks.default_float()
-
-
-def max_inference_steps(state: ScoreSdeVpSchedulerState) -> int:
-    """The most steps :func:`set_timesteps` accepts: ``min(2**31 - 1, floats in [sampling_eps, t_max])``.
-
-    A grid must be strictly decreasing in its dtype (JAX's default float), so it
-    cannot hold more points than there are such floats between its ends (about
-    8.4e7 in float32 for ``sampling_eps = 1e-3``); the loops index steps with int32.
-    With a traced ``sampling_eps`` or ``t_max``, only the int32 bound applies.
-    """
-    eps, t_max = _concrete(state.sampling_eps), _concrete(state.schedule.t_max)
-    if eps is None or t_max is None or eps.size == 0:
-        return _checks.INT32_MAX
-    low, high = float(np.min(eps)), float(np.max(t_max))
-    if not 0.0 < low <= high:
-        return _checks.INT32_MAX
-    return min(_checks.INT32_MAX, _checks.floats_between(low, high, _default_float()))
-
-
-def _check_grid(state: ScoreSdeVpSchedulerState, grid: Any, name: str) -> None:
-    """A concrete grid: finite, strictly decreasing, inside the schedule's range."""
-    values = _concrete(grid)
-    if values is None:
-        return
-    if values.ndim != 1 or values.shape[0] < 1:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {values.shape}")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} must be finite, got {values}")
-    steps = np.flatnonzero(np.diff(values) >= 0)
-    if steps.size:
-        i = int(steps[0])
-        raise ValueError(
-            f"{name} must be strictly decreasing (in the grid's float dtype), got "
-            f"{name}[{i}] = {float(values[i])!r} <= {name}[{i + 1}] = {float(values[i + 1])!r}"
-        )
-    low, shown = _eps_range(state.schedule, state.num_train_timesteps)
-    t_max = _concrete(state.schedule.t_max)
-    top_ok = t_max is None or values[0] <= t_max
-    bottom_ok = values[-1] >= low if state.schedule.is_discrete else values[-1] > low
-    if not (top_ok and bottom_ok):
-        where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
-        raise ValueError(f"{name} must lie in {where}, got values from {float(values[-1])!r} to {float(values[0])!r}")
-    floor = smallest_time(state.schedule)
-    if not values[-1] >= floor:
-        raise _below_floor(f"{name}'s last time", float(values[-1]), floor, f"t_max = {state.schedule.t_max!r}]")
-
-
-def _custom_grid(state: ScoreSdeVpSchedulerState, timesteps: Any) -> jax.Array:
-    values = _checks.host_real_array("timesteps", timesteps)
-    _check_grid(state, values, "timesteps")
-    grid = jnp.asarray(values, _default_float())
-    _check_grid(state, grid, "timesteps")  # still strictly decreasing after rounding to the grid's dtype
-    return grid
-
-
-def _label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offset: Optional[int]) -> jax.Array:
-    if not state.schedule.is_discrete:
-        raise ValueError(
-            f"spacing={spacing!r} picks training labels and needs a discrete schedule; this state's schedule "
-            f"is {type(state.schedule).__name__} (use one of {', '.join(map(repr, CONTINUOUS_SPACINGS))})"
-        )
-    config = state.diffusers_config
-    if steps_offset is None:
-        steps_offset = 0 if config is None else config.steps_offset
-    family = "DDIMScheduler"
-    if config is not None and config.class_name in grids.SPACING_SCHEDULERS:
-        family = config.class_name
-    labels = grids.diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family)
-    times = grids.labels_to_times(labels, state.num_train_timesteps)
-    grid = jnp.asarray(times, _default_float())
-    _check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
-    return grid
-
-
-def _round_down(value: Any, dtype: Any) -> jax.Array:
-    """A concrete ``value`` rounded to ``dtype`` toward 0 (a traced one to nearest), so that a grid's top is not above it.
-
-    The cosine schedule's ``t_max`` is a float64 number; rounded to nearest in float32 it
-    lies above ``t_max`` for about half the offsets ``s`` (every ``s`` above about 1.5).
-    """
-    host = _concrete(value)
-    if host is None:
-        return jnp.asarray(value, dtype)
-    rounded = np.asarray(host, dtype)
-    rounded = np.where(rounded.astype(np.float64) > host, np.nextafter(rounded, np.zeros((), dtype)), rounded)
-    return jnp.asarray(rounded, dtype)
-
-
-def _continuous_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str) -> jax.Array:
-    dtype = _default_float()
-    schedule = state.schedule.cast(dtype)
-    t_hi = _round_down(state.schedule.t_max, dtype)
-    t_lo = jnp.asarray(state.sampling_eps, dtype)
-    if spacing == "time_uniform":
-        return jnp.linspace(t_hi, t_lo, n)
-    if spacing == "time_quadratic":
-        grid = jnp.square(jnp.linspace(jnp.sqrt(t_hi), jnp.sqrt(t_lo), n))
-    else:
-        lam_hi, lam_lo = schedule.log_snr(t_hi), schedule.log_snr(t_lo)
-        if spacing == "logsnr":
-            lam = jnp.linspace(lam_hi, lam_lo, n)
-        else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform (not -lam/rho: that is logsnr)
-            root = jnp.linspace(jnp.exp(-lam_hi / KARRAS_RHO), jnp.exp(-lam_lo / KARRAS_RHO), n)
-            lam = -KARRAS_RHO * jnp.log(root)
-        grid = schedule.t_from_log_snr(lam)
-    # the end points exactly (the maps are accurate to rounding in between); t_max last, so that
-    # a one-point grid is [t_max], as linspace's is
-    grid = grid.at[-1].set(t_lo).at[0].set(t_hi)
-    _check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
-    return grid
-
-
-def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
-    r"""The time input ``model_fn`` receives at continuous time ``t``: the one convention of the package.
-
-    A continuous schedule's model sees ``t`` itself (for a network trained on the
-    paper's labels, wrap it as ``lambda x, t: net(x, t * 999)``). A discrete
-    schedule's model sees its training label :math:`n = t N_{train} - 1`, a float
-    (an integer, to rounding, on the training grid), in the dtype of ``t``. Host
-    values are checked against the schedule's range.
-    """
-    t_host = _checks.host_value(t)
-    if t_host is not None:
-        _check_times(state, t_host, "t")
-    t = jnp.asarray(t)
-    if not state.schedule.is_discrete:
-        return t
-    if not jnp.issubdtype(t.dtype, jnp.floating):
-        t = t.astype(_default_float())
-    return t * state.num_train_timesteps - 1.0
-
-
-def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) -> jax.Array:
-    r"""The inverse of :func:`model_time`: ``t`` itself, or :math:`(n + 1)/N_{train}` for a label ``n``."""
-    host = _checks.host_value(model_t)
-    model_t = jnp.asarray(model_t)
-    if not jnp.issubdtype(model_t.dtype, jnp.floating):
-        model_t = model_t.astype(_default_float())
-    if not state.schedule.is_discrete:
-        if host is not None:
-            _check_times(state, host, "model_t")
-        return model_t
-    n = state.num_train_timesteps
-    if host is not None:
-        bad = np.flatnonzero(~((host >= 0) & (host <= n - 1)).reshape(-1))
-        if bad.size:
-            raise ValueError(
-                f"model_t, a discrete schedule's label, must lie in [0, num_train_timesteps - 1] = [0, {n - 1}], "
-                f"got {float(host.reshape(-1)[bad[0]])!r}"
-            )
-    return (model_t + 1.0) / n
-
-
-def _check_times(state: ScoreSdeVpSchedulerState, t: np.ndarray, name: str) -> None:
-    """Host times inside ``(0, t_max]`` (``[1/N_train, 1]`` for a discrete schedule)."""
-    t = np.asarray(t, np.float64).reshape(-1)
-    low, _ = _eps_range(state.schedule, state.num_train_timesteps)
-    t_max = _concrete(state.schedule.t_max)
-    ok = np.isfinite(t) & ((t >= low * (1 - 1e-6)) if state.schedule.is_discrete else (t > 0))
-    if t_max is not None:
-        ok &= t <= np.max(t_max) * (1 + 1e-6)
-    bad = np.flatnonzero(~ok)
-    if bad.size:
-        where = "[1/num_train_timesteps, 1]" if state.schedule.is_discrete else f"(0, t_max = {state.schedule.t_max!r}]"
-        raise ValueError(f"{name} must lie in {where}, got {float(t[bad[0]])!r}")
-    floor = smallest_time(state.schedule)
-    if not np.all(t >= floor):
-        raise _below_floor(name, float(np.min(t)), floor, f"t_max = {state.schedule.t_max!r}]")
-
-
-def eps_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
-    r"""The noise prediction :math:`\hat\epsilon` from a model output of ``prediction_type``.
-
-    With :math:`x = \alpha x_0 + \sigma\epsilon` and :math:`v = \alpha\epsilon - \sigma x_0`
-    (Salimans & Ho, ICLR 2022): :math:`\hat\epsilon = \alpha v + \sigma x` from a v-model,
-    :math:`\hat\epsilon = (x - \alpha\hat x_0)/\sigma` from an :math:`x_0`-model; an
-    ε-model's output is returned as it is (no arithmetic).
-    """
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "v_prediction":
-        return alpha * output + sigma * x
-    return (x - alpha * output) / sigma
-
-
-def prediction_from_eps(prediction_type: str, eps: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
-    r"""The inverse of :func:`eps_from_prediction`: :math:`v = (\epsilon - \sigma x)/\alpha`, :math:`x_0 = (x - \sigma\epsilon)/\alpha`."""
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return (eps - sigma * x) / alpha
-    return (x - sigma * eps) / alpha
 
 
 def next_times(state: ScoreSdeVpSchedulerState) -> jax.Array:
@@ -726,13 +456,6 @@ def require_timesteps(state: ScoreSdeVpSchedulerState, caller: str) -> int:
     return state.timesteps.shape[0]
 
 
-def model_time_dtype(state: ScoreSdeVpSchedulerState) -> np.dtype:
-    """The dtype every loop passes ``t`` to ``model_fn`` in: the grid's (JAX's default float before a grid is set)."""
-    if state.timesteps is None:
-        return jnp.zeros(()).dtype
-    return state.timesteps.dtype
-
-
 def check_t(t: jax.Array, t_host: Optional[np.ndarray], schedule: Any = None, dtype: Any = None) -> None:
     """``t`` finite and > 0: on the host if it is there, with ``checkify.debug_check`` if traced.
 
@@ -752,14 +475,14 @@ def check_t(t: jax.Array, t_host: Optional[np.ndarray], schedule: Any = None, dt
         if schedule is not None:
             floor = smallest_time(schedule, dtype)
             if not np.all(t_host >= floor):
-                raise _below_floor("t", t_host, floor, f"t_max = {schedule.t_max!r}]", dtype)
+                raise grids.below_floor("t", t_host, floor, f"t_max = {schedule.t_max!r}]", dtype)
     elif _checks.is_traced(t):
         checkify.debug_check(jnp.all(jnp.isfinite(t) & (t > 0)), message)
 
 
 def _check_t_max(state: ScoreSdeVpSchedulerState, t_host: np.ndarray) -> None:
     """A step's host ``t`` at most the schedule's ``t_max`` (the cosine schedule's beta is infinite at 1: NaN)."""
-    t_max = _concrete(state.schedule.t_max)
+    t_max = _checks.concrete(state.schedule.t_max)
     t = np.asarray(t_host, np.float64)
     if t_max is not None and not np.all(t <= np.max(t_max) * (1 + 1e-6)):
         raise ValueError(f"t must be <= the schedule's t_max = {state.schedule.t_max!r}, got {t_host}")
@@ -980,15 +703,3 @@ def step_pred_update(p: PreparedStep) -> StepOutput:
     return p.out(x_mean + coeff_z * p.z(), x_mean)
 
 
-def x0_from_prediction(prediction_type: str, output: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> jax.Array:
-    r"""The data prediction :math:`\hat x_0` from a model output of ``prediction_type``.
-
-    :math:`(x - \sigma\hat\epsilon)/\alpha` from an ε-model, :math:`\alpha x - \sigma v` from a
-    v-model (Salimans & Ho 2022), the output itself from an :math:`x_0`-model: the
-    forms diffusers' solvers use, so that their roundings match.
-    """
-    if prediction_type == "epsilon":
-        return (x - sigma * output) / alpha
-    if prediction_type == "v_prediction":
-        return alpha * x - sigma * output
-    return output

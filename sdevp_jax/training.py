@@ -32,7 +32,9 @@ from jax.typing import ArrayLike
 
 from . import _checks
 from .loops import check_cond, make_sample_keys, with_cond
-from .scheduler import ScoreSdeVpSchedulerState, broadcast_t, model_time, smallest_time
+from .denoiser import model_time
+from .grids import smallest_time
+from .scheduler import ScoreSdeVpSchedulerState, broadcast_t
 
 __all__ = ["add_noise", "dsm_loss"]
 

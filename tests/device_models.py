@@ -35,7 +35,7 @@ def make_cond(num_samples: int, seed: int = 1) -> np.ndarray:
 
 def toy_mixture(sv, state) -> Model:
     """The embedded exact mixture in 2-D."""
-    return Model(sv.make_mixture_eps_fn(state, sv.default_mixture(2)), (2,))
+    return Model(sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(2)), (2,))
 
 
 def hand_mixture(sv, state) -> Model:
@@ -115,7 +115,7 @@ def flax_conv(sv, state) -> Model:
 
 def class_mixture(sv, state) -> Model:
     """The embedded class-conditional mixture under classifier-free guidance (``sv.cfg``, w = 2)."""
-    model = sv.make_class_model(state, sv.default_class_mixture(2))
+    model = sv.mixtures.make_class_model(state, sv.mixtures.default_class_mixture(2))
     return Model(sv.cfg(model, 2.0, sv.NULL_CLASS), (2,), guided=True)
 
 

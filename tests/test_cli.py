@@ -65,7 +65,7 @@ def test_figure_has_contours_weights_and_an_uncut_title():
     from sdevp_jax import jobs
 
     spec = jobs.JobSpec(num_samples=400, batch_size=400, seed=0, steps=10, event_shape=(4,))
-    samples = np.asarray(sv.sample_mixture(sv.default_mixture(4), jax_key(0), 400))
+    samples = np.asarray(sv.mixtures.sample_mixture(sv.mixtures.default_mixture(4), jax_key(0), 400))
     fig = cli.make_figure(samples, spec)
     try:
         fig.canvas.draw()
@@ -92,16 +92,16 @@ def test_mode_weights_of_exact_samples_are_within_their_standard_error():
     """
     import sdevp_jax as sv
 
-    mixture = sv.default_mixture(3)
+    mixture = sv.mixtures.default_mixture(3)
     n = 4000
-    p, se = cli.mode_weights(np.asarray(sv.sample_mixture(mixture, jax_key(1), n)), mixture)
+    p, se = cli.mode_weights(np.asarray(sv.mixtures.sample_mixture(mixture, jax_key(1), n)), mixture)
     w = np.asarray(mixture.weights)
     np.testing.assert_allclose(se, np.sqrt(p * (1 - p) / n))
     assert np.all(np.abs(p - w) <= 4 * np.sqrt(w * (1 - w) / n)), (p, w)
     assert p.sum() == 1.0 or abs(p.sum() - 1.0) < 1e-12
     # A mode that is never sampled shows as weight 0 (what the picture must reveal).
-    nearest = np.asarray(sv.assign_modes(mixture, sv.sample_mixture(mixture, jax_key(1), n)))
-    p_missing, _ = cli.mode_weights(np.asarray(sv.sample_mixture(mixture, jax_key(1), n))[nearest != 0], mixture)
+    nearest = np.asarray(sv.mixtures.assign_modes(mixture, sv.mixtures.sample_mixture(mixture, jax_key(1), n)))
+    p_missing, _ = cli.mode_weights(np.asarray(sv.mixtures.sample_mixture(mixture, jax_key(1), n))[nearest != 0], mixture)
     assert p_missing[0] == 0.0
 
 
@@ -386,7 +386,7 @@ def test_stable_diffusion_config_end_to_end(tmp_path):
     # the file's grid: PNDM's leading labels with steps_offset 1 (label n at t = (n + 1)/1000)
     np.testing.assert_allclose(np.asarray(sv.model_time(state, state.timesteps)),
                                state.diffusers_config.label_spacing(25), rtol=0, atol=1e-3)
-    model = sv.make_mixture_eps_fn(state, sv.default_mixture(2))
+    model = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(2))
     expected = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames="predictor")(
         state, model, jax.random.key(0), (6, 2), predictor="ancestral")
     np.testing.assert_allclose(load(out), np.asarray(expected), rtol=0, atol=1e-5)
@@ -474,7 +474,7 @@ def test_class_and_guidance_run_record_and_show_the_class(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert "samples, dpm_solver_pp, class 2, guidance 3 in [0.1, 0.9], 10 steps" in capsys.readouterr().out
     samples = load(out)
-    assert np.all(np.asarray(sv.assign_modes(sv.default_mixture(2), samples)) == 4)
+    assert np.all(np.asarray(sv.mixtures.assign_modes(sv.mixtures.default_mixture(2), samples)) == 4)
     recorded = json.loads((out / "manifest.json").read_text())["config"]
     assert {k: recorded[k] for k in ("class_label", "guidance_scale", "guidance_interval", "guidance_rescale")} == {
         "class_label": 2, "guidance_scale": 3.0, "guidance_interval": [0.1, 0.9], "guidance_rescale": 0.0}
@@ -484,7 +484,7 @@ def test_class_and_guidance_run_record_and_show_the_class(tmp_path, capsys):
         assert "different job" in capsys.readouterr().err
     without = [a for a in argv if a not in ("--guidance-scale", "3", "--guidance-interval", "0.1", "0.9")]
     assert cli.main(without[:-1] + [str(tmp_path / "unguided")]) == 0
-    assert np.all(np.asarray(sv.assign_modes(sv.default_mixture(2), load(tmp_path / "unguided"))) == 4)
+    assert np.all(np.asarray(sv.mixtures.assign_modes(sv.mixtures.default_mixture(2), load(tmp_path / "unguided"))) == 4)
     assert "class 2, 10 steps" in capsys.readouterr().out
 
 
@@ -498,8 +498,8 @@ def test_figure_of_a_class_shows_its_density_and_weights():
 
     spec = jobs.JobSpec(num_samples=100, batch_size=100, seed=0, steps=10, class_label=1, guidance_scale=2.0,
                         guidance_rescale=0.5)
-    cm = sv.default_class_mixture(2)
-    samples = np.asarray(sv.sample_class_mixture(cm, jax_key(0), np.ones(100, np.int32)))
+    cm = sv.mixtures.default_class_mixture(2)
+    samples = np.asarray(sv.mixtures.sample_class_mixture(cm, jax_key(0), np.ones(100, np.int32)))
     fig = cli.make_figure(samples, spec)
     try:
         weights_ax = fig.axes[1]
@@ -518,7 +518,7 @@ def test_info_lists_the_embedded_models_classes(capsys):
 
     assert cli.main(["info"]) == 0
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("classes of the embedded model")]
-    cm = sv.default_class_mixture(2)
+    cm = sv.mixtures.default_class_mixture(2)
     for c in range(cm.num_classes):
         modes = np.flatnonzero(np.asarray(cm.classes) == c)
         prior = float(np.asarray(cm.mixture.weights, np.float64)[modes].sum())

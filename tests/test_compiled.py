@@ -56,7 +56,7 @@ def sampler(config, steps):
     """``(jitted f(state, key), state)`` for one configuration; the model is the embedded 64-D mixture."""
     name, kwargs = CONFIGS[config]
     state = sv.set_timesteps(sv.create_state(), steps)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(int(np.prod(EVENT))))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(int(np.prod(EVENT))))
     fn = getattr(sv, name)
     return jax.jit(lambda st, key: fn(st, model_fn, key, (BATCH, *EVENT), **kwargs)), state
 

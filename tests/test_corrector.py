@@ -22,7 +22,7 @@ sample = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor",
 
 @pytest.fixture(scope="module")
 def mixture():
-    return sv.make_mixture(WEIGHTS, MEANS, SCALES)
+    return sv.mixtures.make_mixture(WEIGHTS, MEANS, SCALES)
 
 
 def exact_moments(alpha, sigma):
@@ -46,7 +46,7 @@ def moment_errors(x, mixture):
     m = len(x)
     alpha, sigma = float(sde.alpha(EPS, 0.1, 20.0)), float(sde.sigma(EPS, 0.1, 20.0))
     w, mean, cov = exact_moments(alpha, sigma)
-    freq = np.bincount(np.asarray(sv.assign_modes(mixture, x)), minlength=len(w)) / m
+    freq = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=len(w)) / m
     centred = x - x.mean(0)
     products = centred[:, :, None] * centred[:, None, :]
     return {
@@ -67,7 +67,7 @@ def test_corrector_default_and_batch_mean_rules_draw_the_mixture_in_3d(mixture, 
     last assertion shows the test can see that bias.
     """
     state = sv.set_timesteps(sv.create_state(), 250)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     errors = {}
     for rule in ("sigma", "snr_batch", "snr_sample"):
         x = sample(state, model_fn, jax.random.key(5), (20_000, 3), predictor="reverse_diffusion",
@@ -93,11 +93,11 @@ def test_pc_denoised_output_keeps_the_within_mode_variance(mixture, step_rule):
     each mode by about 4 r^2 ~ 0.1, 7 SE and more.
     """
     state = sv.set_timesteps(sv.create_state(), 1000)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     x = np.asarray(sample(state, model_fn, jax.random.key(6), (20_000, 3), predictor="reverse_diffusion",
                           corrector="langevin", snr=0.16, step_rule=step_rule), np.float64)
     alpha, sigma = float(sde.alpha(EPS, 0.1, 20.0)), float(sde.sigma(EPS, 0.1, 20.0))
-    modes = np.asarray(sv.assign_modes(mixture, x))
+    modes = np.asarray(sv.mixtures.assign_modes(mixture, x))
     for k in range(3):
         r = x[modes == k] - alpha * np.asarray(MEANS[k])
         ratio = np.mean(np.square(r) / (alpha**2 * np.square(SCALES[k]) + sigma**2))

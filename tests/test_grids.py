@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
-from sdevp_jax import grids, scheduler, schedules
+from sdevp_jax import grids, schedules
 
 N_TRAIN = 1000
 SCHEDULES = {
@@ -59,7 +59,7 @@ def lam_slope64(schedule, t):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_continuous_grids_run_from_t_max_to_sampling_eps(name, dtype):
-    for spacing in scheduler.CONTINUOUS_SPACINGS:
+    for spacing in grids.CONTINUOUS_SPACINGS:
         with x64_if(dtype):
             state = sv.set_timesteps(state_of(name), 12, spacing=spacing)
             grid = np.asarray(state.timesteps)
@@ -176,7 +176,7 @@ def test_label_grid_follows_the_config_class_and_steps_offset():
                                      "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "leading",
                                      "steps_offset": 1})
     state = sv.create_state(schedule=cfg.schedule, diffusers_config=cfg)
-    assert scheduler.default_spacing(state) == "leading"
+    assert grids.default_spacing(state) == "leading"
     grid_state = sv.set_timesteps(state, 10)
     labels = np.rint(np.asarray(sv.model_time(grid_state, grid_state.timesteps))).astype(np.int64)
     expected = grids.diffusers_label_spacing(N_TRAIN, 10, "leading", 1, scheduler="DPMSolverMultistepScheduler")
@@ -189,14 +189,14 @@ def test_label_grid_follows_the_config_class_and_steps_offset():
 
 
 def test_default_spacing_as_documented():
-    assert scheduler.default_spacing(state_of("linear")) == "reference"
+    assert grids.default_spacing(state_of("linear")) == "reference"
     for name in ["cosine"] + DISCRETE:
         state = state_of(name)
-        assert scheduler.default_spacing(state) == "logsnr"
+        assert grids.default_spacing(state) == "logsnr"
         assert sv.set_timesteps(state, 5).spacing == "logsnr"
     cfg = sv.config.discrete_config({"_class_name": "DDIMScheduler", "clip_sample": False,
                                      "timestep_spacing": "trailing"})
-    assert scheduler.default_spacing(sv.create_state(schedule=cfg.schedule, diffusers_config=cfg)) == "trailing"
+    assert grids.default_spacing(sv.create_state(schedule=cfg.schedule, diffusers_config=cfg)) == "trailing"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

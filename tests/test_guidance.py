@@ -1,8 +1,8 @@
 """Conditional sampling and guidance (issue 12): exactness on the class-conditional mixture, guidance that
 works, one batched network call, invariance, every sampler, and the errors.
 
-The exact model. ``sv.make_class_model(state, cm)`` is the noise prediction of p_t(x | c) in closed form
-(``NULL_CLASS`` = the unconditional p_t(x)), and ``sv.make_class_log_prob`` is log p_t(c | x) by Bayes'
+The exact model. ``sv.mixtures.make_class_model(state, cm)`` is the noise prediction of p_t(x | c) in closed form
+(``NULL_CLASS`` = the unconditional p_t(x)), and ``sv.mixtures.make_class_log_prob`` is log p_t(c | x) by Bayes'
 rule, so conditional sampling can be checked against the known law p(x | c), and the guidance combinators
 against the identities that hold in exact arithmetic:
 
@@ -34,7 +34,7 @@ import sdevp_jax as sv
 from test_schedule_statistics import alpha_sigma, make_state, moment_report, target_law
 
 U32 = 2.0**-24  # float32's unit roundoff
-CM = sv.default_class_mixture()  # classes {0, 1}, {2, 3}, {4}; modes 11 of their standard deviations apart
+CM = sv.mixtures.default_class_mixture()  # classes {0, 1}, {2, 3}, {4}; modes 11 of their standard deviations apart
 
 _sample = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector"))
 _sample_ode = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))
@@ -48,12 +48,12 @@ def class_sub_mixture(cm, c):
     """p(x | c) as a GaussianMixture of its own: class c's components, weights renormalised."""
     idx = np.flatnonzero(np.asarray(cm.classes) == c)
     m = cm.mixture
-    return sv.make_mixture(np.asarray(m.weights)[idx], np.asarray(m.means)[idx], np.asarray(m.scales)[idx])
+    return sv.mixtures.make_mixture(np.asarray(m.weights)[idx], np.asarray(m.means)[idx], np.asarray(m.scales)[idx])
 
 
 def in_class_share(cm, x, classes):
     """The share of samples whose most responsible component (at t = 0) belongs to their own class."""
-    comp = np.asarray(sv.assign_modes(cm.mixture, x))
+    comp = np.asarray(sv.mixtures.assign_modes(cm.mixture, x))
     return float(np.mean(np.asarray(cm.classes)[comp] == np.asarray(classes)))
 
 
@@ -62,7 +62,7 @@ def exact_conditional_prior(state, cm, classes, key):
     tests/test_schedule_statistics.py: Stable Diffusion's schedule does not reach N(0, I))."""
     a, s = alpha_sigma(state, state.timesteps[0])
     k0, kz = jax.random.split(key)
-    x0 = sv.sample_class_mixture(cm, k0, classes)
+    x0 = sv.mixtures.sample_class_mixture(cm, k0, classes)
     return (jnp.float32(a) * x0 + jnp.float32(s) * jax.random.normal(kz, x0.shape, jnp.float32)).astype(jnp.float32)
 
 
@@ -100,7 +100,7 @@ def test_conditional_sampling_draws_p_x_given_c(grid, sampler):
     """
     family, options, n = EXACT_SAMPLERS[sampler]
     state = make_state(grid, n)
-    model_fn = sv.make_class_model(state, CM)
+    model_fn = sv.mixtures.make_class_model(state, CM)
     m = 6000
     classes = jnp.arange(m, dtype=jnp.int32) % 2
     x_init = exact_conditional_prior(state, CM, classes, jax.random.key(2))
@@ -143,8 +143,8 @@ def test_cfg_at_1_and_0_and_classifier_guidance_at_1_follow_the_exact_paths(fami
     unconditional runs differ by ~2.8, so the check can tell them apart.
     """
     state = make_state("linear", n)
-    model_fn = sv.make_class_model(state, CM)
-    log_prob = sv.make_class_log_prob(state, CM)
+    model_fn = sv.mixtures.make_class_model(state, CM)
+    log_prob = sv.mixtures.make_class_log_prob(state, CM)
     run = _run_fixed(family, state)
     b = 256
     cond = jnp.arange(b, dtype=jnp.int32) % 3
@@ -169,7 +169,7 @@ def test_cfg_at_1_and_0_and_classifier_guidance_at_1_follow_the_exact_paths(fami
 # Two classes whose modes overlap: N((-0.5, 0), 0.5^2 I) and N((0.5, 0), 0.5^2 I), weights 1/2. A sample
 # counts as class 0 when its most responsible component is class 0's, i.e. x_1 < 0, so under p(x | 0) the
 # share is Phi(0.5 / 0.5) = Phi(1) = 0.841 < 1, and under p(x) it is 1/2: room to grow with the scale.
-OVERLAP = sv.make_class_mixture(sv.make_mixture([0.5, 0.5], [[-0.5, 0.0], [0.5, 0.0]], 0.5), [0, 1])
+OVERLAP = sv.mixtures.make_class_mixture(sv.mixtures.make_mixture([0.5, 0.5], [[-0.5, 0.0], [0.5, 0.0]], 0.5), [0, 1])
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -185,7 +185,7 @@ def test_class_share_grows_with_the_scale_in_one_vmapped_compilation():
     Measured: 0.507, 0.687, 0.851, 0.9915, 1.0 (the bounds: 0.5 +- 0.040, 0.841 +- 0.029).
     """
     state = make_state("linear", 20)
-    model_fn = sv.make_class_model(state, OVERLAP)
+    model_fn = sv.mixtures.make_class_model(state, OVERLAP)
     m = 4000
     cond = jnp.zeros((m,), jnp.int32)
     traces = []
@@ -206,7 +206,7 @@ def test_class_share_grows_with_the_scale_in_one_vmapped_compilation():
     sweep(jnp.asarray([0.25, 0.75, 1.5, 3.0, 8.0], jnp.float32)).block_until_ready()
     assert len(traces) == n_traces, "a new sweep of scales retraced the model"
 
-    share = np.array([float(np.mean(np.asarray(sv.assign_modes(OVERLAP.mixture, xi)) == 0)) for xi in x])
+    share = np.array([float(np.mean(np.asarray(sv.mixtures.assign_modes(OVERLAP.mixture, xi)) == 0)) for xi in x])
     se = np.sqrt(share * (1 - share) / m)
     phi1 = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
     for got, want in ((share[0], 0.5), (share[2], phi1)):
@@ -227,7 +227,7 @@ def test_outside_the_interval_the_guided_model_is_the_conditional_one(grid):
     Measured: at most 0.71 of the tolerance (0 at t = 0.999, where both halves are the prior's x).
     """
     state = make_state(grid, 10)
-    model_fn = sv.make_class_model(state, CM)
+    model_fn = sv.mixtures.make_class_model(state, CM)
     guided = sv.cfg(model_fn, 3.0, sv.NULL_CLASS, interval=(0.3, 0.6), state=state)
     plain = sv.cfg(model_fn, 3.0, sv.NULL_CLASS)
     x = jax.random.normal(jax.random.key(4), (6, 2), jnp.float32)
@@ -251,9 +251,9 @@ def test_cfg_rescale_1_gives_the_conditional_std():
     conditional output's, relative 32u (the std sums 8 squares, ~(2D + 5)u = 21u of relative rounding, the
     rescaling adds ~3u); phi = 0.5 is the mean of phi = 0 and phi = 1 (to 8u relative to their size).
     Without rescale the std differs by far more (asserted, so the check can fail)."""
-    cm8 = sv.default_class_mixture(8)
+    cm8 = sv.mixtures.default_class_mixture(8)
     state = make_state("linear", 10)
-    model_fn = sv.make_class_model(state, cm8)
+    model_fn = sv.mixtures.make_class_model(state, cm8)
     x = 1.5 * jax.random.normal(jax.random.key(5), (12, 8), jnp.float32)
     t = jnp.linspace(0.05, 0.9, 12, dtype=jnp.float32)
     cond = jnp.arange(12, dtype=jnp.int32) % 3
@@ -279,7 +279,7 @@ def test_cfg_calls_the_network_once_per_step_and_stage_with_batch_2b(sampler, n,
     """A host callback in the network (test-only) records every call inside the compiled loop: with cfg
     there are exactly NFE calls (one per step and stage, as without guidance), each on 2B rows."""
     state = sv.set_timesteps(sv.create_state(), n)
-    model_fn = sv.make_class_model(state, CM)
+    model_fn = sv.mixtures.make_class_model(state, CM)
     rows = []
 
     def network(x, t, c):
@@ -311,7 +311,7 @@ PERTURBATION = 2.0**-22  # relative, as tests/test_invariance.py: 2 ulps of floa
 def invariance_run(batch, guided_scale=INV_SCALE, perturb=False):
     """``(key, offset, cond) -> samples`` of a cfg-guided, conditioned SDE run, jitted for one batch size."""
     state = sv.set_timesteps(sv.create_state(), INV_STEPS)
-    guided = sv.cfg(sv.make_class_model(state, CM), guided_scale, sv.NULL_CLASS)
+    guided = sv.cfg(sv.mixtures.make_class_model(state, CM), guided_scale, sv.NULL_CLASS)
     model_fn = (lambda x, t, c: guided(x, t, c) * jnp.float32(1 + PERTURBATION)) if perturb else guided
     return jax.jit(lambda k, o, c: sv.sample(state, model_fn, k, (batch, 2), index_offset=o, cond=c))
 
@@ -402,7 +402,7 @@ def test_every_sampler_takes_cond_and_a_cfg_model(sampler):
     """
     family, options, n = EVERY[sampler]
     state = sv.set_timesteps(sv.create_state(), n)
-    guided = sv.cfg(sv.make_class_model(state, CM), 1.0, sv.NULL_CLASS)
+    guided = sv.cfg(sv.mixtures.make_class_model(state, CM), 1.0, sv.NULL_CLASS)
     b = 192
     cond = jnp.arange(b, dtype=jnp.int32) % 3
     run = _sample if family == "sde" else _sample_ode
@@ -410,7 +410,7 @@ def test_every_sampler_takes_cond_and_a_cfg_model(sampler):
     assert np.all(np.isfinite(x))
     share = in_class_share(CM, x, cond)
     assert share >= 0.95, share
-    first = np.mean(np.asarray(sv.assign_modes(CM.mixture, x[np.asarray(cond) == 0])) == 0)
+    first = np.mean(np.asarray(sv.mixtures.assign_modes(CM.mixture, x[np.asarray(cond) == 0])) == 0)
     p = 0.35 / 0.6
     assert abs(first - p) < 5 * math.sqrt(p * (1 - p) / 64), first
 
@@ -421,7 +421,7 @@ def test_every_sampler_takes_cond_and_a_cfg_model(sampler):
 @pytest.fixture(scope="module")
 def small():
     state = sv.set_timesteps(sv.create_state(), 5)
-    return state, sv.make_class_model(state, CM)
+    return state, sv.mixtures.make_class_model(state, CM)
 
 
 @pytest.mark.parametrize("call", ["sample", "sample_ode", "invert_ode"])
@@ -443,7 +443,7 @@ def test_class_cond_of_the_wrong_shape_or_dtype_is_refused(small, cond):
     with pytest.raises(ValueError, match=r"cond must be class indices of shape \(batch,\) = \(4,\), ints"):
         sv.sample(state, model_fn, jax.random.key(0), (4, 2), cond=cond)
     with pytest.raises(ValueError, match=r"cond must be class indices"):
-        sv.make_class_log_prob(state, CM)(jnp.zeros((4, 2)), jnp.full((4,), 0.5), cond)
+        sv.mixtures.make_class_log_prob(state, CM)(jnp.zeros((4, 2)), jnp.full((4,), 0.5), cond)
 
 
 @pytest.mark.parametrize("interval", [(0.5, 1.5), (-0.1, 0.5), (0.6, 0.2), (0.3, 0.3), (0.2,), "ab"])
@@ -467,7 +467,7 @@ def test_a_non_finite_scale_is_refused(small, scale, combinator):
         if combinator == "cfg":
             sv.cfg(model_fn, scale, sv.NULL_CLASS)
         else:
-            sv.classifier_guidance(state, model_fn, sv.make_class_log_prob(state, CM), scale)
+            sv.classifier_guidance(state, model_fn, sv.mixtures.make_class_log_prob(state, CM), scale)
 
 
 def test_a_scale_of_the_wrong_shape_or_type_is_refused(small):

@@ -48,7 +48,7 @@ PERTURBATION = 2.0**-22  # relative: 2 ulps of float32 at 1.0
 
 def mixture3():
     """A 3-component 3-D diagonal mixture, modes of unequal weight and width."""
-    return sv.make_mixture(
+    return sv.mixtures.make_mixture(
         [0.5, 0.3, 0.2],
         [[1.0, -1.0, 0.5], [-1.0, 0.5, -0.5], [0.0, 1.0, 1.0]],
         [[0.3, 0.4, 0.2], [0.5, 0.2, 0.3], [0.25, 0.25, 0.4]],
@@ -58,7 +58,7 @@ def mixture3():
 @pytest.fixture(scope="module")
 def setup():
     state = sv.set_timesteps(sv.create_state(), STEPS)
-    return state, sv.make_mixture_eps_fn(state, mixture3())
+    return state, sv.mixtures.make_mixture_eps_fn(state, mixture3())
 
 
 def draw(state, model_fn, key, batch, offset=0, **kw):
@@ -120,10 +120,10 @@ BITWISE = textwrap.dedent("""
     from sdevp_jax import loops
     from test_invariance import STEPS, mixture3, assert_bitwise_batch_invariant, batch_dependent_keys
     state = sv.set_timesteps(sv.create_state(), STEPS)
-    assert_bitwise_batch_invariant(state, sv.make_mixture_eps_fn(state, mixture3()), jax.random.key(1))
+    assert_bitwise_batch_invariant(state, sv.mixtures.make_mixture_eps_fn(state, mixture3()), jax.random.key(1))
     loops.make_sample_keys = batch_dependent_keys  # the check can fail
     try:
-        assert_bitwise_batch_invariant(state, sv.make_mixture_eps_fn(state, mixture3()), jax.random.key(1))
+        assert_bitwise_batch_invariant(state, sv.mixtures.make_mixture_eps_fn(state, mixture3()), jax.random.key(1))
     except AssertionError:
         print("mutation caught")
 """)
@@ -206,7 +206,7 @@ SHARDED = textwrap.dedent("""
     from test_invariance import mixture3, STEPS, PERTURBATION
     assert len(jax.devices()) == 4
     state = sv.set_timesteps(sv.create_state(), STEPS)
-    model_fn = sv.make_mixture_eps_fn(state, mixture3())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture3())
     perturbed = lambda x, t: model_fn(x, t) * jnp.float32(1 + PERTURBATION)
     key = jax.random.key(0)
     f = lambda model, n: (lambda k, o: sv.sample(state, model, k, (n, 3), index_offset=o))

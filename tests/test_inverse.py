@@ -11,7 +11,7 @@ from sdevp_jax import sde
 
 def test_inpaint_keeps_known_entries_exactly_and_fills_the_rest():
     state = sv.set_timesteps(sv.create_state(), 50)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim=4))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim=4))
     y = jnp.asarray(np.random.default_rng(0).standard_normal((6, 4)), jnp.float32)
     mask = jnp.array([1, 0, 1, 0])
     x = sv.inpaint(state, model_fn, jax.random.key(0), y, mask)
@@ -30,7 +30,7 @@ def test_unknown_entries_of_independent_gaussian_follow_their_marginal():
     """
     state = sv.set_timesteps(sv.create_state(), 1000)
     mu, scale = np.array([0.5, -1.0, 0.8, -0.3]), np.array([0.3, 0.5, 0.4, 0.7])
-    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [mu], [scale]))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [mu], [scale]))
     m = 10_000
     y = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))  # unlikely known values on purpose
     x = np.asarray(jax.jit(lambda k: sv.inpaint(state, model_fn, k, y, jnp.array([1, 1, 0, 0])))(jax.random.key(1)),
@@ -43,7 +43,7 @@ def test_unknown_entries_of_independent_gaussian_follow_their_marginal():
 
 def test_inpaint_with_a_corrector_and_bad_masks():
     state = sv.set_timesteps(sv.create_state(), 30)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim=4))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim=4))
     y = jnp.ones((3, 4))
     x = sv.inpaint(state, model_fn, jax.random.key(0), y, jnp.array([1, 0, 0, 1]), corrector="langevin")
     np.testing.assert_array_equal(x[:, 0], 1.0)
@@ -55,7 +55,7 @@ def test_inpaint_with_a_corrector_and_bad_masks():
 
 def test_colorize_keeps_the_grey_image():
     state = sv.set_timesteps(sv.create_state(), 40)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture(dim=3 * 2 * 2))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim=3 * 2 * 2))
     gray = jnp.asarray(np.random.default_rng(2).uniform(-0.5, 0.5, (4, 2, 2)), jnp.float32)
     x = sv.colorize(state, model_fn, jax.random.key(0), gray)
     assert x.shape == (4, 3, 2, 2) and bool(jnp.all(jnp.isfinite(x)))
@@ -103,9 +103,9 @@ def conditioning_checks(observed_sign, filled, mode_mean):
 @pytest.mark.slow
 def test_inpainting_follows_the_observed_mode():
     state = sv.set_timesteps(sv.create_state(), 100)
-    mixture = sv.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
-    y = sv.sample_mixture(mixture, jax.random.key(7), 600)  # each row from one mode
+    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    y = sv.mixtures.sample_mixture(mixture, jax.random.key(7), 600)  # each row from one mode
     x = jax.jit(lambda k: sv.inpaint(state, model_fn, k, y, jnp.array([1, 1, 1, 0])))(jax.random.key(8))
     conditioning_checks(np.sign(np.asarray(y[:, 0])), np.asarray(x[:, 3:], np.float64), 3.0)
 
@@ -115,9 +115,9 @@ def test_colorization_follows_the_mode_the_grey_level_reveals():
     """Colour modes (3, 1, 2) and (-3, -1, -2): grey levels 2 and -2 tell them apart; the colour
     difference red - green (+2 or -2) must follow, where the marginal would give either sign."""
     state = sv.set_timesteps(sv.create_state(), 100)
-    mixture = sv.make_mixture([0.5, 0.5], [[3.0, 1.0, 2.0], [-3.0, -1.0, -2.0]], 0.3)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
-    colour = sv.sample_mixture(mixture, jax.random.key(9), 600)  # (batch, 3): channels, one pixel
+    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0, 1.0, 2.0], [-3.0, -1.0, -2.0]], 0.3)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    colour = sv.mixtures.sample_mixture(mixture, jax.random.key(9), 600)  # (batch, 3): channels, one pixel
     gray = colour.mean(axis=1, keepdims=True)  # (batch, 1): one pixel
     x = jax.jit(lambda k: sv.colorize(state, model_fn, k, gray))(jax.random.key(10))
     assert x.shape == (600, 3, 1)

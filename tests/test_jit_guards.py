@@ -23,7 +23,7 @@ def state10():
 
 @pytest.fixture(scope="module")
 def model_fn(state10):
-    return sv.make_mixture_eps_fn(state10, sv.default_mixture())
+    return sv.mixtures.make_mixture_eps_fn(state10, sv.mixtures.default_mixture())
 
 
 @pytest.mark.parametrize("options", [

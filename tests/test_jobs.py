@@ -119,7 +119,7 @@ SHARDED = textwrap.dedent("""
     import sdevp_jax as sv
     assert len(jax.devices()) == 8
     state = sv.set_timesteps(sv.create_state(), 30)
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
     sharding = sv.distributed.batch_sharding()
     out = {}
     cases = {"sample": (sv.sample, {}), "sample_pc": (sv.sample, {"corrector": "langevin"}),
@@ -554,7 +554,7 @@ GUIDED = dict(class_label=1, guidance_scale=3.0, guidance_interval=(0.2, 0.9), g
 def test_default_classes_are_the_embedded_class_mixtures():
     """The host-side copy that specs are checked against is default_class_mixture's grouping."""
     for dim in (2, 5):
-        assert tuple(np.asarray(sv.default_class_mixture(dim).classes).tolist()) == jobs.DEFAULT_CLASSES
+        assert tuple(np.asarray(sv.mixtures.default_class_mixture(dim).classes).tolist()) == jobs.DEFAULT_CLASSES
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -620,7 +620,7 @@ def test_guided_job_resumed_equals_the_uninterrupted_run_and_the_librarys_call(t
     be near 0 (measured: a 2-D dpm_solver_pp sample at |x| = 63, where float32 rounding grew to 1e-3).
     Bitwise equal to the uninterrupted run: the resumed chunks are the same compiled call, and each
     chunk's condition is full((batch,), class) built in that call. A single chunk of all six samples,
-    and the library's own call (sv.cfg over sv.make_class_model with the same cond, compiled apart), draw
+    and the library's own call (sv.cfg over sv.mixtures.make_class_model with the same cond, compiled apart), draw
     the same samples to float32 rounding: 1e-5 on O(1) values over 6 steps. The unguided conditional
     job differs by O(1) (>= 0.05 asserted): the guidance reached the sampler.
     """
@@ -635,7 +635,7 @@ def test_guided_job_resumed_equals_the_uninterrupted_run_and_the_librarys_call(t
     np.testing.assert_allclose(one, clean, rtol=0, atol=1e-5)
 
     state = jobs.job_state(spec)
-    model = sv.cfg(sv.make_class_model(state, sv.default_class_mixture(8)), 3.0, sv.NULL_CLASS, interval=(0.2, 0.9),
+    model = sv.cfg(sv.mixtures.make_class_model(state, sv.mixtures.default_class_mixture(8)), 3.0, sv.NULL_CLASS, interval=(0.2, 0.9),
                    rescale=0.5, state=state)
     cond = jnp.full((6,), 1, jnp.int32)
     if method == "euler_maruyama":

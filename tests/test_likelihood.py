@@ -15,9 +15,9 @@ A_ONE, S_ONE = float(sde.alpha(1.0, 0.1, 20.0)), float(sde.sigma(1.0, 0.1, 20.0)
 @pytest.fixture(scope="module")
 def setup():
     state = sv.create_state()
-    mixture = sv.default_mixture()
-    x = sv.sample_mixture(mixture, jax.random.key(0), 6, alpha=A_EPS, sigma=S_EPS)
-    return state, mixture, sv.make_mixture_eps_fn(state, mixture), x
+    mixture = sv.mixtures.default_mixture()
+    x = sv.mixtures.sample_mixture(mixture, jax.random.key(0), 6, alpha=A_EPS, sigma=S_EPS)
+    return state, mixture, sv.mixtures.make_mixture_eps_fn(state, mixture), x
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,10 @@ def test_exact_trace_matches_the_closed_form_within_1e_3_nats(setup, default_ll)
     state, mixture, model_fn, x = setup
 
     def prior(x1):
-        return sv.diffused_log_prob(mixture, x1[None], A_ONE, S_ONE)[0]
+        return sv.mixtures.diffused_log_prob(mixture, x1[None], A_ONE, S_ONE)[0]
 
     ll = sv.log_likelihood(state, model_fn, x, None, trace="exact", prior_logp=prior)
-    closed = sv.diffused_log_prob(mixture, x, A_EPS, S_EPS)
+    closed = sv.mixtures.diffused_log_prob(mixture, x, A_EPS, S_EPS)
     assert ll.shape == (6,)
     np.testing.assert_array_less(np.abs(np.asarray(ll - closed)), 1e-3)
     # the default N(0, I) prior differs from p_1 by O(alpha(1)) ~ 0.007 nats here: the model's likelihood
@@ -126,7 +126,7 @@ ROTATION = np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0]
 
 
 def rotated_gaussian_model(state):
-    model_x = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [ROT_MU], [ROT_SCALES]))
+    model_x = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [ROT_MU], [ROT_SCALES]))
     rot = jnp.asarray(ROTATION, jnp.float32)
     return lambda y, t: model_x(y @ rot, t) @ rot.T  # eps_Y(y) = R eps_X(R^T y), rows as vectors
 
@@ -163,7 +163,7 @@ def test_hutchinson_probe_of_sample_b_comes_from_fold_in_key_b(trace, draw, part
     with jax.threefry_partitionable(partitionable):
         state = sv.create_state()
         model_fn = rotated_gaussian_model(state)
-        y = np.asarray(sv.sample_mixture(sv.make_mixture([1.0], [ROT_MU], [ROT_SCALES]), jax.random.key(1), 7,
+        y = np.asarray(sv.mixtures.sample_mixture(sv.mixtures.make_mixture([1.0], [ROT_MU], [ROT_SCALES]), jax.random.key(1), 7,
                                          alpha=A_EPS, sigma=S_EPS), np.float64) @ ROTATION.T
         key = jax.random.key(5)
         probes = np.stack([np.asarray(draw(jax.random.fold_in(key, b), (3,), jnp.float32), np.float64)

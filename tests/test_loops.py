@@ -14,7 +14,7 @@ STEPS = 20
 @pytest.fixture(scope="module")
 def setup():
     state = sv.set_timesteps(sv.create_state(), STEPS)
-    return state, sv.make_mixture_eps_fn(state, sv.default_mixture())
+    return state, sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
 
 
 def jit_sample():
@@ -120,8 +120,8 @@ def test_jit_sample_traces_once_across_keys_and_offsets(setup):
 
 def test_image_shaped_samples(setup):
     state, _ = setup
-    mixture = sv.default_mixture(dim=12)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    mixture = sv.mixtures.default_mixture(dim=12)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     x = sv.sample(state, model_fn, jax.random.key(0), (3, 3, 2, 2))
     assert x.shape == (3, 3, 2, 2) and bool(jnp.all(jnp.isfinite(x)))
 
@@ -137,11 +137,11 @@ def test_bfloat16_samples(setup):
 
 def test_memory_does_not_grow_with_the_step_count():
     """Compiled temporary memory is the same for 10 and 1000 steps (the scan carries only x)."""
-    mixture = sv.default_mixture()
+    mixture = sv.mixtures.default_mixture()
     sizes = []
     for n in (10, 2000):
         state = sv.set_timesteps(sv.create_state(), n)
-        model_fn = sv.make_mixture_eps_fn(state, mixture)
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
         compiled = jax.jit(sv.sample, static_argnums=(1, 3)).lower(
             state, model_fn, jax.random.key(0), (256, 2)).compile()
         stats = compiled.memory_analysis()

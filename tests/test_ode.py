@@ -15,7 +15,7 @@ SMOOTH = dict(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.0, 0.0]], scales=0.5)
 
 def smooth_setup(n):
     state = sv.set_timesteps(sv.create_state(), n)
-    return state, sv.make_mixture_eps_fn(state, sv.make_mixture(**SMOOTH))
+    return state, sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture(**SMOOTH))
 
 
 @pytest.mark.parametrize("method", sv.list_methods("ode"))
@@ -117,9 +117,9 @@ def test_ode_samplers_reach_the_mixture(method, n):
     from test_samplers import target_check
 
     m_samples = 5000
-    mixture = sv.default_mixture()
+    mixture = sv.mixtures.default_mixture()
     state = sv.set_timesteps(sv.create_state(), n)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     x = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))(
         state, model_fn, jax.random.key(5), (m_samples, 2), method=method)
     x = np.asarray(x, np.float64)
@@ -208,7 +208,7 @@ def test_adaptive_error_is_below_c_tau_and_falls_with_tau(x64):
     would be 27 to 97 at these tau: c = 12 separates the two.
     """
     state = sv.set_timesteps(sv.create_state(), 2)
-    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [GAUSS_MU], GAUSS_SCALE))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [GAUSS_MU], GAUSS_SCALE))
     key, batch = jax.random.key(0), 32
     # x_1 as sample_ode draws it: sample b's slot 0
     x_1 = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, b), 0), (2,),

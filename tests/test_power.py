@@ -129,7 +129,7 @@ def test_predictor_moments_match_the_exact_recursion(method, dtype):
         assert abs(m1 - m) > 2 * tol_m or abs(v1 - v) > 2 * tol_v, (perturbation, m1 - m, v1 - v, tol_m, tol_v)
 
     state = sv.set_timesteps(sv.create_state(beta_min=BMIN, beta_max=BMAX, sampling_eps=EPS), N)
-    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [[MU] * D], SCALE))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [[MU] * D], SCALE))
     x = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "dtype"))(
         state, model_fn, jax.random.key(14), (B, D), predictor=method, dtype=dtype)
     assert x.dtype == dtype
@@ -174,7 +174,7 @@ def test_langevin_corrector_moments_match_the_exact_recursion():
         assert abs(m1 - m) > 2 * tol_m or abs(v1 - var) > 2 * tol_v, (perturbation, m1 - m, v1 - var)
 
     state = sv.set_timesteps(sv.create_state(beta_min=BMIN, beta_max=BMAX, sampling_eps=EPS), n)
-    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [[mu] * d], SCALE))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [[mu] * d], SCALE))
     t_vec = jnp.full((B,), t, jnp.float32)
 
     @jax.jit

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
-from sdevp_jax import scheduler, schedules
+from sdevp_jax import denoiser, schedules
 
 DTYPES = [np.float32, np.float64]
 
@@ -51,14 +51,14 @@ def test_conversions_match_the_definitions_and_round_trip(dtype):
     a, s = d["alpha"], d["sigma"]
     with x64_if(dtype):
         x, eps, v, x0, a_, s_ = (jnp.asarray(d[k], dtype) for k in ("x", "eps", "v", "x0", "alpha", "sigma"))
-        assert scheduler.eps_from_prediction("epsilon", eps, x, a_, s_) is eps  # no arithmetic
-        assert scheduler.prediction_from_eps("epsilon", eps, x, a_, s_) is eps
-        eps_from_v = scheduler.eps_from_prediction("v_prediction", v, x, a_, s_)
-        eps_from_x0 = scheduler.eps_from_prediction("sample", x0, x, a_, s_)
-        v_from_eps = scheduler.prediction_from_eps("v_prediction", eps, x, a_, s_)
-        x0_from_eps = scheduler.prediction_from_eps("sample", eps, x, a_, s_)
-        v_back = scheduler.prediction_from_eps("v_prediction", eps_from_v, x, a_, s_)
-        x0_back = scheduler.prediction_from_eps("sample", eps_from_x0, x, a_, s_)
+        assert denoiser.eps_from_prediction("epsilon", eps, x, a_, s_) is eps  # no arithmetic
+        assert denoiser.prediction_from_eps("epsilon", eps, x, a_, s_) is eps
+        eps_from_v = denoiser.eps_from_prediction("v_prediction", v, x, a_, s_)
+        eps_from_x0 = denoiser.eps_from_prediction("sample", x0, x, a_, s_)
+        v_from_eps = denoiser.prediction_from_eps("v_prediction", eps, x, a_, s_)
+        x0_from_eps = denoiser.prediction_from_eps("sample", eps, x, a_, s_)
+        v_back = denoiser.prediction_from_eps("v_prediction", eps_from_v, x, a_, s_)
+        x0_back = denoiser.prediction_from_eps("sample", eps_from_x0, x, a_, s_)
     for got in (eps_from_v, eps_from_x0, v_from_eps, x0_from_eps, v_back, x0_back):
         assert got.dtype == dtype
     ax, sx, ae, se = np.abs(d["x"]), s * np.abs(d["x"]), np.abs(d["eps"]), s * np.abs(d["eps"])

@@ -27,5 +27,5 @@ def test_readme_examples_run():
     assert sd_state.schedule.is_discrete and sd_state.spacing == "logsnr" and sd_state.diffusers_config is not None
     assert namespace["sd_samples"].shape == (1024, 2) and np.all(np.isfinite(namespace["sd_samples"]))
     # "Conditions and guidance": class 1 is the modes 2 and 3; guided samples land there
-    modes = np.asarray(sv.assign_modes(namespace["cm"].mixture, namespace["xg"]))
+    modes = np.asarray(sv.mixtures.assign_modes(namespace["cm"].mixture, namespace["xg"]))
     assert np.isin(modes, [2, 3]).all()

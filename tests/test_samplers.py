@@ -142,7 +142,7 @@ def test_predictor_corrector_loop_order_and_noise_slots(state, x64, step_rule):
     In float64: the norm-based corrector step amplifies float32 rounding
     differences between the scan and this eager loop over 50 steps.
     """
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
     key, batch, m = jax.random.key(3), 3, 2
     keys = [jax.random.fold_in(key, b) for b in range(batch)]
 
@@ -175,7 +175,7 @@ def test_pc_sampling_is_batch_invariant_with_per_sample_rules(state, step_rule):
     for batches of 9 and 4, and 50 steps amplify that last-ulp difference (see
     tests/test_invariance.py for the tolerance).
     """
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
     f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector", "step_rule"))
     big = f(state, model_fn, jax.random.key(0), (9, 2), predictor="reverse_diffusion", corrector="langevin",
             step_rule=step_rule)
@@ -186,7 +186,7 @@ def test_pc_sampling_is_batch_invariant_with_per_sample_rules(state, step_rule):
 
 def test_pc_sampling_with_batch_mean_norms_couples_the_batch(state):
     """The reference code's batch-mean norms: each sample depends on the rest of its batch."""
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
     f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("corrector", "step_rule"))
     big_m = f(state, model_fn, jax.random.key(0), (9, 2), corrector="langevin", step_rule="snr_batch")
     small_m = f(state, model_fn, jax.random.key(0), (4, 2), corrector="langevin", step_rule="snr_batch")
@@ -202,7 +202,7 @@ def test_pc_sampling_with_batch_mean_norms_couples_the_batch(state):
     ({"corrector": "langevin", "step_rule": "batch"}, ValueError, "step_rule must be one of"),
 ])
 def test_sample_rejects_bad_sampler_options(state, kwargs, err, match):
-    model_fn = sv.make_mixture_eps_fn(state, sv.default_mixture())
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
     with pytest.raises(err, match=match):
         sv.sample(state, model_fn, jax.random.key(0), (2, 2), **kwargs)
 
@@ -228,7 +228,7 @@ def test_registry_lists_every_method_by_kind():
 def target_check(x, mixture, a, s, m_samples):
     """Mode weights and mean within 5 standard errors (see test_statistics for the derivation)."""
     w = np.asarray(mixture.weights, np.float64)
-    freq = np.bincount(np.asarray(sv.assign_modes(mixture, x)), minlength=len(w)) / m_samples
+    freq = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=len(w)) / m_samples
     np.testing.assert_array_less(np.abs(freq - w), 5 * np.sqrt(w * (1 - w) / m_samples))
     means, scales = np.asarray(mixture.means, np.float64), np.asarray(mixture.scales, np.float64)
     mu = a * (w @ means)
@@ -251,9 +251,9 @@ def test_samplers_reach_the_mixture_at_1000_steps(predictor, corrector, dim, ste
     paper's batch-mean rule in 2-D; the per-sample rule's bias in low dimension
     is shown in tests/test_corrector.py.
     """
-    mixture = sv.default_mixture(dim)
+    mixture = sv.mixtures.default_mixture(dim)
     state = sv.set_timesteps(sv.create_state(), 1000)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     x = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector", "step_rule"))(
         state, model_fn, jax.random.key(11), (m_samples, dim), predictor=predictor, corrector=corrector,
         step_rule=step_rule)

@@ -77,7 +77,7 @@ def alpha_sigma(state, t):
 def exact_prior(state, mixture, key, m):
     """Exact draws of p_{t_0}, t_0 = the grid's first time (float32)."""
     a, s = alpha_sigma(state, state.timesteps[0])
-    return sv.sample_mixture(mixture, key, m, alpha=a, sigma=s).astype(jnp.float32)
+    return sv.mixtures.sample_mixture(mixture, key, m, alpha=a, sigma=s).astype(jnp.float32)
 
 
 def run(state, model_fn, sampler, key, shape, x_init=None):
@@ -110,7 +110,7 @@ def moment_report(x, mixture, w, mean, cov, k=5.0):
     probability < 6e-7 under the normal approximation (the seeds are fixed, so a run is reproducible).
     """
     m = len(x)
-    freq = np.bincount(np.asarray(sv.assign_modes(mixture, x)), minlength=len(w)) / m
+    freq = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=len(w)) / m
     centred = x - x.mean(0)
     products = centred[:, :, None] * centred[:, None, :]
     sample_cov = np.cov(x.T)
@@ -164,8 +164,8 @@ def test_sampler_draws_the_mixture(grid, sampler):
     """
     family, _, n = SAMPLERS[sampler]
     state = make_state(grid, n)
-    mixture = sv.default_mixture()
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    mixture = sv.mixtures.default_mixture()
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     m = 10_000
     x = run(state, model_fn, sampler, jax.random.key(11), (m, 2), exact_prior(state, mixture, jax.random.key(12), m))
     assert_law(x, mixture, state, family == "sde", f"{grid}/{sampler} N={n}")
@@ -180,8 +180,8 @@ def test_sampler_draws_the_8d_mixture_on_scaled_linear(sampler):
     """
     family, _, n = SAMPLERS[sampler]
     state = make_state("scaled_linear", n)
-    mixture = sv.default_mixture(8)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    mixture = sv.mixtures.default_mixture(8)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     m = 10_000
     x = run(state, model_fn, sampler, jax.random.key(21), (m, 8), exact_prior(state, mixture, jax.random.key(22), m))
     assert_law(x, mixture, state, family == "sde", f"8-D scaled_linear/{sampler} N={n}")
@@ -244,11 +244,11 @@ def test_v_and_x0_models_sample_as_the_eps_model(sampler, grid):
     cosine and 1.9e-3 on scaled_linear (whose piecewise-constant beta makes the ODE's right-hand side
     jump at every training label).
     """
-    mixture = sv.default_mixture()
+    mixture = sv.mixtures.default_mixture()
     m, n = (16 if sampler == "adaptive" else 64), EQUIVALENCE_STEPS
     key = jax.random.key(31)
     eps_state = make_state(grid, n)
-    eps_fn = sv.make_mixture_eps_fn(eps_state, mixture)
+    eps_fn = sv.mixtures.make_mixture_eps_fn(eps_state, mixture)
     x_init = jax.random.normal(jax.random.key(32), (m, 2), jnp.float32)
     family = SAMPLERS[sampler][0]
     if sampler == "adaptive":
@@ -266,7 +266,7 @@ def test_v_and_x0_models_sample_as_the_eps_model(sampler, grid):
     t = jnp.full((m,), 0.5 * float(eps_state.timesteps[0]), eps_state.timesteps.dtype)
     for prediction_type in ("v_prediction", "sample"):
         state = make_state(grid, n, prediction_type)
-        model_fn = sv.make_mixture_eps_fn(state, mixture)
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
         assert state.prediction_type == prediction_type
         got = np.asarray(run(state, model_fn, sampler, key, (m, 2), x_init), np.float64)
         diff = np.max(np.abs(got - ref), axis=1)
@@ -314,9 +314,9 @@ def expected_losses(state, t_min=1e-5):
 
 def per_sample_losses(state, key, m):
     """(plain, likelihood-weighted) dsm_loss of the exact model on m data points, one call per point (own key)."""
-    mixture = sv.make_mixture([1.0], [GAUSS_MU], [[GAUSS_SCALE] * len(GAUSS_MU)])
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
-    x0 = sv.sample_mixture(mixture, jax.random.key(41), m)
+    mixture = sv.mixtures.make_mixture([1.0], [GAUSS_MU], [[GAUSS_SCALE] * len(GAUSS_MU)])
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    x0 = sv.mixtures.sample_mixture(mixture, jax.random.key(41), m)
     keys = jax.random.split(key, m)
 
     def both(k, x):
@@ -353,7 +353,7 @@ def test_dsm_loss_of_the_exact_model_on_every_prediction_type(grid):
     key = jax.random.key(40)
     expected = expected_losses(make_state(grid, 2))
     losses, weighted = {}, {}
-    for prediction_type in sv.scheduler.PREDICTION_TYPES:
+    for prediction_type in sv.PREDICTION_TYPES:
         state = sv.create_state(schedule=make_schedule(GRIDS[grid][0]), prediction_type=prediction_type)
         losses[prediction_type], weighted[prediction_type], x0 = per_sample_losses(state, key, m)
         got, se = losses[prediction_type].mean(), losses[prediction_type].std() / np.sqrt(m)
@@ -391,8 +391,8 @@ def test_log_likelihood_of_a_gaussian_matches_the_closed_form(grid):
     """
     scale, d = 0.5, 3
     state = sv.create_state(schedule=make_schedule(grid))
-    mixture = sv.make_mixture([1.0], [[0.0] * d], [[scale] * d])
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    mixture = sv.mixtures.make_mixture([1.0], [[0.0] * d], [[scale] * d])
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
 
     def gauss_logp(x, t):
         a, s = alpha_sigma(state, t)
@@ -403,7 +403,7 @@ def test_log_likelihood_of_a_gaussian_matches_the_closed_form(grid):
         return gauss_logp(x1, state.schedule.t_max)
 
     a, s = alpha_sigma(state, state.sampling_eps)
-    x = sv.sample_mixture(mixture, jax.random.key(50), 6, alpha=a, sigma=s)
+    x = sv.mixtures.sample_mixture(mixture, jax.random.key(50), 6, alpha=a, sigma=s)
     ll = np.asarray(sv.log_likelihood(state, model_fn, x, None, trace="exact", prior_logp=prior), np.float64)
     closed = np.asarray(gauss_logp(x, state.sampling_eps), np.float64)
     np.testing.assert_array_less(np.abs(ll - closed), 1e-3)
@@ -431,7 +431,7 @@ def test_inpaint_with_a_v_model_on_the_cosine_schedule():
                    static_argnums=0)
 
     mu, scale = np.array([0.5, -1.0, 0.8, -0.3]), np.array([0.3, 0.5, 0.4, 0.7])
-    model_fn = sv.make_mixture_eps_fn(state, sv.make_mixture([1.0], [mu], [scale]))
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [mu], [scale]))
     m = 4_000
     y = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))
     x = fill(model_fn, jax.random.key(60), y, jnp.array([1, 1, 0, 0]))
@@ -441,9 +441,9 @@ def test_inpaint_with_a_v_model_on_the_cosine_schedule():
     np.testing.assert_array_less(np.abs(x[:, 2:].mean(0) - mu[2:]), 5 * np.sqrt(var / m))
     np.testing.assert_array_less(np.abs(x[:, 2:].var(0, ddof=1) - var), 5 * var * np.sqrt(2 / (m - 1)))
 
-    mixture = sv.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
-    y = sv.sample_mixture(mixture, jax.random.key(61), 1_000)
+    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    y = sv.mixtures.sample_mixture(mixture, jax.random.key(61), 1_000)
     x = fill(model_fn, jax.random.key(62), y, jnp.array([1, 1, 1, 0]))
     np.testing.assert_array_equal(x[:, :3], y[:, :3])
     sign = np.sign(np.asarray(y[:, 0]))

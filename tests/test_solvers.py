@@ -16,7 +16,7 @@ SMOOTH = dict(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.0, 0.0]], scales=0.5)
 def _setup(n, schedule=None, spacing="logsnr", prediction_type="epsilon"):
     state = sv.create_state(schedule=schedule, prediction_type=prediction_type)
     state = sv.set_timesteps(state, n, spacing=spacing)
-    return state, sv.make_mixture_eps_fn(state, sv.make_mixture(**SMOOTH))
+    return state, sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture(**SMOOTH))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_inversion_then_sampling_returns_the_data_at_the_solvers_order(x64, meth
     the round trip's error constants partly cancel at the coarsest grids; heun's measured 3.0 is
     within 1 of its order 2 and is asserted only as >= 2 - 0.3).
     """
-    x0 = sv.sample_mixture(sv.make_mixture(**SMOOTH), jax.random.key(3), 16).astype(jnp.float64)
+    x0 = sv.mixtures.sample_mixture(sv.mixtures.make_mixture(**SMOOTH), jax.random.key(3), 16).astype(jnp.float64)
     steps = np.array([16, 32, 64, 128])
     errors = []
     for n in steps:
@@ -166,17 +166,17 @@ def test_solvers_draw_the_mixture_on_stable_diffusions_schedule(method, options,
     s/sqrt(B) <= 0.0126 (s <= 1.13); allow 5 SE plus a discretisation bias measured below 0.01
     at these step counts (bias measured with 4x the steps: changes < 0.005).
     """
-    mixture = sv.default_mixture(2)
+    mixture = sv.mixtures.default_mixture(2)
     state = sv.set_timesteps(
         sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)), steps)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     batch = 8000
     x = np.asarray(jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))(
         state, model_fn, jax.random.key(11), (batch, 2), method=method, **options))
-    weights = np.bincount(np.asarray(sv.assign_modes(mixture, x)), minlength=5) / batch
+    weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / batch
     w = np.asarray(mixture.weights)
     assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + 0.01), (weights, w)
-    exact = np.asarray(sv.sample_mixture(mixture, jax.random.key(12), 200_000))
+    exact = np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(12), 200_000))
     assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + 0.01)
     # std: SE of a sample std ~ s / sqrt(2B) for a near-normal marginal; bimodal marginals ~2x that
     assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)

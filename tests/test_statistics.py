@@ -36,9 +36,9 @@ def test_euler_maruyama_reaches_the_mixture(dtype):
     0.0054 (Euclidean) and a covariance error of 0.0086 (Frobenius) there.
     """
     m_samples, steps = 10_000, 1000
-    mixture = sv.default_mixture()
+    mixture = sv.mixtures.default_mixture()
     state = sv.set_timesteps(sv.create_state(), steps)
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     x = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("dtype",))(
         state, model_fn, jax.random.key(2024), (m_samples, 2), dtype=dtype)
     assert x.dtype == dtype
@@ -50,7 +50,7 @@ def test_euler_maruyama_reaches_the_mixture(dtype):
 
     # Mode weights: the count of mode k is Binomial(M, w_k); standard error sqrt(w(1-w)/M).
     w = np.asarray(mixture.weights, np.float64)
-    freq = np.bincount(np.asarray(sv.assign_modes(mixture, x)), minlength=5) / m_samples
+    freq = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / m_samples
     np.testing.assert_array_less(np.abs(freq - w), 5 * np.sqrt(w * (1 - w) / m_samples))
 
     # Mean: standard error sqrt(cov_ii / M).
@@ -73,8 +73,8 @@ def gaussian_em_moments(state, mu, scale):
     without noise (sample returns x_mean). A, B, C are read off step_pred itself.
     The weak error of the whole law is then the error in (m, v): no Monte Carlo.
     """
-    mixture = sv.make_mixture([1.0], [[mu]], [[scale]])
-    model_fn = sv.make_mixture_eps_fn(state, mixture)
+    mixture = sv.mixtures.make_mixture([1.0], [[mu]], [[scale]])
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     one, zero = jnp.ones((1, 1)), jnp.zeros((1, 1))
 
     def step(carry, t):

@@ -54,9 +54,9 @@ def test_exact_eps_scores_lower_than_a_perturbed_one():
     whose second term has mean 0; over 20,000 samples its noise is far below the first term.
     """
     state = sv.create_state()
-    mixture = sv.default_mixture()
-    exact = sv.make_mixture_eps_fn(state, mixture)
-    x0 = sv.sample_mixture(mixture, jax.random.key(0), 20_000)
+    mixture = sv.mixtures.default_mixture()
+    exact = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    x0 = sv.mixtures.sample_mixture(mixture, jax.random.key(0), 20_000)
     key = jax.random.key(1)
     base = sv.dsm_loss(state, exact, x0, key)
     worse = sv.dsm_loss(state, lambda x, t: 1.1 * exact(x, t), x0, key)
@@ -84,7 +84,7 @@ def test_loss_falls_with_flax_and_optax_and_gradients_are_finite():
     params = net.init(jax.random.key(0), jnp.ones((1, 2)), jnp.ones((1,)))
     optimizer = optax.adam(3e-3)
     opt_state = optimizer.init(params)
-    data = sv.sample_mixture(sv.default_mixture(), jax.random.key(1), 4096)
+    data = sv.mixtures.sample_mixture(sv.mixtures.default_mixture(), jax.random.key(1), 4096)
 
     @jax.jit
     def step(params, opt_state, key):

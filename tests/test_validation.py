@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
-from sdevp_jax import models, schedules
+from sdevp_jax import mixtures, schedules
 
 KEY = jax.random.key(0)
 F32_TINY = float(jnp.finfo(jnp.float32).tiny)
@@ -93,7 +93,7 @@ def test_max_inference_steps_counts_the_floats_between_the_grid_ends():
     lo = np.float32(1e-3)
     lo = lo if float(lo) >= 1e-3 else np.nextafter(lo, np.float32(1))
     expected = int(np.float32(1.0).view(np.int32)) - int(lo.view(np.int32)) + 1
-    assert sv.scheduler.max_inference_steps(state) == expected
+    assert sv.grids.max_inference_steps(state) == expected
 
 
 # ---------------------------------------------------------------- state.replace(timesteps=...)
@@ -173,18 +173,18 @@ def test_cfg_rescale_is_finite_on_one_entry_samples():
 
 def test_class_model_refuses_a_concrete_label_outside_its_classes_and_is_finite_under_trace():
     state = sv.create_state()
-    cm = models.default_class_mixture()
-    model = models.make_class_model(state, cm)
+    cm = mixtures.default_class_mixture()
+    model = mixtures.make_class_model(state, cm)
     x = jnp.asarray([[0.3, -0.2]], jnp.float32)
     t = jnp.full((1,), 0.5, jnp.float32)
     with pytest.raises(ValueError, match=r"cond must hold class indices in 0\.\.2 or NULL_CLASS = -1, got cond\[0\] = 5"):
         model(x, t, jnp.asarray([5], jnp.int32))
     # Under jit the value is unknown at trace time: an out-of-range label gives the unconditional model.
     traced = jax.jit(model)(x, t, jnp.asarray([5], jnp.int32))
-    null = model(x, t, jnp.asarray([models.NULL_CLASS], jnp.int32))
+    null = model(x, t, jnp.asarray([mixtures.NULL_CLASS], jnp.int32))
     assert np.all(np.isfinite(np.asarray(traced)))
     np.testing.assert_allclose(np.asarray(traced), np.asarray(null), rtol=1e-6)  # jit vs eager: rounding only
-    log_prob = jax.jit(models.make_class_log_prob(state, cm))
+    log_prob = jax.jit(mixtures.make_class_log_prob(state, cm))
     assert float(log_prob(x, t, jnp.asarray([5], jnp.int32))[0]) == 0.0
 
 
@@ -193,7 +193,7 @@ def test_class_model_refuses_a_concrete_label_outside_its_classes_and_is_finite_
 
 def test_inpaint_ignores_nan_in_the_unknown_entries():
     state = sv.set_timesteps(sv.create_state(), 3, spacing="time_uniform")
-    model = models.make_mixture_eps_fn(state, models.default_mixture())
+    model = mixtures.make_mixture_eps_fn(state, mixtures.default_mixture())
     mask = jnp.asarray([[1, 0]], jnp.int32)
     y_nan = jnp.asarray([[0.5, jnp.nan]], jnp.float32)
     y_zero = jnp.asarray([[0.5, 0.0]], jnp.float32)

@@ -17,7 +17,7 @@ import numpy as np
 from flax import struct
 
 from .. import _checks
-from ..scheduler import model_time_dtype
+from ..denoiser import model_time_dtype
 from .base import Solver, option, register
 from .ode import drift
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import struct
 
-from .. import _checks
+from .. import _checks, grids
 from .base import Grid, Solver, StepCoeffs, StepInfo, choice_option, option, register
 from .multistep import GridSolver, History
 
@@ -85,10 +85,7 @@ class DPMSolver(Solver):
             top, bottom = jnp.asarray(1.0, dtype), jnp.asarray(state.sampling_eps, dtype)
         else:
             top, bottom = state.timesteps[0].astype(dtype), state.timesteps[-1].astype(dtype)
-        lam = jnp.linspace(schedule.log_snr(top), schedule.log_snr(bottom), state.timesteps.shape[0], dtype=dtype)
-        t = schedule.t_from_log_snr(lam)
-        # the end points exactly (the inverse is accurate to rounding in between)
-        return t.at[0].set(top).at[-1].set(bottom)
+        return grids.log_snr_grid(schedule, top, bottom, state.timesteps.shape[0])
 
     def init(self, x, grid):
         one = jnp.ones((), x.dtype)
