@@ -345,8 +345,8 @@ def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spaci
     :math:`\sigma/\alpha = e^{-\lambda}` uniform in its :math:`1/\rho`-th power, :math:`\rho` =
     :data:`KARRAS_RHO` (Karras et al., NeurIPS 2022, eq. 5). ``schedule``, ``top`` and ``bottom``
     in one dtype, the grid's. The end points are set exactly (the maps :math:`t \mapsto \lambda
-    \mapsto t` are accurate to rounding in between), ``top`` last, so that a one-point grid is
-    ``[top]``, as ``linspace``'s is. :func:`set_timesteps`'s ``"logsnr"`` and ``"karras"`` grids and
+    \mapsto t` are accurate to rounding in between); a one-point grid is ``[top]``, as
+    ``linspace``'s is. :func:`set_timesteps`'s ``"logsnr"`` and ``"karras"`` grids and
     the grid ``dpm_solver`` steps through on a default grid are this function's.
     """
     lam_hi, lam_lo = schedule.log_snr(top), schedule.log_snr(bottom)
@@ -357,4 +357,6 @@ def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spaci
         lam = -KARRAS_RHO * jnp.log(root)
     else:
         raise ValueError(f"spacing must be 'logsnr' or 'karras', got {spacing!r}")
-    return schedule.t_from_log_snr(lam).at[-1].set(bottom).at[0].set(top)
+    if n == 1:
+        return jnp.reshape(top, (1,))
+    return schedule.t_from_log_snr(lam).at[0].set(top).at[-1].set(bottom)

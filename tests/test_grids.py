@@ -252,3 +252,17 @@ def test_model_time_is_the_training_label_on_discrete_schedules(name, dtype):
         np.testing.assert_allclose(sv.model_time(state, on_grid), ints, rtol=0, atol=3 * N_TRAIN * u)
         assert float(sv.model_time(state, 1.0)) == N_TRAIN - 1
         assert float(sv.time_from_model_time(state, 0)) == np.asarray(1.0 / N_TRAIN, dtype)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_dpm_solver_steps_through_set_timesteps_logsnr_grid(name):
+    # one log-SNR grid builder: on a default (not asked-for) grid dpm_solver builds its own log-SNR grid
+    # between the state's end points, which is set_timesteps' "logsnr" grid between the same end points
+    from sdevp_jax.solvers.dpm import DPMSolver
+
+    state = state_of(name)
+    logsnr = sv.set_timesteps(state, 12, spacing="logsnr")
+    default = sv.set_timesteps(state, 12).replace(timesteps=logsnr.timesteps, spacing_given=False)
+    if default.uses_reference_step:  # the reference grid: its own end points, 1 and sampling_eps
+        default = sv.set_timesteps(state, 12)
+    np.testing.assert_array_equal(np.asarray(DPMSolver().times(default, jnp.float32)), np.asarray(logsnr.timesteps))
