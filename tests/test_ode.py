@@ -18,85 +18,150 @@ def smooth_setup(n):
     return state, sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture(**SMOOTH))
 
 
-@pytest.mark.parametrize("method", sv.list_methods("ode"))
-def test_ode_samplers_are_deterministic_functions_of_x_T(method):
+@pytest.fixture(scope="module")
+def ode_runs():
+    """Every ODE method's batch of 5 and batch of 2 of key 1 (8 grid points), from one jitted program
+    (compiled once for the 16 solves) called twice: {method: ((five, two), (five_again, two_again))}."""
     state, model_fn = smooth_setup(8)
-    f = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))
-    a = f(state, model_fn, jax.random.key(1), (5, 2), method=method)
-    b = f(state, model_fn, jax.random.key(1), (5, 2), method=method)
+
+    @jax.jit
+    def solve_all(key):
+        return {method: (sv.sample_ode(state, model_fn, key, (5, 2), method=method),
+                         sv.sample_ode(state, model_fn, key, (2, 2), method=method))
+                for method in sv.list_methods("ode")}
+
+    first, second = solve_all(jax.random.key(1)), solve_all(jax.random.key(1))
+    return {method: (first[method], second[method]) for method in first}
+
+
+@pytest.mark.parametrize("method", sv.list_methods("ode"))
+def test_ode_samplers_are_deterministic_functions_of_x_T(ode_runs, method):
+    (a, two), (b, _) = ode_runs[method]
     np.testing.assert_array_equal(a, b)
     # Batch invariance: the first 2 samples alone are the same (each adaptive solve
     # is per sample). To float rounding: XLA's CPU code for a batch of 2 and of 5
     # may round an element's arithmetic differently (vector body vs scalar tail),
     # which moves heun and dpm_solver by up to an ulp.
-    np.testing.assert_allclose(f(state, model_fn, jax.random.key(1), (2, 2), method=method), a[:2],
-                               rtol=4e-7, atol=4e-7)
+    np.testing.assert_allclose(two, a[:2], rtol=4e-7, atol=4e-7)
 
 
 def test_euler_is_the_loop_through_the_grid_from_the_prior_draw():
     state, model_fn = smooth_setup(6)
-    key = jax.random.key(4)
-    x = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, b), 0), (2,)) for b in range(3)])
-    ts = state.timesteps
-    for t, t_next in zip(ts[:-1], ts[1:]):
-        t_vec = jnp.full((3,), t)
-        x = x + (t_next - t) * sv.probability_flow_drift(state, model_fn(x, t_vec), x, t_vec)
-    np.testing.assert_allclose(sv.sample_ode(state, model_fn, key, (3, 2), method="euler"), x, rtol=1e-5, atol=1e-6)
+
+    # the hand-written loop and the sampler in one compiled program (not the loop's ops one by one)
+    @jax.jit
+    def both(key):
+        x = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, b), 0), (2,)) for b in range(3)])
+        ts = state.timesteps
+        for i in range(ts.shape[0] - 1):
+            t, t_next = ts[i], ts[i + 1]
+            t_vec = jnp.full((3,), t)
+            x = x + (t_next - t) * sv.probability_flow_drift(state, model_fn(x, t_vec), x, t_vec)
+        return sv.sample_ode(state, model_fn, key, (3, 2), method="euler"), x
+
+    sampled, x = both(jax.random.key(4))
+    np.testing.assert_allclose(sampled, x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
-def reference_solution():
-    """A tight adaptive solve (rtol = atol = 1e-11, float64) of 32 samples."""
+def adaptive_solves():
+    """Float64 adaptive solves of the same 32 samples, in one jitted program: a tight one (rtol = atol =
+    1e-11), the reference of the order tests, and one at the default tolerances with its SamplerInfo."""
     with jax.enable_x64(True):
         state, model_fn = smooth_setup(2)
-        x = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method="adaptive", rtol=1e-11,
-                          atol=1e-11, dtype=jnp.float64, max_steps=100_000)
-    return np.asarray(x)
+
+        @jax.jit
+        def solve(key):
+            tight = sv.sample_ode(state, model_fn, key, (32, 2), method="adaptive", rtol=1e-11, atol=1e-11,
+                                  dtype=jnp.float64, max_steps=100_000)
+            return tight, sv.sample_ode(state, model_fn, key, (32, 2), method="adaptive", return_info=True,
+                                        dtype=jnp.float64)
+
+        return jax.device_get(solve(jax.random.key(0)))
+
+
+@pytest.fixture(scope="module")
+def reference_solution(adaptive_solves):
+    """A tight adaptive solve (rtol = atol = 1e-11, float64) of 32 samples."""
+    return np.asarray(adaptive_solves[0])
+
+
+ORDER_CASES = [("euler", 1), ("heun", 2), ("dpm_solver", 1), ("dpm_solver", 2), ("dpm_solver", 3)]
+STEPS = (32, 64, 128, 256)
+
+
+@pytest.fixture(scope="module")
+def order_errors(reference_solution):
+    """Max error against the reference of each ORDER_CASES method at each of STEPS: the 20 solves in one
+    jitted program (XLA's compile time dominates these solves; one program of many loops compiles in
+    about half the CPU time of as many programs, measured on tests/test_solvers.py's order table)."""
+    with jax.enable_x64(True):
+        setups = {n: smooth_setup(n + 1) for n in STEPS}
+
+        @jax.jit
+        def solve_all(key):
+            return {(method, order): [sv.sample_ode(*setups[n], key, (32, 2), method=method, dtype=jnp.float64,
+                                                    order=order) for n in STEPS] for method, order in ORDER_CASES}
+
+        solved = jax.device_get(solve_all(jax.random.key(0)))
+    return {case: [float(np.max(np.abs(np.asarray(x) - reference_solution))) for x in xs]
+            for case, xs in solved.items()}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("dpm_solver", 1), ("dpm_solver", 2),
-                                           ("dpm_solver", 3)])
-def test_fixed_step_methods_reach_their_order(x64, reference_solution, method, order):
+@pytest.mark.parametrize("method, order", ORDER_CASES)
+def test_fixed_step_methods_reach_their_order(order_errors, method, order):
     """Fit log(max error) against log(step count): the slope is the order within +-0.3 (diffrax's test).
 
     Step counts 32..256: past the pre-asymptotic range, and with errors (>= 1e-6)
     far above the reference's own (~1e-10).
     """
-    steps = np.array([32, 64, 128, 256])
-    errors = []
-    for n in steps:
-        state, model_fn = smooth_setup(int(n) + 1)
-        x = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method=method, dtype=jnp.float64, order=order)
-        errors.append(float(np.max(np.abs(np.asarray(x) - reference_solution))))
+    steps = np.array(STEPS)
+    errors = order_errors[method, order]
     slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.3, (slope, errors)
 
 
 @pytest.mark.slow
-def test_adaptive_solver_meets_its_tolerance_in_under_200_nfe(x64, reference_solution):
-    state, model_fn = smooth_setup(2)
-    x, info = sv.sample_ode(state, model_fn, jax.random.key(0), (32, 2), method="adaptive", return_info=True,
-                            dtype=jnp.float64)
+def test_adaptive_solver_meets_its_tolerance_in_under_200_nfe(adaptive_solves, reference_solution):
+    x, info = adaptive_solves[1]
     assert int(info.nfe) < 200
     # global error of a 1e-5 local tolerance over ~15 steps of an expanding flow: allow 100x
     assert float(np.max(np.abs(np.asarray(x) - reference_solution))) < 1e-3
 
 
-@pytest.mark.parametrize("method", sv.list_methods("ode") + sv.list_methods("sde_solver"))
-def test_nfe_counts_the_model_calls_exactly(method):
-    """Count real calls with a host callback in the model (test-only; the library has none)."""
+NFE_METHODS = sv.list_methods("ode") + sv.list_methods("sde_solver")
+
+
+@pytest.fixture(scope="module")
+def counted_runs():
+    """Every method at batches 1 and 3 (7 grid points), each with its own counting model: a host callback
+    records how many samples each of its calls saw (test-only; the library has none). The 18 solves run
+    in one jitted program; {(method, batch): (info, calls)}."""
     state, model_fn = smooth_setup(7)
-    calls = []  # how many samples each callback saw
+    calls = {(method, batch): [] for method in NFE_METHODS for batch in (1, 3)}
 
-    def counted(x, t):
-        jax.debug.callback(lambda x: calls.append(np.asarray(x).size // 2), x)
-        return model_fn(x, t)
+    def counted(seen):
+        def f(x, t):
+            jax.debug.callback(lambda x: seen.append(np.asarray(x).size // 2), x)
+            return model_fn(x, t)
+        return f
 
+    @jax.jit
+    def solve_all(key):
+        return {(method, batch): sv.sample_ode(state, counted(calls[method, batch]), key, (batch, 2), method=method,
+                                               return_info=True)[1] for method, batch in calls}
+
+    infos = jax.block_until_ready(solve_all(jax.random.key(2)))
+    jax.effects_barrier()
+    return {case: (infos[case], calls[case]) for case in calls}
+
+
+@pytest.mark.parametrize("method", NFE_METHODS)
+def test_nfe_counts_the_model_calls_exactly(counted_runs, method):
+    """Count real calls with a host callback in the model (test-only; the library has none)."""
     for batch in (1, 3):
-        calls.clear()
-        x, info = sv.sample_ode(state, counted, jax.random.key(2), (batch, 2), method=method, return_info=True)
-        jax.block_until_ready(x)
+        info, calls = counted_runs[method, batch]
         assert info.nfe_per_sample.shape == (batch,)
         assert int(info.nfe) == int(jnp.max(info.nfe_per_sample))
         # Each batched call evaluates all `batch` samples (under the adaptive
@@ -110,19 +175,35 @@ def test_nfe_counts_the_model_calls_exactly(method):
             assert int(info.nfe) == expected[method]
 
 
+REACH = [("dpm_solver", 21), ("adaptive", 2), ("heun", 101)]
+
+
+@pytest.fixture(scope="module")
+def mixture_samples():
+    """5,000 samples of the default 2-D mixture by each REACH method and grid, one jitted program of the three."""
+    mixture = sv.mixtures.default_mixture()
+    setups = {}
+    for method, n in REACH:
+        state = sv.set_timesteps(sv.create_state(), n)
+        setups[method] = state, sv.mixtures.make_mixture_eps_fn(state, mixture)
+
+    @jax.jit
+    def solve_all(key):
+        return {method: sv.sample_ode(*setups[method], key, (5000, 2), method=method) for method, _ in REACH}
+
+    return mixture, jax.device_get(solve_all(jax.random.key(5)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method, n", [("dpm_solver", 21), ("adaptive", 2), ("heun", 101)])
-def test_ode_samplers_reach_the_mixture(method, n):
+@pytest.mark.parametrize("method, n", REACH)
+def test_ode_samplers_reach_the_mixture(mixture_samples, method, n):
     """The default 2-D mixture, M = 5,000 samples; mode weights and mean within 5 standard errors."""
     from test_samplers import target_check
 
     m_samples = 5000
-    mixture = sv.mixtures.default_mixture()
-    state = sv.set_timesteps(sv.create_state(), n)
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
-    x = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))(
-        state, model_fn, jax.random.key(5), (m_samples, 2), method=method)
-    x = np.asarray(x, np.float64)
+    mixture, samples = mixture_samples
+    x = np.asarray(samples[method], np.float64)
+    assert x.shape == (m_samples, 2)
     assert np.all(np.isfinite(x))
     target_check(x, mixture, float(sde.alpha(1e-3, 0.1, 20.0)), float(sde.sigma(1e-3, 0.1, 20.0)), m_samples)
 
@@ -166,10 +247,15 @@ def test_sample_ode_shares_the_loops_input_checks():
 def test_adaptive_tolerances_may_be_traced():
     """rtol/atol are numbers a user may pass through jit: checked only when concrete."""
     state, model_fn = smooth_setup(2)
-    f = jax.jit(lambda tol: sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="adaptive",
-                                          rtol=tol, atol=tol))
-    np.testing.assert_allclose(f(1e-4), sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="adaptive",
-                                                      rtol=1e-4, atol=1e-4), rtol=1e-5, atol=1e-6)
+
+    # the traced and the concrete tolerances' solves in one compiled program (one compile, not two)
+    @jax.jit
+    def both(tol):
+        return (sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="adaptive", rtol=tol, atol=tol),
+                sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="adaptive", rtol=1e-4, atol=1e-4))
+
+    traced, concrete = both(1e-4)
+    np.testing.assert_allclose(traced, concrete, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- adaptive tolerances against the closed form

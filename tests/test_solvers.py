@@ -49,56 +49,109 @@ ORDERS = [
 ]
 
 
+STEPS = (32, 64, 128, 256)
+
+
+def _case(method, options):
+    """A hashable name of one solver configuration."""
+    return method, tuple(sorted(options.items()))
+
+
+# DPM-Solver++ 3M with diffusers' (and the official code's) half coefficient of the second difference,
+# next to the exact Taylor term of ORDERS' ("dpm_solver_pp", {"order": 3}) case.
+DIFFUSERS_3M = ("dpm_solver_pp", {"order": 3, "third_order": "diffusers"})
+
+
+@pytest.fixture(scope="module")
+def order_errors(reference):
+    """Max error against the reference of every ORDERS case and DIFFUSERS_3M at each of STEPS.
+
+    The 40 solves are traced into one jitted program: XLA's compile time dominates these solves (the run
+    is milliseconds), and one program of 40 loops compiled in about half the CPU time of 40 programs
+    (measured: 11.5 s against 21.8 s for the 36 ORDERS solves). Each solve is still the library's own
+    sample_ode on a concrete state; only the key is an argument.
+    """
+    cases = [(method, options) for method, options, _ in ORDERS] + [DIFFUSERS_3M]
+    with jax.enable_x64(True):
+        setups = {n: _setup(n + 1) for n in STEPS}
+
+        @jax.jit
+        def solve_all(key):
+            return {_case(method, options): [
+                sv.sample_ode(*setups[n], key, (16, 2), method=method, dtype=jnp.float64,
+                              final_sigmas_type="last", **options) for n in STEPS] for method, options in cases}
+
+        solved = jax.device_get(solve_all(jax.random.key(0)))
+    return {case: [float(np.max(np.abs(np.asarray(x) - reference))) for x in xs] for case, xs in solved.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method, options, order", ORDERS)
-def test_grid_solvers_reach_their_order(x64, reference, method, options, order):
-    steps = np.array([32, 64, 128, 256])
-    errors = []
-    for n in steps:
-        state, model_fn = _setup(int(n) + 1)
-        x = sv.sample_ode(state, model_fn, jax.random.key(0), (16, 2), method=method, dtype=jnp.float64,
-                          final_sigmas_type="last", **options)
-        errors.append(float(np.max(np.abs(np.asarray(x) - reference))))
+def test_grid_solvers_reach_their_order(order_errors, method, options, order):
+    steps = np.array(STEPS)
+    errors = order_errors[_case(method, options)]
     assert abs(_slope(steps, errors) - order) < 0.3, (_slope(steps, errors), errors)
 
 
 @pytest.mark.slow
-def test_third_order_taylor_term_against_diffusers_half_term(x64, reference):
+def test_third_order_taylor_term_against_diffusers_half_term(order_errors):
     """DPM-Solver++ 3M: the exact Taylor coefficient of the second difference reaches order 3; diffusers'
-    (and the official code's) half coefficient stays near order 2 and is less accurate at every step count."""
-    steps = np.array([32, 64, 128, 256])
-    errors = {"taylor": [], "diffusers": []}
-    for n in steps:
-        state, model_fn = _setup(int(n) + 1)
-        for variant in errors:
-            x = sv.sample_ode(state, model_fn, jax.random.key(0), (16, 2), method="dpm_solver_pp", order=3,
-                              third_order=variant, dtype=jnp.float64, final_sigmas_type="last")
-            errors[variant].append(float(np.max(np.abs(np.asarray(x) - reference))))
+    (and the official code's) half coefficient stays near order 2 and is less accurate at every step count.
+
+    The Taylor run is ORDERS' ("dpm_solver_pp", {"order": 3}) case (third_order="taylor" is the default),
+    the same solves as test_grid_solvers_reach_their_order's, so it is computed once."""
+    steps = np.array(STEPS)
+    errors = {"taylor": order_errors[_case("dpm_solver_pp", {"order": 3})],
+              "diffusers": order_errors[_case(*DIFFUSERS_3M)]}
     assert abs(_slope(steps, errors["taylor"]) - 3) < 0.3, errors
     assert _slope(steps, errors["diffusers"]) < 2.4, errors
     assert all(t < d for t, d in zip(errors["taylor"], errors["diffusers"])), errors
 
 
+INVERSIONS = [("ddim", {}, 1), ("dpm_solver_pp", {"order": 2}, 2), ("unipc", {"order": 2}, 3), ("heun", {}, 2)]
+INVERSION_STEPS = (16, 32, 64, 128)
+
+
+@pytest.fixture(scope="module")
+def inversion_errors():
+    """Max |sample_ode(invert_ode(x0)) - x0| of each INVERSIONS case at each of INVERSION_STEPS.
+
+    The 32 solves (16 inversions, 16 samplings from their latents) in one jitted program, as
+    order_errors, with x0 an argument.
+    """
+    with jax.enable_x64(True):
+        x0 = sv.mixtures.sample_mixture(sv.mixtures.make_mixture(**SMOOTH), jax.random.key(3), 16).astype(jnp.float64)
+        setups = {n: _setup(n + 1) for n in INVERSION_STEPS}
+
+        @jax.jit
+        def round_trips(x0):
+            out = {}
+            for method, options, _ in INVERSIONS:
+                extra = {} if method == "heun" else {"final_sigmas_type": "last"}
+                out[_case(method, options)] = []
+                for n in INVERSION_STEPS:
+                    state, model_fn = setups[n]
+                    latents = sv.invert_ode(state, model_fn, x0, method=method, **options)
+                    out[_case(method, options)].append(sv.sample_ode(
+                        state, model_fn, jax.random.key(0), x0.shape, method=method, x_init=latents,
+                        dtype=jnp.float64, **options, **extra))
+            return out
+
+        back = jax.device_get(round_trips(x0))
+    return {case: [float(np.max(np.abs(np.asarray(b) - np.asarray(x0)))) for b in bs] for case, bs in back.items()}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method, options, order", [("ddim", {}, 1), ("dpm_solver_pp", {"order": 2}, 2),
-                                                    ("unipc", {"order": 2}, 3), ("heun", {}, 2)])
-def test_inversion_then_sampling_returns_the_data_at_the_solvers_order(x64, method, options, order):
+@pytest.mark.parametrize("method, options, order", INVERSIONS)
+def test_inversion_then_sampling_returns_the_data_at_the_solvers_order(inversion_errors, method, options, order):
     """invert_ode up the grid, then sample_ode down it: x0 comes back with an error falling at the order.
 
     Two solves at the same order add their errors, so the fitted slope is the solver's (within 0.45:
     the round trip's error constants partly cancel at the coarsest grids; heun's measured 3.0 is
     within 1 of its order 2 and is asserted only as >= 2 - 0.3).
     """
-    x0 = sv.mixtures.sample_mixture(sv.mixtures.make_mixture(**SMOOTH), jax.random.key(3), 16).astype(jnp.float64)
-    steps = np.array([16, 32, 64, 128])
-    errors = []
-    for n in steps:
-        state, model_fn = _setup(int(n) + 1)
-        latents = sv.invert_ode(state, model_fn, x0, method=method, **options)
-        extra = {} if method == "heun" else {"final_sigmas_type": "last"}
-        back = sv.sample_ode(state, model_fn, jax.random.key(0), x0.shape, method=method, x_init=latents,
-                             dtype=jnp.float64, **options, **extra)
-        errors.append(float(np.max(np.abs(np.asarray(back) - np.asarray(x0)))))
+    steps = np.array(INVERSION_STEPS)
+    errors = inversion_errors[_case(method, options)]
     slope = _slope(steps, errors)
     assert slope > order - 0.3, (slope, errors)
     assert errors[-1] < errors[0] / 2 ** (order * 3 - 1), errors
@@ -106,59 +159,124 @@ def test_inversion_then_sampling_returns_the_data_at_the_solvers_order(x64, meth
 
 def test_final_step_to_sigma_zero_is_the_data_prediction_at_the_last_grid_time():
     state, model_fn = _setup(8)
-    key = jax.random.key(1)
-    for method in ("ddim", "dpm_solver_pp", "unipc"):
+    methods = ("ddim", "dpm_solver_pp", "unipc")
+
+    # the six solves in one compiled program (about half the compile time of six eager calls)
+    @jax.jit
+    def both_ends(key):
         # lower_order_final off: with it the two runs' step tables differ (the run ending at the last grid
         # time lowers the order of its own last step), so their points at the last grid time would too.
-        last, info_last = sv.sample_ode(state, model_fn, key, (5, 2), method=method, final_sigmas_type="last",
-                                        lower_order_final=False, return_info=True)
-        zero, info_zero = sv.sample_ode(state, model_fn, key, (5, 2), method=method, lower_order_final=False,
-                                        return_info=True)
+        return {method: (sv.sample_ode(state, model_fn, key, (5, 2), method=method, final_sigmas_type="last",
+                                       lower_order_final=False, return_info=True),
+                         sv.sample_ode(state, model_fn, key, (5, 2), method=method, lower_order_final=False,
+                                       return_info=True)) for method in methods}
+
+    runs = both_ends(jax.random.key(1))
+    for method in methods:
+        (last, info_last), (zero, info_zero) = runs[method]
         t = jnp.full((5,), state.timesteps[-1])
         alpha, sigma = state.schedule.alpha_sigma(t[:, None])
         x0 = (last - sigma * model_fn(last, t)) / alpha
         # the same arithmetic on the same inputs, up to XLA's fusion in the compiled loop
-        np.testing.assert_allclose(zero, x0, rtol=1e-6, atol=1e-6)
-        assert int(info_zero.nfe) == int(info_last.nfe) + 1 == 8
+        np.testing.assert_allclose(zero, x0, rtol=1e-6, atol=1e-6, err_msg=method)
+        assert int(info_zero.nfe) == int(info_last.nfe) + 1 == 8, method
 
 
-@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
-@pytest.mark.parametrize("method", ["ddim", "dpm_solver_pp", "unipc"])
-def test_every_prediction_type_gives_the_eps_models_samples(method, prediction_type):
+PREDICTION_METHODS = ("ddim", "dpm_solver_pp", "unipc")
+PREDICTION_TYPES = ("v_prediction", "sample")
+
+
+@pytest.fixture(scope="module")
+def prediction_type_samples():
+    """sample_ode of each PREDICTION_METHODS method with the eps-model and with each PREDICTION_TYPES
+    model converted from it (cosine schedule, float32, 9 steps): one jitted program of 9 solves (the
+    eps-model's run is shared by both prediction types of a method)."""
+    models = {p: _setup(10, schedule=sv.schedules.cosine(), prediction_type=p)
+              for p in ("epsilon",) + PREDICTION_TYPES}
+
+    @jax.jit
+    def solve_all(key):
+        return {(method, p): sv.sample_ode(*models[p], key, (6, 2), method=method)
+                for method in PREDICTION_METHODS for p in models}
+
+    return solve_all(jax.random.key(5))
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("method", PREDICTION_METHODS)
+def test_every_prediction_type_gives_the_eps_models_samples(prediction_type_samples, method, prediction_type):
     """A v- or x0-model converted from the exact eps-model samples the same (cosine schedule, float32).
 
     Tolerance: the conversions are exact up to float32 rounding of O(1) numbers (a few ulps, 1e-6),
     amplified along 9 steps by at most alpha_t/alpha_s growth and the x0 <-> eps division by alpha
     at the noisy end; 1e-4 absolute is above what this measured (< 1e-5) and far below the samples' scale.
     """
-    key = jax.random.key(5)
-    state, model_fn = _setup(10, schedule=sv.schedules.cosine())
-    other, other_fn = _setup(10, schedule=sv.schedules.cosine(), prediction_type=prediction_type)
-    a = sv.sample_ode(state, model_fn, key, (6, 2), method=method)
-    b = sv.sample_ode(other, other_fn, key, (6, 2), method=method)
+    a = prediction_type_samples[method, "epsilon"]
+    b = prediction_type_samples[method, prediction_type]
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("method, options", [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {})])
-def test_stochastic_solvers_are_batch_invariant_and_keyed_per_sample(method, options):
+STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {})]
+
+
+@pytest.fixture(scope="module")
+def stochastic_runs():
+    """For each STOCHASTIC case: batches of 5 and 2 of key 2, the chunk of 3 at index_offset 2, and a batch of 5
+    of key 3; the 8 solves traced into one jitted program, the keys and the offset its arguments."""
+    state, model_fn = _setup(12, schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000))
+
+    @jax.jit
+    def runs(key, other_key, offset):
+        return {method: dict(five=sv.sample_ode(state, model_fn, key, (5, 2), method=method, **options),
+                             two=sv.sample_ode(state, model_fn, key, (2, 2), method=method, **options),
+                             chunk=sv.sample_ode(state, model_fn, key, (3, 2), method=method, index_offset=offset,
+                                                 **options),
+                             other=sv.sample_ode(state, model_fn, other_key, (5, 2), method=method, **options))
+                for method, options in STOCHASTIC}
+
+    return runs(jax.random.key(2), jax.random.key(3), np.uint32(2))
+
+
+@pytest.mark.parametrize("method, options", STOCHASTIC)
+def test_stochastic_solvers_are_batch_invariant_and_keyed_per_sample(stochastic_runs, method, options):
     """Sample b's noise comes from fold_in(key, index_offset + b): the first two of a batch of 5 equal a
     batch of 2 (to the float rounding that XLA's batch-size-dependent code allows, as test_ode.py states),
     a chunk at index_offset equals that slice, and another key changes every sample."""
-    state, model_fn = _setup(12, schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000))
-    f = jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))
-    five = f(state, model_fn, jax.random.key(2), (5, 2), method=method, **options)
-    two = f(state, model_fn, jax.random.key(2), (2, 2), method=method, **options)
-    np.testing.assert_allclose(two, five[:2], rtol=2e-5, atol=2e-5)
-    chunk = f(state, model_fn, jax.random.key(2), (3, 2), method=method, index_offset=2, **options)
-    np.testing.assert_allclose(chunk, five[2:], rtol=2e-5, atol=2e-5)
-    other = f(state, model_fn, jax.random.key(3), (5, 2), method=method, **options)
-    assert np.all(np.abs(np.asarray(other) - np.asarray(five)) > 1e-3)
+    run = stochastic_runs[method]
+    five = run["five"]
+    np.testing.assert_allclose(run["two"], five[:2], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(run["chunk"], five[2:], rtol=2e-5, atol=2e-5)
+    assert np.all(np.abs(np.asarray(run["other"]) - np.asarray(five)) > 1e-3)
+
+
+MIXTURE_RUNS = [("ddim", {"eta": 1.0}, 200), ("sde_dpm_solver_pp", {}, 100), ("unipc", {}, 25),
+                ("dpm_solver_pp", {}, 25)]
+
+
+@pytest.fixture(scope="module")
+def stable_diffusion_mixture_samples():
+    """8000 samples of the default 2-D mixture by each MIXTURE_RUNS case (one jitted program of the four
+    solves), and 200,000 exact draws of the mixture, the target of all four."""
+    mixture = sv.mixtures.default_mixture(2)
+    schedule = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)
+    setups = {}
+    for method, options, steps in MIXTURE_RUNS:
+        state = sv.set_timesteps(sv.create_state(schedule=schedule), steps)
+        setups[method] = state, sv.mixtures.make_mixture_eps_fn(state, mixture)
+
+    @jax.jit
+    def solve_all(key):
+        return {method: sv.sample_ode(*setups[method], key, (8000, 2), method=method, **options)
+                for method, options, _ in MIXTURE_RUNS}
+
+    samples = jax.device_get(solve_all(jax.random.key(11)))
+    return mixture, samples, np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(12), 200_000))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, options, steps", [("ddim", {"eta": 1.0}, 200), ("sde_dpm_solver_pp", {}, 100),
-                                                    ("unipc", {}, 25), ("dpm_solver_pp", {}, 25)])
-def test_solvers_draw_the_mixture_on_stable_diffusions_schedule(method, options, steps):
+@pytest.mark.parametrize("method, options, steps", MIXTURE_RUNS)
+def test_solvers_draw_the_mixture_on_stable_diffusions_schedule(stable_diffusion_mixture_samples, method, options,
+                                                                steps):
     """Moments and mode weights of the default 2-D mixture within derived tolerances.
 
     With final_sigmas_type="zero" the solvers end at sigma = 0, so the target is the mixture itself.
@@ -166,17 +284,13 @@ def test_solvers_draw_the_mixture_on_stable_diffusions_schedule(method, options,
     s/sqrt(B) <= 0.0126 (s <= 1.13); allow 5 SE plus a discretisation bias measured below 0.01
     at these step counts (bias measured with 4x the steps: changes < 0.005).
     """
-    mixture = sv.mixtures.default_mixture(2)
-    state = sv.set_timesteps(
-        sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)), steps)
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    mixture, samples, exact = stable_diffusion_mixture_samples
     batch = 8000
-    x = np.asarray(jax.jit(sv.sample_ode, static_argnums=(1, 3), static_argnames=("method",))(
-        state, model_fn, jax.random.key(11), (batch, 2), method=method, **options))
+    x = np.asarray(samples[method])
+    assert x.shape == (batch, 2)
     weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / batch
     w = np.asarray(mixture.weights)
     assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + 0.01), (weights, w)
-    exact = np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(12), 200_000))
     assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + 0.01)
     # std: SE of a sample std ~ s / sqrt(2B) for a near-normal marginal; bimodal marginals ~2x that
     assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
@@ -185,19 +299,25 @@ def test_solvers_draw_the_mixture_on_stable_diffusions_schedule(method, options,
 def test_sample_x_init_replaces_the_prior_draw_only():
     state, model_fn = _setup(6, spacing=None)
     key = jax.random.key(4)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(3, dtype=jnp.uint32))
-    x_T = sv.loops.per_sample_normal(keys, 0, (2,), jnp.float32)
-    np.testing.assert_array_equal(sv.sample(state, model_fn, key, (3, 2), x_init=x_T),
-                                  sv.sample(state, model_fn, key, (3, 2)))
-    shifted = sv.sample(state, model_fn, key, (3, 2), x_init=x_T + 1.0)
-    assert not np.allclose(shifted, sv.sample(state, model_fn, key, (3, 2)))
+
+    # the three runs in one compiled program, x_T drawn in it as the sampler draws its prior
+    @jax.jit
+    def runs(key):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(3, dtype=jnp.uint32))
+        x_T = sv.loops.per_sample_normal(keys, 0, (2,), jnp.float32)
+        return (sv.sample(state, model_fn, key, (3, 2), x_init=x_T), sv.sample(state, model_fn, key, (3, 2)),
+                sv.sample(state, model_fn, key, (3, 2), x_init=x_T + 1.0), x_T)
+
+    from_x_T, drawn, shifted, x_T = runs(key)
+    np.testing.assert_array_equal(from_x_T, drawn)
+    assert not np.allclose(shifted, drawn)
     with pytest.raises(ValueError, match=r"x_init must have shape \(3, 2\)"):
         sv.sample(state, model_fn, key, (3, 2), x_init=x_T[:2])
 
 
 def test_dynamic_threshold_matches_its_definition():
     x0 = jax.random.normal(jax.random.key(0), (4, 3, 5)) * jnp.array([0.2, 1.0, 3.0, 10.0])[:, None, None]
-    out = solvers.dynamic_threshold(x0, 0.9, 2.5)
+    out = jax.jit(solvers.dynamic_threshold)(x0, 0.9, 2.5)  # one program, not quantile's ops one by one
     flat = np.abs(np.asarray(x0).reshape(4, -1))
     s = np.clip(np.quantile(flat, 0.9, axis=1), 1.0, 2.5)[:, None, None]
     np.testing.assert_allclose(out, np.clip(np.asarray(x0), -s, s) / s, rtol=1e-6)
