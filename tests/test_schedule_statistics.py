@@ -203,17 +203,34 @@ EQUIVALENCE = [
 EQUIVALENCE_STEPS = 40
 
 
-def flow_condition(state, model_fn, sampler, key, shape, x_init, delta=1e-3):
+def prediction_type_runs(grid, n, sampler, mixture, key, shape):
+    """``x_init -> (eps-run, v-run, x0-run)``: the mixture's exact model in each parametrization, same key and
+    grid. The three runs are traced into one jitted program: one compilation instead of three (measured ~2x
+    less compile time, and the samples bitwise those of three separate programs)."""
+    family, options, _ = SAMPLERS[sampler]
+    states = [make_state(grid, n, prediction_type) for prediction_type in ("epsilon", "v_prediction", "sample")]
+
+    def one(state, x_init):
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+        loop = sv.sample_ode if family == "ode" else sv.sample
+        return loop(state, model_fn, key, shape, x_init=x_init, **options)
+
+    runs = jax.jit(lambda x_init: tuple(one(state, x_init) for state in states))
+    return lambda x_init: tuple(np.asarray(x, np.float64) for x in runs(x_init))
+
+
+def flow_condition(runs, x_init, delta=1e-3):
     """Per sample, max_j |out(x_init + delta e_j) - out(x_init)|_inf / delta: the map's amplification.
 
-    A finite difference (the adaptive solver's while_loop has no forward-mode derivative here); delta = 1e-3
-    is far above float32 rounding and small next to the modes' scale 0.15.
+    ``out`` is the eps-run of ``runs`` (its first output). A finite difference (the adaptive solver's
+    while_loop has no forward-mode derivative here); delta = 1e-3 is far above float32 rounding and small
+    next to the modes' scale 0.15.
     """
-    out = np.asarray(run(state, model_fn, sampler, key, shape, x_init), np.float64)
-    cond = np.zeros(shape[0])
-    for j in range(shape[1]):
-        moved = np.asarray(run(state, model_fn, sampler, key, shape, x_init.at[:, j].add(delta)), np.float64)
-        cond = np.maximum(cond, np.max(np.abs(moved - out), axis=1) / delta)
+    out = runs(x_init)
+    cond = np.zeros(x_init.shape[0])
+    for j in range(x_init.shape[1]):
+        moved = runs(x_init.at[:, j].add(delta))[0]
+        cond = np.maximum(cond, np.max(np.abs(moved - out[0]), axis=1) / delta)
     return out, cond
 
 
@@ -251,24 +268,24 @@ def test_v_and_x0_models_sample_as_the_eps_model(sampler, grid):
     eps_fn = sv.mixtures.make_mixture_eps_fn(eps_state, mixture)
     x_init = jax.random.normal(jax.random.key(32), (m, 2), jnp.float32)
     family = SAMPLERS[sampler][0]
+    runs = prediction_type_runs(grid, n, sampler, mixture, key, (m, 2))
     if sampler == "adaptive":
-        ref = np.asarray(run(eps_state, eps_fn, sampler, key, (m, 2), x_init), np.float64)
+        ref, *converted = runs(x_init)
         tight = _sample_ode(eps_state, eps_fn, key, (m, 2), method="adaptive", x_init=x_init, rtol=1e-6, atol=1e-6)
         solver_error = np.max(np.abs(np.asarray(tight, np.float64) - ref))
         tol = np.full(m, 3.0 * solver_error)
     else:
         if family == "ode":
-            ref, cond = flow_condition(eps_state, eps_fn, sampler, key, (m, 2), x_init)
+            (ref, *converted), cond = flow_condition(runs, x_init)
         else:  # the SDE's noise dominates: cond < 1 (measured 0.1), taken as 1
-            ref, cond = np.asarray(run(eps_state, eps_fn, sampler, key, (m, 2), x_init), np.float64), 0.0
+            (ref, *converted), cond = runs(x_init), 0.0
         size = np.maximum(1.0, np.max(np.abs(ref), axis=1))
         tol = 8 * n * U32 * size * np.maximum(1.0, cond)
     t = jnp.full((m,), 0.5 * float(eps_state.timesteps[0]), eps_state.timesteps.dtype)
-    for prediction_type in ("v_prediction", "sample"):
+    for prediction_type, got in zip(("v_prediction", "sample"), converted):
         state = make_state(grid, n, prediction_type)
         model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
         assert state.prediction_type == prediction_type
-        got = np.asarray(run(state, model_fn, sampler, key, (m, 2), x_init), np.float64)
         diff = np.max(np.abs(got - ref), axis=1)
         worst = int(np.argmax(diff / tol))
         assert np.all(diff <= tol), (prediction_type, diff[worst], tol[worst])
