@@ -18,6 +18,7 @@ cancels) shows how far the dynamics carry it (P), and the runs are allowed 2 P.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -66,14 +67,13 @@ def exact_conditional_prior(state, cm, classes, key):
     return (jnp.float32(a) * x0 + jnp.float32(s) * jax.random.normal(kz, x0.shape, jnp.float32)).astype(jnp.float32)
 
 
-def rounding_perturbed(model_fn, unconditional, factor=2.0**-22):
+def rounding_perturbed(model_fn, unconditional=False, factor=2.0**-22):
     """The conditional (or unconditional) model moved by ``factor (|y_c| + |y_u|)`` at every entry: a bound on
-    the rounding that separates a guided run from the conditional or unconditional one (see each test).
-    ``unconditional`` may be traced (one compiled program for both halves): ``jnp.where`` selects exactly."""
+    the rounding that separates a guided run from the conditional or unconditional one (see each test)."""
 
     def perturbed(x, t, cond):
         y_c, y_u = model_fn(x, t, cond), model_fn(x, t, null_like(cond))
-        return jnp.where(unconditional, y_u, y_c) + jnp.float32(factor) * (jnp.abs(y_c) + jnp.abs(y_u))
+        return (y_u if unconditional else y_c) + jnp.float32(factor) * (jnp.abs(y_c) + jnp.abs(y_u))
 
     return perturbed
 
@@ -119,16 +119,14 @@ def test_conditional_sampling_draws_p_x_given_c(grid, sampler):
 
 
 def _run_fixed(family, state):
-    """``(model_fn, cond, *args) -> samples``, same key; ``args`` are traced and passed to ``model_fn(*args)``
-    when given (a factory of the model: one compiled program for every value of them)."""
+    """``(model_fn, cond) -> samples``, same key for every model."""
 
-    def run(m, c, *args):
-        model = m(*args) if args else m
+    def run(m, c):
         if family == "sde":
-            return sv.sample(state, model, jax.random.key(3), (c.shape[0], 2), predictor="ancestral", cond=c)
-        return sv.sample_ode(state, model, jax.random.key(3), (c.shape[0], 2), method="dpm_solver", cond=c)
+            return sv.sample(state, m, jax.random.key(3), (c.shape[0], 2), predictor="ancestral", cond=c)
+        return sv.sample_ode(state, m, jax.random.key(3), (c.shape[0], 2), method="dpm_solver", cond=c)
 
-    return jax.jit(run, static_argnums=0)
+    return run
 
 
 @pytest.mark.parametrize("family, n", [pytest.param("sde", 100, marks=pytest.mark.slow), ("ode", 20)])
@@ -155,20 +153,26 @@ def test_cfg_at_1_and_0_and_classifier_guidance_at_1_follow_the_exact_paths(fami
     b = 256
     cond = jnp.arange(b, dtype=jnp.int32) % 3
     null = null_like(cond)
-    ref_c, ref_u = np.asarray(run(model_fn, cond)), np.asarray(run(model_fn, null))
-    # the two perturbed runs are one compiled program (the half is a traced bool), as are cfg at w = 1 and
-    # w = 0 (w traced: y_u + w (y_c - y_u) is the same IEEE arithmetic whether w is a constant or an input)
-    perturbed = lambda u: rounding_perturbed(model_fn, u)
-    tol_c = 2.0 * np.max(np.abs(np.asarray(run(perturbed, cond, jnp.bool_(False))) - ref_c))
-    tol_u = 2.0 * np.max(np.abs(np.asarray(run(perturbed, cond, jnp.bool_(True))) - ref_u))
+    unconditional = lambda x, t: model_fn(x, t, jnp.full((x.shape[0],), sv.NULL_CLASS, jnp.int32))
+    runs = {  # model, and whether it is given the null condition
+        "ref_c": (model_fn, False),
+        "ref_u": (model_fn, True),
+        "perturbed_c": (rounding_perturbed(model_fn), False),
+        "perturbed_u": (rounding_perturbed(model_fn, unconditional=True), False),
+        "cfg1": (sv.cfg(model_fn, 1.0, sv.NULL_CLASS), False),
+        "cfg0": (sv.cfg(model_fn, 0.0, sv.NULL_CLASS), False),
+        "classifier": (sv.classifier_guidance(state, unconditional, log_prob, 1.0), False),
+    }
+    # the seven runs traced into one jitted program: one compilation instead of five (XLA's fixed cost per
+    # compiled program is about half of each of these small ones); each run is its own loop, as before
+    every = jax.jit(lambda cond, null: {k: run(m, null if u else cond) for k, (m, u) in runs.items()})
+    out = {k: np.asarray(v) for k, v in every(cond, null).items()}
+    ref_c, ref_u, cfg1, cfg0, classifier = (out[k] for k in ("ref_c", "ref_u", "cfg1", "cfg0", "classifier"))
+    tol_c = 2.0 * np.max(np.abs(out["perturbed_c"] - ref_c))
+    tol_u = 2.0 * np.max(np.abs(out["perturbed_u"] - ref_u))
     assert 0 < tol_c < 1e-3 and 0 < tol_u < 1e-3, (tol_c, tol_u)
     assert np.max(np.abs(ref_c - ref_u)) > 1.0  # the two targets are far apart
 
-    guided = lambda w: sv.cfg(model_fn, w, sv.NULL_CLASS)
-    cfg1 = np.asarray(run(guided, cond, jnp.float32(1.0)))
-    cfg0 = np.asarray(run(guided, cond, jnp.float32(0.0)))
-    unconditional = lambda x, t: model_fn(x, t, jnp.full((x.shape[0],), sv.NULL_CLASS, jnp.int32))
-    classifier = np.asarray(run(sv.classifier_guidance(state, unconditional, log_prob, 1.0), cond))
     assert np.max(np.abs(cfg1 - ref_c)) <= tol_c
     assert np.max(np.abs(classifier - ref_c)) <= tol_c
     assert np.max(np.abs(cfg0 - ref_u)) <= tol_u
@@ -428,6 +432,27 @@ EVERY = {**{p: ("sde", {"predictor": p}, 50) for p in sv.list_methods("predictor
          **{m: ("ode", {"method": m}, 20) for m in sv.list_methods("ode") + sv.list_methods("sde_solver")}}
 
 
+EVERY_BATCH = 192
+
+
+@functools.lru_cache(maxsize=None)
+def every_sampler_samples():
+    """``{sampler: samples}`` for every entry of EVERY: B = 192, classes 0, 1, 2 in turn, cfg at w = 1, key 9.
+
+    The thirteen runs are traced into one jitted program, computed once for the tests below (one compilation
+    instead of thirteen: XLA's fixed cost per compiled program is about half of each of these small ones).
+    """
+    cond = jnp.arange(EVERY_BATCH, dtype=jnp.int32) % 3
+    runs = {}
+    for sampler, (family, options, n) in EVERY.items():
+        state = sv.set_timesteps(sv.create_state(), n)
+        guided = sv.cfg(sv.mixtures.make_class_model(state, CM), 1.0, sv.NULL_CLASS)
+        loop = sv.sample if family == "sde" else sv.sample_ode
+        runs[sampler] = functools.partial(loop, state, guided, jax.random.key(9), (EVERY_BATCH, 2), **options)
+    out = jax.jit(lambda c: {sampler: run(cond=c) for sampler, run in runs.items()})(cond)
+    return {sampler: np.asarray(x, np.float64) for sampler, x in out.items()}, np.asarray(cond)
+
+
 @pytest.mark.parametrize("sampler", list(EVERY))
 def test_every_sampler_takes_cond_and_a_cfg_model(sampler):
     """B = 192 samples, classes 0, 1, 2 in turn, cfg at w = 1 (the conditional model through the batched
@@ -438,17 +463,12 @@ def test_every_sampler_takes_cond_and_a_cfg_model(sampler):
     class 0's share in its first mode within 5 binomial SE of 0.35 / 0.6 at its 64 samples (+- 0.31).
     Measured: every sampler 100% in class; class 0's first-mode share 0.52 to 0.59.
     """
-    family, options, n = EVERY[sampler]
-    state = sv.set_timesteps(sv.create_state(), n)
-    guided = sv.cfg(sv.mixtures.make_class_model(state, CM), 1.0, sv.NULL_CLASS)
-    b = 192
-    cond = jnp.arange(b, dtype=jnp.int32) % 3
-    run = _sample if family == "sde" else _sample_ode
-    x = np.asarray(run(state, guided, jax.random.key(9), (b, 2), cond=cond, **options), np.float64)
+    samples, cond = every_sampler_samples()
+    x = samples[sampler]
     assert np.all(np.isfinite(x))
     share = in_class_share(CM, x, cond)
     assert share >= 0.95, share
-    first = np.mean(np.asarray(sv.mixtures.assign_modes(CM.mixture, x[np.asarray(cond) == 0])) == 0)
+    first = np.mean(np.asarray(sv.mixtures.assign_modes(CM.mixture, x[cond == 0])) == 0)
     p = 0.35 / 0.6
     assert abs(first - p) < 5 * math.sqrt(p * (1 - p) / 64), first
 
