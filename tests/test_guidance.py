@@ -448,8 +448,8 @@ def every_sampler_samples():
         state = sv.set_timesteps(sv.create_state(), n)
         guided = sv.cfg(sv.mixtures.make_class_model(state, CM), 1.0, sv.NULL_CLASS)
         loop = sv.sample if family == "sde" else sv.sample_ode
-        runs[sampler] = functools.partial(loop, state, guided, jax.random.key(9), (EVERY_BATCH, 2), **options)
-    out = jax.jit(lambda c: {sampler: run(cond=c) for sampler, run in runs.items()})(cond)
+        runs[sampler] = functools.partial(loop, state, guided, shape=(EVERY_BATCH, 2), **options)
+    out = jax.jit(lambda key, c: {sampler: run(key=key, cond=c) for sampler, run in runs.items()})(jax.random.key(9), cond)
     return {sampler: np.asarray(x, np.float64) for sampler, x in out.items()}, np.asarray(cond)
 
 
