@@ -451,24 +451,30 @@ def test_inpaint_with_a_v_model_on_the_cosine_schedule():
     """
     state = sv.set_timesteps(sv.create_state(schedule=sv.schedules.cosine(), prediction_type="v_prediction"), 200)
     a, s = alpha_sigma(state, state.timesteps[-1])
-    fill = jax.jit(lambda model_fn, k, y, mask: sv.inpaint(state, model_fn, k, y, mask, predictor="ancestral"),
-                   static_argnums=0)
-
     mu, scale = np.array([0.5, -1.0, 0.8, -0.3]), np.array([0.3, 0.5, 0.4, 0.7])
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [mu], [scale]))
+    gauss_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [mu], [scale]))
     m = 4_000
-    y = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))
-    x = fill(model_fn, jax.random.key(60), y, jnp.array([1, 1, 0, 0]))
+    y_gauss = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))
+    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
+    modes_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    y_modes = sv.mixtures.sample_mixture(mixture, jax.random.key(61), 1_000)
+
+    # (a) and (b) traced into one jitted program (one compilation instead of two)
+    @jax.jit
+    def fill_both(gauss, modes):  # each (key, y, mask)
+        return (sv.inpaint(state, gauss_fn, *gauss, predictor="ancestral"),
+                sv.inpaint(state, modes_fn, *modes, predictor="ancestral"))
+
+    x, x_modes = fill_both((jax.random.key(60), y_gauss, jnp.array([1, 1, 0, 0])),
+                           (jax.random.key(62), y_modes, jnp.array([1, 1, 1, 0])))
+    y = y_gauss
     np.testing.assert_array_equal(x[:, :2], y[:, :2])
     x = np.asarray(x, np.float64)
     var = a**2 * scale[2:] ** 4 / (a**2 * scale[2:] ** 2 + s**2)
     np.testing.assert_array_less(np.abs(x[:, 2:].mean(0) - mu[2:]), 5 * np.sqrt(var / m))
     np.testing.assert_array_less(np.abs(x[:, 2:].var(0, ddof=1) - var), 5 * var * np.sqrt(2 / (m - 1)))
 
-    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
-    y = sv.mixtures.sample_mixture(mixture, jax.random.key(61), 1_000)
-    x = fill(model_fn, jax.random.key(62), y, jnp.array([1, 1, 1, 0]))
+    y, x = y_modes, x_modes
     np.testing.assert_array_equal(x[:, :3], y[:, :3])
     sign = np.sign(np.asarray(y[:, 0]))
     filled = np.asarray(x[:, 3], np.float64)
