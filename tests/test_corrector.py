@@ -5,8 +5,6 @@ and scales: low enough in dimension that ||z||^2 / D does not concentrate, which
 is where a corrector step built from per-sample norms goes wrong.
 """
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -18,6 +16,9 @@ WEIGHTS = [0.5, 0.3, 0.2]
 MEANS = [[1.0, 0.0, -0.5], [-1.0, 1.0, 0.5], [0.0, -1.5, 1.0]]
 SCALES = [[0.3, 0.4, 0.5], [0.5, 0.3, 0.4], [0.4, 0.5, 0.3]]
 EPS = 1e-3  # the default sampling_eps: the sampler returns p at t = EPS, not at 0
+
+sample = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector", "step_rule"))
+
 
 @pytest.fixture(scope="module")
 def mixture():
@@ -55,37 +56,8 @@ def moment_errors(x, mixture):
     }
 
 
-SNRS = (0.05, 0.16)
-RULES = ("sigma", "snr_batch", "snr_sample")
-DENOISE_RULES = ("snr_batch", "sigma")
-
-
-@functools.lru_cache(maxsize=None)
-def corrector_samples():
-    """Every run of the tests below, traced into one jitted program and computed once (one compilation instead
-    of five; each run is its own loop with its own key, as before): the reverse-diffusion predictor with the
-    Langevin corrector on the 3-D mixture, M = 20,000.
-
-    ``("draw", snr, rule)``: N = 250, key 5, for each snr and step rule; ``("denoise", rule)``: N = 1000,
-    key 6, snr 0.16.
-    """
-    mixture = sv.mixtures.make_mixture(WEIGHTS, MEANS, SCALES)
-    runs = {}
-    for n, cases in ((250, [("draw", snr, rule) for snr in SNRS for rule in RULES]),
-                     (1000, [("denoise", rule) for rule in DENOISE_RULES])):
-        state = sv.set_timesteps(sv.create_state(), n)
-        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
-        for case in cases:
-            snr, rule = case[1:] if case[0] == "draw" else (0.16, case[1])
-            runs[case] = functools.partial(sv.sample, state, model_fn, shape=(20_000, 3), predictor="reverse_diffusion",
-                                           corrector="langevin", snr=snr, step_rule=rule)
-    every = jax.jit(lambda keys: {case: run(key=keys[case[0]]) for case, run in runs.items()})
-    out = every({"draw": jax.random.key(5), "denoise": jax.random.key(6)})
-    return {case: np.asarray(x, np.float64) for case, x in out.items()}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("snr", SNRS)
+@pytest.mark.parametrize("snr", [0.05, 0.16])
 def test_corrector_default_and_batch_mean_rules_draw_the_mixture_in_3d(mixture, snr):
     """The default ("sigma") and the paper's ("snr_batch") rules reach the target; "snr_sample" does not.
 
@@ -94,7 +66,13 @@ def test_corrector_default_and_batch_mean_rules_draw_the_mixture_in_3d(mixture, 
     against a tolerance of 5 SE = 0.018, and the covariance by 0.29-0.67: the
     last assertion shows the test can see that bias.
     """
-    errors = {rule: moment_errors(corrector_samples()["draw", snr, rule], mixture) for rule in RULES}
+    state = sv.set_timesteps(sv.create_state(), 250)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    errors = {}
+    for rule in ("sigma", "snr_batch", "snr_sample"):
+        x = sample(state, model_fn, jax.random.key(5), (20_000, 3), predictor="reverse_diffusion",
+                   corrector="langevin", snr=snr, step_rule=rule)
+        errors[rule] = moment_errors(np.asarray(x, np.float64), mixture)
     for rule in ("sigma", "snr_batch"):
         for stat, ratio in errors[rule].items():
             assert ratio < 1.0, f"{rule}: {stat} off by {ratio:.2f} tolerances"
@@ -102,7 +80,7 @@ def test_corrector_default_and_batch_mean_rules_draw_the_mixture_in_3d(mixture, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step_rule", DENOISE_RULES)
+@pytest.mark.parametrize("step_rule", ["snr_batch", "sigma"])
 def test_pc_denoised_output_keeps_the_within_mode_variance(mixture, step_rule):
     """With a corrector, ``denoise=True`` returns the last *predictor* step's noise-free mean.
 
@@ -114,7 +92,10 @@ def test_pc_denoised_output_keeps_the_within_mode_variance(mixture, step_rule):
     x + eps s instead (the paper's rule: eps ~ 2 r^2 v at the last step) shrinks
     each mode by about 4 r^2 ~ 0.1, 7 SE and more.
     """
-    x = corrector_samples()["denoise", step_rule]
+    state = sv.set_timesteps(sv.create_state(), 1000)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    x = np.asarray(sample(state, model_fn, jax.random.key(6), (20_000, 3), predictor="reverse_diffusion",
+                          corrector="langevin", snr=0.16, step_rule=step_rule), np.float64)
     alpha, sigma = float(sde.alpha(EPS, 0.1, 20.0)), float(sde.sigma(EPS, 0.1, 20.0))
     modes = np.asarray(sv.mixtures.assign_modes(mixture, x))
     for k in range(3):

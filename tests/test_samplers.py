@@ -253,33 +253,14 @@ def target_check(x, mixture, a, s, m_samples):
     np.testing.assert_array_less(np.abs(x.mean(0) - mu), 5 * np.sqrt(var / m_samples))
 
 
-AT_1000_STEPS = [
+@pytest.mark.slow
+@pytest.mark.parametrize("predictor, corrector, dim, step_rule, m_samples", [
     ("reverse_diffusion", None, 2, "sigma", 5000),
     ("ancestral", None, 2, "sigma", 5000),
     ("euler_maruyama", "langevin", 2, "sigma", 5000),
     ("euler_maruyama", "langevin", 2, "snr_batch", 5000),
     ("euler_maruyama", "langevin", 64, "sigma", 2000),
-]
-
-
-@functools.lru_cache(maxsize=None)
-def samples_at_1000_steps():
-    """``{case: samples}`` for every case of AT_1000_STEPS, key 11, N = 1000. The five runs are traced into one
-    jitted program, computed once for the tests below (one compilation instead of five); each run is its
-    own loop with its own key, as before."""
-    state = sv.set_timesteps(sv.create_state(), 1000)
-    runs = {}
-    for case in AT_1000_STEPS:
-        predictor, corrector, dim, step_rule, m_samples = case
-        model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim))
-        runs[case] = functools.partial(sv.sample, state, model_fn, shape=(m_samples, dim), predictor=predictor,
-                                       corrector=corrector, step_rule=step_rule)
-    out = jax.jit(lambda key: {case: run(key=key) for case, run in runs.items()})(jax.random.key(11))
-    return {case: np.asarray(x, np.float64) for case, x in out.items()}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("predictor, corrector, dim, step_rule, m_samples", AT_1000_STEPS)
+])
 def test_samplers_reach_the_mixture_at_1000_steps(predictor, corrector, dim, step_rule, m_samples):
     """The paper's N = 1000; 5-standard-error tolerances at M samples.
 
@@ -288,6 +269,11 @@ def test_samplers_reach_the_mixture_at_1000_steps(predictor, corrector, dim, ste
     is shown in tests/test_corrector.py.
     """
     mixture = sv.mixtures.default_mixture(dim)
-    x = samples_at_1000_steps()[predictor, corrector, dim, step_rule, m_samples]
+    state = sv.set_timesteps(sv.create_state(), 1000)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    x = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector", "step_rule"))(
+        state, model_fn, jax.random.key(11), (m_samples, dim), predictor=predictor, corrector=corrector,
+        step_rule=step_rule)
+    x = np.asarray(x, np.float64)
     assert np.all(np.isfinite(x))
     target_check(x, mixture, float(sde.alpha(1e-3, BMIN, BMAX)), float(sde.sigma(1e-3, BMIN, BMAX)), m_samples)
