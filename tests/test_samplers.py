@@ -1,5 +1,7 @@
 """Predictors, the Langevin corrector, predictor-corrector sampling and the method registry."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,35 +163,50 @@ def test_predictor_corrector_loop_order_and_noise_slots(state, x64, step_rule):
         for j in range(m):
             x, _ = correct(x, t_vec, z(1 + i * (1 + m) + j))
         x, x_mean = predict(x, t_vec, z(1 + i * (1 + m) + m))
-    for denoise, expected in ((True, x_mean), (False, x)):
-        got = sv.sample(state, model_fn, key, (batch, 2), predictor="ancestral", corrector="langevin",
-                        corrector_steps=m, snr=0.2, step_rule=step_rule, denoise=denoise, dtype=jnp.float64)
+    # both denoise settings traced into one jitted program (one compilation instead of two)
+    sampled = jax.jit(lambda key: [sv.sample(state, model_fn, key, (batch, 2), predictor="ancestral",
+                                             corrector="langevin", corrector_steps=m, snr=0.2, step_rule=step_rule,
+                                             denoise=denoise, dtype=jnp.float64) for denoise in (True, False)])(key)
+    for got, expected in zip(sampled, (x_mean, x)):
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
+# (predictor, step_rule) of the PC runs below, each at a batch of 9 and of 4, key 0
+PC_BATCH_CASES = {"sigma": ("reverse_diffusion", "sigma"), "snr_sample": ("reverse_diffusion", "snr_sample"),
+                  "snr_batch": ("euler_maruyama", "snr_batch")}
+
+
+@functools.lru_cache(maxsize=None)
+def pc_batch_runs():
+    """``{(case, batch): samples}`` of PC_BATCH_CASES at batches 9 and 4 (Langevin corrector, N = 50, the
+    default mixture, key 0). The six runs are traced into one jitted program, computed once for the three
+    tests below (one compilation instead of six); each run is its own loop, compiled for its own batch."""
+    state = sv.set_timesteps(sv.create_state(), N)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+
+    def runs(key):
+        return {(case, b): sv.sample(state, model_fn, key, (b, 2), predictor=predictor, corrector="langevin",
+                                     step_rule=step_rule)
+                for case, (predictor, step_rule) in PC_BATCH_CASES.items() for b in (9, 4)}
+
+    return {k: np.asarray(v) for k, v in jax.jit(runs)(jax.random.key(0)).items()}
+
+
 @pytest.mark.parametrize("step_rule", ["sigma", "snr_sample"])
-def test_pc_sampling_is_batch_invariant_with_per_sample_rules(state, step_rule):
+def test_pc_sampling_is_batch_invariant_with_per_sample_rules(step_rule):
     """The per-sample rules keep each sample's noise and step its own.
 
     Compared to 1e-6 (not bitwise): XLA vectorises the model's exp/log differently
     for batches of 9 and 4, and 50 steps amplify that last-ulp difference (see
     tests/test_invariance.py for the tolerance).
     """
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
-    f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("predictor", "corrector", "step_rule"))
-    big = f(state, model_fn, jax.random.key(0), (9, 2), predictor="reverse_diffusion", corrector="langevin",
-            step_rule=step_rule)
-    small = f(state, model_fn, jax.random.key(0), (4, 2), predictor="reverse_diffusion", corrector="langevin",
-              step_rule=step_rule)
+    big, small = pc_batch_runs()[step_rule, 9], pc_batch_runs()[step_rule, 4]
     np.testing.assert_allclose(small, big[:4], rtol=0, atol=1e-6)
 
 
-def test_pc_sampling_with_batch_mean_norms_couples_the_batch(state):
+def test_pc_sampling_with_batch_mean_norms_couples_the_batch():
     """The reference code's batch-mean norms: each sample depends on the rest of its batch."""
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
-    f = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames=("corrector", "step_rule"))
-    big_m = f(state, model_fn, jax.random.key(0), (9, 2), corrector="langevin", step_rule="snr_batch")
-    small_m = f(state, model_fn, jax.random.key(0), (4, 2), corrector="langevin", step_rule="snr_batch")
+    big_m, small_m = pc_batch_runs()["snr_batch", 9], pc_batch_runs()["snr_batch", 4]
     assert np.max(np.abs(small_m - big_m[:4])) > 1e-3
 
 

@@ -203,17 +203,34 @@ EQUIVALENCE = [
 EQUIVALENCE_STEPS = 40
 
 
-def flow_condition(state, model_fn, sampler, key, shape, x_init, delta=1e-3):
+def prediction_type_runs(grid, n, sampler, mixture, key, shape):
+    """``x_init -> (eps-run, v-run, x0-run)``: the mixture's exact model in each parametrization, same key and
+    grid. The three runs are traced into one jitted program: one compilation instead of three (measured on
+    three of the cases: about half the compile time, and the samples bitwise those of three programs)."""
+    family, options, _ = SAMPLERS[sampler]
+    states = [make_state(grid, n, prediction_type) for prediction_type in ("epsilon", "v_prediction", "sample")]
+
+    def one(state, x_init):
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+        loop = sv.sample_ode if family == "ode" else sv.sample
+        return loop(state, model_fn, key, shape, x_init=x_init, **options)
+
+    runs = jax.jit(lambda x_init: tuple(one(state, x_init) for state in states))
+    return lambda x_init: tuple(np.asarray(x, np.float64) for x in runs(x_init))
+
+
+def flow_condition(runs, x_init, delta=1e-3):
     """Per sample, max_j |out(x_init + delta e_j) - out(x_init)|_inf / delta: the map's amplification.
 
-    A finite difference (the adaptive solver's while_loop has no forward-mode derivative here); delta = 1e-3
-    is far above float32 rounding and small next to the modes' scale 0.15.
+    ``out`` is the eps-run of ``runs`` (its first output). A finite difference (the adaptive solver's
+    while_loop has no forward-mode derivative here); delta = 1e-3 is far above float32 rounding and small
+    next to the modes' scale 0.15.
     """
-    out = np.asarray(run(state, model_fn, sampler, key, shape, x_init), np.float64)
-    cond = np.zeros(shape[0])
-    for j in range(shape[1]):
-        moved = np.asarray(run(state, model_fn, sampler, key, shape, x_init.at[:, j].add(delta)), np.float64)
-        cond = np.maximum(cond, np.max(np.abs(moved - out), axis=1) / delta)
+    out = runs(x_init)
+    cond = np.zeros(x_init.shape[0])
+    for j in range(x_init.shape[1]):
+        moved = runs(x_init.at[:, j].add(delta))[0]
+        cond = np.maximum(cond, np.max(np.abs(moved - out[0]), axis=1) / delta)
     return out, cond
 
 
@@ -251,24 +268,24 @@ def test_v_and_x0_models_sample_as_the_eps_model(sampler, grid):
     eps_fn = sv.mixtures.make_mixture_eps_fn(eps_state, mixture)
     x_init = jax.random.normal(jax.random.key(32), (m, 2), jnp.float32)
     family = SAMPLERS[sampler][0]
+    runs = prediction_type_runs(grid, n, sampler, mixture, key, (m, 2))
     if sampler == "adaptive":
-        ref = np.asarray(run(eps_state, eps_fn, sampler, key, (m, 2), x_init), np.float64)
+        ref, *converted = runs(x_init)
         tight = _sample_ode(eps_state, eps_fn, key, (m, 2), method="adaptive", x_init=x_init, rtol=1e-6, atol=1e-6)
         solver_error = np.max(np.abs(np.asarray(tight, np.float64) - ref))
         tol = np.full(m, 3.0 * solver_error)
     else:
         if family == "ode":
-            ref, cond = flow_condition(eps_state, eps_fn, sampler, key, (m, 2), x_init)
+            (ref, *converted), cond = flow_condition(runs, x_init)
         else:  # the SDE's noise dominates: cond < 1 (measured 0.1), taken as 1
-            ref, cond = np.asarray(run(eps_state, eps_fn, sampler, key, (m, 2), x_init), np.float64), 0.0
+            (ref, *converted), cond = runs(x_init), 0.0
         size = np.maximum(1.0, np.max(np.abs(ref), axis=1))
         tol = 8 * n * U32 * size * np.maximum(1.0, cond)
     t = jnp.full((m,), 0.5 * float(eps_state.timesteps[0]), eps_state.timesteps.dtype)
-    for prediction_type in ("v_prediction", "sample"):
+    for prediction_type, got in zip(("v_prediction", "sample"), converted):
         state = make_state(grid, n, prediction_type)
         model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
         assert state.prediction_type == prediction_type
-        got = np.asarray(run(state, model_fn, sampler, key, (m, 2), x_init), np.float64)
         diff = np.max(np.abs(got - ref), axis=1)
         worst = int(np.argmax(diff / tol))
         assert np.all(diff <= tol), (prediction_type, diff[worst], tol[worst])
@@ -303,7 +320,8 @@ def expected_losses(state, t_min=1e-5):
             nodes, weights = np.polynomial.legendre.leggauss(400)
             lo, hi = t_min, float(schedule.t_max)
             t, w = lo + (hi - lo) * (nodes + 1) / 2, weights / 2
-        a, s = (np.asarray(v, np.float64) for v in schedule.alpha_sigma(jnp.asarray(t, jnp.float64)))
+        # jitted: one compilation, not one per operation dispatched on its own
+        a, s = (np.asarray(v, np.float64) for v in jax.jit(schedule.alpha_sigma)(jnp.asarray(t, jnp.float64)))
     v = a**2 * s2 + s**2
     return {
         "epsilon": float(w @ (d * a**2 * s2 / v)),
@@ -312,19 +330,23 @@ def expected_losses(state, t_min=1e-5):
     }
 
 
-def per_sample_losses(state, key, m):
-    """(plain, likelihood-weighted) dsm_loss of the exact model on m data points, one call per point (own key)."""
+def per_sample_losses(states, key, m):
+    """(plain, likelihood-weighted) dsm_loss of the exact model on m data points, one call per point (own key),
+    for each state of ``states`` (the same points and keys for every state). The states differ in their static
+    prediction_type, so each is its own computation, but they are traced into one jitted program: one
+    compilation for the three prediction types (measured: 1.2 s of XLA compilation instead of 2.6 s)."""
     mixture = sv.mixtures.make_mixture([1.0], [GAUSS_MU], [[GAUSS_SCALE] * len(GAUSS_MU)])
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
     x0 = sv.mixtures.sample_mixture(mixture, jax.random.key(41), m)
     keys = jax.random.split(key, m)
 
-    def both(k, x):
+    def losses(state, k, x):
+        model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
         return (sv.dsm_loss(state, model_fn, x[None], k),
                 sv.dsm_loss(state, model_fn, x[None], k, likelihood_weighting=True))
 
-    plain, weighted = jax.jit(jax.vmap(both))(keys, x0)
-    return np.asarray(plain, np.float64), np.asarray(weighted, np.float64), np.asarray(x0, np.float64)
+    every = jax.jit(lambda keys, x0: [jax.vmap(lambda k, x: losses(state, k, x))(keys, x0) for state in states])
+    out = [(np.asarray(plain, np.float64), np.asarray(weighted, np.float64)) for plain, weighted in every(keys, x0)]
+    return out, np.asarray(x0, np.float64)
 
 
 @pytest.mark.parametrize("grid", LOSS_SCHEDULES)
@@ -353,9 +375,10 @@ def test_dsm_loss_of_the_exact_model_on_every_prediction_type(grid):
     key = jax.random.key(40)
     expected = expected_losses(make_state(grid, 2))
     losses, weighted = {}, {}
-    for prediction_type in sv.PREDICTION_TYPES:
-        state = sv.create_state(schedule=make_schedule(GRIDS[grid][0]), prediction_type=prediction_type)
-        losses[prediction_type], weighted[prediction_type], x0 = per_sample_losses(state, key, m)
+    states = [sv.create_state(schedule=make_schedule(GRIDS[grid][0]), prediction_type=prediction_type)
+              for prediction_type in sv.PREDICTION_TYPES]
+    every, x0 = per_sample_losses(states, key, m)
+    for prediction_type, (losses[prediction_type], weighted[prediction_type]) in zip(sv.PREDICTION_TYPES, every):
         got, se = losses[prediction_type].mean(), losses[prediction_type].std() / np.sqrt(m)
         assert abs(got - expected[prediction_type]) < 5 * se, (prediction_type, got, expected[prediction_type], se)
     l_eps, l_v, l_x0 = losses["epsilon"], losses["v_prediction"], losses["sample"]
@@ -427,24 +450,30 @@ def test_inpaint_with_a_v_model_on_the_cosine_schedule():
     """
     state = sv.set_timesteps(sv.create_state(schedule=sv.schedules.cosine(), prediction_type="v_prediction"), 200)
     a, s = alpha_sigma(state, state.timesteps[-1])
-    fill = jax.jit(lambda model_fn, k, y, mask: sv.inpaint(state, model_fn, k, y, mask, predictor="ancestral"),
-                   static_argnums=0)
-
     mu, scale = np.array([0.5, -1.0, 0.8, -0.3]), np.array([0.3, 0.5, 0.4, 0.7])
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [mu], [scale]))
+    gauss_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.make_mixture([1.0], [mu], [scale]))
     m = 4_000
-    y = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))
-    x = fill(model_fn, jax.random.key(60), y, jnp.array([1, 1, 0, 0]))
+    y_gauss = jnp.tile(jnp.asarray([[3.0, -3.0, 0.0, 0.0]], jnp.float32), (m, 1))
+    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
+    modes_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
+    y_modes = sv.mixtures.sample_mixture(mixture, jax.random.key(61), 1_000)
+
+    # (a) and (b) traced into one jitted program (one compilation instead of two)
+    @jax.jit
+    def fill_both(gauss, modes):  # each (key, y, mask)
+        return (sv.inpaint(state, gauss_fn, *gauss, predictor="ancestral"),
+                sv.inpaint(state, modes_fn, *modes, predictor="ancestral"))
+
+    x, x_modes = fill_both((jax.random.key(60), y_gauss, jnp.array([1, 1, 0, 0])),
+                           (jax.random.key(62), y_modes, jnp.array([1, 1, 1, 0])))
+    y = y_gauss
     np.testing.assert_array_equal(x[:, :2], y[:, :2])
     x = np.asarray(x, np.float64)
     var = a**2 * scale[2:] ** 4 / (a**2 * scale[2:] ** 2 + s**2)
     np.testing.assert_array_less(np.abs(x[:, 2:].mean(0) - mu[2:]), 5 * np.sqrt(var / m))
     np.testing.assert_array_less(np.abs(x[:, 2:].var(0, ddof=1) - var), 5 * var * np.sqrt(2 / (m - 1)))
 
-    mixture = sv.mixtures.make_mixture([0.5, 0.5], [[3.0] * 4, [-3.0] * 4], 0.3)
-    model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
-    y = sv.mixtures.sample_mixture(mixture, jax.random.key(61), 1_000)
-    x = fill(model_fn, jax.random.key(62), y, jnp.array([1, 1, 1, 0]))
+    y, x = y_modes, x_modes
     np.testing.assert_array_equal(x[:, :3], y[:, :3])
     sign = np.sign(np.asarray(y[:, 0]))
     filled = np.asarray(x[:, 3], np.float64)
