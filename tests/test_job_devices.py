@@ -43,23 +43,40 @@ def case_spec(case: str, count: int) -> tuple[jobs.JobSpec, str, str]:
     return spec, model_name, method
 
 
-def run_case(case: str, count: int, out: Path, resume_from: Path | None = None) -> np.ndarray:
+#: The default model's job (``spec.model`` loaded by ``run_job``, no ``model_fn``): 3 chunks of 3, 3 and 1
+#: samples, so at 2 devices a device takes a second chunk and the last chunk is short.
+DEFAULT_CASE = "default"
+DEFAULT_SPEC = jobs.JobSpec(num_samples=7, batch_size=3, seed=1, steps=10)
+
+
+def run_case(case: str, count: int, out: Path, cache_dir: Path | None = None) -> np.ndarray:
+    """``case``'s job (at ``count`` devices' size) run in ``out`` by this process; its samples as uint32.
+
+    ``cache_dir``: JAX's persistent compilation cache, which a resumed job and its uninterrupted twin share
+    in one process (as the CLI's resume does): the resumed run loads the executables the other compiled
+    for the same devices (the cache key holds the device) instead of compiling them again.
+    """
+    if case == DEFAULT_CASE:
+        return np.load(jobs.run_job(DEFAULT_SPEC, out, cache_dir=cache_dir))["samples"].view(np.uint32)
     spec, model_name, _ = case_spec(case, count)
     model = dm.MODELS[model_name](sv, jobs.job_state(spec))
-    return np.load(jobs.run_job(spec, out, model_fn=model.model_fn))["samples"].view(np.uint32)
+    return np.load(jobs.run_job(spec, out, model_fn=model.model_fn, cache_dir=cache_dir))["samples"].view(np.uint32)
 
 
 def child(count: int, out: Path, cases: list[str], resume: list[str]) -> dict:
     import jax
 
-    result = {"devices": len(jax.devices()), "cases": {}}
+    result = {"devices": len(jax.devices()), "cases": {}, "used": {}, "order": {}}
     for case in cases + resume:
         directory = out / case.replace("/", "__") / f"{count}"
         if case in resume:  # the parent left a partial job there, computed on one device
             directory = out / case.replace("/", "__") / "partial"
-        result["cases"][case] = run_case(case, count, directory).tolist()
+        # the child's own cache (never the parent's): a case and its resumed job share executables
+        cache = out / f"cache-{count}" if case in resume else None
+        result["cases"][case] = run_case(case, count, directory, cache).tolist()
         records = [json.loads(p.read_text()) for p in sorted((directory / "chunks").glob("chunk_*.json"))]
-        result.setdefault("used", {})[case] = sorted({r["device"] for r in records})
+        result["used"][case] = sorted({r["device"] for r in records})
+        result["order"][case] = [r["device"] for r in records]  # the device of each chunk, in chunk order
     return result
 
 
@@ -86,30 +103,57 @@ CORES = len(os.sched_getaffinity(0))
 CONV_RTOL = 1e-3  # measured: 1.8e-4 on samples of size ~1 (benchmarks/results/device_count_before.md)
 
 
+#: Per device count, the cases resumed there from a 1-device job stopped after its first two chunks.
+RESUME_CASES = {4: ["hand_mixture/euler_maruyama"]}
+
+
+@pytest.fixture(scope="module")
+def count_child(tmp_path_factory):
+    """``count -> (out, result)``: one child per device count, started once for the tests that read it.
+
+    Before the count's child starts, the parent leaves in ``out`` the partial 1-device jobs of
+    ``RESUME_CASES`` (stopped after two chunks), through its own cache in ``out / "cache-1"``. At
+    2 devices the child also runs ``DEFAULT_CASE`` (for the test of whole chunks per device).
+    """
+    results = {}
+
+    def get(count: int):
+        if count not in results:
+            out = tmp_path_factory.mktemp(f"devices{count}")
+            resume = RESUME_CASES.get(count, [])
+            for case in resume:
+                spec, model_name, _ = case_spec(case, count)
+                model = dm.MODELS[model_name](sv, jobs.job_state(spec))
+
+                def stop_after_two_chunks(done, total):
+                    if done >= 2 * spec.batch_size:
+                        raise KeyboardInterrupt
+
+                with pytest.raises(KeyboardInterrupt):
+                    jobs.run_job(spec, out / case.replace("/", "__") / "partial", model_fn=model.model_fn,
+                                 progress=stop_after_two_chunks, cache_dir=out / "cache-1")
+            extra = [DEFAULT_CASE] if count == 2 else []
+            results[count] = out, run_child(count, out, COUNT_CASES[count] + extra, resume)
+        return results[count]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("count", sorted(COUNT_CASES))
-def test_a_job_is_bitwise_the_one_device_job_at_any_device_count(tmp_path, count):
+def test_a_job_is_bitwise_the_one_device_job_at_any_device_count(count_child, count):
     """Each case's job on ``count`` forced CPU devices has the bits of the same job on one device.
 
     The conv net is compared bit for bit up to the machine's cores only (see ``CORES``). At 4
     devices, a 1-device job stopped after its first two chunks is resumed: its bits are the
     uninterrupted 1-device job's.
     """
-    resume = ["hand_mixture/euler_maruyama"] if count == 4 else []
-    for case in resume:
-        spec, model_name, _ = case_spec(case, count)
-        model = dm.MODELS[model_name](sv, jobs.job_state(spec))
-
-        def stop_after_two_chunks(done, total):
-            if done >= 2 * spec.batch_size:
-                raise KeyboardInterrupt
-
-        with pytest.raises(KeyboardInterrupt):
-            jobs.run_job(spec, tmp_path / case.replace("/", "__") / "partial", model_fn=model.model_fn,
-                         progress=stop_after_two_chunks)
-    result = run_child(count, tmp_path, COUNT_CASES[count], resume)
+    tmp_path, result = count_child(count)
+    resume = RESUME_CASES.get(count, [])
     for case in COUNT_CASES[count] + resume:
-        single = run_case(case, count, tmp_path / case.replace("/", "__") / "1")
+        # a resumed case's 1-device job loads the executable its partial job compiled in this process
+        cache = tmp_path / "cache-1" if case in resume else None
+        single = run_case(case, count, tmp_path / case.replace("/", "__") / "1", cache)
         got = np.asarray(result["cases"][case], np.uint32)
         if case.startswith("flax_conv/") and count > CORES:
             np.testing.assert_allclose(got.view(np.float32), single.view(np.float32), rtol=CONV_RTOL,
@@ -118,6 +162,20 @@ def test_a_job_is_bitwise_the_one_device_job_at_any_device_count(tmp_path, count
             np.testing.assert_array_equal(got, single, err_msg=case)
         if case not in resume:
             assert result["used"][case] == [f"cpu:{d}" for d in range(count)], (case, result["used"][case])
+
+
+@pytest.mark.slow
+def test_each_device_takes_whole_chunks_and_the_job_is_bitwise_the_one_device_job(count_child):
+    """2 CPU devices, batch_size 3 (not a multiple of 2): whole chunks alternate between the devices.
+
+    A chunk is one single-device program wherever it runs, so the job's bits equal the
+    1-device job's (compared as uint32); the records show that both devices computed chunks.
+    The job is ``DEFAULT_SPEC``, run by the count-2 child of the test above.
+    """
+    tmp_path, result = count_child(2)
+    assert result["order"][DEFAULT_CASE] == ["cpu:0", "cpu:1", "cpu:0"], result["order"][DEFAULT_CASE]
+    single = run_case(DEFAULT_CASE, 2, tmp_path / "one")
+    np.testing.assert_array_equal(np.asarray(result["cases"][DEFAULT_CASE], np.uint32), single)
 
 
 if __name__ == "__main__":

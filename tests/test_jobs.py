@@ -317,36 +317,6 @@ def test_job_manifest_lists_chunks_as_they_finish(tmp_path, monkeypatch):
     assert seen == [[], [0], [0, 1], [0, 1, 2], [0, 1, 2]]
 
 
-DEVICES = textwrap.dedent("""
-    import os, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    import jax, numpy as np
-    from sdevp_jax import jobs
-    assert len(jax.devices()) == 2
-    spec = jobs.JobSpec(num_samples=7, batch_size=3, seed=1, steps=10)
-    path = jobs.run_job(spec, os.environ["JOB_DIR"])
-    records = [json.loads(jobs.record_path(path.parent, c).read_text()) for c in range(spec.num_chunks)]
-    print(json.dumps({"devices": [r["device"] for r in records],
-                      "bits": np.load(path)["samples"].view(np.uint32).tolist()}))
-""")
-
-
-@pytest.mark.slow
-def test_each_device_takes_whole_chunks_and_the_job_is_bitwise_the_one_device_job(tmp_path):
-    """2 CPU devices, batch_size 3 (not a multiple of 2): whole chunks alternate between the devices.
-
-    A chunk is one single-device program wherever it runs, so the job's bits equal the
-    1-device job's (compared as uint32); the records show that both devices computed chunks.
-    """
-    env = dict(os.environ, JOB_DIR=str(tmp_path / "two"))
-    proc = subprocess.run([sys.executable, "-c", DEVICES], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["devices"] == ["cpu:0", "cpu:1", "cpu:0"], result["devices"]
-    single = load_after(jobs.run_job(jobs.JobSpec(num_samples=7, batch_size=3, seed=1, steps=10), tmp_path / "one"))
-    np.testing.assert_array_equal(np.asarray(result["bits"], np.uint32), single.view(np.uint32))
-
-
 # ---------------------------------------------------------------- faults injected into the chunk writer
 
 FAULT_SPEC = dict(num_samples=10, batch_size=2, seed=3, steps=15)  # 5 chunks of 2 samples
