@@ -1,4 +1,10 @@
-r"""The model boundary: the one place the user's ``model_fn`` is called during sampling.
+r"""The model boundary: the model's time input, its output's conversions, and the one place ``model_fn`` is called.
+
+What a model takes and returns is defined here: :func:`model_time` (the continuous time, or a
+discrete schedule's training label) and its inverse, the prediction types
+(:data:`PREDICTION_TYPES`: ε, v, :math:`x_0`) and their conversions (:func:`eps_from_prediction`,
+:func:`prediction_from_eps`, :func:`x0_from_prediction`), which the scheduler's reference step,
+the guidance combinators and the mixtures use too.
 
 A :class:`Denoiser` binds the user's model to the scheduler state, the samples'
 dtype and their conditions. It calls ``model_fn(x, model_time(state, t))`` (or
