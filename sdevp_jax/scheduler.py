@@ -75,6 +75,12 @@ from . import _checks, grids, schedules, sde
 from .denoiser import check_prediction_type, eps_from_prediction
 from .grids import smallest_time
 
+# Names that 0.3 and 0.4 documented under sdevp_jax.scheduler and that now live at the model boundary
+# (sdevp_jax.denoiser) and in sdevp_jax.grids: the same objects, importable from here for this release.
+from .denoiser import (PREDICTION_TYPES, model_time, model_time_dtype, prediction_from_eps,  # noqa: E402,F401
+                       time_from_model_time, x0_from_prediction)
+from .grids import SPACINGS, default_spacing, max_inference_steps  # noqa: E402,F401
+
 __all__ = [
     "ScoreSdeVpSchedulerState",
     "StepOutput",

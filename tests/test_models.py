@@ -114,3 +114,18 @@ def test_the_mixtures_top_level_names_are_deprecated_aliases_of_sv_mixtures():
     assert sv.NULL_CLASS == sv.mixtures.NULL_CLASS
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         sv.not_a_name
+
+
+def test_the_models_module_is_a_deprecated_alias_of_mixtures_and_guidance():
+    import importlib
+    import sys
+
+    sys.modules.pop("sdevp_jax.models", None)
+    with pytest.warns(DeprecationWarning, match=r"sdevp_jax\.models is deprecated.*sdevp_jax\.mixtures"):
+        models = importlib.import_module("sdevp_jax.models")
+    assert models.default_mixture is sv.mixtures.default_mixture and models.cfg is sv.cfg
+    # the names the scheduler module documented before the split are the same objects in their new homes
+    from sdevp_jax import scheduler
+
+    assert scheduler.model_time is sv.model_time and scheduler.SPACINGS is sv.grids.SPACINGS
+    assert scheduler.prediction_from_eps is sv.denoiser.prediction_from_eps
