@@ -161,18 +161,48 @@ def test_the_steps_report_the_solvers_network_calls(solver):
     assert np.all(np.isfinite(out))
 
 
-@pytest.mark.slow  # a fresh interpreter per namespace
-@pytest.mark.parametrize("namespace", ["solvers", "schedules", "grids", "mixtures", "jobs", "distributed", "denoiser"])
-def test_every_namespace_imports_on_its_own_without_side_effects(namespace):
-    # a fresh interpreter: importing the namespace alone works, starts no JAX backend (a multi-process
-    # job must import before jax.distributed.initialize) and changes no JAX config
+NAMESPACES = ["solvers", "schedules", "grids", "mixtures", "jobs", "distributed", "denoiser"]
+
+# One interpreter imports jax, then forks a child per namespace that imports the namespace alone and checks
+# that no JAX backend started (a multi-process job must import before jax.distributed.initialize) and no JAX
+# config changed; the child's exit status says which. Forking shares the cost of starting Python and
+# importing jax (seconds on a 2-core VM) among the namespaces.
+IMPORT_ALONE = """
+import importlib, os, sys, traceback
+import jax
+x64 = jax.config.jax_enable_x64
+for namespace in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            importlib.import_module("sdevp_jax." + namespace)
+            from jax._src import xla_bridge
+            assert not xla_bridge._backends, "a backend was started"
+            assert jax.config.jax_enable_x64 == x64, "jax_enable_x64 changed"
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    print(namespace, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def namespace_imports():
     import subprocess
     import sys
 
-    code = (f"import jax; x64 = jax.config.jax_enable_x64; import sdevp_jax.{namespace}; "
-            "from jax._src import xla_bridge; assert not xla_bridge._backends, 'a backend was started'; "
-            "assert jax.config.jax_enable_x64 == x64")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", IMPORT_ALONE, *NAMESPACES], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return dict(line.split() for line in proc.stdout.splitlines()), proc.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_every_namespace_imports_on_its_own_without_side_effects(namespace, namespace_imports):
+    status, stderr = namespace_imports
+    assert status[namespace] == "0", stderr[-4000:]
 
 
 @pytest.mark.parametrize("r", [0.5, 0.3, 1.0])
