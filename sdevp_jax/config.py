@@ -409,8 +409,8 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
             )
     if model.pop("rescale_betas_zero_snr", False) is not False:
         raise ValueError(
-            f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet; "
-            "issue 10 decides how the grid and the solvers treat it"
+            f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet: its "
+            "last label has alpha = 0, where sigma/alpha and the log-SNR are infinite"
         )
     if model["prediction_type"] not in PREDICTION_TYPES:
         raise ValueError(

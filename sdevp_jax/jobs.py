@@ -62,7 +62,7 @@ schedule, prediction type or grid is refused like any other change:
 
 Left out (``None``), each takes the scheduler config's: the linear schedule, epsilon
 and ScoreSdeVpScheduler's ``"reference"`` grid for a ``ScoreSdeVpScheduler`` config (a
-manifest written before these fields existed means exactly that), the file's
+manifest without these fields means exactly that), the file's
 schedule, prediction type and ``timestep_spacing`` for a discrete one. Given, they
 must agree with a discrete config (its model is fixed by the file): a contradiction
 is a ValueError.
@@ -74,7 +74,7 @@ A job runs any method of ``sv.list_methods("predictor")``, ``("ode")`` and
 :class:`JobSpec`; each applies to some methods only (:func:`solver_defaults`): left out
 (``None``) it takes the method's default, given to a method it does not apply to it is
 a ValueError. The manifest records the options that apply, resolved, so another
-option is another job; a manifest written before these fields existed meant the
+option is another job; a manifest without these fields means the
 defaults, and resumes as such. A stochastic solver (``sde_dpm_solver_pp``, ``ddim``
 with ``eta > 0``) draws sample ``b``'s noise from ``(seed, b)`` alone, as the
 predictors do, so a chunked or resumed job equals the uninterrupted run.

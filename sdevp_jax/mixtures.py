@@ -11,8 +11,8 @@ trained network. :class:`ClassMixture` groups the components into classes: an ex
 class-conditional model (:func:`make_class_model`, with :data:`NULL_CLASS` for the
 unconditional one) and its classifier (:func:`make_class_log_prob`), to check guidance with.
 
-The namespace is ``sv.mixtures``; the top-level names of 0.3 and 0.4 (``sv.default_mixture``
-...) resolve to these objects for this release, with a DeprecationWarning.
+The namespace is ``sv.mixtures``; the deprecated top-level spellings (``sv.default_mixture``
+...) resolve to these objects, with a DeprecationWarning, until their removal in 0.6.
 
 Samples of any event shape are flattened to ``D = prod(event_shape)`` dimensions.
 """

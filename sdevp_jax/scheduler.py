@@ -75,7 +75,7 @@ from . import _checks, grids, schedules, sde
 from .denoiser import check_prediction_type, eps_from_prediction
 from .grids import smallest_time
 
-# Names that 0.3 and 0.4 documented under sdevp_jax.scheduler and that now live at the model boundary
+# Names importable from sdevp_jax.scheduler for compatibility (deprecated spellings); they live at the model boundary
 # (sdevp_jax.denoiser) and in sdevp_jax.grids: the same objects, importable from here for this release.
 from .denoiser import (PREDICTION_TYPES, model_time, model_time_dtype, prediction_from_eps,  # noqa: E402,F401
                        time_from_model_time, x0_from_prediction)
@@ -300,8 +300,8 @@ def create_state(
         ``smallest_time`` in JAX's default float dtype (4.7e-37 for the default linear
         schedule in float32), below which :math:`\\sigma(t)^2` is not a normal number.
       schedule: a schedule of :mod:`sdevp_jax.schedules`; ``None`` means
-        ``schedules.linear(beta_min, beta_max)``, so that every call without it
-        keeps today's meaning and results.
+        ``schedules.linear(beta_min, beta_max)``, the paper's schedule (diffusers'
+        ``ScoreSdeVpScheduler``).
       prediction_type: what the model returns: ``"epsilon"``, ``"v_prediction"`` or
         ``"sample"`` (see :data:`PREDICTION_TYPES`).
       diffusers_config: a :class:`~sdevp_jax.config.DiscreteConfig` to record (set

@@ -140,7 +140,7 @@ class LinearSchedule(_VPSchedule):
     r"""The VP SDE's linear schedule :math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`.
 
     Every method calls the function of :mod:`sdevp_jax.sde` of the same meaning, so the
-    results are bitwise those of today's scheduler (tested in float32 and float64).
+    results are bitwise those of :mod:`sdevp_jax.sde` (tested in float32 and float64).
     Valid on :math:`(0, 1]`.
     """
 
