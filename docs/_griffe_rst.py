@@ -11,10 +11,16 @@ on a copy of each docstring the build loads (the source files are not touched):
   (pymdownx.arithmatex renders both);
 * a paragraph ending in ``::`` as one ending in ``:``; the indented literal block after it
   is already a Markdown code block.
+
+It also documents a class that a module builds at import time (``jobs.JobSpec``, made by
+``dataclasses.make_dataclass`` so that every registered solver option is a field) as the class
+it is: static analysis sees an assignment, so such a member is replaced by its inspected class.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import textwrap
 
@@ -72,6 +78,7 @@ class RstToMarkdown(griffe.Extension):
     """Rewrite every loaded docstring's reST markup as Markdown (see the module docstring)."""
 
     def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
+        self._built_classes(pkg)
         seen: set[int] = set()
 
         def visit(obj) -> None:
@@ -84,3 +91,23 @@ class RstToMarkdown(griffe.Extension):
                 visit(member)
 
         visit(pkg)
+
+    def _built_classes(self, pkg: griffe.Module) -> None:
+        """Replace module attributes whose value is a class built at import time by that class, inspected."""
+        for module in [pkg, *(m for m in pkg.modules.values())]:
+            names = [name for name, member in module.members.items()
+                     if not member.is_alias and member.is_attribute and not name.startswith("_")]
+            if not names:
+                continue
+            runtime = importlib.import_module(module.path)
+            built = [n for n in names if inspect.isclass(getattr(runtime, n, None))
+                     and getattr(runtime, n).__module__ == module.path]
+            if not built:
+                continue
+            inspected = griffe.inspect(module.path, docstring_parser=module.docstring.parser if module.docstring else None)
+            for name in built:
+                cls = inspected.members[name]
+                for member in [m for m, v in cls.members.items() if v.is_alias or m.startswith("_")]:
+                    cls.del_member(member)  # the dataclass machinery's dunders, aliases into `types`
+                cls.parent = module
+                module.set_member(name, cls)

@@ -53,6 +53,7 @@ __all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct
 
 # The reference predictor is diffusers' step itself.
 euler_maruyama = step_pred
+"""The Euler-Maruyama predictor: :func:`~sdevp_jax.step_pred` itself, the same function (diffusers' ``step_pred``)."""
 
 
 def reverse_diffusion(
