@@ -199,11 +199,31 @@ DOCTEST_MODULES = [
     "sdevp_jax.likelihood", "sdevp_jax.inverse", "sdevp_jax.config", "sdevp_jax.samplers",
     "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.sde", "sdevp_jax.solvers",
     "sdevp_jax.solvers.base", "sdevp_jax.solvers.registry", "sdevp_jax.solvers.multistep",
-    "sdevp_jax.solvers.sde",
+    "sdevp_jax.solvers.sde", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc",
 ]
 
 
-@pytest.mark.parametrize("module", DOCTEST_MODULES)
+def test_every_module_with_docstring_examples_is_tested():
+    package = ROOT / "sdevp_jax"
+    with_examples = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in package.rglob("*.py") if ">>>" in path.read_text()
+    }
+    assert with_examples <= set(DOCTEST_MODULES), with_examples - set(DOCTEST_MODULES)
+
+
+# The docstring examples of these modules run the samplers, the likelihood's ODE solve and the
+# exact mixture models eagerly: 40 s together on the project's 2-core VM (pytest --durations, the
+# machine shared), which the suite's 6-minute budget does not hold. They run with
+# SDEVP_JAX_DOCTESTS=all (and pass); by default the cheap modules' examples run.
+HEAVY_DOCTESTS = {"sdevp_jax.loops", "sdevp_jax.training", "sdevp_jax.likelihood", "sdevp_jax.inverse",
+                  "sdevp_jax.guidance", "sdevp_jax.mixtures", "sdevp_jax.jobs"}
+ALL_DOCTESTS = os.environ.get("SDEVP_JAX_DOCTESTS") == "all"
+
+
+@pytest.mark.parametrize("module", [
+    pytest.param(m, marks=[] if m not in HEAVY_DOCTESTS or ALL_DOCTESTS else [pytest.mark.skip(
+        reason="its examples take seconds each; SDEVP_JAX_DOCTESTS=all runs them")]) for m in DOCTEST_MODULES])
 def test_docstring_examples(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mod = importlib.import_module(module)
