@@ -14,13 +14,11 @@ on a copy of each docstring the build loads (the source files are not touched):
 
 It also documents a class that a module builds at import time (``jobs.JobSpec``, made by
 ``dataclasses.make_dataclass`` so that every registered solver option is a field) as the class
-it is: static analysis sees an assignment, so such a member is replaced by its inspected class.
+it is, with its base's docstring: static analysis sees an assignment.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
 import textwrap
 
@@ -93,21 +91,21 @@ class RstToMarkdown(griffe.Extension):
         visit(pkg)
 
     def _built_classes(self, pkg: griffe.Module) -> None:
-        """Replace module attributes whose value is a class built at import time by that class, inspected."""
-        for module in [pkg, *(m for m in pkg.modules.values())]:
-            names = [name for name, member in module.members.items()
-                     if not member.is_alias and member.is_attribute and not name.startswith("_")]
-            if not names:
-                continue
-            runtime = importlib.import_module(module.path)
-            built = [n for n in names if inspect.isclass(getattr(runtime, n, None))
-                     and getattr(runtime, n).__module__ == module.path]
-            if not built:
-                continue
-            inspected = griffe.inspect(module.path, docstring_parser=module.docstring.parser if module.docstring else None)
-            for name in built:
-                cls = inspected.members[name]
-                for member in [m for m, v in cls.members.items() if v.is_alias or m.startswith("_")]:
-                    cls.del_member(member)  # the dataclass machinery's dunders, aliases into `types`
-                cls.parent = module
+        """Document ``X = dataclasses.make_dataclass("X", ..., bases=(Base,))`` as a class ``X(Base)``.
+
+        Static analysis sees an assignment; the class is ``Base`` plus generated fields, so it
+        gets ``Base``'s docstring (whose Attributes section documents the fields) and ``Base`` as
+        its base. Nothing is imported: the build does not start JAX.
+        """
+        for module in [pkg, *pkg.modules.values()]:
+            for name, member in list(module.members.items()):
+                if member.is_alias or not member.is_attribute or member.value is None:
+                    continue
+                match = re.match(r"dataclasses\.make_dataclass\(.*bases=\((\w+),?\)", str(member.value), re.S)
+                if not match or match.group(1) not in module.members:
+                    continue
+                base = module.members[match.group(1)]
+                cls = griffe.Class(name, lineno=member.lineno, endlineno=member.endlineno,
+                                   docstring=base.docstring, bases=[match.group(1)])
+                cls.labels.add("dataclass")
                 module.set_member(name, cls)

@@ -244,7 +244,7 @@ def make_mixture_eps_fn(
     (:func:`~sdevp_jax.model_time`: a discrete schedule's label) and returns
     ``state.prediction_type`` -- the noise, :math:`v` or :math:`x_0` -- converted from
     the exact noise prediction by :func:`~sdevp_jax.denoiser.prediction_from_eps`.
-    (The name is kept from when the noise was the only prediction type.)
+    (The name says eps: the closed form it evaluates is the noise prediction.)
 
     Examples:
       >>> state = sv.set_timesteps(sv.create_state(), 10)

@@ -61,15 +61,11 @@ def finite(x) -> bool:
 
 
 def check_readme(ns):
-    assert ns["samples"].shape == (4096, 2) and finite(ns["samples"])
-    assert ns["many"].shape == (16, 256, 2) and finite(ns["many"])
+    assert ns["samples"].shape == (1024, 2) and finite(ns["samples"])
+    assert ns["many"].shape == (8, 128, 2) and finite(ns["many"])
     # the sampler lands on the embedded mixture's modes: the mean radius is the ring's, 1.5
     r = np.linalg.norm(np.asarray(ns["samples"]), axis=1)
     assert abs(r.mean() - 1.5) < 0.05, r.mean()
-
-
-def check_index(ns):
-    assert ns["x"].shape == (1024, 2) and finite(ns["x"])
 
 
 def check_getting_started(ns):
@@ -77,8 +73,7 @@ def check_getting_started(ns):
     assert ns["batches"].shape == (8, 256, 2) and finite(ns["batches"])
     # different seeds, different samples
     assert not np.array_equal(ns["batches"][0], ns["batches"][1])
-    assert ns["fast"].shape == (1024, 2) and finite(ns["fast"])
-    assert ns["samples"].shape == (512, 2) and finite(ns["samples"])
+    assert ns["samples"].shape == (1024, 2) and finite(ns["samples"])
 
 
 def check_models(ns):
@@ -91,7 +86,8 @@ def check_models(ns):
 
 
 def check_samplers(ns):
-    for name in ("x_unipc", "x_ddim", "x_pc", "x_dpm", "x_adaptive"):
+    assert ns["ddim"] == sv.solvers.DDIM(eta=1.0)
+    for name in ("x_unipc", "x_pc", "x_dpm", "x_adaptive"):
         assert ns[name].shape == (256, 2) and finite(ns[name]), name
     assert int(ns["info"].nfe) == 20
     assert int(ns["info_adaptive"].nfe) > 0
@@ -128,8 +124,8 @@ def check_shipping(ns):
 
 
 def check_reproducibility(ns):
-    np.testing.assert_array_equal(ns["whole"], ns["chunked"])
-    np.testing.assert_allclose(ns["alone"], ns["in_batch"], atol=1e-5)
+    np.testing.assert_array_equal(ns["shifted"][:32], ns["first"][32:])
+    assert not np.array_equal(ns["shifted"][32:], ns["first"][32:])  # other samples differ
 
 
 def check_migrating(ns):
@@ -154,7 +150,6 @@ def check_embedded(ns):
 
 CHECKS = {
     "README.md": check_readme,
-    "docs/index.md": check_index,
     "docs/getting-started.md": check_getting_started,
     "docs/guides/models.md": check_models,
     "docs/guides/samplers.md": check_samplers,
@@ -169,13 +164,18 @@ CHECKS = {
     "docs/reference/schedules.md": check_schedules,
     "docs/reference/embedded-model.md": check_embedded,
 }
-# Pages whose examples cost more than a few seconds (measured: tests/test_docs.py's docstring).
+# Pages whose examples took more than 1.5 s each in `pytest tests/test_docs.py -n 0 --durations=0`
+# on the project's 2-core VM (shared): out of the fast tier (`pytest -m "not slow"`), still in CI.
 SLOW = {
     "README.md",
-    "docs/guides/samplers.md",
-    "docs/guides/inverse-likelihood.md",
+    "docs/getting-started.md",
     "docs/guides/models.md",
+    "docs/guides/samplers.md",
     "docs/guides/guidance.md",
+    "docs/guides/inverse-likelihood.md",
+    "docs/guides/training.md",
+    "docs/guides/jobs.md",
+    "docs/reference/embedded-model.md",
 }
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
@@ -212,12 +212,13 @@ def test_every_module_with_docstring_examples_is_tested():
     assert with_examples <= set(DOCTEST_MODULES), with_examples - set(DOCTEST_MODULES)
 
 
-# The docstring examples of these modules run the samplers, the likelihood's ODE solve and the
-# exact mixture models eagerly: 40 s together on the project's 2-core VM (pytest --durations, the
-# machine shared), which the suite's 6-minute budget does not hold. They run with
-# SDEVP_JAX_DOCTESTS=all (and pass); by default the cheap modules' examples run.
-HEAVY_DOCTESTS = {"sdevp_jax.loops", "sdevp_jax.training", "sdevp_jax.likelihood", "sdevp_jax.inverse",
-                  "sdevp_jax.guidance", "sdevp_jax.mixtures", "sdevp_jax.jobs"}
+# The docstring examples of these modules compile samplers, the likelihood's ODE solve, jobs and the
+# exact mixture models (eagerly, op by op): about 45 s together on the project's 2-core VM
+# (pytest --durations, the machine shared), which the suite's 6-minute budget does not hold. They
+# run with SDEVP_JAX_DOCTESTS=all (and pass); by default the cheap modules' examples run.
+HEAVY_DOCTESTS = {"sdevp_jax.scheduler", "sdevp_jax.loops", "sdevp_jax.schedules", "sdevp_jax.mixtures",
+                  "sdevp_jax.guidance", "sdevp_jax.training", "sdevp_jax.likelihood", "sdevp_jax.inverse",
+                  "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc"}
 ALL_DOCTESTS = os.environ.get("SDEVP_JAX_DOCTESTS") == "all"
 
 
