@@ -14,8 +14,8 @@ Typical use::
 
 Namespaces (each importable on its own, without side effects): ``sv.solvers`` (every
 sampler, the registry), ``sv.schedules``, ``sv.grids``, ``sv.mixtures`` (the toy models),
-``sv.jobs``, ``sv.distributed``. The toy mixtures' top-level names of 0.3 and 0.4
-(``sv.default_mixture``, ...) still resolve in this release, with a DeprecationWarning that
+``sv.jobs``, ``sv.distributed``. The toy mixtures' deprecated top-level spellings
+(``sv.default_mixture``, ...) resolve until their removal in 0.6, with a DeprecationWarning that
 names their ``sv.mixtures`` spelling.
 """
 
@@ -93,8 +93,8 @@ __all__ = [
 ]
 
 
-#: The toy mixtures' names that 0.3 and 0.4 exported at the top level: they now live in
-#: :mod:`sdevp_jax.mixtures` and resolve here, with a DeprecationWarning, for this release.
+#: The toy mixtures' deprecated top-level spellings: they live in :mod:`sdevp_jax.mixtures`
+#: and resolve here, with a DeprecationWarning, until their removal in 0.6.
 _MOVED_TO_MIXTURES = frozenset(mixtures.__all__) - {"NULL_CLASS"}
 
 

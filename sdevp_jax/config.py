@@ -166,6 +166,14 @@ def load_config(path_or_dict: str | os.PathLike | dict) -> ScoreSdeVpSchedulerSt
     schedule; a config of one of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
     UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete) gives :func:`discrete_state`. Errors:
     a ValueError naming the field (see :func:`discrete_config`).
+
+    Examples:
+      >>> state = sv.load_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
+      ...                         "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+      ...                         "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 1,
+      ...                         "clip_sample": False})
+      >>> state.schedule.is_discrete, state.prediction_type, sv.set_timesteps(state, 50).spacing
+      (True, 'epsilon', 'leading')
     """
     if isinstance(path_or_dict, dict):
         return state_from_config(path_or_dict)
@@ -199,6 +207,15 @@ def save_config(state: ScoreSdeVpSchedulerState, path: str | os.PathLike, *, ove
     Raises:
       ValueError: the state has no diffusers config file (see :func:`config_dict`).
       FileExistsError: the file exists and ``overwrite`` is False.
+
+    Examples:
+      >>> import json, pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "scheduler_config.json"
+      >>> _ = sv.save_config(sv.create_state(), path)   # ScoreSdeVpScheduler's four fields
+      >>> json.loads(path.read_text())["_class_name"]
+      'ScoreSdeVpScheduler'
+      >>> sv.load_config(path).beta_max
+      20.0
     """
     config = config_dict(state)  # before touching the file system
     path = Path(path)
@@ -409,8 +426,8 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
             )
     if model.pop("rescale_betas_zero_snr", False) is not False:
         raise ValueError(
-            f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet; "
-            "issue 10 decides how the grid and the solvers treat it"
+            f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet: its "
+            "last label has alpha = 0, where sigma/alpha and the log-SNR are infinite"
         )
     if model["prediction_type"] not in PREDICTION_TYPES:
         raise ValueError(

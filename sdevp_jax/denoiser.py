@@ -117,6 +117,13 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
     schedule's model sees its training label :math:`n = t N_{train} - 1`, a float
     (an integer, to rounding, on the training grid), in the dtype of ``t``. Host
     values are checked against the schedule's range.
+
+    Examples:
+      >>> state = sv.create_state(schedule=sv.schedules.from_diffusers("linear", 1e-4, 0.02, 1000))
+      >>> [float(n) for n in sv.model_time(state, jnp.array([1.0, 0.5, 0.001]))]   # label n at t = (n + 1)/1000
+      [999.0, 499.0, 0.0]
+      >>> float(sv.model_time(sv.create_state(), jnp.array(0.5)))   # a continuous schedule: t itself
+      0.5
     """
     t_host = _checks.host_value(t)
     if t_host is not None:
@@ -130,7 +137,13 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
 
 
 def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) -> jax.Array:
-    r"""The inverse of :func:`model_time`: ``t`` itself, or :math:`(n + 1)/N_{train}` for a label ``n``."""
+    r"""The inverse of :func:`model_time`: ``t`` itself, or :math:`(n + 1)/N_{train}` for a label ``n``.
+
+    Examples:
+      >>> state = sv.create_state(schedule=sv.schedules.from_diffusers("linear", 1e-4, 0.02, 1000))
+      >>> float(sv.time_from_model_time(state, jnp.array(499.0)))
+      0.5
+    """
     host = _checks.host_value(model_t)
     model_t = jnp.asarray(model_t)
     if not jnp.issubdtype(model_t.dtype, jnp.floating):

@@ -64,6 +64,14 @@ def batch_sharding(devices: Optional[Sequence[jax.Device]] = None, axis_name: st
     Use it as ``out_shardings`` of a jitted sampler (equal to single-device calls to
     float rounding, see the module docstring); the batch size must be a multiple of the
     number of devices. :func:`sample_on_devices` returns arrays with this sharding.
+
+    Examples:
+      >>> sharding = sv.distributed.batch_sharding()   # this process's devices, batch axis split
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+      >>> draw = jax.jit(lambda k: sv.sample(state, model_fn, k, (8, 2)), out_shardings=sharding)
+      >>> draw(jax.random.key(0)).sharding == sharding
+      True
     """
     devices = list(jax.local_devices() if devices is None else devices)
     if not devices:
@@ -234,6 +242,9 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
       coordinator: ``HOST:PORT`` of process 0's coordination service.
       num_processes: the number of processes, >= 1.
       process_id: this process's id, in ``[0, num_processes)``.
+
+    Examples:
+      >>> sv.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=0)  # doctest: +SKIP
     """
     host, sep, port = coordinator.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -247,7 +258,11 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
 
 
 def barrier(name: str) -> None:
-    """Wait until every process of the runtime reaches the barrier ``name`` (no-op for one process)."""
+    """Wait until every process of the runtime reaches the barrier ``name`` (no-op for one process).
+
+    Examples:
+      >>> sv.distributed.barrier("chunks-written")   # one process: returns at once
+    """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -281,6 +296,15 @@ def agree(error: Optional[str], name: str) -> None:
     Raises:
       ProcessesDisagreeError: on every process, if any process passed an error (with one
         process, the error is raised there as it is).
+
+    Examples:
+      >>> sv.distributed.agree(None, "step-1")   # nobody failed: returns
+      >>> try:
+      ...     sv.distributed.agree("chunk 3: disk full", "step-2")
+      ... except Exception as e:
+      ...     print(type(e).__name__, e)
+      ...
+      ProcessesDisagreeError chunk 3: disk full
     """
     if jax.process_count() == 1:
         if error is not None:
@@ -309,6 +333,9 @@ def agree_on(values: Mapping[str, object], name: str) -> None:
 
     Raises:
       ProcessesDisagreeError: on every process, naming the keys and the processes that differ.
+
+    Examples:
+      >>> sv.distributed.agree_on({"seed": 0, "steps": 10}, "options")   # one process: agrees with itself
     """
     if jax.process_count() == 1:
         return
@@ -343,6 +370,10 @@ def together(name: str, fn: Callable[[], Any]) -> Any:
     any process raises :class:`ProcessesDisagreeError` with the same message on every
     process (the failing one chains its original exception), instead of leaving the
     others blocked in their next barrier.
+
+    Examples:
+      >>> sv.distributed.together("compile", lambda: 1 + 1)
+      2
     """
     if jax.process_count() == 1:
         return fn()

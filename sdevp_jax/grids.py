@@ -113,6 +113,12 @@ def diffusers_label_spacing(
       family, whose labels are float32 as in diffusers (fractional for ``linspace``).
       Equal to diffusers 0.42.1's ``scheduler.timesteps`` (tested exactly against
       goldens from tests/golden/make_spacing_golden.py).
+
+    Examples:
+      >>> sv.grids.diffusers_label_spacing(1000, 10, "leading", steps_offset=1)
+      array([901, 801, 701, 601, 501, 401, 301, 201, 101,   1])
+      >>> sv.grids.diffusers_label_spacing(1000, 10, "trailing")
+      array([999, 899, 799, 699, 599, 499, 399, 299, 199,  99])
     """
     big_n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
@@ -151,6 +157,10 @@ def labels_to_times(labels: ArrayLike, num_train_timesteps: int) -> np.ndarray:
 
     The time convention of :func:`sdevp_jax.schedules.discrete`; fractional labels
     (Euler's ``linspace``) map linearly. Labels must lie in ``[0, N - 1]``.
+
+    Examples:
+      >>> sv.grids.labels_to_times([999, 499, 0], 1000)
+      array([1.   , 0.5  , 0.001])
     """
     big_n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
     labels = _checks.host_real_array("labels", labels)
@@ -169,6 +179,10 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
     Times must lie in ``[1/N, 1]`` (labels ``[0, N - 1]``); an integer label comes
     back as the float of that integer up to float64 rounding of ``t N`` (round it
     with ``np.rint`` if an int is needed).
+
+    Examples:
+      >>> sv.grids.times_to_labels([1.0, 0.5, 0.001], 1000)
+      array([999., 499.,   0.])
     """
     big_n = _checks.positive_int("num_train_timesteps", num_train_timesteps)
     times = _checks.host_real_array("times", times)
@@ -227,6 +241,12 @@ def default_spacing(state: ScoreSdeVpSchedulerState) -> str:
     :math:`\\beta h \\approx 2\\,\\Delta\\lambda\\,\\sigma^2` however steep the schedule is near
     its end (the cosine schedule's :math:`\\beta` reaches 999, a discrete cosine
     schedule's about 6900: a time-uniform grid would need thousands of steps there).
+
+    Examples:
+      >>> sv.grids.default_spacing(sv.create_state())
+      'reference'
+      >>> sv.grids.default_spacing(sv.create_state(schedule=sv.schedules.cosine()))
+      'logsnr'
     """
     if state.diffusers_config is not None:
         return state.diffusers_config.timestep_spacing
@@ -242,6 +262,10 @@ def max_inference_steps(state: ScoreSdeVpSchedulerState) -> int:
     cannot hold more points than there are such floats between its ends (about
     8.4e7 in float32 for ``sampling_eps = 1e-3``); the loops index steps with int32.
     With a traced ``sampling_eps`` or ``t_max``, only the int32 bound applies.
+
+    Examples:
+      >>> sv.grids.max_inference_steps(sv.create_state()) > 10**7
+      True
     """
     eps, t_max = _checks.concrete(state.sampling_eps), _checks.concrete(state.schedule.t_max)
     if eps is None or t_max is None or eps.size == 0:
@@ -348,6 +372,13 @@ def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spaci
     \mapsto t` are accurate to rounding in between); a one-point grid is ``[top]``, as
     ``linspace``'s is. :func:`set_timesteps`'s ``"logsnr"`` and ``"karras"`` grids and
     the grid ``dpm_solver`` steps through on a default grid are this function's.
+
+    Examples:
+      >>> lin = sv.schedules.linear()
+      >>> t = sv.grids.log_snr_grid(lin, jnp.array(1.0), jnp.array(1e-3), 5)
+      >>> lam = lin.log_snr(t)
+      >>> bool(jnp.allclose(jnp.diff(lam), jnp.diff(lam)[0], rtol=1e-4))   # equal steps in lambda
+      True
     """
     lam_hi, lam_lo = schedule.log_snr(top), schedule.log_snr(bottom)
     if spacing == "logsnr":

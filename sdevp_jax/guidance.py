@@ -111,6 +111,14 @@ def cfg(
 
     Returns:
       ``guided(x, t, cond)``, a model for ``sample(..., cond=...)`` and every other loop.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> class_model = sv.mixtures.make_class_model(state, sv.mixtures.default_class_mixture())
+      >>> guided = sv.cfg(class_model, 3.0, sv.NULL_CLASS)   # guided(x, t, cond)
+      >>> x = sv.sample_ode(state, guided, jax.random.key(0), (4, 2), method="ddim", cond=jnp.full((4,), 1))
+      >>> x.shape
+      (4, 2)
     """
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable (x, t, cond) -> prediction, got {type(model_fn).__name__}")
@@ -180,6 +188,14 @@ def classifier_guidance(
         ``(batch,)`` (checked at trace time: a ``(batch, K)`` output would be summed into
         the gradient silently).
       scale: :math:`w`, 0-d or ``(batch,)``, a leaf.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> cm = sv.mixtures.default_class_mixture()
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, cm.mixture)   # the unconditional model
+      >>> guided = sv.classifier_guidance(state, model_fn, sv.mixtures.make_class_log_prob(state, cm), 2.0)
+      >>> guided(jnp.ones((4, 2)), jnp.full((4,), 0.5), jnp.full((4,), 1)).shape
+      (4, 2)
     """
     if not callable(model_fn) or not callable(log_prob_fn):
         raise TypeError("model_fn and log_prob_fn must be callable")

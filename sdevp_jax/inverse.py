@@ -76,6 +76,14 @@ def inpaint(
     Returns:
       Shape and dtype of ``y``: ``y`` where ``mask`` is 1 (exactly), the denoised
       sample elsewhere.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+      >>> y = jnp.array([[1.5, 0.0], [0.0, 1.5]])   # the first coordinate known, the second to fill
+      >>> x = sv.inpaint(state, model_fn, jax.random.key(0), y, jnp.array([1, 0]))
+      >>> x.shape, bool(jnp.all(x[:, 0] == y[:, 0]))
+      ((2, 2), True)
     """
     y = _checks.float_array("y", y)
     mask = jnp.asarray(mask)
@@ -131,6 +139,14 @@ def colorize(
 
     Returns:
       Shape ``(batch, 3, *spatial)``, whose channel mean equals ``gray`` to float rounding.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(dim=3 * 2 * 2))
+      >>> gray = jnp.zeros((2, 2, 2))   # (batch, H, W)
+      >>> rgb = sv.colorize(state, model_fn, jax.random.key(0), gray)
+      >>> rgb.shape, bool(jnp.allclose(rgb.mean(axis=1), gray, atol=1e-5))
+      ((2, 3, 2, 2), True)
     """
     gray = _checks.float_array("gray", gray)
     if gray.ndim >= 2 and gray.shape[1] == 1 and gray.ndim > 2:

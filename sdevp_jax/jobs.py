@@ -62,7 +62,7 @@ schedule, prediction type or grid is refused like any other change:
 
 Left out (``None``), each takes the scheduler config's: the linear schedule, epsilon
 and ScoreSdeVpScheduler's ``"reference"`` grid for a ``ScoreSdeVpScheduler`` config (a
-manifest written before these fields existed means exactly that), the file's
+manifest without these fields means exactly that), the file's
 schedule, prediction type and ``timestep_spacing`` for a discrete one. Given, they
 must agree with a discrete config (its model is fixed by the file): a contradiction
 is a ValueError.
@@ -74,7 +74,7 @@ A job runs any method of ``sv.list_methods("predictor")``, ``("ode")`` and
 :class:`JobSpec`; each applies to some methods only (:func:`solver_defaults`): left out
 (``None``) it takes the method's default, given to a method it does not apply to it is
 a ValueError. The manifest records the options that apply, resolved, so another
-option is another job; a manifest written before these fields existed meant the
+option is another job; a manifest without these fields means the
 defaults, and resumes as such. A stochastic solver (``sde_dpm_solver_pp``, ``ddim``
 with ``eta > 0``) draws sample ``b``'s noise from ``(seed, b)`` alone, as the
 predictors do, so a chunked or resumed job equals the uninterrupted run.
@@ -339,6 +339,12 @@ def solver_defaults(method: str, thresholding: bool = False) -> dict:
     grid solver (``dynamic_thresholding_ratio`` and ``sample_max_value`` with ``thresholding``
     on), ``rtol``/``atol``/``max_steps`` for ``adaptive``, and so on. The predictors take none
     here (the corrector's options are :data:`CORRECTOR_FIELDS`).
+
+    Examples:
+      >>> sv.jobs.solver_defaults("euler_maruyama")
+      {}
+      >>> sorted(sv.jobs.solver_defaults("ddim"))
+      ['eta', 'final_sigmas_type', 'thresholding']
     """
     if method not in solvers.names(SAMPLE_ODE_KINDS):
         return {}
@@ -467,6 +473,10 @@ def schedule_json(state) -> dict:
     Raises:
       ValueError: a discrete schedule without a diffusers config (built by hand), or a
         schedule whose numbers are not concrete.
+
+    Examples:
+      >>> sv.jobs.schedule_json(sv.create_state(schedule=sv.schedules.cosine()))
+      {'kind': 'cosine', 's': 0.008}
     """
     schedule = state.schedule
     if isinstance(schedule, schedules.LinearSchedule):
@@ -550,6 +560,11 @@ def job_state(spec: JobSpec):
     The spec names its spacing even when it is the state's default; a default one is
     built as a default (``set_timesteps`` without ``spacing``), so that ``dpm_solver``
     treats it as it treats any default grid (see :func:`~sdevp_jax.sample_ode`).
+
+    Examples:
+      >>> state = sv.jobs.job_state(sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10))
+      >>> len(state.timesteps), state.spacing
+      (10, 'reference')
     """
     state, _ = _config_state(spec)
     spacing = None if spec.spacing == default_spacing(state) else spec.spacing
@@ -570,6 +585,12 @@ def load_model(spec: JobSpec, state) -> Callable:
     class-conditional mixture, ``model_fn(x, t, cond)``, and a user's function must take
     ``(x, t, cond)`` too (checked by its signature where Python can read it). The
     guidance is not applied here (:func:`job_model` does).
+
+    Examples:
+      >>> spec = sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10)   # model="default"
+      >>> model_fn = sv.jobs.load_model(spec, sv.jobs.job_state(spec))
+      >>> model_fn(jnp.zeros((4, 2)), jnp.full((4,), 0.5)).shape
+      (4, 2)
     """
     if spec.model == "default":
         dim = math.prod(spec.event_shape)
@@ -629,6 +650,13 @@ def job_model(spec: JobSpec, state, model_fn: Callable) -> Callable:
 
     The null condition is :data:`~sdevp_jax.NULL_CLASS`; the interval is read in
     continuous time through ``state`` (a discrete schedule's model time is a label).
+
+    Examples:
+      >>> spec = sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10, class_label=1, guidance_scale=3.0)
+      >>> state = sv.jobs.job_state(spec)
+      >>> guided = sv.jobs.job_model(spec, state, sv.jobs.load_model(spec, state))   # cfg at scale 3
+      >>> guided(jnp.zeros((4, 2)), jnp.full((4,), 0.5), sv.jobs.job_cond(spec, 4)).shape
+      (4, 2)
     """
     if spec.guidance_scale is None:
         return model_fn
@@ -637,7 +665,14 @@ def job_model(spec: JobSpec, state, model_fn: Callable) -> Callable:
 
 
 def job_cond(spec: JobSpec, batch: int) -> Optional[jax.Array]:
-    """The condition of a chunk of ``batch`` rows: ``full((batch,), class_label)``, int32 (None: unconditional)."""
+    """The condition of a chunk of ``batch`` rows: ``full((batch,), class_label)``, int32 (None: unconditional).
+
+    Examples:
+      >>> sv.jobs.job_cond(sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10, class_label=2), 4)
+      Array([2, 2, 2, 2], dtype=int32)
+      >>> sv.jobs.job_cond(sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10), 4) is None
+      True
+    """
     if not spec.conditional:
         return None
     return jnp.full((batch,), spec.class_label, jnp.int32)
@@ -661,6 +696,12 @@ def job_id(spec: JobSpec) -> str:
 
     Two specs that draw the same samples have the same id; any field that changes a
     sample (the seed, the model, the batch size ...) or another version changes it.
+
+    Examples:
+      >>> import dataclasses
+      >>> spec = sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10)
+      >>> len(sv.jobs.job_id(spec)), sv.jobs.job_id(spec) == sv.jobs.job_id(dataclasses.replace(spec, seed=1))
+      (64, False)
     """
     text = json.dumps({"config": spec.to_json(), "versions": versions()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -788,6 +829,14 @@ def verify_chunks(spec: JobSpec, out: Path, *, allow_nonfinite: bool = False) ->
       JobIntegrityError: a chunk file or record in ``out/chunks`` is not this job's.
       NonFiniteChunkError: a chunk kept with ``allow_nonfinite`` holds non-finite
         samples and ``allow_nonfinite`` is False now.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> out = pathlib.Path(tempfile.mkdtemp()) / "job"
+      >>> spec = sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10)
+      >>> _ = sv.run_job(spec, out)
+      >>> sv.jobs.verify_chunks(spec, out)   # (chunks adopted, chunks to compute)
+      ([0, 1], [])
     """
     ident = job_id(spec)
     good, todo = [], []
@@ -844,6 +893,13 @@ def job_lock(out: str | Path) -> Iterator[None]:
 
     Raises:
       JobLockedError: another process holds the lock.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> out = pathlib.Path(tempfile.mkdtemp())
+      >>> with sv.jobs.job_lock(out):
+      ...     pass   # a second job_lock(out), in another process, raises JobLockedError here
+      ...
     """
     out = Path(out)
     key = out.resolve()
@@ -892,6 +948,15 @@ def check_resources(spec: JobSpec, memory: Optional[int] = None) -> None:
     Raises:
       ValueError: naming ``event_shape`` when one sample is already too large, else
         ``batch_size``, with the largest batch that fits.
+
+    Examples:
+      >>> sv.jobs.check_resources(sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10))   # fits: no error
+      >>> try:
+      ...     sv.jobs.check_resources(sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10), memory=1)
+      ... except ValueError as e:
+      ...     print("refused:", "event_shape" in str(e))   # 1 byte of memory: not even one sample fits
+      ...
+      refused: True
     """
     memory = physical_memory() if memory is None else memory
     if memory is None:
@@ -1097,6 +1162,15 @@ def run_job(spec: JobSpec, out: str | Path, *, model_fn: Optional[Callable] = No
       JobLockedError: another process is running a job in ``out``.
       NonFiniteChunkError, JobWriteError: see above.
       ProcessesDisagreeError: with several processes, any failure of any process, on all.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> import numpy as np
+      >>> out = pathlib.Path(tempfile.mkdtemp()) / "job"
+      >>> spec = sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10)
+      >>> path = sv.run_job(spec, out)   # OUT/samples.npz, OUT/manifest.json, OUT/chunks/
+      >>> np.load(path)["samples"].shape, path.name
+      ((8, 2), 'samples.npz')
     """
     out = Path(out)
     process, count = jax.process_index(), jax.process_count()

@@ -356,6 +356,14 @@ def sample(
 
     Returns:
       The samples, an array of ``shape`` and ``dtype`` (or ``(samples, info)``).
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+      >>> sample = jax.jit(sv.sample, static_argnums=(1, 3))   # model_fn and shape static
+      >>> x = sample(state, model_fn, jax.random.key(0), (4, 2))
+      >>> x.shape, x.dtype
+      ((4, 2), dtype('float32'))
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample", cond)
     solver = solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule).check()
@@ -540,6 +548,13 @@ def sample_ode(
 
     Returns:
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 11)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+      >>> x, info = sv.sample_ode(state, model_fn, jax.random.key(0), (4, 2), method="dpm_solver", return_info=True)
+      >>> x.shape, int(info.nfe)
+      ((4, 2), 10)
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
     solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, order=order, eta=eta,
@@ -589,6 +604,14 @@ def invert_ode(
 
     Returns:
       The latents at the grid's first time, of ``x0``'s shape and dtype (or ``(latents, info)``).
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+      >>> x0 = sv.mixtures.sample_mixture(sv.mixtures.default_mixture(), jax.random.key(0), 4)
+      >>> latents = sv.invert_ode(state, model_fn, x0, method="ddim")   # DDIM inversion, data -> noise
+      >>> latents.shape
+      (4, 2)
     """
     require_timesteps(state, "invert_ode")
     if not isinstance(method, str) or method not in INVERTIBLE:

@@ -11,8 +11,8 @@ trained network. :class:`ClassMixture` groups the components into classes: an ex
 class-conditional model (:func:`make_class_model`, with :data:`NULL_CLASS` for the
 unconditional one) and its classifier (:func:`make_class_log_prob`), to check guidance with.
 
-The namespace is ``sv.mixtures``; the top-level names of 0.3 and 0.4 (``sv.default_mixture``
-...) resolve to these objects for this release, with a DeprecationWarning.
+The namespace is ``sv.mixtures``; the deprecated top-level spellings (``sv.default_mixture``
+...) resolve to these objects, with a DeprecationWarning, until their removal in 0.6.
 
 Samples of any event shape are flattened to ``D = prod(event_shape)`` dimensions.
 """
@@ -81,6 +81,11 @@ def make_mixture(weights: ArrayLike, means: ArrayLike, scales: ArrayLike) -> Gau
       weights: shape ``(K,)``, positive; normalised to sum to 1.
       means: shape ``(K, D)``, finite.
       scales: shape ``(K, D)``, ``(K,)`` or scalar (isotropic), > 0.
+
+    Examples:
+      >>> m = sv.mixtures.make_mixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.2, 0.2])
+      >>> m.means.shape
+      (2, 2)
     """
     w = np.asarray(weights, dtype=np.float64)
     mu = np.asarray(means, dtype=np.float64)
@@ -115,6 +120,10 @@ def default_mixture(dim: int = 2) -> GaussianMixture:
     Weights 0.35, 0.25, 0.2, 0.12, 0.08; each mode has standard deviation 0.15 in
     the ring's plane (the first two coordinates). For ``dim > 2`` the other
     coordinates are N(0, 0.5^2) in every component.
+
+    Examples:
+      >>> sv.mixtures.default_mixture().means.shape, sv.mixtures.default_mixture(dim=64).means.shape
+      ((5, 2), (5, 64))
     """
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2:
         raise ValueError(f"dim must be an int >= 2, got {dim!r}")
@@ -170,6 +179,11 @@ def diffused_log_prob(
 
     Returns:
       Shape ``(batch,)``, in nats.
+
+    Examples:
+      >>> m = sv.mixtures.default_mixture()
+      >>> sv.mixtures.diffused_log_prob(m, jnp.zeros((3, 2)), alpha=0.5, sigma=0.9).shape
+      (3,)
     """
     flat, _ = _flatten(x, mixture)
     dtype = _checks.compute_dtype(flat.dtype)
@@ -202,6 +216,11 @@ def mixture_eps(
 
     Returns:
       An array of x's shape and dtype (computed in at least float32).
+
+    Examples:
+      >>> m = sv.mixtures.default_mixture()
+      >>> sv.mixtures.mixture_eps(m, jnp.zeros((3, 2)), jnp.full((3,), 0.5)).shape
+      (3, 2)
     """
     flat, shape = _flatten(x, mixture)
     dtype = _checks.compute_dtype(flat.dtype)
@@ -225,7 +244,13 @@ def make_mixture_eps_fn(
     (:func:`~sdevp_jax.model_time`: a discrete schedule's label) and returns
     ``state.prediction_type`` -- the noise, :math:`v` or :math:`x_0` -- converted from
     the exact noise prediction by :func:`~sdevp_jax.denoiser.prediction_from_eps`.
-    (The name is kept from when the noise was the only prediction type.)
+    (The name says eps: the closed form it evaluates is the noise prediction.)
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
+      >>> model_fn(jnp.zeros((3, 2)), jnp.full((3,), 0.5)).shape
+      (3, 2)
     """
     schedule, prediction_type = state.schedule, state.prediction_type
 
@@ -252,7 +277,12 @@ def sample_mixture(
     alpha: ArrayLike = 1.0,
     sigma: ArrayLike = 0.0,
 ) -> jax.Array:
-    r"""Exact samples of :math:`\alpha X_0 + \sigma Z`, shape ``(num_samples, D)``."""
+    r"""Exact samples of :math:`\alpha X_0 + \sigma Z`, shape ``(num_samples, D)``.
+
+    Examples:
+      >>> sv.mixtures.sample_mixture(sv.mixtures.default_mixture(), jax.random.key(0), 5).shape
+      (5, 2)
+    """
     k_comp, k_noise, k_z = jax.random.split(key, 3)
     comp = jax.random.choice(k_comp, mixture.num_components, (num_samples,), p=mixture.weights)
     x0 = mixture.means[comp] + mixture.scales[comp] * jax.random.normal(
@@ -263,7 +293,13 @@ def sample_mixture(
 
 
 def assign_modes(mixture: GaussianMixture, x: ArrayLike) -> jax.Array:
-    """Index of the most responsible component of each sample (at t = 0), shape ``(batch,)``."""
+    """Index of the most responsible component of each sample (at t = 0), shape ``(batch,)``.
+
+    Examples:
+      >>> m = sv.mixtures.default_mixture()
+      >>> sv.mixtures.assign_modes(m, m.means)   # each mode's mean is its own
+      Array([0, 1, 2, 3, 4], dtype=int32)
+    """
     flat, _ = _flatten(x, mixture)
     flat = flat.astype(_checks.compute_dtype(flat.dtype))
     ones = jnp.ones((flat.shape[0],), flat.dtype)
@@ -291,7 +327,13 @@ class ClassMixture:
 
 
 def make_class_mixture(mixture: GaussianMixture, classes: ArrayLike) -> ClassMixture:
-    """Group ``mixture``'s components into classes: ``classes[k]`` is component ``k``'s, every class non-empty."""
+    """Group ``mixture``'s components into classes: ``classes[k]`` is component ``k``'s, every class non-empty.
+
+    Examples:
+      >>> cm = sv.mixtures.make_class_mixture(sv.mixtures.default_mixture(), [0, 0, 1, 1, 2])
+      >>> cm.num_classes
+      3
+    """
     labels = np.asarray(classes)
     if labels.shape != (mixture.num_components,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
@@ -304,7 +346,13 @@ def make_class_mixture(mixture: GaussianMixture, classes: ArrayLike) -> ClassMix
 
 
 def default_class_mixture(dim: int = 2) -> ClassMixture:
-    """The default mixture's five modes in three classes: {0, 1}, {2, 3}, {4} (priors 0.6, 0.32, 0.08)."""
+    """The default mixture's five modes in three classes: {0, 1}, {2, 3}, {4} (priors 0.6, 0.32, 0.08).
+
+    Examples:
+      >>> cm = sv.mixtures.default_class_mixture()   # classes {0, 1}, {2, 3}, {4} of the default modes
+      >>> cm.num_classes
+      3
+    """
     return make_class_mixture(default_mixture(dim), [0, 0, 1, 1, 2])
 
 
@@ -359,6 +407,12 @@ def make_class_model(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Calla
     with no components. The noise prediction of :math:`p_t(x \mid c)` is the mixture
     formula with the responsibilities restricted to class ``c``'s components; it is
     returned as ``state.prediction_type``, with ``t`` the model's time input.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> model_fn = sv.mixtures.make_class_model(state, sv.mixtures.default_class_mixture())
+      >>> model_fn(jnp.zeros((2, 2)), jnp.full((2,), 0.5), jnp.array([1, sv.NULL_CLASS])).shape
+      (2, 2)
     """
     schedule, prediction_type = state.schedule, state.prediction_type
 
@@ -389,6 +443,12 @@ def make_class_log_prob(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Ca
     :func:`make_class_model`: :data:`NULL_CLASS` (and, under trace, a label outside
     ``0..K-1``) is the class of every component, so its log-probability is 0 and its
     gradient 0 (no guidance), finite rather than the NaN gradient of :math:`\log 0`.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> log_prob = sv.mixtures.make_class_log_prob(state, sv.mixtures.default_class_mixture())
+      >>> log_prob(jnp.zeros((2, 2)), jnp.full((2,), 0.5), jnp.array([0, 1])).shape
+      (2,)
     """
     schedule = state.schedule
 
@@ -404,7 +464,14 @@ def make_class_log_prob(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Ca
 
 
 def sample_class_mixture(cm: ClassMixture, key: jax.Array, classes: ArrayLike) -> jax.Array:
-    """Exact samples of ``p(x | c)``, one per entry of ``classes`` (shape ``(n,)``): ``(n, D)``."""
+    """Exact samples of ``p(x | c)``, one per entry of ``classes`` (shape ``(n,)``): ``(n, D)``.
+
+    Examples:
+      >>> cm = sv.mixtures.default_class_mixture()
+      >>> x = sv.mixtures.sample_class_mixture(cm, jax.random.key(0), jnp.full((6,), 2))
+      >>> sorted(set(sv.mixtures.assign_modes(cm.mixture, x).tolist()))   # class 2 is mode 4
+      [4]
+    """
     classes = jnp.asarray(classes)
     k_comp, k_noise = jax.random.split(key)
     member = cm.classes[None, :] == classes[:, None]

@@ -44,6 +44,13 @@ def probability_flow_drift(
     (Song et al. 2021, eq. 13, with the score :math:`-\hat\epsilon/\sigma`.) ``model_output``
     is of ``state.prediction_type`` (converted to :math:`\hat\epsilon` here); ``t`` is
     0-d or ``(batch,)``; computed in ``compute_dtype(x.dtype)``.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 10)
+      >>> x = jnp.ones((2, 2))
+      >>> v = sv.probability_flow_drift(state, jnp.zeros((2, 2)), x, state.timesteps[0])   # dx/dt
+      >>> v.shape
+      (2, 2)
     """
     dtype = _checks.compute_dtype(x.dtype)
     t = broadcast_t(jnp.asarray(t).astype(dtype), x)
@@ -80,7 +87,14 @@ METHODS: dict[str, MethodInfo] = {
 
 
 def list_methods(kind: Optional[str] = None) -> list[str]:
-    """The registered method names, optionally of one ``kind`` ("predictor", "corrector", "ode")."""
+    """The registered method names, optionally of one ``kind`` ("predictor", "corrector", "ode").
+
+    Examples:
+      >>> sv.list_methods("predictor")
+      ['euler_maruyama', 'reverse_diffusion', 'ancestral']
+      >>> "dpm_solver" in sv.list_methods("ode")
+      True
+    """
     kinds = {m.kind for m in METHODS.values()}
     if kind is not None and kind not in kinds:
         raise ValueError(f"kind must be one of {sorted(kinds)} or None, got {kind!r}")

@@ -75,7 +75,7 @@ from . import _checks, grids, schedules, sde
 from .denoiser import check_prediction_type, eps_from_prediction
 from .grids import smallest_time
 
-# Names that 0.3 and 0.4 documented under sdevp_jax.scheduler and that now live at the model boundary
+# Names importable from sdevp_jax.scheduler for compatibility (deprecated spellings); they live at the model boundary
 # (sdevp_jax.denoiser) and in sdevp_jax.grids: the same objects, importable from here for this release.
 from .denoiser import (PREDICTION_TYPES, model_time, model_time_dtype, prediction_from_eps,  # noqa: E402,F401
                        time_from_model_time, x0_from_prediction)
@@ -300,8 +300,8 @@ def create_state(
         ``smallest_time`` in JAX's default float dtype (4.7e-37 for the default linear
         schedule in float32), below which :math:`\\sigma(t)^2` is not a normal number.
       schedule: a schedule of :mod:`sdevp_jax.schedules`; ``None`` means
-        ``schedules.linear(beta_min, beta_max)``, so that every call without it
-        keeps today's meaning and results.
+        ``schedules.linear(beta_min, beta_max)``, the paper's schedule (diffusers'
+        ``ScoreSdeVpScheduler``).
       prediction_type: what the model returns: ``"epsilon"``, ``"v_prediction"`` or
         ``"sample"`` (see :data:`PREDICTION_TYPES`).
       diffusers_config: a :class:`~sdevp_jax.config.DiscreteConfig` to record (set
@@ -313,6 +313,13 @@ def create_state(
     Raises:
       TypeError: a value of the wrong type (``bool``, a string, an array of rank > 0).
       ValueError: a value out of range, NaN or infinite; an unknown ``prediction_type``.
+
+    Examples:
+      >>> state = sv.create_state()
+      >>> state.beta_min, state.beta_max, state.sampling_eps, state.timesteps is None
+      (0.1, 20.0, 0.001, True)
+      >>> sv.create_state(schedule=sv.schedules.cosine(), prediction_type="v_prediction").prediction_type
+      'v_prediction'
     """
     prediction_type = check_prediction_type(prediction_type)
     if schedule is None:
@@ -397,6 +404,13 @@ def set_timesteps(
 
     Returns:
       The new state.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 1000)
+      >>> state.timesteps.shape, state.spacing, float(state.timesteps[0])
+      ((1000,), 'reference', 1.0)
+      >>> sv.set_timesteps(sv.create_state(), 20, spacing="logsnr").spacing
+      'logsnr'
     """
     if not isinstance(state, ScoreSdeVpSchedulerState):
         raise TypeError(f"state must be a ScoreSdeVpSchedulerState from sv.create_state, got {type(state).__name__}")
@@ -687,6 +701,14 @@ def step_pred(
         (Python number, NumPy value) that is not finite and > 0 (a traced ``t`` is
         checked under ``checkify``; see the module docstring).
       TypeError: non-float ``x``/``model_output``/``noise``; a bad ``key``.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 1000)
+      >>> x = jax.random.normal(jax.random.key(0), (4, 2))
+      >>> eps_hat = jnp.zeros((4, 2))   # the model's noise prediction at (x, t)
+      >>> x, x_mean = sv.step_pred(state, eps_hat, x, state.timesteps[0], jax.random.key(1))
+      >>> x.shape, x_mean.shape
+      ((4, 2), (4, 2))
     """
     return step_pred_update(PreparedStep("step_pred", state, model_output, x, t, key, noise, t_next))
 

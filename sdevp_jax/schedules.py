@@ -140,7 +140,7 @@ class LinearSchedule(_VPSchedule):
     r"""The VP SDE's linear schedule :math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`.
 
     Every method calls the function of :mod:`sdevp_jax.sde` of the same meaning, so the
-    results are bitwise those of today's scheduler (tested in float32 and float64).
+    results are bitwise those of :mod:`sdevp_jax.sde` (tested in float32 and float64).
     Valid on :math:`(0, 1]`.
     """
 
@@ -215,6 +215,11 @@ def linear(beta_min: Any = 0.1, beta_max: Any = 20.0) -> LinearSchedule:
 
     The upper bound (1.8e19 in float32, JAX's default float dtype) is
     :func:`~sdevp_jax._checks.largest_rate`'s: a larger ``beta_max`` overflows.
+
+    Examples:
+      >>> lin = sv.schedules.linear()   # beta_min=0.1, beta_max=20
+      >>> float(lin.beta(jnp.array(1.0))), lin.t_max
+      (20.0, 1.0)
     """
     beta_min = _checks.positive_real("beta_min", beta_min)
     beta_max = _checks.positive_real("beta_max", beta_max)
@@ -384,6 +389,11 @@ def cosine(s: Any = 0.008) -> CosineSchedule:
 
     :data:`COSINE_S_MAX` = 248.75 is where the schedule's float arithmetic stops
     keeping its accuracy (see there); iDDPM's ``s`` is 0.008.
+
+    Examples:
+      >>> cos = sv.schedules.cosine()
+      >>> round(float(cos.t_max), 4), round(float(cos.beta(cos.t_max)), 1)
+      (0.998, 999.0)
     """
     s = _checks.real_scalar("s", s)
     if not _checks.is_traced(s) and not 0.0 <= s <= COSINE_S_MAX:
@@ -504,6 +514,11 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
     the host in float64: :math:`\log\alpha_n = \tfrac12\sum_{i\le n}\operatorname{log1p}(-\beta_i)`
     or :math:`\tfrac12\log\bar\alpha_n`. A zero last ``alphas_cumprod`` (zero terminal
     SNR, diffusers' ``rescale_betas_zero_snr``) is not supported yet.
+
+    Examples:
+      >>> sched = sv.schedules.discrete(betas=jnp.linspace(1e-4, 0.02, 1000))
+      >>> sched.is_discrete, sched.num_train_timesteps
+      (True, 1000)
     """
     if (betas is None) == (alphas_cumprod is None):
         raise ValueError(
@@ -620,6 +635,11 @@ def from_diffusers(
     ``trained_betas``, when given, are used as they are (as diffusers does) and the
     other fields are ignored except ``num_train_timesteps``, which must match their length.
     diffusers computes the same betas in float32; see tests/golden/make_schedule_golden.py.
+
+    Examples:
+      >>> sd = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)   # Stable Diffusion's
+      >>> round(float(sd.alpha(jnp.array(1.0)) ** 2), 6)   # alphas_cumprod[999]
+      0.00466
     """
     n = check_num_train_timesteps(num_train_timesteps)
     if trained_betas is not None:

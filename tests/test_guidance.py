@@ -1,4 +1,4 @@
-"""Conditional sampling and guidance (issue 12): exactness on the class-conditional mixture, guidance that
+"""Conditional sampling and guidance: exactness on the class-conditional mixture, guidance that
 works, one batched network call, invariance, every sampler, and the errors.
 
 The exact model. ``sv.mixtures.make_class_model(state, cm)`` is the noise prediction of p_t(x | c) in closed form

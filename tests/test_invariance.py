@@ -1,4 +1,4 @@
-"""Batch and device invariance, claimed exactly as it holds (issue 9, part 3).
+"""Batch and device invariance, claimed exactly as it holds.
 
 What holds on XLA's CPU backend (jax 0.10), and what these tests compare:
 

@@ -115,6 +115,15 @@ def option(default, *, static: bool = True, help: str = "", choices: Optional[tu
     program), the others leaves (numbers that may be traced). ``help`` and
     ``choices`` become the CLI flag's; ``requires`` names a boolean option this one
     only applies with (thresholding's ratio and bound).
+
+    Examples:
+      >>> import dataclasses
+      >>> @dataclasses.dataclass(frozen=True)
+      ... class Options:
+      ...     order: int = sv.solvers.option(2, help="the solver's order", choices=(1, 2, 3))
+      ...
+      >>> dataclasses.fields(Options)[0].metadata["choices"]
+      (1, 2, 3)
     """
     metadata = {"pytree_node": not static, "help": help, "choices": choices, "flag": flag, "requires": requires}
     return dataclasses.field(default=default, metadata=metadata)
@@ -192,7 +201,15 @@ REGISTRY: dict[str, type] = {}
 
 
 def register(cls: type) -> type:
-    """Add a solver class to :data:`REGISTRY` under ``cls.name`` (a class decorator)."""
+    """Add a solver class to :data:`REGISTRY` under ``cls.name`` (a class decorator).
+
+    Examples:
+      >>> @sv.solvers.register   # doctest: +SKIP
+      ... class MySolver(sv.solvers.Solver):
+      ...     name = "my_solver"
+      ...     ...
+      ...
+    """
     if not cls.name or cls.name in REGISTRY:
         raise ValueError(f"solver name {cls.name!r} is empty or already registered")
     REGISTRY[cls.name] = cls

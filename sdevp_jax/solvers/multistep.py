@@ -72,6 +72,10 @@ def step_orders(num_steps: int, order: int, lower_order_final: bool, final_zero:
     step before in that case. ``rule="unipc"`` (UniPCMultistepScheduler):
     ``min(order, k + 1)`` and, with ``lower_order_final``, ``min(order, num_steps - k)``
     at every length.
+
+    Examples:
+      >>> sv.solvers.step_orders(5, 3, lower_order_final=True, final_zero=True, rule="dpmpp")
+      array([1, 2, 3, 2, 1], dtype=int32)
     """
     orders = np.minimum(order, np.arange(num_steps) + 1)
     if rule == "unipc":
@@ -92,6 +96,12 @@ def dynamic_threshold(x0, ratio, max_value):
     Per sample, :math:`s` = the ``ratio`` quantile of :math:`|\hat x_0|` over its
     entries, clipped to ``[1, max_value]``; then :math:`\hat x_0 \leftarrow
     \operatorname{clip}(\hat x_0, -s, s)/s` (as diffusers' ``_threshold_sample``).
+
+    Examples:
+      >>> x0 = jnp.array([[3.0, -0.5], [0.2, 0.1]])
+      >>> sv.solvers.dynamic_threshold(x0, 0.995, 1.0)
+      Array([[ 1. , -0.5],
+             [ 0.2,  0.1]], dtype=float32)
     """
     flat = jnp.abs(x0.reshape(x0.shape[0], -1))
     s = jnp.clip(jnp.quantile(flat, ratio, axis=1), 1.0, max_value)

@@ -17,13 +17,23 @@ __all__ = ["get", "make", "option_fields", "option_defaults", "methods_with", "n
 
 
 def names(kind: Optional[Any] = None) -> list[str]:
-    """The registered names, of one ``kind`` or a tuple of kinds (all for ``None``)."""
+    """The registered names, of one ``kind`` or a tuple of kinds (all for ``None``).
+
+    Examples:
+      >>> sv.solvers.names("corrector")
+      ['langevin']
+    """
     kinds = None if kind is None else ((kind,) if isinstance(kind, str) else tuple(kind))
     return [name for name, cls in REGISTRY.items() if kinds is None or cls.kind in kinds]
 
 
 def get(name: str, kind: Optional[Any] = None, argname: str = "method") -> type:
-    """The solver class registered as ``name`` (of ``kind``), or a ValueError listing the choices."""
+    """The solver class registered as ``name`` (of ``kind``), or a ValueError listing the choices.
+
+    Examples:
+      >>> sv.solvers.get("unipc").__name__
+      'UniPC'
+    """
     choices = names(kind)
     if not isinstance(name, str) or name not in choices:
         raise ValueError(f"{argname} must be one of {choices}, got {name!r}")
@@ -31,12 +41,22 @@ def get(name: str, kind: Optional[Any] = None, argname: str = "method") -> type:
 
 
 def option_fields(cls: type) -> dict[str, dataclasses.Field]:
-    """A solver class's options: its dataclass fields that carry option metadata, by name."""
+    """A solver class's options: its dataclass fields that carry option metadata, by name.
+
+    Examples:
+      >>> sorted(sv.solvers.option_fields(sv.solvers.DDIM))
+      ['dynamic_thresholding_ratio', 'eta', 'final_sigmas_type', 'sample_max_value', 'thresholding']
+    """
     return {f.name: f for f in dataclasses.fields(cls) if "help" in f.metadata}
 
 
 def option_defaults(cls: type, thresholding: bool = False) -> dict:
-    """``cls``'s options with their defaults; options that ``requires`` an off switch left out."""
+    """``cls``'s options with their defaults; options that ``requires`` an off switch left out.
+
+    Examples:
+      >>> sv.solvers.option_defaults(sv.solvers.DDIM)
+      {'final_sigmas_type': 'zero', 'thresholding': False, 'eta': 0.0}
+    """
     out = {}
     for name, f in option_fields(cls).items():
         requires = f.metadata.get("requires")
@@ -47,12 +67,22 @@ def option_defaults(cls: type, thresholding: bool = False) -> dict:
 
 
 def methods_with(option: str) -> list[str]:
-    """The registered methods that take ``option``."""
+    """The registered methods that take ``option``.
+
+    Examples:
+      >>> sv.solvers.methods_with("order")
+      ['dpm_solver', 'dpm_solver_pp', 'sde_dpm_solver_pp', 'unipc']
+    """
     return [name for name, cls in REGISTRY.items() if option in option_fields(cls)]
 
 
 def make(name: str, kind: Optional[Any] = None, **options) -> Solver:
-    """The solver ``name`` with ``options``: a ValueError names an option it does not take."""
+    """The solver ``name`` with ``options``: a ValueError names an option it does not take.
+
+    Examples:
+      >>> sv.solvers.make("dpm_solver_pp", order=3).order
+      3
+    """
     cls = get(name, kind)
     fields = option_fields(cls)
     for option in options:

@@ -53,6 +53,7 @@ __all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct
 
 # The reference predictor is diffusers' step itself.
 euler_maruyama = step_pred
+"""The Euler-Maruyama predictor: :func:`~sdevp_jax.step_pred` itself, the same function (diffusers' ``step_pred``)."""
 
 
 def reverse_diffusion(
@@ -71,6 +72,12 @@ def reverse_diffusion(
 
         \bar x = (2 - \sqrt{1 - \beta_i})\,x + \beta_i\, s, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 100)   # N > beta_max on the reference grid
+      >>> out = sv.reverse_diffusion(state, jnp.zeros((4, 2)), jnp.ones((4, 2)), state.timesteps[0], jax.random.key(0))
+      >>> out.prev_sample.shape
+      (4, 2)
     """
     return reverse_diffusion_update(PreparedStep("reverse_diffusion", state, model_output, x, t, key, noise, t_next))
 
@@ -99,6 +106,12 @@ def ancestral(
 
         \bar x = \frac{x + \beta_i\, s}{\sqrt{1 - \beta_i}}, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 100)
+      >>> out = sv.ancestral(state, jnp.zeros((4, 2)), jnp.ones((4, 2)), state.timesteps[0], jax.random.key(0))
+      >>> out.prev_sample.shape
+      (4, 2)
     """
     return ancestral_update(PreparedStep("ancestral", state, model_output, x, t, key, noise, t_next))
 
@@ -180,6 +193,12 @@ def langevin_correct(
       snr: ``r`` > 0.
       step_rule: one of ``"sigma"``, ``"snr_batch"``, ``"snr_sample"``.
       noise: optional ``z``.
+
+    Examples:
+      >>> state = sv.set_timesteps(sv.create_state(), 100)
+      >>> out = sv.langevin_correct(state, jnp.zeros((4, 2)), jnp.ones((4, 2)), state.timesteps[0], jax.random.key(0), snr=0.16)
+      >>> out.prev_sample.shape
+      (4, 2)
     """
     snr = _checks.positive_real("snr", snr)
     step_rule = check_step_rule(step_rule)
@@ -211,7 +230,12 @@ def langevin_update(p: PreparedStep, snr, step_rule: str) -> StepOutput:
 
 
 def check_step_rule(step_rule: str) -> str:
-    """``step_rule`` if it is one of :data:`STEP_RULES`, else a ValueError listing them."""
+    """``step_rule`` if it is one of :data:`STEP_RULES`, else a ValueError listing them.
+
+    Examples:
+      >>> sv.solvers.check_step_rule("sigma")
+      'sigma'
+    """
     if not isinstance(step_rule, str) or step_rule not in STEP_RULES:
         raise ValueError(f"step_rule must be one of {list(STEP_RULES)}, got {step_rule!r}")
     return step_rule

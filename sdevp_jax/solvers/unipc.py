@@ -66,6 +66,13 @@ def unipc_predict(x, d0, hist: History, c: StepCoeffs, order, *, variant: str = 
     With ``predict_x0=False`` the predictions are noise predictions and the update is the
     same in the noise form: :math:`x_t = \frac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^{h} - 1)\epsilon_0
     - \sigma_t B(h)\sum_k\rho_k\ldots`, :math:`B(h) = h` or :math:`e^h - 1`.
+
+    Examples:
+      >>> grid = sv.solvers.Grid.build(sv.schedules.linear(), jnp.array([0.8, 0.5]))
+      >>> c = grid.coeffs(0, 1)
+      >>> x, d0 = jnp.ones((2, 2)), jnp.full((2, 2), 0.5)
+      >>> sv.solvers.unipc_predict(x, d0, sv.solvers.History.init(x), c, 1).shape
+      (2, 2)
     """
     h, hh, b_h, rks, d1s, ratio, scale = _unipc_parts(hist, c, d0, variant, predict_x0)
     x1 = ratio * x - (scale * jnp.expm1(hh)) * d0
@@ -91,6 +98,15 @@ def unipc_correct(x_prev, d0, hist: History, c: StepCoeffs, d_t, order, *, varia
     :math:`\rho` solving the full :math:`p \times p` system (:math:`\rho = 1/2` at ``p = 1``);
     ``order`` is the order ``p`` of the predictor step being corrected; ``predict_x0`` as for
     :func:`unipc_predict`.
+
+    Examples:
+      >>> grid = sv.solvers.Grid.build(sv.schedules.linear(), jnp.array([0.8, 0.5]))
+      >>> c = grid.coeffs(0, 1)
+      >>> x, d0 = jnp.ones((2, 2)), jnp.full((2, 2), 0.5)
+      >>> x_t = sv.solvers.unipc_predict(x, d0, sv.solvers.History.init(x), c, 1)   # the predictor's point
+      >>> d_t = jnp.full((2, 2), 0.5)   # the model's data prediction at x_t, then the step is redone with it
+      >>> sv.solvers.unipc_correct(x, d0, sv.solvers.History.init(x), c, d_t, 1).shape
+      (2, 2)
     """
     h, hh, b_h, rks, d1s, ratio, scale = _unipc_parts(hist, c, d0, variant, predict_x0)
     x1 = ratio * x_prev - (scale * jnp.expm1(hh)) * d0
