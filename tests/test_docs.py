@@ -213,18 +213,15 @@ def test_every_module_with_docstring_examples_is_tested():
 
 
 # The docstring examples of these modules compile samplers, the likelihood's ODE solve, jobs and the
-# exact mixture models (eagerly, op by op): about 45 s together on the project's 2-core VM
-# (pytest --durations, the machine shared), which the suite's 6-minute budget does not hold. They
-# run with SDEVP_JAX_DOCTESTS=all (and pass); by default the cheap modules' examples run.
+# exact mixture models (eagerly, op by op): about 45 s together on the project's 2-core VM (pytest
+# --durations, the machine shared). They run in CI, out of the fast tier.
 HEAVY_DOCTESTS = {"sdevp_jax.scheduler", "sdevp_jax.loops", "sdevp_jax.schedules", "sdevp_jax.mixtures",
                   "sdevp_jax.guidance", "sdevp_jax.training", "sdevp_jax.likelihood", "sdevp_jax.inverse",
                   "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc"}
-ALL_DOCTESTS = os.environ.get("SDEVP_JAX_DOCTESTS") == "all"
 
 
 @pytest.mark.parametrize("module", [
-    pytest.param(m, marks=[] if m not in HEAVY_DOCTESTS or ALL_DOCTESTS else [pytest.mark.skip(
-        reason="its examples take seconds each; SDEVP_JAX_DOCTESTS=all runs them")]) for m in DOCTEST_MODULES])
+    pytest.param(m, marks=[pytest.mark.slow] if m in HEAVY_DOCTESTS else []) for m in DOCTEST_MODULES])
 def test_docstring_examples(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mod = importlib.import_module(module)
