@@ -11,7 +11,10 @@ diffusers saves a scheduler's config as a JSON object with ``_class_name``,
   UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete): a :func:`discrete_config`, whose
   state is ``create_state(schedule=cfg.schedule, prediction_type=cfg.prediction_type,
   diffusers_config=cfg)`` -- its ``set_timesteps`` defaults to the config's
-  ``timestep_spacing`` and ``steps_offset`` and the class's labels.
+  ``timestep_spacing`` and ``steps_offset`` and the class's labels. diffusers 0.39 and
+  earlier also shipped Flax versions of six of them, whose files carry the class name with a
+  ``Flax`` prefix (``FlaxDDIMScheduler``, ...; :data:`FLAX_CLASSES`): they load as the class
+  without the prefix and are written back under their own name, with their own fields.
 
 Every other state (a cosine schedule, a discrete schedule built by hand, a linear
 schedule with a v- or x0-model) has no diffusers config file: :func:`save_config`
@@ -135,15 +138,11 @@ def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSche
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     name = config.get("_class_name", CLASS_NAME)
     if not isinstance(name, str):
-        raise ValueError(f"{source}: _class_name must be a string, one of "
-                         f"{', '.join(map(repr, (CLASS_NAME,) + tuple(DISCRETE_CLASSES)))}, got {name!r}")
-    if name in DISCRETE_CLASSES:
+        raise ValueError(f"{source}: _class_name must be a string, one of {_known_classes()}, got {name!r}")
+    if name in DISCRETE_CLASSES or name in FLAX_CLASSES:
         return discrete_state(discrete_config(config, source=source))
     if name != CLASS_NAME:
-        raise ValueError(
-            f"{source}: _class_name must be one of {', '.join(map(repr, (CLASS_NAME,) + tuple(DISCRETE_CLASSES)))}, "
-            f"got {name!r}"
-        )
+        _check_class_name(name, source)
     unknown = sorted(k for k in config if not k.startswith("_") and k not in FIELDS)
     if unknown:
         raise ValueError(f"{source}: unknown fields {unknown}; a {CLASS_NAME} config has {list(FIELDS)}")
@@ -317,6 +316,42 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
     }),
 }
+#: diffusers <= 0.39's Flax schedulers (removed in 0.40) -> the class whose fields and defaults they share,
+#: and the fields of :data:`_MODEL_DEFAULTS` their ``__init__`` has (read off ``save_config`` of each class with
+#: its defaults, diffusers 0.39.0; tests/golden/make_flax_config_golden.py). Their label grids are the torch
+#: class's, except where the Flax class builds them in float32: at 30 steps FlaxDPMSolverMultistepScheduler
+#: steps through label 833 where DPMSolverMultistepScheduler (and this package) use 832, and
+#: FlaxLMSDiscreteScheduler / FlaxEulerDiscreteScheduler's labels differ by float32 rounding (665.99994 for
+#: 666 at 10 steps; LMS truncates them to integers). Loaded here, such a config samples on the torch class's grid.
+FLAX_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "FlaxDDPMScheduler": ("DDPMScheduler", ()),
+    "FlaxDDIMScheduler": ("DDIMScheduler", ("steps_offset",)),
+    "FlaxDPMSolverMultistepScheduler": ("DPMSolverMultistepScheduler", ("timestep_spacing",)),
+    "FlaxEulerDiscreteScheduler": ("EulerDiscreteScheduler", ("timestep_spacing",)),
+    "FlaxPNDMScheduler": ("PNDMScheduler", ("steps_offset",)),
+    "FlaxLMSDiscreteScheduler": ("LMSDiscreteScheduler", ()),
+}
+#: Variance-exploding schedulers (torch and Flax): a model of another SDE, refused by name.
+VE_CLASSES = ("ScoreSdeVeScheduler", "KarrasVeScheduler", "FlaxScoreSdeVeScheduler", "FlaxKarrasVeScheduler")
+_FLAX_BASE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                     "prediction_type")
+
+
+def _known_classes() -> str:
+    return ", ".join(map(repr, (CLASS_NAME,) + tuple(DISCRETE_CLASSES) + tuple(FLAX_CLASSES)))
+
+
+def _check_class_name(name: Any, source: str) -> None:
+    """Refuse a ``_class_name`` this package does not read, saying why for the variance-exploding ones."""
+    if name in VE_CLASSES:
+        raise ValueError(
+            f"{source}: _class_name {name!r} is a variance-exploding scheduler (x_t = x_0 + sigma_t z, Song et al. "
+            f"2021 / Karras et al. 2022), a model of another SDE; this package samples variance-preserving "
+            f"models, whose configs are one of {_known_classes()}"
+        )
+    raise ValueError(f"{source}: _class_name must be one of {_known_classes()}, got {name!r}")
+
+
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
 _NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -337,6 +372,11 @@ class DiscreteConfig:
       extra: every other field of the file (sorted), each at a value that does not change
         the model or the grid, kept so that :func:`discrete_config_dict` writes it back;
         metadata keys (``_diffusers_version``) included.
+      flax_class: for a file of one of diffusers' Flax schedulers (:data:`FLAX_CLASSES`),
+        its ``_class_name`` (``class_name`` is then the class it shares its fields with);
+        ``None`` otherwise.
+      flax_fields: with ``flax_class``, the fields of the file, which
+        :func:`discrete_config_dict` writes back (and no others).
     """
 
     class_name: str
@@ -349,6 +389,8 @@ class DiscreteConfig:
     timestep_spacing: str
     steps_offset: int
     extra: tuple = ()
+    flax_class: Optional[str] = None
+    flax_fields: tuple = ()
 
     @property
     def schedule(self):
@@ -395,10 +437,17 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     name = config.get("_class_name")
+    flax_class = None
+    if isinstance(name, str) and name in FLAX_CLASSES:
+        flax_class, name = name, FLAX_CLASSES[name][0]
+        flax_fields = set(_FLAX_BASE_FIELDS + FLAX_CLASSES[flax_class][1])
+        model_only = sorted(k for k in config if (k in _MODEL_DEFAULTS or k == "timestep_spacing")
+                            and k not in flax_fields)
+        if model_only:
+            raise ValueError(f"{source}: unknown fields {model_only} for {flax_class}; its fields of the model "
+                             f"and the grid are {sorted(flax_fields)}")
     if not isinstance(name, str) or name not in DISCRETE_CLASSES:
-        raise ValueError(
-            f"{source}: _class_name must be one of {', '.join(map(repr, DISCRETE_CLASSES))}, got {name!r}"
-        )
+        _check_class_name(name, source)
     default_spacing, extra_defaults = DISCRETE_CLASSES[name]
     model = dict(_MODEL_DEFAULTS, timestep_spacing=default_spacing)
     if name in _NO_ZERO_SNR_FIELD:
@@ -465,6 +514,8 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
             timestep_spacing=model["timestep_spacing"],
             steps_offset=offset,
             extra=tuple(sorted(extra.items())),
+            flax_class=flax_class,
+            flax_fields=tuple(sorted(config)) if flax_class else (),
         )
         result.schedule  # validates the betas (in (0, 1), a resolvable log alpha)
     except (TypeError, ValueError) as err:
@@ -493,4 +544,7 @@ def discrete_config_dict(config: DiscreteConfig) -> dict:
     )
     if config.class_name not in _NO_ZERO_SNR_FIELD:
         out["rescale_betas_zero_snr"] = False
+    if config.flax_class is not None:  # the Flax class's own file: its name, the fields it was read with
+        out = {k: v for k, v in out.items() if k in config.flax_fields}
+        out["_class_name"] = config.flax_class
     return dict(sorted(out.items()))

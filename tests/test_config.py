@@ -1,5 +1,6 @@
 """diffusers scheduler_config.json: load, save, round trip, and refusal to overwrite."""
 
+import dataclasses
 import json
 import os
 
@@ -39,7 +40,8 @@ def test_missing_fields_take_diffusers_defaults(tmp_path):
 
 @pytest.mark.parametrize("content, match", [
     ('{"_class_name": "DDPMScheduler"}', "clip_sample = True changes sampling"),
-    ('{"_class_name": "KarrasVeScheduler"}', "_class_name must be one of 'ScoreSdeVpScheduler', 'DDPMScheduler'"),
+    ('{"_class_name": "KarrasVeScheduler"}', "'KarrasVeScheduler' is a variance-exploding scheduler"),
+    ('{"_class_name": "MyScheduler"}', "_class_name must be one of 'ScoreSdeVpScheduler', 'DDPMScheduler'"),
     ('{"_class_name": "ScoreSdeVpScheduler", "snr": 0.1}', r"unknown fields \['snr'\]"),
     ('{"beta_min": -1}', "beta_min must be > 0"),
     ("[1, 2]", "expected a JSON object"),
@@ -142,3 +144,93 @@ def test_discrete_save_never_overwrites_silently(tmp_path):
 def test_discrete_errors_are_discrete_configs(change, match):
     with pytest.raises(ValueError, match=match):
         sv.load_config(dict(discrete_files()["DDIMScheduler"], **change))
+
+
+# ------------------------------------------------------------------- diffusers 0.39's Flax schedulers
+
+with open(os.path.join(os.path.dirname(__file__), "golden", "flax_configs.json")) as _f:
+    FLAX = json.load(_f)  # by tests/golden/make_flax_config_golden.py (diffusers 0.39.0)
+FLAX_VP = sorted(config.FLAX_CLASSES)
+
+
+def test_flax_golden_covers_every_flax_scheduler_of_diffusers_0_39():
+    assert FLAX["versions"]["diffusers"] == "0.39.0"
+    assert sorted(FLAX["classes"]) == sorted(FLAX_VP + ["FlaxKarrasVeScheduler", "FlaxScoreSdeVeScheduler"])
+
+
+@pytest.mark.parametrize("name", FLAX_VP)
+def test_a_flax_schedulers_file_loads_as_its_torch_class_and_is_written_back_as_read(name, tmp_path):
+    saved = FLAX["classes"][name]["sd"]
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(saved))
+    state = sv.load_config(tmp_path)
+    cfg = state.diffusers_config
+    assert (cfg.class_name, cfg.flax_class) == (config.FLAX_CLASSES[name][0], name)
+    assert cfg.beta_schedule == "scaled_linear" and cfg.prediction_type == "epsilon"
+    # the torch class's model and grid fields the Flax class lacks take the torch class's defaults
+    torch_cfg = config.discrete_config(dict(saved, _class_name=cfg.class_name))
+    assert (cfg.timestep_spacing, cfg.steps_offset) == (torch_cfg.timestep_spacing, torch_cfg.steps_offset)
+    # written back under its own name with the fields it was read with, nothing added
+    assert config.discrete_config_dict(cfg) == saved
+    out = sv.save_config(state, tmp_path / "again")
+    assert json.loads(out.read_text()) == saved
+
+
+@pytest.mark.parametrize("name", FLAX_VP)
+def test_a_flax_schedulers_labels_are_the_torch_classs_up_to_its_float32_rounding(name):
+    """sdevp-jax samples a Flax config on its torch class's labels. DDIM, DDPM and PNDM's Flax grids are those
+    labels exactly; DPM-Solver's rounds a float32 linspace (one label off at some step counts, e.g. 833 for 832
+    at 30 steps), Euler's is the float32 linspace (float rounding) and LMS' truncates that to integers (< 1)."""
+    cfg = sv.load_config(FLAX["classes"][name]["sd"]).diffusers_config
+    worst = 0.0
+    for n, flax_labels in FLAX["classes"][name]["timesteps"].items():
+        labels = np.asarray(cfg.label_spacing(int(n)), np.float64)
+        flax_labels = np.asarray(flax_labels, np.float64)
+        if name == "FlaxPNDMScheduler":
+            # PNDM's Runge-Kutta warm-up (Liu et al. 2022) adds the midpoints of its first three steps (the lower
+            # label + ratio // 2) to the base grid, which is the torch class's: this package's labels exactly
+            half = {float(x) for x in labels[1:4] + (1000 // int(n)) // 2}
+            assert set(flax_labels.tolist()) == set(labels.tolist()) | half, (n, flax_labels[:8], labels[:4])
+            continue
+        assert labels.shape == flax_labels.shape, (n, labels.shape, flax_labels.shape)
+        worst = max(worst, float(np.max(np.abs(labels - flax_labels))))
+    bound = {"FlaxDPMSolverMultistepScheduler": 1.0, "FlaxEulerDiscreteScheduler": 1e-3,
+             "FlaxLMSDiscreteScheduler": 1.0}.get(name, 0.0)
+    assert worst <= bound, (name, worst)
+    if name == "FlaxDPMSolverMultistepScheduler":
+        labels = np.asarray(cfg.label_spacing(30))
+        assert 832 in labels and 833 not in labels and 833 in FLAX["classes"][name]["timesteps"]["30"]
+
+
+@pytest.mark.parametrize("name", FLAX_VP)
+def test_a_flax_schedulers_default_file_loads_or_is_refused_as_its_torch_classs(name):
+    default = FLAX["classes"][name]["default"]
+    if default.get("clip_sample"):  # FlaxDDIM / FlaxDDPM default to clip_sample = True, as their torch classes
+        with pytest.raises(ValueError, match="clip_sample = True changes sampling"):
+            sv.load_config(default)
+    else:
+        assert sv.load_config(default).diffusers_config.flax_class == name
+
+
+@pytest.mark.parametrize("name", ["FlaxKarrasVeScheduler", "FlaxScoreSdeVeScheduler", "ScoreSdeVeScheduler"])
+def test_variance_exploding_configs_are_refused_by_name(name):
+    cfg = FLAX["classes"].get(name, {"default": {"_class_name": name}})["default"]
+    with pytest.raises(ValueError, match=f"_class_name '{name}' is a variance-exploding scheduler"):
+        sv.load_config(cfg)
+
+
+def test_a_field_the_flax_class_does_not_have_is_refused():
+    saved = dict(FLAX["classes"]["FlaxDDIMScheduler"]["sd"], timestep_spacing="trailing")
+    with pytest.raises(ValueError, match=r"unknown fields \['timestep_spacing'\] for FlaxDDIMScheduler"):
+        sv.load_config(saved)
+
+
+def test_a_job_records_a_flax_config_and_samples_its_torch_classs_model():
+    from sdevp_jax import jobs
+
+    saved = FLAX["classes"]["FlaxDPMSolverMultistepScheduler"]["sd"]
+    spec = jobs.JobSpec(num_samples=1, batch_size=1, seed=0, steps=10, method="dpm_solver_pp", scheduler=saved)
+    flax_state = jobs.job_state(spec)
+    torch_spec = dataclasses.replace(spec, scheduler=dict(saved, _class_name="DPMSolverMultistepScheduler"))
+    torch_state = jobs.job_state(torch_spec)
+    np.testing.assert_array_equal(np.asarray(flax_state.timesteps), np.asarray(torch_state.timesteps))
+    assert flax_state.diffusers_config.flax_class == "FlaxDPMSolverMultistepScheduler"
