@@ -246,7 +246,7 @@ _MODEL_DEFAULTS: dict[str, Any] = {
 #: arguments, or a setting inert under the accepted values of the others); a tuple lists the
 #: accepted values, the first being diffusers' default.
 _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
-    "clip_sample": (False,),  # diffusers' default True clips x0 to [-1, 1]: not supported
+    "clip_sample": (True, False),  # DDPM / DDIM: the data prediction clipped to +-clip_sample_range
     "clip_sample_range": None,
     "thresholding": (False,),
     "dynamic_thresholding_ratio": None,
@@ -352,6 +352,9 @@ def _check_class_name(name: Any, source: str) -> None:
     raise ValueError(f"{source}: _class_name must be one of {_known_classes()}, got {name!r}")
 
 
+#: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
+CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
+
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
 _NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -393,6 +396,20 @@ class DiscreteConfig:
     flax_fields: tuple = ()
 
     @property
+    def clip_sample_range(self) -> Optional[float]:
+        r"""The bound ``r`` the data prediction is clipped to, ``[-r, r]``, or ``None``.
+
+        diffusers' DDPMScheduler and DDIMScheduler (and their Flax versions) clip the data
+        prediction :math:`\hat x_0` of each step to ``[-clip_sample_range, clip_sample_range]``
+        when ``clip_sample`` is true (their default; the saved config of diffusers' DDPM pixel
+        models); the other classes have no such field and ignore one a file carries.
+        """
+        extra = dict(self.extra)
+        if self.class_name not in CLIP_CLASSES or not extra.get("clip_sample"):
+            return None
+        return float(extra.get("clip_sample_range", 1.0))
+
+    @property
     def schedule(self):
         """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host)."""
         from . import schedules
@@ -422,9 +439,9 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     """Read a discrete scheduler's ``scheduler_config.json`` (a dict, a file, or a directory holding one).
 
     Missing fields take the class's diffusers 0.42.1 defaults (so a DDIM/DDPM file without
-    ``clip_sample`` means ``clip_sample = True``, which is refused). Errors, each a
-    ``ValueError`` naming the field: an unknown ``_class_name``; a field the class does
-    not have; an unsupported value of a field that changes sampling (``clip_sample``,
+    ``clip_sample`` clips the data prediction to ``[-1, 1]``, :attr:`DiscreteConfig.clip_sample_range`).
+    Errors, each a ``ValueError`` naming the field: an unknown ``_class_name``; a field the class does
+    not have; an unsupported value of a field that changes sampling (
     ``thresholding``, ``use_karras_sigmas``, ``final_sigmas_type``, ...; see
     :data:`_EXTRA_FIELDS`); ``beta_schedule`` outside linear, scaled_linear,
     squaredcos_cap_v2; ``trained_betas`` whose length is not ``num_train_timesteps``;
@@ -473,6 +490,11 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
                 f"{source}: {key} = {value!r} changes sampling and is not supported; "
                 f"allowed: {', '.join(map(repr, allowed))}"
             )
+    if name in CLIP_CLASSES and extra.get("clip_sample") is True:
+        bound = extra.get("clip_sample_range", 1.0)
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 < bound < math.inf:
+            raise ValueError(f"{source}: clip_sample_range must be a number > 0 (the data prediction is clipped "
+                             f"to [-clip_sample_range, clip_sample_range]), got {bound!r}")
     if model.pop("rescale_betas_zero_snr", False) is not False:
         raise ValueError(
             f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet: its "

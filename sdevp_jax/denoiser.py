@@ -27,7 +27,7 @@ front of it: a guided model is another ``model_fn``.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # annotations only: the scheduler builds on this module
 
 __all__ = [
     "Denoiser",
+    "clip_range",
     "PREDICTION_TYPES",
     "model_time",
     "time_from_model_time",
@@ -86,6 +87,11 @@ class Denoiser:
         return eps_from_prediction(self.state.prediction_type, out, x.astype(self.dtype),
                                    *self.state.schedule.cast(self.dtype).alpha_sigma(tb))
 
+    @property
+    def clip_range(self) -> Optional[float]:
+        """The bound the state's diffusers config clips the data prediction to (:func:`clip_range`)."""
+        return clip_range(self.state)
+
     def eps_x0(self, x: jax.Array, t, alpha, sigma) -> tuple[jax.Array, jax.Array]:
         r""":math:`(\hat\epsilon, \hat x_0)` in the work dtype at the grid time ``t`` (0-d), where the
         schedule is ``alpha``, ``sigma``."""
@@ -94,6 +100,22 @@ class Denoiser:
         eps = eps_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         x0 = x0_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         return eps, x0
+
+
+def clip_range(state: ScoreSdeVpSchedulerState) -> Optional[float]:
+    r"""``r`` where the state's diffusers config clips the data prediction to ``[-r, r]`` (``clip_sample``), else None.
+
+    The steps that form a data prediction :math:`\hat x_0` clip it there, as diffusers' DDPM and
+    DDIM schedulers do: DDIM, DPM-Solver++ (and its SDE variant), UniPC in its data-prediction
+    form and the ancestral (DDPM) step; with ``thresholding`` on, a grid solver thresholds
+    instead (diffusers' precedence). The noise-prediction steps (Euler-Maruyama, the
+    reverse diffusion and Langevin steps, the ODE methods in :math:`\epsilon`: ``dpm_solver``,
+    ``euler``, ``heun``, ``adaptive``, UniPC with ``predict_x0=False``) form none and are unchanged.
+    Clipping is not smooth: while it acts, a multistep solver's differences of clipped
+    predictions are not those of a smooth function, and the solver's order does not hold.
+    """
+    config = state.diffusers_config
+    return None if config is None else config.clip_sample_range
 
 
 #: The model parametrizations a state can name (``prediction_type``), as diffusers names them.

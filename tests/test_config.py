@@ -39,7 +39,7 @@ def test_missing_fields_take_diffusers_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("content, match", [
-    ('{"_class_name": "DDPMScheduler"}', "clip_sample = True changes sampling"),
+    ('{"_class_name": "DDPMScheduler", "clip_sample": null}', "clip_sample = None changes sampling"),
     ('{"_class_name": "KarrasVeScheduler"}', "'KarrasVeScheduler' is a variance-exploding scheduler"),
     ('{"_class_name": "MyScheduler"}', "_class_name must be one of 'ScoreSdeVpScheduler', 'DDPMScheduler'"),
     ('{"_class_name": "ScoreSdeVpScheduler", "snr": 0.1}', r"unknown fields \['snr'\]"),
@@ -202,13 +202,12 @@ def test_a_flax_schedulers_labels_are_the_torch_classs_up_to_its_float32_roundin
 
 
 @pytest.mark.parametrize("name", FLAX_VP)
-def test_a_flax_schedulers_default_file_loads_or_is_refused_as_its_torch_classs(name):
+def test_a_flax_schedulers_default_file_loads_as_its_torch_classs(name):
     default = FLAX["classes"][name]["default"]
-    if default.get("clip_sample"):  # FlaxDDIM / FlaxDDPM default to clip_sample = True, as their torch classes
-        with pytest.raises(ValueError, match="clip_sample = True changes sampling"):
-            sv.load_config(default)
-    else:
-        assert sv.load_config(default).diffusers_config.flax_class == name
+    cfg = sv.load_config(default).diffusers_config
+    assert cfg.flax_class == name
+    # FlaxDDIM / FlaxDDPM default to clip_sample = True (to [-1, 1]), as their torch classes
+    assert cfg.clip_sample_range == (1.0 if default.get("clip_sample") else None)
 
 
 @pytest.mark.parametrize("name", ["FlaxKarrasVeScheduler", "FlaxScoreSdeVeScheduler", "ScoreSdeVeScheduler"])

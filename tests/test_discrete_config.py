@@ -67,7 +67,7 @@ def test_trained_betas_round_trip():
 
 @pytest.mark.parametrize("change, match", [
     ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "_class_name must be one of"),
-    ({"clip_sample": True}, "clip_sample = True changes sampling"),
+    ({"clip_sample": 1}, "clip_sample = 1 changes sampling"),
     ({"thresholding": True}, "thresholding = True changes sampling"),
     ({"use_karras_sigmas": True}, "use_karras_sigmas = True"),
     ({"final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
@@ -87,10 +87,11 @@ def test_unsupported_or_contradictory_fields(change, match):
         config.discrete_config(dict(base, **change))
 
 
-def test_diffusers_default_clip_sample_is_refused():
-    """DDIM's and DDPM's default clip_sample is True: a file without the field is refused, naming it."""
-    with pytest.raises(ValueError, match="clip_sample = True"):
-        config.discrete_config({"_class_name": "DDPMScheduler"})
+def test_diffusers_default_clip_sample_clips_to_one():
+    """DDIM's and DDPM's default clip_sample is True: a file without the field clips the data prediction to
+    [-1, 1] (tests/test_clip_sample.py tests the clipping against diffusers)."""
+    assert config.discrete_config({"_class_name": "DDPMScheduler"}).clip_sample_range == 1.0
+    assert config.discrete_config({"_class_name": "DDIMScheduler", "clip_sample": False}).clip_sample_range is None
 
 
 def test_stable_diffusion_1x_file_loads_with_its_foreign_clip_sample():

@@ -164,7 +164,8 @@ class GridSolver(Solver):
                                        self.final_zero, self.order_rule)[: num_points - 1])
 
     def predict(self, model, x, grid: Grid, k):
-        """The model at grid point ``k``: ``(eps_hat, x0_hat)`` in the work dtype, ``x0_hat`` thresholded."""
+        """The model at grid point ``k``: ``(eps_hat, x0_hat)`` in the work dtype, ``x0_hat`` thresholded or clipped
+        (:func:`~sdevp_jax.denoiser.clip_range`)."""
         return self.predict_at(model, x, grid.t[k], grid.alpha[k], grid.sigma[k])
 
     def predict_at(self, model, x, t, alpha, sigma):
@@ -172,6 +173,8 @@ class GridSolver(Solver):
         eps, x0 = model.eps_x0(x, t, alpha, sigma)
         if self.thresholding:
             x0 = dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
+        elif model.clip_range is not None:  # the state's config: diffusers' clip_sample
+            x0 = jnp.clip(x0, -model.clip_range, model.clip_range)
         return eps, x0
 
     def init(self, x, grid: Grid) -> History:

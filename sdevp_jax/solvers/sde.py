@@ -44,6 +44,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from .. import _checks
+from ..denoiser import clip_range
 from ..scheduler import PreparedStep, ScoreSdeVpSchedulerState, StepOutput, step_pred, step_pred_update
 from .base import Solver, StepInfo, option, register
 
@@ -107,6 +108,12 @@ def ancestral(
         \bar x = \frac{x + \beta_i\, s}{\sqrt{1 - \beta_i}}, \qquad
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
 
+    Where the state's diffusers config clips the data prediction (``clip_sample``,
+    :func:`~sdevp_jax.denoiser.clip_range`), the mean is DDPM's posterior mean written with it
+    (Ho et al. 2020, eq. 7), :math:`\bar x = (\alpha' \beta_i \hat x_0 + \sqrt{1 - \beta_i}\,
+    \sigma'^2 x)/\sigma^2` with :math:`\hat x_0 = \operatorname{clip}((x - \sigma\hat\epsilon)/\alpha)`
+    and :math:`\alpha', \sigma'` at ``t_next`` (equal to the form above without the clip).
+
     Examples:
       >>> state = sv.set_timesteps(sv.create_state(), 100)
       >>> out = sv.ancestral(state, jnp.zeros((4, 2)), jnp.ones((4, 2)), state.timesteps[0], jax.random.key(0))
@@ -119,8 +126,16 @@ def ancestral(
 def ancestral_update(p: PreparedStep) -> StepOutput:
     """:func:`ancestral`'s arithmetic on prepared inputs."""
     beta_i = p.rate()
-    score = -p.eps / p.sigma()
-    x_mean = (p.xc + beta_i * score) / p.sqrt_keep(beta_i)
+    bound = clip_range(p.state)
+    if bound is None:
+        score = -p.eps / p.sigma()
+        x_mean = (p.xc + beta_i * score) / p.sqrt_keep(beta_i)
+    else:  # DDPM's posterior mean in its data-prediction form, the prediction clipped (diffusers' clip_sample)
+        alpha, sigma = p.alpha_sigma()
+        alpha_next, sigma_next = p.schedule.alpha_sigma(p.t_next)
+        x0 = jnp.clip((p.xc - sigma * p.eps) / alpha, -bound, bound)
+        keep = p.sqrt_keep(beta_i)
+        x_mean = (alpha_next * beta_i * x0 + keep * sigma_next * sigma_next * p.xc) / (sigma * sigma)
     return p.out(x_mean + jnp.sqrt(beta_i) * p.z(), x_mean)
 
 
