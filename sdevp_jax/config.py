@@ -253,7 +253,9 @@ _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "sample_max_value": None,
     "set_alpha_to_one": None,
     "skip_prk_steps": None,
-    "variance_type": (None, "fixed_small", "fixed_small_log"),  # learned variances change the model's output
+    # DDPM's reverse variance; "learned"/"learned_range" models return 2C channels (also DPMSolverMultistep's)
+    "variance_type": (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned",
+                      "learned_range"),
     "solver_order": None,
     "algorithm_type": None,
     "solver_type": None,
@@ -408,6 +410,14 @@ class DiscreteConfig:
         if self.class_name not in CLIP_CLASSES or not extra.get("clip_sample"):
             return None
         return float(extra.get("clip_sample_range", 1.0))
+
+    @property
+    def variance_type(self) -> Optional[str]:
+        """The config's ``variance_type`` where the class has one (DDPM: its reverse variance, default
+        ``"fixed_small"``; DPMSolverMultistep: ``None`` or a learned variance), else ``None``."""
+        if self.class_name not in ("DDPMScheduler", "DPMSolverMultistepScheduler"):
+            return None
+        return dict(self.extra).get("variance_type")
 
     @property
     def schedule(self):

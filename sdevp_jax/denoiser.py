@@ -43,6 +43,9 @@ if TYPE_CHECKING:  # annotations only: the scheduler builds on this module
 __all__ = [
     "Denoiser",
     "clip_range",
+    "LEARNED_VARIANCE",
+    "variance_type",
+    "split_output",
     "PREDICTION_TYPES",
     "model_time",
     "time_from_model_time",
@@ -80,7 +83,8 @@ class Denoiser:
     def eps(self, x: jax.Array, t) -> jax.Array:
         r""":math:`\hat\epsilon(x, t)` in the work dtype; ``t`` 0-d or ``(batch,)``."""
         t_vec = jnp.broadcast_to(jnp.asarray(t, model_time_dtype(self.state)), (x.shape[0],))
-        out = self(x.astype(self.sample_dtype), model_time(self.state, t_vec)).astype(self.dtype)
+        out = split_output(self.state, self(x.astype(self.sample_dtype), model_time(self.state, t_vec)), x)[0]
+        out = out.astype(self.dtype)
         if self.state.prediction_type == "epsilon":
             return out
         tb = t_vec.astype(self.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
@@ -96,10 +100,43 @@ class Denoiser:
         r""":math:`(\hat\epsilon, \hat x_0)` in the work dtype at the grid time ``t`` (0-d), where the
         schedule is ``alpha``, ``sigma``."""
         t_vec = jnp.full((x.shape[0],), t, model_time_dtype(self.state))
-        out = self(x.astype(self.sample_dtype), model_time(self.state, t_vec)).astype(self.dtype)
+        out = split_output(self.state, self(x.astype(self.sample_dtype), model_time(self.state, t_vec)), x)[0]
+        out = out.astype(self.dtype)
         eps = eps_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         x0 = x0_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         return eps, x0
+
+
+#: ``variance_type`` values whose models return the prediction and a variance: twice x's channels.
+LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+def variance_type(state: ScoreSdeVpSchedulerState) -> Optional[str]:
+    """The state's diffusers config's ``variance_type`` (:attr:`~sdevp_jax.config.DiscreteConfig.variance_type`)."""
+    config = state.diffusers_config
+    return None if config is None else config.variance_type
+
+
+def split_output(state: ScoreSdeVpSchedulerState, out: jax.Array, x: jax.Array) -> tuple[jax.Array, Any]:
+    """``(prediction, variance half or None)`` of a model output: a learned-variance model (ADM, iDDPM, DiT;
+    ``variance_type`` ``"learned"`` or ``"learned_range"``) returns twice x's channels along axis 1, the
+    prediction first (Nichol & Dhariwal 2021); every other model returns x's shape."""
+    kind = variance_type(state)
+    if kind not in LEARNED_VARIANCE:
+        return out, None
+    channels = x.shape[1] if x.ndim > 1 else 0
+    want = (x.shape[0], 2 * channels) + tuple(x.shape[2:])
+    if x.ndim < 2 or tuple(out.shape) != want:
+        raise ValueError(f"model_fn must return {want}, twice x's channels along axis 1 (the prediction, then the "
+                         f"variance): the state's diffusers config has variance_type={kind!r}; got {tuple(out.shape)}")
+    return out[:, :channels], out[:, channels:]
+
+
+def output_shape(state: ScoreSdeVpSchedulerState, shape: tuple) -> tuple:
+    """The shape ``model_fn`` returns for samples of ``shape`` (:func:`split_output`)."""
+    if variance_type(state) in LEARNED_VARIANCE and len(shape) > 1:
+        return (shape[0], 2 * shape[1]) + tuple(shape[2:])
+    return tuple(shape)
 
 
 def clip_range(state: ScoreSdeVpSchedulerState) -> Optional[float]:

@@ -72,7 +72,7 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from . import _checks, grids, schedules, sde
-from .denoiser import check_prediction_type, eps_from_prediction
+from .denoiser import check_prediction_type, eps_from_prediction, output_shape, split_output
 from .grids import smallest_time
 
 # Names importable from sdevp_jax.scheduler for compatibility (deprecated spellings); they live at the model boundary
@@ -544,8 +544,12 @@ class PreparedStep:
         else:
             self.x = _checks.float_array("x", x)
             out = _checks.float_array("model_output", model_output)
-            if out.shape != self.x.shape:
-                raise ValueError(f"model_output must have x's shape {self.x.shape}, got {out.shape}")
+            want = output_shape(state, self.x.shape)
+            if out.shape != want:
+                if want == self.x.shape:
+                    raise ValueError(f"model_output must have x's shape {want}, got {out.shape}")
+                raise ValueError(f"model_output must have shape {want}, twice x's channels along axis 1 (the "
+                                 f"prediction, then the variance: variance_type is learned), got {out.shape}")
             t_host = _checks.host_value(t)
             t = jnp.asarray(t)
             if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
@@ -577,6 +581,8 @@ class PreparedStep:
                     raise ValueError(f"t_next must be in [0, t), got t_next={t_next_host}, t={t_host}")
                 t_next = jnp.asarray(t_next)
             self.t_next = broadcast_t(t_next.astype(self.dtype), self.x)
+        out, variance = split_output(state, out, self.x)
+        self.model_variance = None if variance is None else variance.astype(self.dtype)
         self.eps = eps_from_prediction(state.prediction_type, out.astype(self.dtype), self.xc,
                                        *(self.alpha_sigma() if state.prediction_type != "epsilon" else (None, None)))
         self._key, self._noise = key, noise

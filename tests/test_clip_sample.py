@@ -44,9 +44,7 @@ def exact_model(prediction_type):
 
 def loaded_state(kind, prediction_type, bound, labels):
     cls = {"DDIM": "DDIMScheduler", "DDPM": "DDPMScheduler"}[kind]
-    # the ancestral step's variance is DDPM's "fixed_large" (the golden's); the config's variance_type is the
-    # sampler's choice, made here by calling sv.ancestral
-    extra = {"set_alpha_to_one": True} if kind == "DDIM" else {}
+    extra = {"set_alpha_to_one": True} if kind == "DDIM" else {"variance_type": "fixed_large"}  # the golden's
     state = sv.load_config({"_class_name": cls, "prediction_type": prediction_type, "clip_sample": True,
                             "clip_sample_range": bound, **extra})
     assert sv.denoiser.clip_range(state) == bound

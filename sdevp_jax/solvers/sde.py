@@ -27,7 +27,8 @@ The discrete VP chain (Song et al., ICLR 2021, appendix; Ho et al., 2020) used b
   (0, 1) on any grid of any schedule, and is the training :math:`\beta_n` of a
   discrete model on its training grid -- so ``ancestral`` there is DDPM's step with
   its ``"fixed_large"`` variance :math:`\beta_i` (Ho et al. 2020, sec. 3.2; tests compare
-  with diffusers' ``DDPMScheduler``).
+  with diffusers' ``DDPMScheduler``), or with the variance a DDPM config's
+  ``variance_type`` names (:func:`ddpm_variance`).
 
 The loop's grid for these solvers is ``state.timesteps``, with one step from each time:
 the step from ``t_i`` spans ``[t_{i+1}, t_i]`` (``t_N = 0``), and each update draws its
@@ -44,11 +45,12 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from .. import _checks
-from ..denoiser import clip_range
+from ..denoiser import clip_range, variance_type
 from ..scheduler import PreparedStep, ScoreSdeVpSchedulerState, StepOutput, step_pred, step_pred_update
 from .base import Solver, StepInfo, option, register
 
-__all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",
+__all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "ddpm_variance", "langevin_correct", "STEP_RULES",
+           "check_step_rule",
            "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "Projected"]
 
 
@@ -136,7 +138,34 @@ def ancestral_update(p: PreparedStep) -> StepOutput:
         x0 = jnp.clip((p.xc - sigma * p.eps) / alpha, -bound, bound)
         keep = p.sqrt_keep(beta_i)
         x_mean = (alpha_next * beta_i * x0 + keep * sigma_next * sigma_next * p.xc) / (sigma * sigma)
-    return p.out(x_mean + jnp.sqrt(beta_i) * p.z(), x_mean)
+    return p.out(x_mean + jnp.sqrt(ddpm_variance(p, beta_i)) * p.z(), x_mean)
+
+
+def ddpm_variance(p: PreparedStep, beta_i: jax.Array) -> jax.Array:
+    r"""The ancestral step's noise variance, by the state's diffusers ``variance_type`` (DDPM's).
+
+    With :math:`\beta_i` the step's rate and :math:`\tilde\beta_i = \sigma'^2\beta_i/\sigma^2` the
+    posterior variance (Ho et al. 2020, eq. 7), floored at 1e-20 as diffusers does:
+    ``"fixed_large"`` and ``"fixed_large_log"`` :math:`\beta_i` (the default of a state without a
+    DDPM config, and the paper's ancestral sampling); ``"fixed_small"`` and ``"fixed_small_log"``
+    :math:`\tilde\beta_i`; ``"learned"`` the model's variance half itself; ``"learned_range"``
+    :math:`\exp(f\log\beta_i + (1 - f)\log\tilde\beta_i)`, :math:`f = (v + 1)/2` with ``v`` the
+    model's variance half (Nichol & Dhariwal 2021, eq. 15). diffusers 0.42.1 takes the square
+    root of :math:`\log\beta_i < 0` for ``"fixed_large_log"`` and returns NaN; its limit,
+    :math:`\exp(\log\beta_i)`, is served here.
+    """
+    kind = variance_type(p.state)
+    if kind in (None, "fixed_large", "fixed_large_log"):
+        return beta_i
+    sigma = p.sigma()
+    sigma_next = p.schedule.sigma(p.t_next)
+    small = jnp.maximum(beta_i * (sigma_next * sigma_next) / (sigma * sigma), 1e-20)
+    if kind in ("fixed_small", "fixed_small_log"):
+        return small
+    if kind == "learned":
+        return p.model_variance
+    fraction = (p.model_variance + 1.0) / 2.0
+    return jnp.exp(fraction * jnp.log(beta_i) + (1.0 - fraction) * jnp.log(small))
 
 
 STEP_RULES = ("sigma", "snr_batch", "snr_sample")
