@@ -70,6 +70,8 @@ __all__ = [
     "default_spacing",
     "max_inference_steps",
     "log_snr_grid",
+    "AYS_SIGMAS",
+    "align_your_steps",
     "SPACING_SCHEDULERS",
     "diffusers_label_spacing",
     "labels_to_times",
@@ -391,3 +393,58 @@ def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spaci
     if n == 1:
         return jnp.reshape(top, (1,))
     return schedule.t_from_log_snr(lam).at[0].set(top).at[-1].set(bottom)
+
+
+#: Align Your Steps (Sabour, Fidler & Kreis 2024): the 10-step schedules the authors published for Stable
+#: Diffusion 1.5 and SDXL, as noise levels sigma/alpha (diffusers ships the same figures as ``AysSchedules``),
+#: largest first, without the final 0.
+AYS_SIGMAS: dict[str, tuple[float, ...]] = {
+    "sd15": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.38, 0.234, 0.113),
+}
+
+
+def align_your_steps(state: "ScoreSdeVpSchedulerState", num_inference_steps: int, model: str = "sd15") -> np.ndarray:
+    r"""The Align-Your-Steps grid of ``model`` (:data:`AYS_SIGMAS`) at ``num_inference_steps`` grid times.
+
+    For 10 steps the published noise levels :math:`\sigma/\alpha`; for another count the
+    authors' rule: :math:`\log(\sigma/\alpha)` interpolated linearly over ``num_inference_steps``
+    equally spaced points of the table's index range (Sabour et al. 2024). Each level
+    becomes the time where the state's schedule has it, :math:`\lambda = -\log(\sigma/\alpha)`
+    (:meth:`t_from_log_snr`); the grid solvers then take their last step to :math:`\sigma = 0`,
+    as the published schedules end. The tables were fitted to Stable Diffusion's schedule
+    (scaled_linear, 0.00085 to 0.012): on it the grid's labels lie within 0.6 of the
+    published timestep tables (tested). A first level beyond the schedule's largest by more
+    than the table's rounding is an error.
+
+    Returns:
+      The times, float64 on the host, strictly decreasing: pass them to
+      ``set_timesteps(state, timesteps=...)``.
+
+    Examples:
+      >>> sd = sv.load_config({"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear",
+      ...                      "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False})
+      >>> t = sv.grids.align_your_steps(sd, 10)
+      >>> state = sv.set_timesteps(sd, timesteps=t)
+      >>> [round(float(x)) for x in sv.model_time(state, state.timesteps)[:3]]
+      [999, 850, 736]
+    """
+    if model not in AYS_SIGMAS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, AYS_SIGMAS))}, got {model!r}")
+    n = _checks.positive_int("num_inference_steps", num_inference_steps)
+    if n < 2:
+        raise ValueError(f"num_inference_steps must be an int >= 2 (the grid's first and last levels), got {n}")
+    table = np.log(np.asarray(AYS_SIGMAS[model], np.float64))
+    levels = np.interp(np.linspace(0.0, 1.0, n), np.linspace(0.0, 1.0, table.size), table)
+    schedule = state.schedule.cast(jnp.float64) if jax.config.jax_enable_x64 else state.schedule
+    times = np.asarray(schedule.t_from_log_snr(jnp.asarray(-levels)), np.float64)
+    t_max = float(schedule.t_max)
+    # the tables give 3 decimals: sigma/alpha = 14.615 is Stable Diffusion's largest level rounded
+    if not times[0] <= t_max * (1.0 + 1e-4):
+        top = float(np.exp(-np.asarray(schedule.log_snr(jnp.asarray(t_max)))))
+        raise ValueError(f"the {model!r} table starts at sigma/alpha = {AYS_SIGMAS[model][0]}, beyond this "
+                         f"schedule's largest noise level {top:.4g}: the tables are for Stable Diffusion's schedule")
+    times = np.minimum(times, t_max)
+    if not np.all(np.diff(times) < 0) or not times[-1] > 0:
+        raise ValueError(f"the {model!r} levels do not map to strictly decreasing positive times on this schedule")
+    return times

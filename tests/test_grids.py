@@ -266,3 +266,53 @@ def test_dpm_solver_steps_through_set_timesteps_logsnr_grid(name):
     if default.uses_reference_step:  # the reference grid: its own end points, 1 and sampling_eps
         default = sv.set_timesteps(state, 12)
     np.testing.assert_array_equal(np.asarray(DPMSolver().times(default, jnp.float32)), np.asarray(logsnr.timesteps))
+
+
+# ------------------------------------------------------------------------------- Align Your Steps
+
+SD_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
+#: The published 10-step timestep tables (Sabour et al. 2024), the same schedules as AYS_SIGMAS in labels.
+AYS_TIMESTEPS = {"sd15": [999, 850, 736, 645, 545, 455, 343, 233, 124, 24],
+                 "sdxl": [999, 845, 730, 587, 443, 310, 193, 116, 53, 13]}
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_align_your_steps_at_10_steps_is_the_published_table(model):
+    """The published noise levels, mapped to Stable Diffusion's labels, agree with the published timestep
+    tables: within 0.6 labels (the tables' 3-decimal rounding of sigma/alpha and integer labels)."""
+    sd = sv.load_config({"_class_name": "DDIMScheduler", **SD_SCHEDULE})
+    state = sv.set_timesteps(sd, timesteps=sv.grids.align_your_steps(sd, 10, model))
+    labels = np.asarray(sv.model_time(state, state.timesteps), np.float64)
+    np.testing.assert_allclose(labels, AYS_TIMESTEPS[model], atol=0.6)
+    sigma_over_alpha = np.exp(-np.asarray(state.schedule.log_snr(state.timesteps), np.float64))
+    np.testing.assert_allclose(sigma_over_alpha[1:], sv.grids.AYS_SIGMAS[model][1:], rtol=1e-5)
+
+
+def test_align_your_steps_interpolates_log_sigma_between_the_published_levels():
+    sd = sv.load_config({"_class_name": "DDIMScheduler", **SD_SCHEDULE})
+    ten, nineteen = sv.grids.align_your_steps(sd, 10), sv.grids.align_your_steps(sd, 19)
+    # 19 points of the index range hold the 10 published ones at every other point
+    np.testing.assert_allclose(nineteen[::2], ten, rtol=1e-6)
+    # in between, log(sigma/alpha) is the mean of its neighbours' (linear interpolation)
+    lam = np.asarray(sd.schedule.log_snr(nineteen), np.float64)
+    np.testing.assert_allclose(lam[1:-1:2], (lam[:-2:2] + lam[2::2]) / 2, rtol=1e-5)
+    for n in (2, 3, 7, 25, 60):
+        t = sv.grids.align_your_steps(sd, n, "sdxl")
+        assert t.shape == (n,) and np.all(np.diff(t) < 0) and t[-1] > 0 and t[0] == sd.schedule.t_max
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_inference_steps": 1}, "num_inference_steps must be an int >= 2"),
+    ({"num_inference_steps": 10, "model": "sd3"}, "model must be one of 'sd15', 'sdxl'"),
+])
+def test_align_your_steps_refuses_bad_arguments(kwargs, match):
+    sd = sv.load_config({"_class_name": "DDIMScheduler", **SD_SCHEDULE})
+    with pytest.raises(ValueError, match=match):
+        sv.grids.align_your_steps(sd, **kwargs)
+
+
+def test_align_your_steps_refuses_a_schedule_that_does_not_reach_its_noise():
+    short = sv.load_config({"_class_name": "DDIMScheduler", "beta_start": 1e-4, "beta_end": 0.002,
+                            "clip_sample": False})
+    with pytest.raises(ValueError, match=r"starts at sigma/alpha = 14.615, beyond this schedule's largest"):
+        sv.grids.align_your_steps(short, 10)
