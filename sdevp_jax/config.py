@@ -419,6 +419,60 @@ class DiscreteConfig:
             return None
         return dict(self.extra).get("variance_type")
 
+    def solver_options(self) -> tuple[str, dict]:
+        """``(method, options)``: the registered solver that samples as this config's diffusers scheduler.
+
+        DDIMScheduler: ``"ddim"`` (eta 0; its last step to alphas_cumprod = 1 with
+        ``set_alpha_to_one``, else ending at label 0); DDPMScheduler: the ``"ancestral"``
+        predictor (its variance by ``variance_type``); DPMSolverMultistepScheduler:
+        ``algorithm_type`` ``"dpmsolver++"`` -> ``"dpm_solver_pp"``, ``"sde-dpmsolver++"`` ->
+        ``"sde_dpm_solver_pp"``, with ``solver_order``, ``solver_type``, ``lower_order_final``,
+        ``final_sigmas_type``, thresholding, and diffusers' third-order term (``third_order=
+        "diffusers"``, see :func:`sdevp_jax.solvers.dpmpp_step`); UniPCMultistepScheduler:
+        ``"unipc"`` with ``solver_order``, ``solver_type``, ``predict_x0``, ``lower_order_final``,
+        ``final_sigmas_type``, thresholding. Every other case raises a ValueError naming the method
+        this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
+        ``"sde-dpmsolver"`` forms, ``euler_at_final``, a ``disable_corrector`` list): pass a method.
+        """
+        extra = dict(self.extra)
+        source = self.flax_class or self.class_name
+        thresholding = {}
+        if extra.get("thresholding"):
+            thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
+                            "sample_max_value": extra["sample_max_value"]}
+        if self.class_name == "DDIMScheduler":
+            return "ddim", {"final_sigmas_type": "zero" if extra.get("set_alpha_to_one", True) else "last"}
+        if self.class_name == "DDPMScheduler":
+            return "ancestral", {}
+        if self.class_name == "DPMSolverMultistepScheduler":
+            names = {"dpmsolver++": "dpm_solver_pp", "sde-dpmsolver++": "sde_dpm_solver_pp"}
+            algorithm = extra.get("algorithm_type", "dpmsolver++")
+            if algorithm not in names:
+                raise ValueError(f"{source} with algorithm_type={algorithm!r} has no equivalent here (dpm_solver is "
+                                 f"the official multistep DPM-Solver, not diffusers' form): pass a method")
+            if extra.get("euler_at_final"):
+                raise ValueError(f"{source} with euler_at_final=True has no equivalent here: pass a method")
+            options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
+                       "lower_order_final": extra.get("lower_order_final", True),
+                       "final_sigmas_type": extra.get("final_sigmas_type", "zero"), **thresholding}
+            if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
+                options["third_order"] = "diffusers"
+            return names[algorithm], options
+        if self.class_name == "UniPCMultistepScheduler":
+            if extra.get("disable_corrector"):
+                raise ValueError(f"{source} with disable_corrector={extra['disable_corrector']!r} has no equivalent "
+                                 f"here: pass a method")
+            return "unipc", {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "bh2"),
+                             "predict_x0": extra.get("predict_x0", True),
+                             "lower_order_final": extra.get("lower_order_final", True),
+                             "final_sigmas_type": extra.get("final_sigmas_type", "zero"), **thresholding}
+        method = {"PNDMScheduler": "PNDM's pseudo linear multistep method (PLMS, Liu et al. 2022)",
+                  "LMSDiscreteScheduler": "the linear multistep method in sigma",
+                  # the same update as DDIM with eta = 0 in exact arithmetic, not compared with diffusers' here
+                  "EulerDiscreteScheduler": "Euler's method in sigma (the update of method='ddim')"}[self.class_name]
+        raise ValueError(f"{source} samples with {method}, which sdevp_jax has no verified equivalent of: pass a "
+                         f"method (e.g. method='dpm_solver_pp' to sample_ode)")
+
     @property
     def schedule(self):
         """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host)."""

@@ -236,10 +236,16 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
     return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
 
 
+def config_solver(state: ScoreSdeVpSchedulerState) -> tuple[str, dict]:
+    """``(method, options)`` of the solver of the state's diffusers config
+    (:meth:`~sdevp_jax.config.DiscreteConfig.solver_options`)."""
+    return state.diffusers_config.solver_options()
+
+
 def solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule) -> Solver:
     """The solver ``sample`` runs: ``solver`` itself or by name, else the predictor and corrector named."""
     if solver is not None:
-        given = {"predictor": (predictor, "euler_maruyama"), "corrector": (corrector, None), "snr": (snr, 0.16),
+        given = {"predictor": (predictor, None), "corrector": (corrector, None), "snr": (snr, 0.16),
                  "corrector_steps": (corrector_steps, 1), "step_rule": (step_rule, "sigma")}
         for name, (value, default) in given.items():
             if value is not default and value != default:
@@ -253,7 +259,7 @@ def solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule) -
             raise ValueError(f"solver={solver.name!r} is a corrector: it runs at fixed time, inside "
                              f"sv.solvers.PredictorCorrector(predictor, corrector), or as corrector=")
         return solver
-    pred = solvers.make(solvers.get(predictor, "predictor", "predictor").name)
+    pred = solvers.make(solvers.get("euler_maruyama" if predictor is None else predictor, "predictor", "predictor").name)
     if corrector is None:
         return pred
     correct = solvers.get(corrector, "corrector", "corrector")(snr=snr, step_rule=step_rule)
@@ -266,7 +272,7 @@ def sample(
     key: jax.Array,
     shape: tuple[int, ...],
     *,
-    predictor: str = "euler_maruyama",
+    predictor: Optional[str] = None,
     corrector: Optional[str] = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
@@ -327,7 +333,11 @@ def sample(
         a network trained on the paper's labels wrap it as ``lambda x, t: net(x, t * 999)``.
       key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``).
       shape: ``(batch, *event)``, a non-empty tuple of positive ints.
-      predictor: one of ``sv.list_methods("predictor")``.
+      predictor: one of ``sv.list_methods("predictor")``; ``None`` (default): ``"euler_maruyama"``,
+        or, for a state loaded from a diffusers DDIM, DDPM, DPMSolverMultistep or UniPC config and
+        no ``solver`` or ``corrector`` given, that scheduler's own solver
+        (:meth:`~sdevp_jax.config.DiscreteConfig.solver_options`; a config whose method this
+        package lacks is refused, naming it).
       corrector: ``None`` or one of ``sv.list_methods("corrector")``.
       snr: the corrector's signal-to-noise ratio ``r`` > 0 (the paper's 0.16 for VP).
       corrector_steps: corrector steps per timestep, an int >= 1.
@@ -371,6 +381,9 @@ def sample(
       ((4, 2), dtype('float32'))
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample", cond)
+    if solver is None and predictor is None and corrector is None and state.diffusers_config is not None:
+        method, options = config_solver(state)  # the state's diffusers scheduler's own solver
+        solver = solvers.make(method, **options)
     solver = solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule).check()
     return _draw(solver, state, model_fn, key, shape, dtype, index_offset, resolve_unroll(unroll), x_init, cond,
                  denoise, return_info)
@@ -455,7 +468,7 @@ def sample_ode(
     key: jax.Array,
     shape: tuple[int, ...],
     *,
-    method: Union[str, Solver] = "dpm_solver",
+    method: Union[str, Solver, None] = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 4096,
@@ -516,7 +529,11 @@ def sample_ode(
       key: a PRNG key; draws :math:`x_T` only.
       shape: ``(batch, *event)``.
       method: the solver, one of ``sv.list_methods("ode")`` (or ``"sde_dpm_solver_pp"``), or a
-        :class:`~sdevp_jax.solvers.Solver` (then no other solver option may be given).
+        :class:`~sdevp_jax.solvers.Solver` (then no other solver option may be given). ``None``
+        (default): ``"dpm_solver"``, or, for a state loaded from a diffusers config, that
+        scheduler's own solver and options (:meth:`~sdevp_jax.config.DiscreteConfig.solver_options`;
+        the options given here replace the config's; a config whose method this package lacks
+        is refused, naming it).
       rtol, atol: tolerances of the adaptive solver, > 0.
       max_steps: the adaptive solver's step budget per sample (an error past it).
       return_info: also return a :class:`SamplerInfo` with the network calls made.
@@ -562,6 +579,22 @@ def sample_ode(
       ((4, 2), 10)
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
+    if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
+        method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
+        if solvers.get(method).kind == "predictor":
+            return _draw(solvers.make(method), state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond,
+                         False, return_info)
+        given = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
+                     final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
+                     dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
+                     predict_x0=predict_x0)
+        given = {k: v for k, v in given.items() if not _is_default(v, ODE_OPTIONS[k])}
+        merged = dict(defaults, **given)
+        order, eta, solver_type = merged.get("order"), merged.get("eta", 0.0), merged.get("solver_type")
+        lower_order_final, final_sigmas_type = merged.get("lower_order_final", True), merged.get("final_sigmas_type")
+        third_order, thresholding = merged.get("third_order", "taylor"), merged.get("thresholding", False)
+        dynamic_thresholding_ratio = merged.get("dynamic_thresholding_ratio", 0.995)
+        sample_max_value, predict_x0 = merged.get("sample_max_value", 1.0), merged.get("predict_x0", True)
     solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, order=order, eta=eta,
                         solver_type=solver_type, lower_order_final=lower_order_final,
                         final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
