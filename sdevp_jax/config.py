@@ -248,7 +248,7 @@ _MODEL_DEFAULTS: dict[str, Any] = {
 _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "clip_sample": (True, False),  # DDPM / DDIM: the data prediction clipped to +-clip_sample_range
     "clip_sample_range": None,
-    "thresholding": (False,),
+    "thresholding": (False, True),  # dynamic thresholding: the config's grid solver applies it (not DDPM's)
     "dynamic_thresholding_ratio": None,
     "sample_max_value": None,
     "set_alpha_to_one": None,
@@ -430,7 +430,8 @@ class DiscreteConfig:
         ``final_sigmas_type``, thresholding, and diffusers' third-order term (``third_order=
         "diffusers"``, see :func:`sdevp_jax.solvers.dpmpp_step`); UniPCMultistepScheduler:
         ``"unipc"`` with ``solver_order``, ``solver_type``, ``predict_x0``, ``lower_order_final``,
-        ``final_sigmas_type``, thresholding. Every other case raises a ValueError naming the method
+        ``final_sigmas_type``, thresholding (a config's ``thresholding`` applies through this solver:
+        with a method given, pass ``thresholding=True`` to it). Every other case raises a ValueError naming the method
         this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
         ``"sde-dpmsolver"`` forms, ``euler_at_final``, a ``disable_corrector`` list): pass a method.
         """
@@ -441,7 +442,8 @@ class DiscreteConfig:
             thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
                             "sample_max_value": extra["sample_max_value"]}
         if self.class_name == "DDIMScheduler":
-            return "ddim", {"final_sigmas_type": "zero" if extra.get("set_alpha_to_one", True) else "last"}
+            return "ddim", {"final_sigmas_type": "zero" if extra.get("set_alpha_to_one", True) else "last",
+                            **thresholding}
         if self.class_name == "DDPMScheduler":
             return "ancestral", {}
         if self.class_name == "DPMSolverMultistepScheduler":
@@ -554,6 +556,10 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
                 f"{source}: {key} = {value!r} changes sampling and is not supported; "
                 f"allowed: {', '.join(map(repr, allowed))}"
             )
+    if extra.get("thresholding") is True and name in ("DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+                                                         "EulerDiscreteScheduler"):
+        raise ValueError(f"{source}: thresholding = True changes sampling and is not supported for {name} (its "
+                         f"step has no data prediction to threshold here); allowed: False")
     if name in CLIP_CLASSES and extra.get("clip_sample") is True:
         bound = extra.get("clip_sample_range", 1.0)
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 < bound < math.inf:

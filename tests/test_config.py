@@ -138,7 +138,7 @@ def test_discrete_save_never_overwrites_silently(tmp_path):
 
 @pytest.mark.parametrize("change, match", [
     ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
-    ({"thresholding": True}, "thresholding = True changes sampling"),
+    ({"clip_sample": None}, "clip_sample = None changes sampling"),
     ({"timestep_spacing": "logsnr"}, "timestep_spacing must be one of"),
 ])
 def test_discrete_errors_are_discrete_configs(change, match):
