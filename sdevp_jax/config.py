@@ -559,7 +559,7 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     if extra.get("thresholding") is True and name in ("DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
                                                          "EulerDiscreteScheduler"):
         raise ValueError(f"{source}: thresholding = True changes sampling and is not supported for {name} (its "
-                         f"step has no data prediction to threshold here); allowed: False")
+                         f"step here does not apply dynamic thresholding); allowed: False")
     if name in CLIP_CLASSES and extra.get("clip_sample") is True:
         bound = extra.get("clip_sample_range", 1.0)
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 < bound < math.inf:
