@@ -272,7 +272,7 @@ _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "flow_shift": None,
     "use_dynamic_shifting": (False,),
     "time_shift_type": None,
-    "final_sigmas_type": ("zero",),  # "sigma_min" stops at label 0's sigma instead of 0
+    "final_sigmas_type": ("zero", "sigma_min"),  # "sigma_min" stops at label 0's sigma instead of 0
     "lambda_min_clipped": (-math.inf,),  # a finite value shortens DPM-Solver's grid
     "interpolation_type": ("linear",),
     "timestep_type": ("discrete",),
@@ -354,6 +354,9 @@ def _check_class_name(name: Any, source: str) -> None:
     raise ValueError(f"{source}: _class_name must be one of {_known_classes()}, got {name!r}")
 
 
+#: Classes whose ``final_sigmas_type="sigma_min"`` is served: the grid ends at label 0 and the solver stops there.
+SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+
 #: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
 CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 
@@ -412,6 +415,13 @@ class DiscreteConfig:
         return float(extra.get("clip_sample_range", 1.0))
 
     @property
+    def ends_at_sigma_min(self) -> bool:
+        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, UniPC): the label grid gets label 0 appended,
+        and the config's solver ends there (``final_sigmas_type="last"``) instead of stepping to sigma = 0
+        (with a method given, pass ``final_sigmas_type="last"`` to it to end there as diffusers does)."""
+        return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
+
+    @property
     def variance_type(self) -> Optional[str]:
         """The config's ``variance_type`` where the class has one (DDPM: its reverse variance, default
         ``"fixed_small"``; DPMSolverMultistep: ``None`` or a learned variance), else ``None``."""
@@ -456,7 +466,7 @@ class DiscreteConfig:
                 raise ValueError(f"{source} with euler_at_final=True has no equivalent here: pass a method")
             options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
                        "lower_order_final": extra.get("lower_order_final", True),
-                       "final_sigmas_type": extra.get("final_sigmas_type", "zero"), **thresholding}
+                       "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero", **thresholding}
             if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
                 options["third_order"] = "diffusers"
             return names[algorithm], options
@@ -467,7 +477,7 @@ class DiscreteConfig:
             return "unipc", {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "bh2"),
                              "predict_x0": extra.get("predict_x0", True),
                              "lower_order_final": extra.get("lower_order_final", True),
-                             "final_sigmas_type": extra.get("final_sigmas_type", "zero"), **thresholding}
+                             "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero", **thresholding}
         method = {"PNDMScheduler": "PNDM's pseudo linear multistep method (PLMS, Liu et al. 2022)",
                   "LMSDiscreteScheduler": "the linear multistep method in sigma",
                   # the same update as DDIM with eta = 0 in exact arithmetic, not compared with diffusers' here
@@ -556,6 +566,9 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
                 f"{source}: {key} = {value!r} changes sampling and is not supported; "
                 f"allowed: {', '.join(map(repr, allowed))}"
             )
+    if extra.get("final_sigmas_type") == "sigma_min" and name not in SIGMA_MIN_CLASSES:
+        raise ValueError(f"{source}: final_sigmas_type = 'sigma_min' changes sampling and is supported for "
+                         f"{', '.join(SIGMA_MIN_CLASSES)} only; allowed: 'zero'")
     if extra.get("thresholding") is True and name in ("DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
                                                          "EulerDiscreteScheduler"):
         raise ValueError(f"{source}: thresholding = True changes sampling and is not supported for {name} (its "

@@ -327,6 +327,10 @@ def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offs
     if config is not None and config.class_name in SPACING_SCHEDULERS:
         family = config.class_name
     labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family)
+    if config is not None and config.ends_at_sigma_min and labels[-1] != 0:
+        # diffusers' final_sigmas_type="sigma_min": the last step ends at label 0's noise level, not at 0; the grid
+        # ends there and the config's solver stops at its last point (final_sigmas_type="last")
+        labels = np.concatenate([labels, [0]])
     times = labels_to_times(labels, state.num_train_timesteps)
     grid = jnp.asarray(times, _checks.default_float())
     check_grid(state, grid, f"the {spacing!r} grid of {n} steps")

@@ -85,3 +85,60 @@ def test_sampling_with_no_method_is_the_configs_solver():
     # a state without a diffusers config keeps the package's defaults: dpm_solver, and Euler-Maruyama for sample
     plain = sv.set_timesteps(sv.create_state(), 12)
     np.testing.assert_array_equal(_draw(plain), _draw(plain, method="dpm_solver"))
+
+
+# ---------------------------------------------------------- against diffusers: the config's own solver
+
+GOLDEN_PATH = __import__("os").path.join(__import__("os").path.dirname(__file__), "golden", "solvers.npz")
+G = dict(np.load(GOLDEN_PATH))
+SCHEDULES = {"linear": ("linear", 1e-4, 0.02), "scaled_linear": ("scaled_linear", 0.00085, 0.012)}
+#: every option case of the solver golden at 6 steps (tests/test_solver_parity.py runs them by explicit options)
+#: but DDIM's eta = 1: eta is an argument of diffusers' step, not of its config
+CONFIG_CASES = sorted(k.rsplit("/", 1)[0] for k in G if k.endswith("/options") and k.rsplit("/", 2)[1] == "6"
+                      and "eta=1.0" not in k)
+
+
+def diffusers_config(case: str) -> dict:
+    """The diffusers config of a golden option case: the scheduler and fields the golden ran it with."""
+    import json
+
+    schedule, prediction_type, _, _ = case.split("/")
+    beta_schedule, start, end = SCHEDULES[schedule]
+    options = json.loads(str(G[f"{case}/options"]))
+    base = {"beta_schedule": beta_schedule, "beta_start": start, "beta_end": end, "prediction_type": prediction_type}
+    last = options["final_sigmas_type"] == "last"
+    if options["method"] == "ddim":
+        return {"_class_name": "DDIMScheduler", **base, "clip_sample": False, "set_alpha_to_one": not last}
+    common = {**base, "solver_order": options["order"], "lower_order_final": options["lower_order_final"],
+              "final_sigmas_type": "sigma_min" if last else "zero"}
+    if options["method"] == "unipc":
+        return {"_class_name": "UniPCMultistepScheduler", **common, "solver_type": options["solver_type"],
+                "predict_x0": options.get("predict_x0", True)}
+    algorithm = {"dpm_solver_pp": "dpmsolver++", "sde_dpm_solver_pp": "sde-dpmsolver++"}[options["method"]]
+    return {"_class_name": "DPMSolverMultistepScheduler", **common, "algorithm_type": algorithm,
+            "solver_type": options["solver_type"]}
+
+
+def golden_model(case: str):
+    import test_solver_parity as parity  # the golden's exact model (Gaussian rows, then mixture rows)
+
+    schedule, prediction_type, _, _ = case.split("/")
+    return parity.exact_model(parity.alphas_cumprod(schedule), prediction_type)
+
+
+@pytest.mark.slow  # 76 cases op by op
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_a_loaded_config_samples_as_its_diffusers_scheduler(case, x64):
+    """The golden's scheduler config, loaded, on ``set_timesteps(state, 6)``'s grid, sampled with no method:
+    diffusers' samples within 1e-10 relative (each half of the batch), as tests/test_solver_parity.py bars."""
+    state = sv.set_timesteps(sv.load_config(diffusers_config(case)), 6)
+    labels = np.asarray(sv.model_time(state, state.timesteps), np.float64)
+    want = G.get(f"{case}/grid_labels", G[f"{case}/labels"])
+    np.testing.assert_allclose(labels, want, atol=1e-6)  # sigma_min: the config's grid ends at label 0
+    x_t = G["x_T"]
+    with jax.disable_jit():
+        x = np.asarray(sv.sample_ode(state, golden_model(case), jax.random.key(int(G["seed"])), x_t.shape,
+                                     x_init=jax.numpy.asarray(x_t), dtype=jax.numpy.float64))
+    ref = G[f"{case}/final"]
+    err = max(float(np.max(np.abs(x[h] - ref[h])) / np.max(np.abs(ref[h]))) for h in (np.s_[:4], np.s_[4:]))
+    assert err <= 1e-10, err
