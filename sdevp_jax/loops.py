@@ -579,27 +579,18 @@ def sample_ode(
       ((4, 2), 10)
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
+    options = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
+                   final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
+                   dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
+                   predict_x0=predict_x0)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":
             return _draw(solvers.make(method), state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond,
                          False, return_info)
-        given = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
-                     final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
-                     dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
-                     predict_x0=predict_x0)
-        given = {k: v for k, v in given.items() if not _is_default(v, ODE_OPTIONS[k])}
-        merged = dict(defaults, **given)
-        order, eta, solver_type = merged.get("order"), merged.get("eta", 0.0), merged.get("solver_type")
-        lower_order_final, final_sigmas_type = merged.get("lower_order_final", True), merged.get("final_sigmas_type")
-        third_order, thresholding = merged.get("third_order", "taylor"), merged.get("thresholding", False)
-        dynamic_thresholding_ratio = merged.get("dynamic_thresholding_ratio", 0.995)
-        sample_max_value, predict_x0 = merged.get("sample_max_value", 1.0), merged.get("predict_x0", True)
-    solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, order=order, eta=eta,
-                        solver_type=solver_type, lower_order_final=lower_order_final,
-                        final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
-                        dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
-                        predict_x0=predict_x0).check()
+        # the options given replace the config's; those left at their defaults do not
+        options = dict(defaults, **{k: v for k, v in options.items() if not _is_default(v, ODE_OPTIONS[k])})
+    solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, **options).check()
     return _draw(solver, state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond, False, return_info)
 
 
