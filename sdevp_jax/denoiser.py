@@ -46,6 +46,7 @@ __all__ = [
     "LEARNED_VARIANCE",
     "variance_type",
     "split_output",
+    "check_learned_output",
     "PREDICTION_TYPES",
     "model_time",
     "time_from_model_time",
@@ -121,14 +122,10 @@ def split_output(state: ScoreSdeVpSchedulerState, out: jax.Array, x: jax.Array) 
     """``(prediction, variance half or None)`` of a model output: a learned-variance model (ADM, iDDPM, DiT;
     ``variance_type`` ``"learned"`` or ``"learned_range"``) returns twice x's channels along axis 1, the
     prediction first (Nichol & Dhariwal 2021); every other model returns x's shape."""
-    kind = variance_type(state)
-    if kind not in LEARNED_VARIANCE:
+    if variance_type(state) not in LEARNED_VARIANCE:
         return out, None
-    channels = x.shape[1] if x.ndim > 1 else 0
-    want = (x.shape[0], 2 * channels) + tuple(x.shape[2:])
-    if x.ndim < 2 or tuple(out.shape) != want:
-        raise ValueError(f"model_fn must return {want}, twice x's channels along axis 1 (the prediction, then the "
-                         f"variance): the state's diffusers config has variance_type={kind!r}; got {tuple(out.shape)}")
+    check_learned_output(state, "model_fn", out.shape, x.shape)
+    channels = x.shape[1]
     return out[:, :channels], out[:, channels:]
 
 
@@ -137,6 +134,18 @@ def output_shape(state: ScoreSdeVpSchedulerState, shape: tuple) -> tuple:
     if variance_type(state) in LEARNED_VARIANCE and len(shape) > 1:
         return (shape[0], 2 * shape[1]) + tuple(shape[2:])
     return tuple(shape)
+
+
+def check_learned_output(state: ScoreSdeVpSchedulerState, name: str, out_shape: tuple, x_shape: tuple) -> None:
+    """A ValueError unless ``name``'s shape is twice x's channels along axis 1, as a learned variance asks."""
+    if len(x_shape) < 2:
+        raise ValueError(f"x must have a channel axis, shape (batch, channels, ...), for a learned variance (the "
+                         f"state's variance_type is {variance_type(state)!r}: the model returns 2 x channels), "
+                         f"got {tuple(x_shape)}")
+    want = output_shape(state, x_shape)
+    if tuple(out_shape) != want:
+        raise ValueError(f"{name} must have shape {want}, twice x's channels along axis 1 (the prediction, then the "
+                         f"variance: the state's variance_type is learned, {variance_type(state)!r}), got {tuple(out_shape)}")
 
 
 def clip_range(state: ScoreSdeVpSchedulerState) -> Optional[float]:

@@ -28,7 +28,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from . import _checks, solvers
-from .denoiser import Denoiser, output_shape
+from .denoiser import LEARNED_VARIANCE, Denoiser, check_learned_output, variance_type
 from .solvers import Grid, Noise, Solver
 from .solvers.adaptive import Adaptive, ode_span, schedule_jumps, tsit5_solve  # noqa: F401  (re-exported)
 from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
@@ -55,8 +55,9 @@ def per_sample_normal(
     return jax.vmap(one)(sample_keys)
 
 
-def _check_model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array, cond=None, want=None) -> None:
-    """Trace ``model_fn`` once abstractly and check it returns an array of x's shape (or ``want``)."""
+def _check_model_output(state, model_fn: ModelFn, x: jax.Array, t: jax.Array, cond=None) -> None:
+    """Trace ``model_fn`` once abstractly and check it returns an array of x's shape (:func:`split_output`'s
+    shape for a learned variance)."""
     args = (x, t) if cond is None else (x, t, cond)
     call = "model_fn(x, t)" if cond is None else "model_fn(x, t, cond)"
     context = f"{call} failed for x {x.shape} and t {t.shape}"
@@ -71,10 +72,8 @@ def _check_model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array, cond=None
         raise type(err)(f"{context}: {err}") from err
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
         raise TypeError(f"model_fn must return one array, got {type(out).__name__}")
-    if want is not None and tuple(want) != tuple(x.shape):
-        if tuple(out.shape) != tuple(want):
-            raise ValueError(f"model_fn must return {tuple(want)}, twice x's channels along axis 1 (the prediction, "
-                             f"then the variance: the state's variance_type is learned), got {out.shape}")
+    if variance_type(state) in LEARNED_VARIANCE:
+        check_learned_output(state, "model_fn's output", out.shape, x.shape)
     elif out.shape != x.shape:
         raise ValueError(
             f"model_fn must return the noise prediction with x's shape {x.shape}, got {out.shape}"
@@ -109,11 +108,11 @@ def check_common(state, model_fn, key, shape, dtype, caller, cond=None):
     dtype = jnp.dtype(dtype)
     check_cond(cond, shape[0])
     _check_model_output(
+        state,
         model_fn,
         jax.ShapeDtypeStruct(shape, dtype),
         jax.ShapeDtypeStruct((shape[0],), state.timesteps.dtype),
         cond,
-        output_shape(state, shape),
     )
     return shape, dtype
 
@@ -651,9 +650,8 @@ def invert_ode(
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable (x, t) -> prediction, got {type(model_fn).__name__}")
     check_cond(cond, x0.shape[0])
-    _check_model_output(model_fn, jax.ShapeDtypeStruct(x0.shape, x0.dtype),
-                        jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype), cond,
-                        output_shape(state, x0.shape))
+    _check_model_output(state, model_fn, jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+                        jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype), cond)
     n = state.timesteps.shape[0]
     if n < 2:
         raise ValueError(f"invert_ode steps between grid points: num_inference_steps must be >= 2, got {n}")

@@ -72,7 +72,8 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from . import _checks, grids, schedules, sde
-from .denoiser import check_prediction_type, eps_from_prediction, output_shape, split_output
+from .denoiser import (LEARNED_VARIANCE, check_learned_output, check_prediction_type, eps_from_prediction,
+                       split_output, variance_type)
 from .grids import smallest_time
 
 # Names importable from sdevp_jax.scheduler for compatibility (deprecated spellings); they live at the model boundary
@@ -544,12 +545,10 @@ class PreparedStep:
         else:
             self.x = _checks.float_array("x", x)
             out = _checks.float_array("model_output", model_output)
-            want = output_shape(state, self.x.shape)
-            if out.shape != want:
-                if want == self.x.shape:
-                    raise ValueError(f"model_output must have x's shape {want}, got {out.shape}")
-                raise ValueError(f"model_output must have shape {want}, twice x's channels along axis 1 (the "
-                                 f"prediction, then the variance: variance_type is learned), got {out.shape}")
+            if variance_type(state) in LEARNED_VARIANCE:
+                check_learned_output(state, "model_output", out.shape, self.x.shape)
+            elif out.shape != self.x.shape:
+                raise ValueError(f"model_output must have x's shape {self.x.shape}, got {out.shape}")
             t_host = _checks.host_value(t)
             t = jnp.asarray(t)
             if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):

@@ -116,6 +116,8 @@ def test_a_learned_variance_config_needs_twice_the_channels():
         sv.sample(state, exact_model("fixed_small"), jax.random.key(0), (4, 3), predictor="ancestral")
     with pytest.raises(ValueError, match=r"model_output must have shape \(4, 6\)"):
         sv.ancestral(state, jnp.zeros((4, 3)), jnp.zeros((4, 3)), state.timesteps[0], jax.random.key(0))
+    with pytest.raises(ValueError, match=r"x must have a channel axis.*got \(4,\)"):
+        sv.ancestral(state, jnp.zeros((4,)), jnp.zeros((4,)), state.timesteps[0], jax.random.key(0))
     # a DPMSolverMultistep config's learned variance: its solvers take the first half
     dpm = sv.set_timesteps(sv.load_config({"_class_name": "DPMSolverMultistepScheduler",
                                            "variance_type": "learned_range"}), 10)
