@@ -357,6 +357,9 @@ def _check_class_name(name: Any, source: str) -> None:
 #: Classes whose ``final_sigmas_type="sigma_min"`` is served: the grid ends at label 0 and the solver stops there.
 SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
+#: Classes whose ``thresholding`` is served, by the grid solver of :meth:`DiscreteConfig.solver_options`.
+THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+
 #: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
 CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 
@@ -451,6 +454,9 @@ class DiscreteConfig:
         if extra.get("thresholding"):
             thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
                             "sample_max_value": extra["sample_max_value"]}
+        # the options DPMSolverMultistep and UniPC share
+        multistep = {"lower_order_final": extra.get("lower_order_final", True),
+                     "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero", **thresholding}
         if self.class_name == "DDIMScheduler":
             return "ddim", {"final_sigmas_type": "zero" if extra.get("set_alpha_to_one", True) else "last",
                             **thresholding}
@@ -465,8 +471,7 @@ class DiscreteConfig:
             if extra.get("euler_at_final"):
                 raise ValueError(f"{source} with euler_at_final=True has no equivalent here: pass a method")
             options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
-                       "lower_order_final": extra.get("lower_order_final", True),
-                       "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero", **thresholding}
+                       **multistep}
             if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
                 options["third_order"] = "diffusers"
             return names[algorithm], options
@@ -475,9 +480,7 @@ class DiscreteConfig:
                 raise ValueError(f"{source} with disable_corrector={extra['disable_corrector']!r} has no equivalent "
                                  f"here: pass a method")
             return "unipc", {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "bh2"),
-                             "predict_x0": extra.get("predict_x0", True),
-                             "lower_order_final": extra.get("lower_order_final", True),
-                             "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero", **thresholding}
+                             "predict_x0": extra.get("predict_x0", True), **multistep}
         method = {"PNDMScheduler": "PNDM's pseudo linear multistep method (PLMS, Liu et al. 2022)",
                   "LMSDiscreteScheduler": "the linear multistep method in sigma",
                   # the same update as DDIM with eta = 0 in exact arithmetic, not compared with diffusers' here
@@ -566,15 +569,15 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
                 f"{source}: {key} = {value!r} changes sampling and is not supported; "
                 f"allowed: {', '.join(map(repr, allowed))}"
             )
-    if extra.get("final_sigmas_type") == "sigma_min" and name not in SIGMA_MIN_CLASSES:
+    own = {k: v for k, v in extra.items() if k not in foreign}  # the class's fields (a foreign one is ignored)
+    if own.get("final_sigmas_type") == "sigma_min" and name not in SIGMA_MIN_CLASSES:
         raise ValueError(f"{source}: final_sigmas_type = 'sigma_min' changes sampling and is supported for "
                          f"{', '.join(SIGMA_MIN_CLASSES)} only; allowed: 'zero'")
-    if extra.get("thresholding") is True and name in ("DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
-                                                         "EulerDiscreteScheduler"):
+    if own.get("thresholding") is True and name not in THRESHOLDING_CLASSES:
         raise ValueError(f"{source}: thresholding = True changes sampling and is not supported for {name} (its "
                          f"step here does not apply dynamic thresholding); allowed: False")
-    if name in CLIP_CLASSES and extra.get("clip_sample") is True:
-        bound = extra.get("clip_sample_range", 1.0)
+    if name in CLIP_CLASSES and own.get("clip_sample") is True:
+        bound = own.get("clip_sample_range", 1.0)
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 < bound < math.inf:
             raise ValueError(f"{source}: clip_sample_range must be a number > 0 (the data prediction is clipped "
                              f"to [-clip_sample_range, clip_sample_range]), got {bound!r}")

@@ -111,3 +111,17 @@ def test_stable_diffusion_1x_file_loads_with_its_foreign_clip_sample():
     assert config.discrete_config(dict(sd, clip_sample=True)).class_name == "PNDMScheduler"
     state = sv.load_config(sd)
     assert state.schedule.is_discrete and state.diffusers_config == cfg
+
+
+def test_foreign_thresholding_and_final_sigmas_type_are_ignored_as_diffusers_ignores_them():
+    """PNDM and DDIM have no final_sigmas_type, PNDM no thresholding: a file carrying them loads, kept and
+    written back, and they change nothing (the grid is the one without them)."""
+    pndm = config.discrete_config({"_class_name": "PNDMScheduler", "thresholding": True,
+                                   "final_sigmas_type": "sigma_min"})
+    assert dict(pndm.extra)["thresholding"] is True and not pndm.ends_at_sigma_min
+    assert config.discrete_config_dict(pndm)["final_sigmas_type"] == "sigma_min"
+    ddim = config.discrete_config({"_class_name": "DDIMScheduler", "clip_sample": False,
+                                   "final_sigmas_type": "sigma_min"})
+    plain = config.discrete_config({"_class_name": "DDIMScheduler", "clip_sample": False})
+    np.testing.assert_array_equal(ddim.label_spacing(10), plain.label_spacing(10))
+    assert ddim.solver_options() == plain.solver_options()
