@@ -1,5 +1,8 @@
 """A diffusers config carries its scheduler's solver: sampling a loaded state with no method given."""
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -89,8 +92,7 @@ def test_sampling_with_no_method_is_the_configs_solver():
 
 # ---------------------------------------------------------- against diffusers: the config's own solver
 
-GOLDEN_PATH = __import__("os").path.join(__import__("os").path.dirname(__file__), "golden", "solvers.npz")
-G = dict(np.load(GOLDEN_PATH))
+G = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "solvers.npz")))
 SCHEDULES = {"linear": ("linear", 1e-4, 0.02), "scaled_linear": ("scaled_linear", 0.00085, 0.012)}
 #: every option case of the solver golden at 6 steps (tests/test_solver_parity.py runs them by explicit options)
 #: but DDIM's eta = 1: eta is an argument of diffusers' step, not of its config
@@ -100,8 +102,6 @@ CONFIG_CASES = sorted(k.rsplit("/", 1)[0] for k in G if k.endswith("/options") a
 
 def diffusers_config(case: str) -> dict:
     """The diffusers config of a golden option case: the scheduler and fields the golden ran it with."""
-    import json
-
     schedule, prediction_type, _, _ = case.split("/")
     beta_schedule, start, end = SCHEDULES[schedule]
     options = json.loads(str(G[f"{case}/options"]))

@@ -1,7 +1,8 @@
-"""What every golden script shares: the versions it ran with, and an atomic write of the .npz."""
+"""What every golden script shares: the versions it ran with, an atomic write of the .npz, given DDPM noise."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -22,3 +23,18 @@ def write_npz(path: str, arrays: dict) -> None:
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
     print(f"wrote {len(arrays)} arrays to {path}: {arrays['versions']}")
+
+
+@contextlib.contextmanager
+def ddpm_noise(noise):
+    """Within it, diffusers' DDPMScheduler.step adds ``noise[k]`` (as float64) at its k-th draw, not its generator's."""
+    import diffusers.schedulers.scheduling_ddpm as ddpm_module
+    import torch
+
+    draws = iter(noise)
+    real = ddpm_module.randn_tensor
+    ddpm_module.randn_tensor = lambda shape, **kw: torch.tensor(next(draws), dtype=torch.float64)
+    try:
+        yield
+    finally:
+        ddpm_module.randn_tensor = real

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 import diffusers
-import diffusers.schedulers.scheduling_ddpm as ddpm_module
-from _golden import write_npz  # noqa: E402  (beside this script)
+from _golden import ddpm_noise, write_npz  # noqa: E402  (beside this script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = os.path.join(HERE, "clip.npz")
@@ -72,15 +71,10 @@ def run(kind: str, prediction_type: str, clip_range: float, steps: int, clip: bo
     float64(sched)
     sched.set_timesteps(steps)
     x = torch.tensor(x_t, dtype=torch.float64)
-    draws = iter(noise) if noise is not None else None
-    real = ddpm_module.randn_tensor
-    ddpm_module.randn_tensor = lambda shape, **kw: torch.tensor(next(draws), dtype=torch.float64)
-    try:
+    with ddpm_noise(noise if noise is not None else []):  # DDIM at eta 0 draws none
         for t in sched.timesteps:
             out = torch.tensor(model(x.numpy(), int(t), prediction_type), dtype=torch.float64)
             x = sched.step(out, t, x, eta=0.0).prev_sample if kind == "DDIM" else sched.step(out, t, x).prev_sample
-    finally:
-        ddpm_module.randn_tensor = real
     return sched.timesteps.numpy().astype(np.int64), x.numpy()
 
 

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 import diffusers
-import diffusers.schedulers.scheduling_ddpm as ddpm_module
-from _golden import write_npz  # noqa: E402  (beside this script)
+from _golden import ddpm_noise, write_npz  # noqa: E402  (beside this script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = os.path.join(HERE, "variance.npz")
@@ -62,15 +61,10 @@ def run(variance_type: str, steps: int, x_t: np.ndarray, noise: np.ndarray):
     sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
     sched.set_timesteps(steps)
     x = torch.tensor(x_t, dtype=torch.float64)
-    draws = iter(noise)
-    real = ddpm_module.randn_tensor
-    ddpm_module.randn_tensor = lambda shape, **kw: torch.tensor(next(draws), dtype=torch.float64)
-    try:
+    with ddpm_noise(noise):
         for t in sched.timesteps:
             out = torch.tensor(model(x.numpy(), int(t), variance_type), dtype=torch.float64)
             x = sched.step(out, t, x).prev_sample
-    finally:
-        ddpm_module.randn_tensor = real
     return sched.timesteps.numpy().astype(np.int64), x.numpy()
 
 
