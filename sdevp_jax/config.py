@@ -139,7 +139,7 @@ def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSche
     name = config.get("_class_name", CLASS_NAME)
     if not isinstance(name, str):
         raise ValueError(f"{source}: _class_name must be a string, one of {_known_classes()}, got {name!r}")
-    if name in DISCRETE_CLASSES or name in FLAX_CLASSES:
+    if is_discrete_class(name):
         return discrete_state(discrete_config(config, source=source))
     if name != CLASS_NAME:
         _check_class_name(name, source)
@@ -337,6 +337,12 @@ FLAX_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
 VE_CLASSES = ("ScoreSdeVeScheduler", "KarrasVeScheduler", "FlaxScoreSdeVeScheduler", "FlaxKarrasVeScheduler")
 _FLAX_BASE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                      "prediction_type")
+
+
+def is_discrete_class(name: Any) -> bool:
+    """Whether ``name`` is a ``_class_name`` :func:`discrete_config` reads (:data:`DISCRETE_CLASSES` or
+    :data:`FLAX_CLASSES`)."""
+    return isinstance(name, str) and (name in DISCRETE_CLASSES or name in FLAX_CLASSES)
 
 
 def _known_classes() -> str:

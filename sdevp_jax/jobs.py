@@ -119,7 +119,8 @@ import numpy as np
 from . import __version__, grids, schedules
 from ._cache import compilation_cache
 from ._io import atomic_write
-from .config import DISCRETE_CLASSES, FLAX_CLASSES, _same, discrete_config, discrete_config_dict, discrete_state, state_from_config
+from .config import (_same, discrete_config, discrete_config_dict, discrete_state, is_discrete_class,
+                     state_from_config)
 from .distributed import agree_on, together
 from . import solvers
 from .loops import sample
@@ -499,7 +500,7 @@ def _config_state(spec: "JobSpec"):
         raise ValueError(f"scheduler must be a dict (a diffusers config), got {type(scheduler).__name__}")
     if wanted is not None and (not isinstance(wanted, dict) or wanted.get("kind") not in SCHEDULE_KINDS):
         raise ValueError(f"schedule must be None or a dict with 'kind' one of {list(SCHEDULE_KINDS)}, got {wanted!r}")
-    if scheduler.get("_class_name") in DISCRETE_CLASSES or scheduler.get("_class_name") in FLAX_CLASSES:
+    if is_discrete_class(scheduler.get("_class_name")):
         cfg = discrete_config(dict(scheduler), source="scheduler")
         state, scheduler = discrete_state(cfg), discrete_config_dict(cfg)
     elif wanted is not None and wanted["kind"] == "cosine":
