@@ -125,7 +125,7 @@ def _check_describes(config: "DiscreteConfig", state: ScoreSdeVpSchedulerState) 
     return config
 
 
-def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSchedulerState:
+def state_from_config(config: dict, *, source: str = "config", zero_snr: str = "exact") -> ScoreSdeVpSchedulerState:
     """Validate a diffusers config dict and build the state (timesteps unset).
 
     ``_class_name`` picks the kind: absent or ``ScoreSdeVpScheduler``, the linear
@@ -140,7 +140,7 @@ def state_from_config(config: dict, *, source: str = "config") -> ScoreSdeVpSche
     if not isinstance(name, str):
         raise ValueError(f"{source}: _class_name must be a string, one of {_known_classes()}, got {name!r}")
     if is_discrete_class(name):
-        return discrete_state(discrete_config(config, source=source))
+        return discrete_state(discrete_config(config, source=source, zero_snr=zero_snr))
     if name != CLASS_NAME:
         _check_class_name(name, source)
     unknown = sorted(k for k in config if not k.startswith("_") and k not in FIELDS)
@@ -158,13 +158,19 @@ def discrete_state(config: "DiscreteConfig") -> ScoreSdeVpSchedulerState:
     return create_state(schedule=config.schedule, prediction_type=config.prediction_type, diffusers_config=config)
 
 
-def load_config(path_or_dict: str | os.PathLike | dict) -> ScoreSdeVpSchedulerState:
+def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exact") -> ScoreSdeVpSchedulerState:
     """Load a ``scheduler_config.json`` (a file, a directory containing one, or its dict) into a state.
 
     A ``ScoreSdeVpScheduler`` config (or one without ``_class_name``) gives the linear
     schedule; a config of one of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
     UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete) gives :func:`discrete_state`. Errors:
     a ValueError naming the field (see :func:`discrete_config`).
+
+    ``zero_snr`` serves a config with ``rescale_betas_zero_snr = true`` (zero terminal SNR, Lin et al. 2024):
+    ``"exact"`` (default) keeps its last label's ``alphas_cumprod = 0``, so a run from that label starts at
+    :math:`\alpha = 0` exactly (v- and x0-models, with the data-prediction solvers:
+    :func:`sdevp_jax.loops.check_zero_snr_start`); ``"diffusers"`` reproduces diffusers' DPMSolverMultistep,
+    UniPC and Euler schedulers, which replace that 0 by ``2**-24`` (:data:`ZERO_SNR_CLAMP_CLASSES`).
 
     Examples:
       >>> state = sv.load_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
@@ -175,9 +181,9 @@ def load_config(path_or_dict: str | os.PathLike | dict) -> ScoreSdeVpSchedulerSt
       (True, 'epsilon', 'leading')
     """
     if isinstance(path_or_dict, dict):
-        return state_from_config(path_or_dict)
+        return state_from_config(path_or_dict, zero_snr=zero_snr)
     config, source = read_config_file(path_or_dict)
-    return state_from_config(config, source=source)
+    return state_from_config(config, source=source, zero_snr=zero_snr)
 
 
 def read_config_file(path: str | os.PathLike) -> tuple[dict, str]:
@@ -371,6 +377,13 @@ CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
 _NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler")
+#: Classes that, with ``rescale_betas_zero_snr``, set the last ``alphas_cumprod`` to ``2**-24`` instead of 0
+#: (diffusers 0.42.1: "close to 0 without being 0 so first sigma is not inf"); DDIM and DDPM keep the 0.
+ZERO_SNR_CLAMP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler")
+#: That value, diffusers' float16 smallest subnormal.
+DIFFUSERS_ZERO_SNR_CLAMP = 2.0**-24
+#: How a zero-terminal-SNR config's last label is served (:func:`load_config`'s ``zero_snr``).
+ZERO_SNR_MODES = ("exact", "diffusers")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -394,6 +407,10 @@ class DiscreteConfig:
         ``None`` otherwise.
       flax_fields: with ``flax_class``, the fields of the file, which
         :func:`discrete_config_dict` writes back (and no others).
+      rescale_betas_zero_snr: the betas rescaled to zero terminal SNR (Lin et al. 2024).
+      zero_snr: with ``rescale_betas_zero_snr``, ``"exact"`` (the last label's ``alphas_cumprod`` is 0,
+        :math:`\alpha(1) = 0`) or ``"diffusers"`` (``2**-24`` for :data:`ZERO_SNR_CLAMP_CLASSES`, as diffusers
+        sets it; DDIM and DDPM keep 0 there too). Not written to the file.
     """
 
     class_name: str
@@ -408,6 +425,8 @@ class DiscreteConfig:
     extra: tuple = ()
     flax_class: Optional[str] = None
     flax_fields: tuple = ()
+    rescale_betas_zero_snr: bool = False
+    zero_snr: str = "exact"
 
     @property
     def clip_sample_range(self) -> Optional[float]:
@@ -499,8 +518,12 @@ class DiscreteConfig:
         """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host)."""
         from . import schedules
 
+        clamp = (self.rescale_betas_zero_snr and self.zero_snr == "diffusers"
+                 and self.class_name in ZERO_SNR_CLAMP_CLASSES)
         return schedules.from_diffusers(
-            self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.trained_betas
+            self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.trained_betas,
+            rescale_betas_zero_snr=self.rescale_betas_zero_snr,
+            terminal_alphas_cumprod=DIFFUSERS_ZERO_SNR_CLAMP if clamp else None,
         )
 
     def label_spacing(self, num_inference_steps: int):
@@ -520,7 +543,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
+def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exact") -> DiscreteConfig:
     """Read a discrete scheduler's ``scheduler_config.json`` (a dict, a file, or a directory holding one).
 
     Missing fields take the class's diffusers 0.42.1 defaults (so a DDIM/DDPM file without
@@ -529,8 +552,9 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
     not have; an unsupported value of a field that changes sampling (
     ``thresholding``, ``use_karras_sigmas``, ``final_sigmas_type``, ...; see
     :data:`_EXTRA_FIELDS`); ``beta_schedule`` outside linear, scaled_linear,
-    squaredcos_cap_v2; ``trained_betas`` whose length is not ``num_train_timesteps``;
-    ``rescale_betas_zero_snr = true`` (zero terminal SNR is not supported yet).
+    squaredcos_cap_v2; ``trained_betas`` whose length is not ``num_train_timesteps``.
+    ``rescale_betas_zero_snr = true`` gives a zero-terminal-SNR schedule, served as ``zero_snr`` says
+    (:attr:`DiscreteConfig.zero_snr`).
     """
     from . import grids, schedules
 
@@ -587,11 +611,11 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 < bound < math.inf:
             raise ValueError(f"{source}: clip_sample_range must be a number > 0 (the data prediction is clipped "
                              f"to [-clip_sample_range, clip_sample_range]), got {bound!r}")
-    if model.pop("rescale_betas_zero_snr", False) is not False:
-        raise ValueError(
-            f"{source}: rescale_betas_zero_snr = true (zero terminal SNR) is not supported yet: its "
-            "last label has alpha = 0, where sigma/alpha and the log-SNR are infinite"
-        )
+    zero_terminal = model.pop("rescale_betas_zero_snr", False)
+    if not isinstance(zero_terminal, bool):
+        raise ValueError(f"{source}: rescale_betas_zero_snr must be true or false, got {zero_terminal!r}")
+    if zero_snr not in ZERO_SNR_MODES:
+        raise ValueError(f"zero_snr must be one of {', '.join(map(repr, ZERO_SNR_MODES))}, got {zero_snr!r}")
     if model["prediction_type"] not in PREDICTION_TYPES:
         raise ValueError(
             f"{source}: prediction_type must be one of {', '.join(map(repr, PREDICTION_TYPES))}, "
@@ -630,6 +654,8 @@ def discrete_config(config: Any, *, source: str = "config") -> DiscreteConfig:
             extra=tuple(sorted(extra.items())),
             flax_class=flax_class,
             flax_fields=tuple(sorted(config)) if flax_class else (),
+            rescale_betas_zero_snr=zero_terminal,
+            zero_snr=zero_snr,
         )
         result.schedule  # validates the betas (in (0, 1), a resolvable log alpha)
     except (TypeError, ValueError) as err:
@@ -641,8 +667,8 @@ def discrete_config_dict(config: DiscreteConfig) -> dict:
     """The inverse of :func:`discrete_config`: the JSON object diffusers would write.
 
     Holds ``_class_name``, ``_diffusers_version`` (the one read, else this package's
-    :data:`DIFFUSERS_VERSION`), the schedule and grid fields (``rescale_betas_zero_snr =
-    false`` where the class has it) and every field of ``extra``.
+    :data:`DIFFUSERS_VERSION`), the schedule and grid fields (``rescale_betas_zero_snr`` where
+    the class has it) and every field of ``extra``.
     """
     out: dict[str, Any] = {"_class_name": config.class_name, "_diffusers_version": DIFFUSERS_VERSION}
     out.update(dict(config.extra))
@@ -657,7 +683,7 @@ def discrete_config_dict(config: DiscreteConfig) -> dict:
         steps_offset=config.steps_offset,
     )
     if config.class_name not in _NO_ZERO_SNR_FIELD:
-        out["rescale_betas_zero_snr"] = False
+        out["rescale_betas_zero_snr"] = config.rescale_betas_zero_snr
     if config.flax_class is not None:  # the Flax class's own file: its name, the fields it was read with
         out = {k: v for k, v in out.items() if k in config.flax_fields}
         out["_class_name"] = config.flax_class

@@ -377,7 +377,9 @@ def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spaci
     in one dtype, the grid's. The end points are set exactly (the maps :math:`t \mapsto \lambda
     \mapsto t` are accurate to rounding in between); a one-point grid is ``[top]``, as
     ``linspace``'s is. :func:`set_timesteps`'s ``"logsnr"`` and ``"karras"`` grids and
-    the grid ``dpm_solver`` steps through on a default grid are this function's.
+    the grid ``dpm_solver`` steps through on a default grid are this function's. On a
+    zero-terminal-SNR schedule a grid from :math:`t = 1` (:math:`\lambda = -\infty`) is ``1`` and
+    then ``n - 1`` times spaced from the last training label before it, :math:`t = (N - 1)/N`.
 
     Examples:
       >>> lin = sv.schedules.linear()
@@ -386,17 +388,30 @@ def log_snr_grid(schedule: Any, top: jax.Array, bottom: jax.Array, n: int, spaci
       >>> bool(jnp.allclose(jnp.diff(lam), jnp.diff(lam)[0], rtol=1e-4))   # equal steps in lambda
       True
     """
-    lam_hi, lam_lo = schedule.log_snr(top), schedule.log_snr(bottom)
-    if spacing == "logsnr":
-        lam = jnp.linspace(lam_hi, lam_lo, n, dtype=top.dtype)
-    elif spacing == "karras":  # (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform (not -lam/rho: that is logsnr)
-        root = jnp.linspace(jnp.exp(-lam_hi / KARRAS_RHO), jnp.exp(-lam_lo / KARRAS_RHO), n, dtype=top.dtype)
-        lam = -KARRAS_RHO * jnp.log(root)
-    else:
+    if spacing not in ("logsnr", "karras"):
         raise ValueError(f"spacing must be 'logsnr' or 'karras', got {spacing!r}")
     if n == 1:
         return jnp.reshape(top, (1,))
-    return schedule.t_from_log_snr(lam).at[0].set(top).at[-1].set(bottom)
+    lam_hi, lam_lo = schedule.log_snr(top), schedule.log_snr(bottom)
+    grid = _lambda_spaced(schedule, lam_hi, lam_lo, n, spacing, top.dtype)
+    if getattr(schedule, "zero_terminal_snr", False):
+        # From alpha = 0 (lambda = -inf) no spacing in lambda can start: the grid is t = 1 itself, then n - 1
+        # times spaced from the last training label before it, (N - 1)/N, whose lambda is finite.
+        last_label = jnp.asarray((schedule.num_train_timesteps - 1) / schedule.num_train_timesteps, top.dtype)
+        tail = _lambda_spaced(schedule, schedule.log_snr(jnp.minimum(top, last_label)), lam_lo, n - 1, spacing,
+                              top.dtype)
+        grid = jnp.where(jnp.isfinite(lam_hi), grid, jnp.concatenate([jnp.reshape(top, (1,)), tail]))
+    return grid.at[0].set(top).at[-1].set(bottom)
+
+
+def _lambda_spaced(schedule: Any, lam_hi: jax.Array, lam_lo: jax.Array, n: int, spacing: str, dtype: Any) -> jax.Array:
+    """``n`` times whose log-SNRs run from ``lam_hi`` to ``lam_lo`` as :func:`log_snr_grid`'s ``spacing`` says."""
+    if spacing == "logsnr":
+        lam = jnp.linspace(lam_hi, lam_lo, n, dtype=dtype)
+    else:  # karras: (sigma/alpha)^(1/rho) = exp(-lam/rho) uniform (not -lam/rho: that is logsnr)
+        root = jnp.linspace(jnp.exp(-lam_hi / KARRAS_RHO), jnp.exp(-lam_lo / KARRAS_RHO), n, dtype=dtype)
+        lam = -KARRAS_RHO * jnp.log(root)
+    return schedule.t_from_log_snr(lam)
 
 
 #: Align Your Steps (Sabour, Fidler & Kreis 2024): the 10-step schedules the authors published for Stable

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import DTypeLike
 
@@ -223,9 +224,11 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
     batch = x.shape[0]
     model = Denoiser(state, model_fn, x.dtype, dtype, cond)
     if isinstance(solver, Adaptive):
+        check_zero_snr_start(solver, state, state.timesteps)
         x, nfe = solver.solve(model, x)
         return x, None, nfe.astype(jnp.int32)
     times = solver.times(state, dtype)
+    check_zero_snr_start(solver, state, times)
     if reverse:
         times = times[::-1]
     grid = Grid.build(state.schedule.cast(dtype), times, solver.coefficients)
@@ -233,6 +236,38 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
         x = x.astype(dtype)
     x, solver_state, nfe = integrate(solver, model, x, grid, sample_keys, unroll)
     return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
+
+
+def check_zero_snr_start(solver: Solver, state: ScoreSdeVpSchedulerState, times) -> None:
+    r"""Refuse a run through :math:`t = 1` of a zero-terminal-SNR schedule (:math:`\alpha = 0`) that cannot be
+    computed there, at trace time (a grid that is traced is not checked).
+
+    At :math:`\alpha = 0` the data prediction of a v- or x0-model is finite (:math:`\hat x_0 = -v`), that of an
+    ε-model, :math:`(x - \sigma\hat\epsilon)/\alpha`, is not: the noise prediction there is ``x`` itself and
+    carries nothing of the data. The solvers whose steps use only the data prediction and
+    :math:`\sigma_t/\sigma_s` (``solver.zero_snr_start``) have a finite limit there; the others need
+    :math:`\beta(t)` or the log-SNR finite.
+    """
+    schedule = state.schedule
+    if not getattr(schedule, "zero_terminal_snr", False):
+        return
+    host = _checks.concrete(times)
+    if host is None or not bool(np.any(host >= schedule.t_max)):
+        return
+    where = ("the grid reaches t = 1, where this zero-terminal-SNR schedule has alpha = 0 and an infinite "
+             "log-SNR (Lin et al. 2024)")
+    below = "or start below t = 1 (e.g. timestep_spacing='leading', or set_timesteps(..., timesteps=...))"
+    if state.prediction_type == "epsilon":
+        raise ValueError(
+            f"{solver.name}: {where}: an epsilon-prediction model's data prediction (x - sigma * eps) / alpha is "
+            f"undefined there (at alpha = 0 the noise prediction is x itself and carries nothing of the data). "
+            f"Sample a v- or x0-prediction model (zero-SNR models are trained with v-prediction), {below}")
+    if not solver.zero_snr_start:
+        able = ", ".join(n for n, c in solvers.REGISTRY.items() if getattr(c, "zero_snr_start"))
+        raise ValueError(
+            f"{solver.name}: {where}; this method's step needs beta(t) or the log-SNR finite. The methods that "
+            f"start there (their steps use the data prediction and sigma_t/sigma_s alone): {able} (unipc with "
+            f"predict_x0=True and solver_type='bh2'), {below}")
 
 
 def config_solver(state: ScoreSdeVpSchedulerState) -> tuple[str, dict]:

@@ -222,29 +222,47 @@ def mixture_eps(
       >>> sv.mixtures.mixture_eps(m, jnp.zeros((3, 2)), jnp.full((3,), 0.5)).shape
       (3, 2)
     """
+    if schedule is None:
+        schedule = schedules.LinearSchedule(beta_min=beta_min, beta_max=beta_max)
+    eps, _ = _mixture_eps_x0(mixture, x, t, schedule, with_x0=False)
+    return eps
+
+
+def _mixture_eps_x0(mixture: GaussianMixture, x: ArrayLike, t: ArrayLike, schedule: Any, with_x0: bool = True):
+    r"""The exact :math:`\hat\epsilon` and, with ``with_x0``, :math:`\hat x_0 = E[x_0 \mid x_t]` (x's shape, dtype).
+
+    :math:`\hat x_0 = \sum_k r_k(\mu_k + \alpha s_k^2 (x - \alpha\mu_k)/(\alpha^2 s_k^2 + \sigma^2))` with the
+    responsibilities :math:`r_k` (the Gaussian posterior mean per component), finite at :math:`\alpha = 0`
+    (a zero-terminal-SNR schedule's :math:`t = 1`, where it is the data mean) where
+    :math:`(x - \sigma\hat\epsilon)/\alpha` is 0/0.
+    """
     flat, shape = _flatten(x, mixture)
     dtype = _checks.compute_dtype(flat.dtype)
     xf = flat.astype(dtype)
     t = _checks.per_sample(t, xf.shape[0], dtype)
-    if schedule is None:
-        schedule = schedules.LinearSchedule(beta_min=beta_min, beta_max=beta_max)
     alpha, sigma = schedule.cast(dtype).alpha_sigma(t)
     logits, diff, var = _component_log_probs(mixture, xf, alpha, sigma)
     resp = jax.nn.softmax(logits, axis=-1)
-    eps = sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)
-    return eps.reshape(shape).astype(x.dtype if hasattr(x, "dtype") else dtype)
+    out_dtype = x.dtype if hasattr(x, "dtype") else dtype
+    eps = (sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)).reshape(shape).astype(out_dtype)
+    if not with_x0:
+        return eps, None
+    var0 = jnp.square(mixture.scales.astype(dtype))[None]
+    post = mixture.means.astype(dtype)[None] + alpha[:, None, None] * var0 * diff / var
+    x0 = jnp.sum(resp[..., None] * post, axis=1).reshape(shape).astype(out_dtype)
+    return eps, x0
 
 
 def make_mixture_eps_fn(
     state: ScoreSdeVpSchedulerState, mixture: GaussianMixture
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``model_fn(x, t)`` for :func:`sdevp_jax.sample`: the exact model of ``mixture`` under ``state``.
+    r"""``model_fn(x, t)`` for :func:`sdevp_jax.sample`: the exact model of ``mixture`` under ``state``.
 
     Exact under ``state.schedule`` (any VP schedule), it takes the model's time input
     (:func:`~sdevp_jax.model_time`: a discrete schedule's label) and returns
-    ``state.prediction_type`` -- the noise, :math:`v` or :math:`x_0` -- converted from
-    the exact noise prediction by :func:`~sdevp_jax.denoiser.prediction_from_eps`.
-    (The name says eps: the closed form it evaluates is the noise prediction.)
+    ``state.prediction_type`` -- the noise, :math:`v = \alpha\hat\epsilon - \sigma\hat x_0` or
+    :math:`\hat x_0` -- each from its exact closed form (the posterior mean :math:`\hat x_0` is finite at
+    :math:`\alpha = 0`, a zero-terminal-SNR schedule's start).
 
     Examples:
       >>> state = sv.set_timesteps(sv.create_state(), 10)
@@ -256,15 +274,16 @@ def make_mixture_eps_fn(
 
     def model_fn(x: jax.Array, t: jax.Array) -> jax.Array:
         t = time_from_model_time(state, t)
-        eps = mixture_eps(mixture, x, t, schedule=schedule)
         if prediction_type == "epsilon":
-            return eps
+            return mixture_eps(mixture, x, t, schedule=schedule)
         x = jnp.asarray(x)
+        eps, x0 = _mixture_eps_x0(mixture, x, t, schedule)
+        if prediction_type == "sample":
+            return x0
         dtype = _checks.compute_dtype(x.dtype)
         tb = _checks.per_sample(t, x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
         alpha, sigma = schedule.cast(dtype).alpha_sigma(tb)
-        out = prediction_from_eps(prediction_type, eps.astype(dtype), x.astype(dtype), alpha, sigma)
-        return out.astype(x.dtype)
+        return (alpha * eps.astype(dtype) - sigma * x0.astype(dtype)).astype(x.dtype)  # v (Salimans & Ho 2022)
 
     return model_fn
 

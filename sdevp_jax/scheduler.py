@@ -582,9 +582,16 @@ class PreparedStep:
             self.t_next = broadcast_t(t_next.astype(self.dtype), self.x)
         out, variance = split_output(state, out, self.x)
         self.model_variance = None if variance is None else variance.astype(self.dtype)
-        self.eps = eps_from_prediction(state.prediction_type, out.astype(self.dtype), self.xc,
+        self.output = out.astype(self.dtype)
+        self.eps = eps_from_prediction(state.prediction_type, self.output, self.xc,
                                        *(self.alpha_sigma() if state.prediction_type != "epsilon" else (None, None)))
         self._key, self._noise = key, noise
+
+    def x0(self) -> jax.Array:
+        r"""The data prediction :math:`\hat x_0` from the model's output (:func:`x0_from_prediction`: diffusers'
+        forms; from a v- or x0-model it is finite at :math:`\alpha = 0`, where :math:`(x - \sigma\hat\epsilon)/\alpha`
+        is not)."""
+        return x0_from_prediction(self.state.prediction_type, self.output, self.xc, *self.alpha_sigma())
 
     def alpha_sigma(self) -> tuple[jax.Array, jax.Array]:
         if self._alpha_sigma is None:

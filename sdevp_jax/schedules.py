@@ -56,6 +56,7 @@ __all__ = [
     "cosine",
     "discrete",
     "from_diffusers",
+    "rescale_zero_terminal_snr",
     "DIFFUSERS_BETA_SCHEDULES",
     "COSINE_BETA_CAP",
     "COSINE_S_MAX",
@@ -421,6 +422,13 @@ class DiscreteSchedule(_VPSchedule):
     and :math:`\lambda` is monotone, so its inverse finds the piece by a sorted search
     and inverts the linear piece. Valid on :math:`(0, 1]`.
 
+    A zero-terminal-SNR schedule (``alphas_cumprod[N-1] = 0``, Lin et al. 2024) has
+    :math:`\log\alpha = -\infty` at :math:`t = 1`, which no linear piece reaches: on its
+    last piece :math:`\alpha` itself is linear in :math:`t`, :math:`\alpha = \alpha_{N-2}(1 - f)`
+    with :math:`f = tN - (N - 1)` (the rescaling of Lin et al. is linear in :math:`\alpha`
+    too), so :math:`\beta = 2N/(1 - f)` there, :math:`\alpha(1) = 0`, :math:`\sigma(1) = 1` and
+    :math:`\lambda(1) = -\infty` exactly.
+
     The per-piece increments are stored beside the knots, each computed from the
     input directly in float64 (:math:`\tfrac12\operatorname{log1p}(-\beta_n)`), so that
     :math:`\beta(t)` keeps full relative precision in float32 (a difference of two
@@ -432,11 +440,13 @@ class DiscreteSchedule(_VPSchedule):
         :func:`discrete` (cast to the dtype of ``t`` at each use).
       increments: ``knots[k + 1] - knots[k] < 0``, shape ``(N,)``, likewise.
       num_train_timesteps: static, ``N``.
+      zero_terminal_snr: static, whether ``alphas_cumprod[N-1] = 0`` (``knots[N] = increments[N-1] = -inf``).
     """
 
     knots: Any
     increments: Any
     num_train_timesteps: int = struct.field(pytree_node=False)
+    zero_terminal_snr: bool = struct.field(pytree_node=False, default=False)
 
     def _piece(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(k, frac)``: ``t N = k + frac`` with the piece index ``k`` in ``[0, N - 1]``."""
@@ -451,25 +461,39 @@ class DiscreteSchedule(_VPSchedule):
         k, frac = self._piece(t)
         knots = jnp.asarray(self.knots).astype(t.dtype)
         step = jnp.asarray(self.increments).astype(t.dtype)
-        return knots[k] + frac * step[k]
+        if not self.zero_terminal_snr:
+            return knots[k] + frac * step[k]
+        last = k == self.num_train_timesteps - 1  # alpha linear in t on the piece that ends at alpha = 0
+        return knots[k] + jnp.where(last, jnp.log1p(-frac), frac * jnp.where(last, 0.0, step[k]))
 
     def beta(self, t: ArrayLike) -> jax.Array:
-        r""":math:`\beta = -2N(\log\alpha_{k+1} - \log\alpha_k)` on the piece :math:`t \in [k/N, (k+1)/N)`."""
+        r""":math:`\beta = -2N(\log\alpha_{k+1} - \log\alpha_k)` on the piece :math:`t \in [k/N, (k+1)/N)`
+        (:math:`2N/(1 - f)` on a zero-terminal-SNR schedule's last piece, infinite at :math:`t = 1`)."""
         t = _float_t(t)
-        k, _ = self._piece(t)
-        return (-2.0 * self.num_train_timesteps) * jnp.asarray(self.increments).astype(t.dtype)[k]
+        k, frac = self._piece(t)
+        rate = (-2.0 * self.num_train_timesteps) * jnp.asarray(self.increments).astype(t.dtype)[k]
+        if not self.zero_terminal_snr:
+            return rate
+        last = k == self.num_train_timesteps - 1
+        return jnp.where(last, (2.0 * self.num_train_timesteps) / (1.0 - frac), rate)
 
     def t_from_log_snr(self, lam: ArrayLike) -> jax.Array:
         r"""The inverse of :meth:`log_snr`: :math:`m = -\tfrac12\operatorname{softplus}(-2\lambda)`,
         the piece by ``searchsorted`` over the decreasing knots, then
-        :math:`t = (k + (m - \log\alpha_k)/(\log\alpha_{k+1} - \log\alpha_k))/N`."""
+        :math:`t = (k + (m - \log\alpha_k)/(\log\alpha_{k+1} - \log\alpha_k))/N`
+        (:math:`t = (N - 1 - \operatorname{expm1}(m - \log\alpha_{N-2}))/N` on a zero-terminal-SNR
+        schedule's last piece; :math:`\lambda = -\infty` gives :math:`t = 1`)."""
         lam = _float_t(lam)
         knots = jnp.asarray(self.knots).astype(lam.dtype)
         step = jnp.asarray(self.increments).astype(lam.dtype)
         m = -0.5 * jax.nn.softplus(-2.0 * lam)
         n = self.num_train_timesteps
         k = jnp.clip(jnp.searchsorted(-knots, -m, side="right") - 1, 0, n - 1)
-        return (k.astype(lam.dtype) + (m - knots[k]) / step[k]) / n
+        if not self.zero_terminal_snr:
+            return (k.astype(lam.dtype) + (m - knots[k]) / step[k]) / n
+        last = k == n - 1  # alpha = alpha_{N-2} (1 - f) there
+        frac = jnp.where(last, -jnp.expm1(m - knots[k]), (m - knots[k]) / jnp.where(last, -1.0, step[k]))
+        return (k.astype(lam.dtype) + frac) / n
 
     @property
     def t_max(self) -> float:
@@ -512,8 +536,9 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
     ``betas`` must lie in (0, 1); ``alphas_cumprod`` (:math:`\bar\alpha_n =
     \prod_{i \le n}(1 - \beta_i)`) must be strictly decreasing in (0, 1]. Computed on
     the host in float64: :math:`\log\alpha_n = \tfrac12\sum_{i\le n}\operatorname{log1p}(-\beta_i)`
-    or :math:`\tfrac12\log\bar\alpha_n`. A zero last ``alphas_cumprod`` (zero terminal
-    SNR, diffusers' ``rescale_betas_zero_snr``) is not supported yet.
+    or :math:`\tfrac12\log\bar\alpha_n`. The last label alone may have zero SNR (Lin et al.
+    2024; :func:`rescale_zero_terminal_snr`): ``betas[-1] = 1`` or ``alphas_cumprod[-1] = 0``
+    gives a schedule with ``zero_terminal_snr`` (:math:`\alpha(1) = 0`, see :class:`DiscreteSchedule`).
 
     Examples:
       >>> sched = sv.schedules.discrete(betas=jnp.linspace(1e-4, 0.02, 1000))
@@ -527,21 +552,25 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
         )
     if betas is not None:
         b = _host_1d("betas", betas)
-        bad = np.flatnonzero(~((b > 0.0) & (b < 1.0)))
+        zero_terminal = bool(b[-1] == 1.0)
+        inside = (b > 0.0) & (b < 1.0)
+        inside[-1] |= zero_terminal
+        bad = np.flatnonzero(~inside)
         if bad.size:
-            raise ValueError(f"betas must lie in (0, 1), got betas[{bad[0]}] = {b[bad[0]]!r}")
-        increments = 0.5 * np.log1p(-b)
+            raise ValueError(f"betas must lie in (0, 1) (the last may be 1: zero terminal SNR), got "
+                             f"betas[{bad[0]}] = {float(b[bad[0]])!r}")
+        with np.errstate(divide="ignore"):  # log1p(-1) = -inf: zero terminal SNR
+            increments = 0.5 * np.log1p(-b)
         log_alpha = np.cumsum(increments)
     else:
         a = _host_1d("alphas_cumprod", alphas_cumprod)
-        if a[-1] == 0.0:
-            raise ValueError(
-                "alphas_cumprod[-1] = 0 (zero terminal SNR, as from rescale_betas_zero_snr) "
-                "is not supported yet: alphas_cumprod must lie in (0, 1]"
-            )
-        bad = np.flatnonzero(~((a > 0.0) & (a <= 1.0)))
+        zero_terminal = bool(a[-1] == 0.0)
+        inside = (a > 0.0) & (a <= 1.0)
+        inside[-1] |= zero_terminal
+        bad = np.flatnonzero(~inside)
         if bad.size:
-            raise ValueError(f"alphas_cumprod must lie in (0, 1], got alphas_cumprod[{bad[0]}] = {a[bad[0]]!r}")
+            raise ValueError(f"alphas_cumprod must lie in (0, 1] (the last may be 0: zero terminal SNR), got "
+                             f"alphas_cumprod[{bad[0]}] = {float(a[bad[0]])!r}")
         steps = np.flatnonzero(np.diff(a) >= 0.0)
         if steps.size:
             i = steps[0]
@@ -549,9 +578,13 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
                 "alphas_cumprod must be strictly decreasing, got "
                 f"alphas_cumprod[{i}] = {a[i]!r} <= alphas_cumprod[{i + 1}] = {a[i + 1]!r}"
             )
-        log_alpha = 0.5 * np.log(a)
-        previous = np.concatenate([np.ones(1), a[:-1]])
-        increments = 0.5 * np.log1p((a - previous) / previous)  # no log a - log a' cancellation
+        with np.errstate(divide="ignore"):  # log(0) = -inf: zero terminal SNR
+            log_alpha = 0.5 * np.log(a)
+            previous = np.concatenate([np.ones(1), a[:-1]])
+            # log1p keeps the digits of a small drop (no log a - log a' cancellation); a large one (ratio < 1/2)
+            # takes the log of the ratio, which (a - a')/a' = -1 + 1e-23 would round away
+            ratio = a / previous
+            increments = 0.5 * np.where(ratio > 0.5, np.log1p((a - previous) / previous), np.log(ratio))
     if not np.all(increments < 0.0) or not np.all(np.diff(log_alpha) < 0.0) or not log_alpha[0] < 0.0:
         # betas this close to 0 (or alphas_cumprod this close to 1) round to a flat knot.
         raise ValueError(
@@ -560,7 +593,36 @@ def discrete(betas: Optional[ArrayLike] = None, alphas_cumprod: Optional[ArrayLi
         )
     check_increments(increments, "betas" if betas is not None else "alphas_cumprod")
     knots = np.concatenate([np.zeros(1), log_alpha])
-    return DiscreteSchedule(knots=knots, increments=increments, num_train_timesteps=int(log_alpha.shape[0]))
+    return DiscreteSchedule(knots=knots, increments=increments, num_train_timesteps=int(log_alpha.shape[0]),
+                            zero_terminal_snr=zero_terminal)
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: ArrayLike) -> np.ndarray:
+    r"""``alphas_cumprod`` rescaled to zero terminal SNR (Lin et al., WACV 2024, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", Algorithm 1), in float64 on the host.
+
+    :math:`\sqrt{\bar\alpha}` is shifted so that its last value is 0 and scaled so that its first
+    is unchanged: :math:`\sqrt{\bar\alpha'_n} = (\sqrt{\bar\alpha_n} - \sqrt{\bar\alpha_{N-1}})
+    \sqrt{\bar\alpha_0}/(\sqrt{\bar\alpha_0} - \sqrt{\bar\alpha_{N-1}})`. diffusers'
+    ``rescale_betas_zero_snr`` applies the same map (to float32 betas).
+
+    Examples:
+      >>> acp = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2)
+      >>> zsnr = sv.schedules.rescale_zero_terminal_snr(acp)
+      >>> float(zsnr[-1]), bool(zsnr[0] == acp[0])
+      (0.0, True)
+      >>> sv.schedules.discrete(alphas_cumprod=zsnr).zero_terminal_snr
+      True
+    """
+    a = _host_1d("alphas_cumprod", alphas_cumprod)
+    if a.shape[0] < 2 or not np.all((a > 0.0) & (a <= 1.0)) or not np.all(np.diff(a) < 0.0):
+        raise ValueError("alphas_cumprod must be strictly decreasing in (0, 1] with at least 2 entries, "
+                         f"got {a.shape[0]} entries from {a[0]!r} to {a[-1]!r}")
+    root = np.sqrt(a)
+    first, last = root[0], root[-1]
+    rescaled = (root - last) * (first / (first - last))
+    rescaled[0], rescaled[-1] = first, 0.0
+    return rescaled * rescaled
 
 
 def check_increments(increments: np.ndarray, name: str, dtype: Any = None) -> None:
@@ -622,6 +684,8 @@ def from_diffusers(
     beta_end: float = 0.02,
     num_train_timesteps: int = 1000,
     trained_betas: Optional[ArrayLike] = None,
+    rescale_betas_zero_snr: bool = False,
+    terminal_alphas_cumprod: Optional[float] = None,
 ) -> DiscreteSchedule:
     r"""The discrete schedule of a diffusers scheduler config, its betas computed in float64.
 
@@ -636,12 +700,24 @@ def from_diffusers(
     other fields are ignored except ``num_train_timesteps``, which must match their length.
     diffusers computes the same betas in float32; see tests/golden/make_schedule_golden.py.
 
+    ``rescale_betas_zero_snr``: the betas' ``alphas_cumprod`` rescaled to zero terminal SNR
+    (:func:`rescale_zero_terminal_snr`, Lin et al. 2024), a schedule with ``zero_terminal_snr``.
+    ``terminal_alphas_cumprod``: with it, the last ``alphas_cumprod`` replaced by this number in
+    (0, ``alphas_cumprod[-2]``) instead of 0 -- diffusers' DPMSolverMultistep, UniPC and Euler
+    schedulers set it to ``2**-24`` so that their first :math:`\sigma/\alpha` is finite; use it only
+    to reproduce them (it moves the first step's start from :math:`\alpha = 0` to :math:`\alpha = 2^{-12}`).
+
     Examples:
       >>> sd = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)   # Stable Diffusion's
       >>> round(float(sd.alpha(jnp.array(1.0)) ** 2), 6)   # alphas_cumprod[999]
       0.00466
     """
     n = check_num_train_timesteps(num_train_timesteps)
+    if not isinstance(rescale_betas_zero_snr, (bool, np.bool_)):
+        raise TypeError(f"rescale_betas_zero_snr must be a bool, got {rescale_betas_zero_snr!r}")
+    if terminal_alphas_cumprod is not None and not rescale_betas_zero_snr:
+        raise ValueError("terminal_alphas_cumprod replaces the zero last alphas_cumprod of "
+                         "rescale_betas_zero_snr=True; it needs rescale_betas_zero_snr=True")
     if trained_betas is not None:
         betas = _host_1d("trained_betas", trained_betas)
         if betas.shape[0] != n:
@@ -649,7 +725,7 @@ def from_diffusers(
                 f"num_train_timesteps = {n} must equal len(trained_betas) = {betas.shape[0]}"
             )
         try:
-            return discrete(betas=betas)
+            return _rescaled(discrete(betas=betas), betas, rescale_betas_zero_snr, terminal_alphas_cumprod)
         except ValueError as err:
             raise ValueError(f"trained_betas: {err}") from None
     if beta_schedule not in DIFFUSERS_BETA_SCHEDULES:
@@ -658,13 +734,27 @@ def from_diffusers(
         )
     if beta_schedule == "squaredcos_cap_v2":
         betas = np.minimum(_cosine_betas(n), 0.999)
-        return discrete(betas=betas)
-    start = _checks.real_scalar("beta_start", beta_start)
-    end = _checks.real_scalar("beta_end", beta_end)
-    if beta_schedule == "linear":
-        betas = np.linspace(start, end, n, dtype=np.float64)
     else:
-        if start < 0 or end < 0:
-            raise ValueError(f"scaled_linear needs beta_start, beta_end >= 0, got {start}, {end}")
-        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
-    return discrete(betas=betas)
+        start = _checks.real_scalar("beta_start", beta_start)
+        end = _checks.real_scalar("beta_end", beta_end)
+        if beta_schedule == "linear":
+            betas = np.linspace(start, end, n, dtype=np.float64)
+        else:
+            if start < 0 or end < 0:
+                raise ValueError(f"scaled_linear needs beta_start, beta_end >= 0, got {start}, {end}")
+            betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
+    return _rescaled(discrete(betas=betas), betas, rescale_betas_zero_snr, terminal_alphas_cumprod)
+
+
+def _rescaled(schedule: DiscreteSchedule, betas: np.ndarray, rescale: bool, terminal: Optional[float]):
+    """``schedule`` (of ``betas``, validated), or its zero-terminal-SNR rescaling with the last value ``terminal``."""
+    if not rescale:
+        return schedule
+    acp = rescale_zero_terminal_snr(np.cumprod(1.0 - betas))
+    if terminal is not None:
+        value = _checks.real_scalar("terminal_alphas_cumprod", terminal)
+        if not 0.0 < value < acp[-2]:
+            raise ValueError(f"terminal_alphas_cumprod must be in (0, alphas_cumprod[-2] = {acp[-2]!r}) after the "
+                             f"rescaling, got {value!r}")
+        acp[-1] = value
+    return discrete(alphas_cumprod=acp)

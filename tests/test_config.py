@@ -137,7 +137,7 @@ def test_discrete_save_never_overwrites_silently(tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ({"rescale_betas_zero_snr": 1}, "rescale_betas_zero_snr must be true or false"),
     ({"clip_sample": None}, "clip_sample = None changes sampling"),
     ({"timestep_spacing": "logsnr"}, "timestep_spacing must be one of"),
 ])

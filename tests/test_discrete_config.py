@@ -76,7 +76,7 @@ def test_trained_betas_round_trip():
     ({"beta_schedule": "sigmoid"}, "beta_schedule must be one of"),
     ({"timestep_spacing": "karras"}, "timestep_spacing must be one of"),
     ({"prediction_type": "flow"}, "prediction_type must be one of"),
-    ({"rescale_betas_zero_snr": True}, "zero terminal SNR.*not supported yet"),
+    ({"rescale_betas_zero_snr": "true"}, "rescale_betas_zero_snr must be true or false, got 'true'"),
     ({"trained_betas": [0.01] * 5}, "trained_betas has 5 entries but num_train_timesteps = 1000"),
     ({"steps_offset": -1}, "steps_offset must be an int >= 0"),
     ({"snr": 0.1}, r"unknown fields \['snr'\]"),

@@ -151,6 +151,10 @@ class Solver:
     diffusers_scheduler: ClassVar[Optional[str]] = None
     #: whether the loop carries x in the work dtype (the SDE updates take and return the samples' dtype)
     in_work_dtype: ClassVar[bool] = True
+    #: whether a run may start (or an inversion end) at alpha = 0, a zero-terminal-SNR schedule's t = 1: true for
+    #: the steps written with the data prediction and sigma_t/sigma_s alone (no beta(t), no 1/alpha), whose limit
+    #: there is finite (see :func:`sdevp_jax.loops.check_zero_snr_start`)
+    zero_snr_start: ClassVar[bool] = False
 
     #: the order of accuracy (ODE solvers) or weak order (SDE predictors): a field or a property of each solver
     order: ClassVar[int] = 0

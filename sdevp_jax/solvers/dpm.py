@@ -147,6 +147,7 @@ class DDIM(GridSolver):
 
     eta: float = option(0.0, static=False, help="eta >= 0 (default 0: deterministic; 1: DDPM's posterior variance)")
 
+    zero_snr_start = True
     name = "ddim"
     diffusers_scheduler = "DDIMScheduler"
     description = "DDIM (Song, Meng & Ermon 2021); eta > 0 makes it stochastic, per-sample keyed noise"
@@ -250,6 +251,7 @@ class DPMSolverPP(GridSolver):
         "order 3's term: 'taylor' (default, exact Taylor coefficients) or 'diffusers' (half the "
         "second-derivative term, as diffusers and the official code)"))
 
+    zero_snr_start = True
     name = "dpm_solver_pp"
     diffusers_scheduler = "DPMSolverMultistepScheduler"
     description = "multistep DPM-Solver++ in data prediction, 2M (midpoint/heun) or 3M (Lu et al. 2022b)"
@@ -309,6 +311,7 @@ class SDEDPMSolverPP(GridSolver):
     solver_type: str = option("midpoint", choices=DPMPP_TYPES, help="the second-order term: midpoint or heun")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
 
+    zero_snr_start = True
     name = "sde_dpm_solver_pp"
     diffusers_scheduler = "DPMSolverMultistepScheduler"
     kind = "sde_solver"

@@ -111,9 +111,10 @@ def ancestral(
         x' = \bar x + \sqrt{\beta_i}\, z, \qquad s = -\hat\epsilon/\sigma(t).
 
     Where the state's diffusers config clips the data prediction (``clip_sample``,
-    :func:`~sdevp_jax.denoiser.clip_range`), the mean is DDPM's posterior mean written with it
-    (Ho et al. 2020, eq. 7), :math:`\bar x = (\alpha' \beta_i \hat x_0 + \sqrt{1 - \beta_i}\,
-    \sigma'^2 x)/\sigma^2` with :math:`\hat x_0 = \operatorname{clip}((x - \sigma\hat\epsilon)/\alpha)`
+    :func:`~sdevp_jax.denoiser.clip_range`), and on a zero-terminal-SNR schedule (where at
+    :math:`\alpha = 0` the form above is 0/0), the mean is DDPM's posterior mean written with the
+    data prediction (Ho et al. 2020, eq. 7), :math:`\bar x = (\alpha' \beta_i \hat x_0 + \sqrt{1 - \beta_i}\,
+    \sigma'^2 x)/\sigma^2` with :math:`\hat x_0` from the model's output (clipped with ``clip_sample``)
     and :math:`\alpha', \sigma'` at ``t_next`` (equal to the form above without the clip).
 
     Examples:
@@ -129,13 +130,13 @@ def ancestral_update(p: PreparedStep) -> StepOutput:
     """:func:`ancestral`'s arithmetic on prepared inputs."""
     beta_i = p.rate()
     bound = clip_range(p.state)
-    if bound is None:
+    if bound is None and not getattr(p.schedule, "zero_terminal_snr", False):
         score = -p.eps / p.sigma()
         x_mean = (p.xc + beta_i * score) / p.sqrt_keep(beta_i)
     else:  # DDPM's posterior mean in its data-prediction form, the prediction clipped (diffusers' clip_sample)
-        alpha, sigma = p.alpha_sigma()
+        sigma = p.sigma()
         alpha_next, sigma_next = p.schedule.alpha_sigma(p.t_next)
-        x0 = jnp.clip((p.xc - sigma * p.eps) / alpha, -bound, bound)
+        x0 = p.x0() if bound is None else jnp.clip(p.x0(), -bound, bound)
         keep = p.sqrt_keep(beta_i)
         x_mean = (alpha_next * beta_i * x0 + keep * sigma_next * sigma_next * p.xc) / (sigma * sigma)
     return p.out(x_mean + jnp.sqrt(ddpm_variance(p, beta_i)) * p.z(), x_mean)
@@ -352,6 +353,7 @@ class ReverseDiffusion(_Update):
 class Ancestral(_Update):
     """Ancestral (DDPM) sampling (:func:`ancestral`)."""
 
+    zero_snr_start = True
     name = "ancestral"
     step_name = "ancestral"
     description = "DDPM ancestral sampling (Ho et al. 2020)"

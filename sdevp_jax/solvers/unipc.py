@@ -34,6 +34,21 @@ def _unipc_system(rks, hh, b_h, p):
     return jnp.stack(rows), jnp.stack(b)
 
 
+def _solve(r, b, rks):
+    r"""``rho`` solving ``r rho = b``, where the columns belong to the points ``rks``.
+
+    A point at :math:`\lambda = -\infty` (the start of a zero-terminal-SNR run, :math:`\alpha = 0`) has
+    :math:`r = -\infty`. As :math:`r \to -\infty` the system's solution tends to: that point's
+    :math:`\rho` times its difference :math:`(m - D_0)/r` goes to 0, and the others' :math:`\rho` solve
+    the first :math:`p - 1` rows without it. Replacing its column by the last unit vector gives that
+    limit exactly (its own :math:`\rho` then only balances the last row; its difference is 0).
+    """
+    p = r.shape[0]
+    finite = jnp.stack([jnp.isfinite(rk) for rk in rks])
+    unit = (jnp.arange(p) == p - 1).astype(r.dtype)
+    return jnp.linalg.solve(jnp.where(finite[None, :], r, unit[:, None]), b)
+
+
 def _unipc_parts(hist: History, c: StepCoeffs, d0, variant, predict_x0):
     """What UniP and UniC share: ``h``, ``hh``, ``B(h)``, the ratios ``r_k``, the differences, and the
     first-order point's two coefficients (data prediction: ``sigma_t/sigma_s`` and ``alpha_t``; noise
@@ -78,7 +93,7 @@ def unipc_predict(x, d0, hist: History, c: StepCoeffs, order, *, variant: str = 
     x1 = ratio * x - (scale * jnp.expm1(hh)) * d0
     second = x1 - (scale * b_h * 0.5) * d1s[0]
     r3, b3 = _unipc_system(rks + [jnp.ones_like(h)], hh, b_h, 3)
-    rho = jnp.linalg.solve(r3[:-1, :-1], b3[:-1])
+    rho = _solve(r3[:-1, :-1], b3[:-1], rks)
     third = x1 - (scale * b_h) * (rho[0] * d1s[0] + rho[1] * d1s[1])
     return jnp.where(order >= 3, third, jnp.where(order >= 2, second, x1))
 
@@ -114,10 +129,10 @@ def unipc_correct(x_prev, d0, hist: History, c: StepCoeffs, d_t, order, *, varia
     one = jnp.ones_like(h)
     first = x1 - (scale * b_h) * (0.5 * d1_t)
     r2, b2 = _unipc_system([rks[0], one], hh, b_h, 2)
-    rho2 = jnp.linalg.solve(r2, b2)
+    rho2 = _solve(r2, b2, [rks[0], one])
     second = x1 - (scale * b_h) * (rho2[0] * d1s[0] + rho2[1] * d1_t)
     r3, b3 = _unipc_system(rks + [one], hh, b_h, 3)
-    rho3 = jnp.linalg.solve(r3, b3)
+    rho3 = _solve(r3, b3, rks + [one])
     third = x1 - (scale * b_h) * (rho3[0] * d1s[0] + rho3[1] * d1s[1] + rho3[2] * d1_t)
     return jnp.where(order >= 3, third, jnp.where(order >= 2, second, first))
 
@@ -143,6 +158,13 @@ class UniPC(GridSolver):
     @classmethod
     def default_order(cls) -> int:
         return cls.order + 1  # the corrector raises the predictor's order by one
+
+    @property
+    def zero_snr_start(self) -> bool:
+        r"""In data prediction with ``bh2`` only: the noise form's ``alpha_t/alpha_s`` and ``bh1``'s
+        :math:`B(h) = -h` (with UniC's fixed first-order :math:`\rho = 1/2`) are infinite when the step starts
+        at :math:`\lambda = -\infty`."""
+        return self.predict_x0 and self.solver_type == "bh2"
 
     def __post_init__(self):
         super().__post_init__()

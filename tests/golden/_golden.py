@@ -38,3 +38,15 @@ def ddpm_noise(noise):
         yield
     finally:
         ddpm_module.randn_tensor = real
+
+
+class Float32As64:
+    """Stands in for ``torch`` in a scheduler module: ``float32`` is ``torch.float64``, all else torch's (so that a
+    step's ``sample.to(torch.float32)`` keeps a float64 run in float64)."""
+
+    def __init__(self, torch):
+        self._torch = torch
+        self.float32 = torch.float64
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)

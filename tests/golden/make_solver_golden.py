@@ -275,17 +275,6 @@ def diffusers_scheduler(options: dict) -> tuple[str, dict, bool]:
     raise ValueError(f"no diffusers counterpart known for method={method!r}: add it to diffusers_scheduler")
 
 
-class _Float32As64:
-    """Stands in for ``torch`` in a scheduler module: ``float32`` is ``torch.float64``, all else torch's."""
-
-    def __init__(self, torch):
-        self._torch = torch
-        self.float32 = torch.float64
-
-    def __getattr__(self, name):
-        return getattr(self._torch, name)
-
-
 def make_model(torch, acp, prediction_type: str):
     """The exact model at a label: ``model(x, label) -> epsilon or v`` (float64 torch), Gaussian | mixture rows."""
 
@@ -436,7 +425,7 @@ def main() -> None:
     import diffusers
     from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_module
 
-    from _golden import write_npz
+    from _golden import Float32As64, write_npz
 
     with tempfile.TemporaryDirectory() as tmp:
         inputs = os.path.join(tmp, "inputs.npz")
@@ -447,7 +436,7 @@ def main() -> None:
     assert x_t.dtype == noise.dtype == np.float64 and noise.shape == (MAX_STEPS, BATCH, DIM)
 
     torch.set_default_dtype(torch.float64)
-    dpm_module.torch = _Float32As64(torch)
+    dpm_module.torch = Float32As64(torch)
     try:
         out: dict[str, np.ndarray] = {}
         for key in cases():
