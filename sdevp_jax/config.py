@@ -270,16 +270,17 @@ _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "predict_x0": None,
     "disable_corrector": None,
     "solver_p": (None,),
-    "use_karras_sigmas": (False,),
-    "use_exponential_sigmas": (False,),
-    "use_beta_sigmas": (False,),
-    "use_lu_lambdas": (False,),
+    # diffusers' sigma grids (sdevp_jax.grids.SIGMA_SPACINGS): DPMSolverMultistep's and UniPC's
+    "use_karras_sigmas": (False, True),
+    "use_exponential_sigmas": (False, True),
+    "use_beta_sigmas": (False, True),
+    "use_lu_lambdas": (False, True),
     "use_flow_sigmas": (False,),
     "flow_shift": None,
     "use_dynamic_shifting": (False,),
     "time_shift_type": None,
     "final_sigmas_type": ("zero", "sigma_min"),  # "sigma_min" stops at label 0's sigma instead of 0
-    "lambda_min_clipped": (-math.inf,),  # a finite value shortens DPM-Solver's grid
+    "lambda_min_clipped": None,  # DPMSolverMultistep's label grids leave out the labels whose log-SNR is below it
     "interpolation_type": ("linear",),
     "timestep_type": ("discrete",),
     "sigma_min": (None,),
@@ -372,6 +373,12 @@ SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 #: Classes whose ``thresholding`` is served, by the grid solver of :meth:`DiscreteConfig.solver_options`.
 THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
+#: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
+#: by config field, in the order diffusers' ``set_timesteps`` tests them.
+SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+_SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lambdas",
+                 "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
+
 #: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
 CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 
@@ -450,6 +457,27 @@ class DiscreteConfig:
         return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
 
     @property
+    def sigma_spacing(self) -> Optional[str]:
+        """The sigma grid the config asks for (``use_karras_sigmas`` -> ``"karras_sigmas"``, ...; see
+        :func:`sdevp_jax.grids.sigma_grid`), or ``None`` (its ``timestep_spacing`` labels)."""
+        if self.class_name not in SIGMA_CLASSES:
+            return None
+        extra = dict(self.extra)
+        return next((spacing for field, spacing in _SIGMA_FIELDS.items() if extra.get(field)), None)
+
+    @property
+    def last_timestep(self) -> Optional[int]:
+        """DPMSolverMultistep's label grids with a finite ``lambda_min_clipped``: ``N`` less the number of labels
+        whose log-SNR is below it (diffusers' ``last_timestep``); ``None`` otherwise."""
+        clip = dict(self.extra).get("lambda_min_clipped", -math.inf)
+        if self.class_name != "DPMSolverMultistepScheduler" or clip == -math.inf:
+            return None
+        from . import grids
+
+        log_snr = -np.log(grids.training_sigmas(self.schedule))  # decreasing with the label
+        return self.num_train_timesteps - int(np.searchsorted(log_snr[::-1], clip, side="left"))
+
+    @property
     def variance_type(self) -> Optional[str]:
         """The config's ``variance_type`` where the class has one (DDPM: its reverse variance, default
         ``"fixed_small"``; DPMSolverMultistep: ``None`` or a learned variance), else ``None``."""
@@ -469,9 +497,10 @@ class DiscreteConfig:
         "diffusers"``, see :func:`sdevp_jax.solvers.dpmpp_step`); UniPCMultistepScheduler:
         ``"unipc"`` with ``solver_order``, ``solver_type``, ``predict_x0``, ``lower_order_final``,
         ``final_sigmas_type``, thresholding (a config's ``thresholding`` applies through this solver:
-        with a method given, pass ``thresholding=True`` to it). Every other case raises a ValueError naming the method
+        with a method given, pass ``thresholding=True`` to it; DPMSolverMultistep's ``euler_at_final``
+        likewise). Every other case raises a ValueError naming the method
         this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
-        ``"sde-dpmsolver"`` forms, ``euler_at_final``, a ``disable_corrector`` list): pass a method.
+        ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list): pass a method.
         """
         extra = dict(self.extra)
         source = self.flax_class or self.class_name
@@ -493,10 +522,10 @@ class DiscreteConfig:
             if algorithm not in names:
                 raise ValueError(f"{source} with algorithm_type={algorithm!r} has no equivalent here (dpm_solver is "
                                  f"the official multistep DPM-Solver, not diffusers' form): pass a method")
-            if extra.get("euler_at_final"):
-                raise ValueError(f"{source} with euler_at_final=True has no equivalent here: pass a method")
             options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
                        **multistep}
+            if extra.get("euler_at_final"):
+                options["euler_at_final"] = True
             if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
                 options["third_order"] = "diffusers"
             return names[algorithm], options
@@ -603,6 +632,22 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
     if own.get("final_sigmas_type") == "sigma_min" and name not in SIGMA_MIN_CLASSES:
         raise ValueError(f"{source}: final_sigmas_type = 'sigma_min' changes sampling and is supported for "
                          f"{', '.join(SIGMA_MIN_CLASSES)} only; allowed: 'zero'")
+    asked = [k for k in _SIGMA_FIELDS if own.get(k) is True]
+    if asked and name not in SIGMA_CLASSES:
+        raise ValueError(f"{source}: {asked[0]} = True changes sampling and is supported for "
+                         f"{', '.join(SIGMA_CLASSES)} only; allowed: False")
+    if len(asked) > 1:
+        raise ValueError(f"{source}: {' and '.join(asked)} are all True; diffusers' grids are exclusive: set one")
+    if asked and own.get("final_sigmas_type") == "sigma_min":
+        raise ValueError(f"{source}: {asked[0]} with final_sigmas_type = 'sigma_min': the sigma grid already ends at "
+                         f"sigma_min, and diffusers then takes a zero-length last step (sigma_min to sigma_min) that "
+                         f"still counts in its order schedule (and runs UniPC's corrector once more), which this "
+                         f"package's strictly decreasing grids do not express; allowed: final_sigmas_type = 'zero'")
+    if "lambda_min_clipped" in own:
+        clip = own["lambda_min_clipped"]
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or math.isnan(clip) or clip == math.inf:
+            raise ValueError(f"{source}: lambda_min_clipped must be a number or -inf (the smallest log-SNR of the "
+                             f"grid), got {clip!r}")
     if own.get("thresholding") is True and name not in THRESHOLDING_CLASSES:
         raise ValueError(f"{source}: thresholding = True changes sampling and is not supported for {name} (its "
                          f"step here does not apply dynamic thresholding); allowed: False")

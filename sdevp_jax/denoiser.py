@@ -183,8 +183,9 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
     A continuous schedule's model sees ``t`` itself (for a network trained on the
     paper's labels, wrap it as ``lambda x, t: net(x, t * 999)``). A discrete
     schedule's model sees its training label :math:`n = t N_{train} - 1`, a float
-    (an integer, to rounding, on the training grid), in the dtype of ``t``. Host
-    values are checked against the schedule's range.
+    (an integer, to rounding, on the training grid), in the dtype of ``t``; on diffusers'
+    sigma grids, at the grid's times, the label diffusers gives its model there
+    (``state.model_labels``). Host values are checked against the schedule's range.
 
     Examples:
       >>> state = sv.create_state(schedule=sv.schedules.from_diffusers("linear", 1e-4, 0.02, 1000))
@@ -201,7 +202,15 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
         return t
     if not jnp.issubdtype(t.dtype, jnp.floating):
         t = t.astype(_checks.default_float())
-    return t * state.num_train_timesteps - 1.0
+    label = t * state.num_train_timesteps - 1.0
+    if state.model_labels is None:
+        return label
+    # a sigma grid: at its times, the label diffusers gives the model there (elsewhere, t N - 1)
+    grid = state.timesteps.astype(t.dtype)
+    gap = jnp.abs(grid[None, :] - t.reshape(-1, 1))
+    nearest = jnp.argmin(gap, axis=1)
+    on_grid = jnp.min(gap, axis=1) <= 4.0 * jnp.finfo(t.dtype).eps * t.reshape(-1)
+    return jnp.where(on_grid, state.model_labels.astype(t.dtype)[nearest], label.reshape(-1)).reshape(t.shape)
 
 
 def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) -> jax.Array:

@@ -36,8 +36,9 @@ with ``N`` training steps, ``n`` inference steps, ``o = steps_offset``:
   - ``leading``: ``k * (N // (n + 1)) + o`` for ``k = n, ..., 1``;
   - ``trailing``: as the first family.
 
-  (DPMSolverMultistep also shortens the grid by ``lambda_min_clipped``; only its
-  default ``-inf``, which changes nothing, is reproduced.)
+  DPMSolverMultistep also shortens the grid by ``lambda_min_clipped``: the labels whose
+  :math:`\lambda` is below it are left out (``last_timestep = N - #{n: lambda_n < clip}``
+  replaces ``N`` in ``linspace`` and ``leading``, and starts ``trailing``'s ``arange``).
 
 * ``"EulerDiscreteScheduler"``, ``"LMSDiscreteScheduler"``: as the first family but in
   float32 and **without rounding** ``linspace``, whose labels are then fractional
@@ -46,6 +47,17 @@ with ``N`` training steps, ``n`` inference steps, ``o = steps_offset``:
 ``steps_offset`` only shifts ``leading``; ``linspace`` and ``trailing`` ignore it. With
 ``n = N`` the second family's ``leading`` has ``N // (N + 1) = 0`` and repeats label
 ``o``; diffusers returns that grid as it is, and so does this function.
+
+**diffusers' sigma grids** (:data:`SIGMA_SPACINGS`, a config's ``use_karras_sigmas``,
+``use_exponential_sigmas``, ``use_beta_sigmas``, ``use_lu_lambdas``) are not label grids: they
+space :math:`\sigma/\alpha` between its values at label ``N - 1`` and label 0 (Karras et al. 2022,
+eq. 5 with :math:`\rho = 7`; log-uniform; the Beta(0.6, 0.6) quantiles of Lee et al. 2024, "Beta
+Sampling is All You Need"; uniform in :math:`\lambda`, Lu et al. 2022), step through those exact
+noise levels, and call the model at a label interpolated linearly in :math:`\log(\sigma/\alpha)`
+between training labels, rounded (Karras, :math:`\lambda`) or truncated (exponential, beta; and
+DPMSolverMultistep's Karras and :math:`\lambda` grids on ``squaredcos_cap_v2``).
+:func:`sigma_grid` gives the times and those labels; the state keeps the labels
+(``model_labels``) and :func:`~sdevp_jax.model_time` hands them to the model at the grid's times.
 """
 
 from __future__ import annotations
@@ -76,6 +88,11 @@ __all__ = [
     "diffusers_label_spacing",
     "labels_to_times",
     "times_to_labels",
+    "SIGMA_SPACINGS",
+    "training_sigmas",
+    "diffusers_sigmas",
+    "sigma_to_label",
+    "sigma_grid",
 ]
 
 #: The ``timestep_spacing`` values :func:`diffusers_label_spacing` understands.
@@ -99,6 +116,7 @@ def diffusers_label_spacing(
     steps_offset: int = 0,
     *,
     scheduler: str = "DDIMScheduler",
+    last_timestep: Optional[int] = None,
 ) -> np.ndarray:
     """The training labels, decreasing, that diffusers' ``scheduler`` samples at.
 
@@ -109,6 +127,9 @@ def diffusers_label_spacing(
       steps_offset: an int >= 0, added to the ``leading`` labels only (as diffusers does).
       scheduler: the diffusers class whose variant to reproduce, one of
         :data:`SPACING_SCHEDULERS` (the families differ; see the module docstring).
+      last_timestep: DPMSolverMultistep's ``lambda_min_clipped`` cut, in ``[1, N]`` (default ``N``:
+        no cut); the grid then has ``num_inference_steps`` labels except ``trailing``'s, which keeps
+        ``N/n`` between them and so has fewer.
 
     Returns:
       A host NumPy array of shape ``(n,)``: int64 labels, except for the Euler/LMS
@@ -136,16 +157,19 @@ def diffusers_label_spacing(
             f"scheduler must be one of {', '.join(map(repr, SPACING_SCHEDULERS))}, got {scheduler!r}"
         )
     family = SPACING_SCHEDULERS[scheduler]
+    last = big_n if last_timestep is None else _checks.positive_int("last_timestep", last_timestep)
+    if last > big_n:
+        raise ValueError(f"last_timestep must be in [1, num_train_timesteps = {big_n}], got {last}")
     # The multistep solvers build n + 1 points and drop the smallest.
     points = n + 1 if family == "multistep" else n
     if spacing == "linspace":
-        grid = np.linspace(0.0, big_n - 1, points)
+        grid = np.linspace(0.0, last - 1, points)
         if family != "euler":
             grid = np.round(grid)
     elif spacing == "leading":
-        grid = np.arange(points, dtype=np.int64) * (big_n // points) + offset
+        grid = np.arange(points, dtype=np.int64) * (last // points) + offset
     else:  # trailing: every family counts down from N in steps of N/n, then shifts by one
-        grid = np.round(np.arange(float(big_n), 0.0, -big_n / n)) - 1.0
+        grid = np.round(np.arange(float(last), 0.0, -big_n / n)) - 1.0
     if spacing != "trailing":
         grid = grid[::-1]
         if family == "multistep":
@@ -204,7 +228,8 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
 CONTINUOUS_SPACINGS = ("time_uniform", "time_quadratic", "logsnr", "karras")
 
 
-SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS
+SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS + ("karras_sigmas", "exponential_sigmas",
+                                                                     "beta_sigmas", "lu_lambdas")
 
 
 #: The exponent of the ``"karras"`` grid (Karras et al., NeurIPS 2022, eq. 5).
@@ -238,7 +263,8 @@ def default_spacing(state: ScoreSdeVpSchedulerState) -> str:
     """The grid ``set_timesteps`` builds without ``spacing``.
 
     ``"reference"`` (ScoreSdeVpScheduler's own) on the linear schedule; the config's
-    ``timestep_spacing`` for a state loaded from a diffusers config; else
+    sigma grid (``use_karras_sigmas`` ... : :data:`SIGMA_SPACINGS`), else its ``timestep_spacing``,
+    for a state loaded from a diffusers config; else
     ``"logsnr"``, uniform in :math:`\\lambda`, which bounds every step's
     :math:`\\beta h \\approx 2\\,\\Delta\\lambda\\,\\sigma^2` however steep the schedule is near
     its end (the cosine schedule's :math:`\\beta` reaches 999, a discrete cosine
@@ -251,7 +277,7 @@ def default_spacing(state: ScoreSdeVpSchedulerState) -> str:
       'logsnr'
     """
     if state.diffusers_config is not None:
-        return state.diffusers_config.timestep_spacing
+        return state.diffusers_config.sigma_spacing or state.diffusers_config.timestep_spacing
     if isinstance(state.schedule, schedules.LinearSchedule):
         return "reference"
     return "logsnr"
@@ -326,7 +352,9 @@ def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offs
     family = "DDIMScheduler"
     if config is not None and config.class_name in SPACING_SCHEDULERS:
         family = config.class_name
-    labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family)
+    last = None if config is None else config.last_timestep  # DPMSolverMultistep's lambda_min_clipped
+    labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family,
+                                     last_timestep=last)
     if config is not None and config.ends_at_sigma_min and labels[-1] != 0:
         # diffusers' final_sigmas_type="sigma_min": the last step ends at label 0's noise level, not at 0; the grid
         # ends there and the config's solver stops at its last point (final_sigmas_type="last")
@@ -467,3 +495,118 @@ def align_your_steps(state: "ScoreSdeVpSchedulerState", num_inference_steps: int
     if not np.all(np.diff(times) < 0) or not times[-1] > 0:
         raise ValueError(f"the {model!r} levels do not map to strictly decreasing positive times on this schedule")
     return times
+
+
+# --------------------------------------------------------------------------- diffusers' sigma grids
+
+#: diffusers' sigma grids, by the config field that asks for each (``use_karras_sigmas``, ...).
+SIGMA_SPACINGS = ("karras_sigmas", "exponential_sigmas", "beta_sigmas", "lu_lambdas")
+
+#: The Beta distribution's parameters of ``beta_sigmas`` (Lee et al. 2024; diffusers' defaults).
+BETA_SIGMAS_AB = (0.6, 0.6)
+
+
+def training_sigmas(schedule: Any) -> np.ndarray:
+    r""":math:`\sigma/\alpha = \sqrt{(1 - \bar\alpha_n)/\bar\alpha_n}` at a discrete schedule's labels ``n = 0..N-1``
+    (float64, host; diffusers' ``sigmas`` before ``set_timesteps`` picks among them)."""
+    knots = _checks.concrete(getattr(schedule, "knots", None))
+    if not getattr(schedule, "is_discrete", False) or knots is None:
+        raise ValueError("diffusers' sigma grids need a discrete schedule with concrete (not traced) knots")
+    acp = np.exp(2.0 * np.asarray(knots, np.float64)[1:])
+    with np.errstate(divide="ignore"):
+        return ((1.0 - acp) / acp) ** 0.5
+
+
+def diffusers_sigmas(schedule: Any, num_inference_steps: int, spacing: str) -> np.ndarray:
+    r"""The ``num_inference_steps`` noise levels :math:`\sigma/\alpha`, decreasing, of diffusers' ``spacing``.
+
+    Between :math:`\sigma_{\max}` (label ``N - 1``) and :math:`\sigma_{\min}` (label 0):
+    ``"karras_sigmas"`` :math:`(\sigma_{\max}^{1/\rho} + r(\sigma_{\min}^{1/\rho} - \sigma_{\max}^{1/\rho}))^\rho`,
+    :math:`\rho = 7`, ``r`` uniform on [0, 1] (Karras et al. 2022, eq. 5); ``"exponential_sigmas"`` and
+    ``"lu_lambdas"`` :math:`\log\sigma` uniform (equal to rounding; they differ in their labels);
+    ``"beta_sigmas"`` :math:`\sigma_{\min} + q(\sigma_{\max} - \sigma_{\min})` with ``q`` the
+    Beta(0.6, 0.6) quantiles of ``1 - r`` (Lee et al. 2024). A zero-terminal-SNR schedule's
+    :math:`\sigma_{\max}` is infinite: refused (diffusers' DPMSolverMultistep and UniPC clamp it,
+    ``load_config(..., zero_snr="diffusers")``).
+
+    Examples:
+      >>> sd = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012)
+      >>> sigmas, train = sv.grids.diffusers_sigmas(sd, 4, "karras_sigmas"), sv.grids.training_sigmas(sd)
+      >>> bool(np.allclose([sigmas[0], sigmas[-1]], [train[-1], train[0]]))   # label 999's sigma down to label 0's
+      True
+      >>> bool(np.allclose(np.diff(sigmas ** (1 / 7)), np.diff(sigmas ** (1 / 7))[0]))   # uniform in sigma^(1/7)
+      True
+    """
+    n = _checks.positive_int("num_inference_steps", num_inference_steps)
+    if spacing not in SIGMA_SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, SIGMA_SPACINGS))}, got {spacing!r}")
+    sigmas = training_sigmas(schedule)
+    sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])
+    if not np.isfinite(sigma_max):
+        raise ValueError(f"spacing={spacing!r} spaces sigma/alpha up to its value at the last label, which is "
+                         "infinite on a zero-terminal-SNR schedule (alpha = 0); load the config with "
+                         "zero_snr='diffusers' (diffusers' 2**-24 clamp) or use a label spacing")
+    ramp = np.linspace(0.0, 1.0, n)
+    if spacing == "karras_sigmas":
+        low, high = sigma_min ** (1.0 / KARRAS_RHO), sigma_max ** (1.0 / KARRAS_RHO)
+        return (high + ramp * (low - high)) ** KARRAS_RHO
+    if spacing in ("exponential_sigmas", "lu_lambdas"):
+        return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), n))
+    from scipy.special import betaincinv  # the Beta quantile function (SciPy is a dependency of JAX)
+
+    quantiles = betaincinv(BETA_SIGMAS_AB[0], BETA_SIGMAS_AB[1], 1.0 - ramp)
+    return sigma_min + quantiles * (sigma_max - sigma_min)
+
+
+def sigma_to_label(sigmas: ArrayLike, schedule: Any) -> np.ndarray:
+    r"""The fractional training labels of noise levels :math:`\sigma/\alpha` (float64, host), as diffusers finds them.
+
+    :math:`\log\sigma` interpolated linearly between the labels' (``log(max(sigma, 1e-10))``, clamped to
+    ``[0, N - 1]``): diffusers' ``_sigma_to_t``. Examples:
+
+      >>> sd = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012)
+      >>> sv.grids.sigma_to_label(sv.grids.training_sigmas(sd)[[0, 500, 999]], sd)
+      array([  0., 500., 999.])
+    """
+    log_sigmas = np.log(training_sigmas(schedule))
+    log_sigma = np.log(np.maximum(np.asarray(sigmas, np.float64), 1e-10))
+    low = np.clip(np.searchsorted(log_sigmas, log_sigma, side="right") - 1, 0, log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0.0, 1.0)
+    return (1.0 - w) * low + w * (low + 1)
+
+
+def sigma_label_rounding(spacing: str, scheduler: str = "DPMSolverMultistepScheduler",
+                         beta_schedule: Optional[str] = None) -> str:
+    """How diffusers' ``scheduler`` turns a sigma grid's fractional labels into the model's: ``"round"`` or
+    ``"truncate"`` (its int64 cast), read from its ``set_timesteps``."""
+    if spacing in ("exponential_sigmas", "beta_sigmas"):
+        return "truncate"
+    if scheduler == "DPMSolverMultistepScheduler" and beta_schedule == "squaredcos_cap_v2":
+        return "truncate"
+    return "round"
+
+
+def sigma_grid(state: "ScoreSdeVpSchedulerState", n: int, spacing: str) -> tuple[jax.Array, jax.Array]:
+    r"""``(times, labels)`` of diffusers' sigma grid ``spacing`` (:func:`diffusers_sigmas`) on ``state``'s schedule.
+
+    ``times`` (JAX's default float) are where the schedule has those noise levels
+    (:math:`\lambda = -\log(\sigma/\alpha)`, :meth:`t_from_log_snr`; the first is 1, the last
+    ``1/N``); ``labels`` are the model's labels there, diffusers' (:func:`sigma_to_label`, rounded or
+    truncated as the state's config class does, DPMSolverMultistep's rule without a config).
+    """
+    config = state.diffusers_config
+    scheduler = config.class_name if config is not None else "DPMSolverMultistepScheduler"
+    beta_schedule = config.beta_schedule if config is not None else None
+    sigmas = diffusers_sigmas(state.schedule, n, spacing)
+    labels = sigma_to_label(sigmas, state.schedule)
+    labels = np.round(labels) if sigma_label_rounding(spacing, scheduler, beta_schedule) == "round" else np.trunc(labels)
+    dtype = _checks.default_float()
+    big_n = state.num_train_timesteps
+    times = np.asarray(state.schedule.cast(dtype).t_from_log_snr(jnp.asarray(-np.log(sigmas), dtype)), np.float64)
+    times = np.clip(times, 1.0 / big_n, 1.0)
+    times[0] = 1.0  # sigma_max is the last label's
+    if n > 1:
+        times[-1] = 1.0 / big_n  # sigma_min the first label's
+    grid = jnp.asarray(times, dtype)
+    check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
+    return grid, jnp.asarray(labels, dtype)

@@ -544,6 +544,9 @@ def _check_spacing(state, spacing: Optional[str], steps: int) -> str:
     if spacing == "reference" and not isinstance(state.schedule, schedules.LinearSchedule):
         raise ValueError(f"spacing='reference' (ScoreSdeVpScheduler's grid) exists for the linear schedule only; "
                          f"this job's schedule is {kind}")
+    if spacing in grids.SIGMA_SPACINGS and not state.schedule.is_discrete:
+        raise ValueError(f"spacing={spacing!r} spaces a discrete model's noise levels and needs a discrete "
+                         f"schedule; this job's schedule is {kind}")
     if spacing in LABEL_SPACINGS:
         if not state.schedule.is_discrete:
             raise ValueError(f"spacing={spacing!r} picks training labels and needs a discrete schedule; this job's "

@@ -140,6 +140,10 @@ class ScoreSdeVpSchedulerState:
       diffusers_config: static; the :class:`~sdevp_jax.config.DiscreteConfig` the state
         was loaded from (its ``timestep_spacing``, ``steps_offset`` and class set the
         default grid, and :func:`~sdevp_jax.save_config` writes it back), else ``None``.
+      model_labels: on diffusers' sigma grids (:data:`~sdevp_jax.grids.SIGMA_SPACINGS`), the
+        label the model receives at each grid time (diffusers' rounded or truncated one,
+        :func:`~sdevp_jax.grids.sigma_grid`), shape ``(N,)``; ``None`` on every other grid, where
+        a discrete model receives :math:`tN_{train} - 1`.
     """
 
     schedule: Any
@@ -151,6 +155,7 @@ class ScoreSdeVpSchedulerState:
     spacing: Optional[str] = _static(None)
     spacing_given: bool = _static(False)
     diffusers_config: Any = _static(None)
+    model_labels: Optional[jax.Array] = None
 
     def replace(self, **updates: Any) -> "ScoreSdeVpSchedulerState":
         """A new state with ``updates``, checked as :func:`create_state` checks (see the class docstring)."""
@@ -256,7 +261,13 @@ def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedu
         updates["min_discrete_steps"] = _min_discrete_steps(updates["schedule"])
     if "prediction_type" in updates:
         check_prediction_type(updates["prediction_type"])
+    if "timesteps" in updates and "model_labels" not in updates:
+        updates["model_labels"] = None  # the labels belong to the grid they were computed with
     new = dataclasses.replace(self, **updates)  # the dataclass's own replace: no checks
+    labels = _checks.concrete(new.model_labels)
+    if labels is not None and (new.timesteps is None or labels.shape != tuple(new.timesteps.shape)):
+        raise ValueError(f"model_labels must have the shape of timesteps, got {labels.shape} for "
+                         f"{None if new.timesteps is None else tuple(new.timesteps.shape)}")
     if updates.get("timesteps") is not None or (new.timesteps is not None and ("schedule" in updates or "sampling_eps" in updates)):
         grids.check_grid(new, new.timesteps, "timesteps")
     return new
@@ -386,6 +397,9 @@ def set_timesteps(
       diffusers' training labels (:func:`sdevp_jax.grids.diffusers_label_spacing`, of
       the state's config class, DDIMScheduler's by default), at :math:`t = (n + 1)/N_{train}`;
       ``steps_offset`` (default: the config's, else 0) shifts ``leading``.
+    * ``"karras_sigmas"``, ``"exponential_sigmas"``, ``"beta_sigmas"``, ``"lu_lambdas"`` (discrete
+      schedules only): diffusers' sigma grids (:func:`sdevp_jax.grids.sigma_grid`), whose model
+      labels the state keeps in ``model_labels``.
 
     On every grid but ``"reference"`` step ``i`` spans ``[t_{i+1}, t_i]``, the last
     one ``[0, t_{N-1}]``: the steps of :mod:`sdevp_jax.samplers` use that interval
@@ -444,6 +458,9 @@ def set_timesteps(
         grid = jnp.linspace(1.0, state.sampling_eps, n)
     elif spacing in grids.LABEL_SPACINGS:
         grid = grids.label_grid(state, n, spacing, steps_offset)
+    elif spacing in grids.SIGMA_SPACINGS:
+        grid, labels = grids.sigma_grid(state, n, spacing)
+        return state.replace(timesteps=grid, spacing=spacing, spacing_given=given, model_labels=labels)
     else:
         grid = grids.continuous_grid(state, n, spacing)
     return state.replace(timesteps=grid, spacing=spacing, spacing_given=given)

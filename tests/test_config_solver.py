@@ -54,7 +54,6 @@ def test_a_config_names_its_schedulers_solver(cls, fields, expected):
     ("EulerDiscreteScheduler", {}, "EulerDiscreteScheduler samples with Euler's method in sigma"),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}, "algorithm_type='dpmsolver' has no equivalent"),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver"}, "'sde-dpmsolver' has no equivalent"),
-    ("DPMSolverMultistepScheduler", {"euler_at_final": True}, "euler_at_final=True has no equivalent"),
     ("UniPCMultistepScheduler", {"disable_corrector": [0]}, r"disable_corrector=\[0\] has no equivalent"),
 ])
 def test_a_config_whose_method_is_missing_is_refused_by_name(cls, fields, match):

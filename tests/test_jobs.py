@@ -403,8 +403,8 @@ def test_every_ode_and_sde_solver_method_builds_a_job_with_its_options():
         assert jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=5, method=method,
                             **jobs.solver_defaults(method)) == spec  # the same job, spelled out
     assert jobs.solver_defaults("dpm_solver_pp") == {
-        "order": 2, "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero",
-        "third_order": "taylor", "thresholding": False}
+        "order": 2, "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
+        "final_sigmas_type": "zero", "third_order": "taylor", "thresholding": False}
     assert jobs.solver_defaults("euler_maruyama") == {}
     assert jobs.solver_defaults("adaptive") == {"rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
     assert jobs.solver_defaults("unipc")["predict_x0"] is True
@@ -442,13 +442,15 @@ def test_solver_options_are_recorded_and_another_option_is_another_job(tmp_path)
     jobs._write_manifest(spec, tmp_path, [], create=True)
     recorded = json.loads((tmp_path / jobs.MANIFEST).read_text())["config"]
     assert {k: recorded[k] for k in spec.solver_options()} == {
-        "order": 3, "solver_type": "heun", "lower_order_final": True, "final_sigmas_type": "zero",
-        "third_order": "taylor", "thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 3.0}
+        "order": 3, "solver_type": "heun", "lower_order_final": True, "euler_at_final": False,
+        "final_sigmas_type": "zero", "third_order": "taylor", "thresholding": True, "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 3.0}
     assert "eta" not in recorded  # ddim's alone
     base = dict(num_samples=2, batch_size=2, seed=0, steps=5, method="dpm_solver_pp", order=3, solver_type="heun",
                 thresholding=True, sample_max_value=3.0)
     for change, field in [({"order": 2}, "order"), ({"solver_type": "midpoint"}, "solver_type"),
                           ({"lower_order_final": False}, "lower_order_final"),
+                          ({"euler_at_final": True}, "euler_at_final"),
                           ({"final_sigmas_type": "last"}, "final_sigmas_type"),
                           ({"third_order": "diffusers"}, "third_order"),
                           ({"sample_max_value": 2.0}, "sample_max_value"),

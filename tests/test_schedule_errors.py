@@ -87,7 +87,7 @@ CASES = {
     "prediction_type by replace": (lambda: linear().replace(prediction_type="v"), ValueError,
                                    "prediction_type must be one of .*got 'v'"),
     "spacing": (lambda: sv.set_timesteps(linear(), 3, spacing="ddim"), ValueError,
-                "spacing must be one of 'reference', 'time_uniform', .*'trailing', got 'ddim'"),
+                "spacing must be one of 'reference', 'time_uniform', .*'trailing', .*'lu_lambdas', got 'ddim'"),
     "spacing not a string": (lambda: sv.set_timesteps(linear(), 3, spacing=3), ValueError, "spacing must be one of"),
     "schedule": (lambda: sv.create_state(schedule="cosine"), TypeError,
                  "schedule must be None or a schedule from sv.schedules .*got str"),

@@ -247,6 +247,9 @@ class DPMSolverPP(GridSolver):
     order: int = option(2, choices=(1, 2, 3), help="the multistep order, 1-3 (2: '2M'; 3: '3M')")
     solver_type: str = option("midpoint", choices=DPMPP_TYPES, help="the second-order term: midpoint or heun")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
+    euler_at_final: bool = option(False, help=(
+        "a first-order last step whatever the grid (diffusers' euler_at_final; with final_sigmas_type='zero' "
+        "it is first order anyway)"))
     third_order: str = option("taylor", choices=THIRD_ORDER, help=(
         "order 3's term: 'taylor' (default, exact Taylor coefficients) or 'diffusers' (half the "
         "second-derivative term, as diffusers and the official code)"))
@@ -310,6 +313,9 @@ class SDEDPMSolverPP(GridSolver):
     order: int = option(2, choices=(1, 2), help="the multistep order, 1-2")
     solver_type: str = option("midpoint", choices=DPMPP_TYPES, help="the second-order term: midpoint or heun")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
+    euler_at_final: bool = option(False, help=(
+        "a first-order last step whatever the grid (diffusers' euler_at_final; with final_sigmas_type='zero' "
+        "it is first order anyway)"))
 
     zero_snr_start = True
     name = "sde_dpm_solver_pp"

@@ -67,7 +67,8 @@ def step_orders(num_steps: int, order: int, lower_order_final: bool, final_zero:
     """The order of each of ``num_steps`` steps (host NumPy int32), as diffusers schedules it.
 
     ``rule="dpmsolver"`` (DPMSolverMultistepScheduler): ``min(order, k + 1)``, first
-    order at the last step when it goes to :math:`\\sigma = 0` or when
+    order at the last step when it goes to :math:`\\sigma = 0` (``final_zero``; also with diffusers'
+    ``euler_at_final``) or when
     ``lower_order_final`` and fewer than 15 steps, and at most second order at the
     step before in that case. ``rule="unipc"`` (UniPCMultistepScheduler):
     ``min(order, k + 1)`` and, with ``lower_order_final``, ``min(order, num_steps - k)``
@@ -139,6 +140,8 @@ class GridSolver(Solver):
         bool_option("thresholding", self.thresholding)
         if hasattr(self, "lower_order_final"):
             bool_option("lower_order_final", self.lower_order_final)
+        if hasattr(self, "euler_at_final"):
+            bool_option("euler_at_final", self.euler_at_final)
         if self.thresholding:
             from .. import _checks
 
@@ -160,8 +163,9 @@ class GridSolver(Solver):
     def orders(self, num_points: int) -> jax.Array:
         """The order of each step between grid points (a constant int32 array)."""
         num_steps = num_points - 1 + (1 if self.final_zero else 0)
+        first_order_last = self.final_zero or getattr(self, "euler_at_final", False)
         return jnp.asarray(step_orders(num_steps, self.order, getattr(self, "lower_order_final", True),
-                                       self.final_zero, self.order_rule)[: num_points - 1])
+                                       first_order_last, self.order_rule)[: num_points - 1])
 
     def predict(self, model, x, grid: Grid, k):
         """The model at grid point ``k``: ``(eps_hat, x0_hat)`` in the work dtype, ``x0_hat`` thresholded or clipped
