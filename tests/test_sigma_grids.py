@@ -45,7 +45,7 @@ def test_the_golden_covers_every_option():
                                            "euler_at_final"} == names
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.endswith("/25") else c for c in CASES])
 def test_parity_with_diffusers(case, x64):
     """The config's own grid and solver: the model's labels exactly, the noise levels and the samples to 1e-10."""
     state = sv.set_timesteps(sv.load_config(case_config(case)), int(case.split("/")[3]))

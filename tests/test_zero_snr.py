@@ -148,7 +148,7 @@ def test_the_golden_starts_at_alpha_zero():
     assert all(GOLDEN[f"{case}/labels"][0] == 999 for case in CASES)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.endswith("/25") else c for c in CASES])
 def test_parity_with_diffusers(case, x64):
     """DDIM and DDPM at alpha = 0 exactly; DPMSolverMultistep and UniPC with diffusers' 2**-24
     (zero_snr="diffusers")."""
