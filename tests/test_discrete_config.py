@@ -3,6 +3,8 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -126,3 +128,85 @@ def test_foreign_thresholding_and_final_sigmas_type_are_ignored_as_diffusers_ign
     plain = config.discrete_config({"_class_name": "DDIMScheduler", "clip_sample": False})
     np.testing.assert_array_equal(ddim.label_spacing(10), plain.label_spacing(10))
     assert ddim.solver_options() == plain.solver_options()
+
+
+# ------------------------------------------------------------------- every option of every class: a table
+#
+# diffusers 0.42.1's save_config output of each discrete class (tests/golden/spacings.npz), with one option set
+# as diffusers would write it. "samples": loads and its config's solver samples (finite, 4 steps); "method":
+# loads, and sampling names the method this package lacks; any other value: the load's refusal, which names
+# the field. Each served row's parity with diffusers is tested where it is implemented (test_clip_sample,
+# test_variance_types, test_zero_snr, test_sigma_grids, test_config_solver).
+V = {"prediction_type": "v_prediction"}  # zero terminal SNR: its first label has alpha = 0 (no epsilon model)
+OPTION_TABLE = [
+    ("DDPMScheduler", {"clip_sample": True}, "samples"),
+    ("DDPMScheduler", {"variance_type": "learned_range"}, "samples"),
+    ("DDPMScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
+    ("DDPMScheduler", {"thresholding": True}, "thresholding = True changes sampling and is not supported for DDPM"),
+    ("DDIMScheduler", {"clip_sample": True}, "samples"),
+    ("DDIMScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
+    ("DDIMScheduler", {"thresholding": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"use_exponential_sigmas": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"use_beta_sigmas": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"use_lu_lambdas": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1}, "samples"),
+    ("DPMSolverMultistepScheduler", {"euler_at_final": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min"}, "samples"),
+    ("DPMSolverMultistepScheduler", {"thresholding": True}, "samples"),
+    ("DPMSolverMultistepScheduler", {"variance_type": "learned_range"}, "samples"),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+     "zero-length last step"),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}, "method"),
+    ("UniPCMultistepScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
+    ("UniPCMultistepScheduler", {"use_karras_sigmas": True}, "samples"),
+    ("UniPCMultistepScheduler", {"use_exponential_sigmas": True}, "samples"),
+    ("UniPCMultistepScheduler", {"use_beta_sigmas": True}, "samples"),
+    ("UniPCMultistepScheduler", {"final_sigmas_type": "sigma_min"}, "samples"),
+    ("UniPCMultistepScheduler", {"thresholding": True}, "samples"),
+    ("UniPCMultistepScheduler", {"disable_corrector": [0]}, "method"),
+    ("EulerDiscreteScheduler", {}, "method"),
+    ("EulerDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "method"),
+    ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, "use_karras_sigmas = True changes sampling"),
+    ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}, "final_sigmas_type = 'sigma_min' changes"),
+    ("PNDMScheduler", {}, "method"),
+    ("LMSDiscreteScheduler", {}, "method"),
+    ("LMSDiscreteScheduler", {"use_beta_sigmas": True}, "use_beta_sigmas = True changes sampling"),
+]
+
+
+def _table_id(row):
+    return f"{row[0]}-{','.join(f'{k}={v}' for k, v in row[1].items()) or 'default'}"
+
+
+@pytest.mark.slow  # 33 compiled 4-step runs
+@pytest.mark.parametrize("cls, change, outcome", OPTION_TABLE, ids=[_table_id(r) for r in OPTION_TABLE])
+def test_every_option_of_every_class_is_served_or_refused_by_name(cls, change, outcome):
+    saved = _default_files()[cls]
+    assert all(k in saved for k in change if k != "prediction_type"), "the class writes the field itself"
+    cfg = dict(saved, **change)
+    if outcome not in ("samples", "method"):
+        with pytest.raises(ValueError, match=outcome):
+            sv.load_config(cfg)
+        return
+    state = sv.set_timesteps(sv.load_config(cfg), 4)
+    learned = state.diffusers_config.variance_type in sv.denoiser.LEARNED_VARIANCE
+
+    def model(x, t):
+        return jnp.concatenate([0.1 * x, jnp.zeros_like(x)], axis=1) if learned else 0.1 * x
+
+    if outcome == "method":
+        with pytest.raises(ValueError, match="no (verified )?equivalent"):
+            sv.sample_ode(state, model, jax.random.key(0), (2, 3))
+        return
+    x = sv.sample(state, model, jax.random.key(0), (2, 3)) if cls == "DDPMScheduler" else \
+        sv.sample_ode(state, model, jax.random.key(0), (2, 3))
+    assert x.shape == (2, 3) and bool(jnp.all(jnp.isfinite(x)))
+
+
+def _default_files():
+    from test_config import discrete_files
+
+    files = {k.split("/")[0]: v for k, v in discrete_files().items() if k.endswith("/default")}
+    return files | {"LMSDiscreteScheduler": discrete_files()["LMSDiscreteScheduler"]}
