@@ -307,6 +307,14 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
         "time_shift_type": "exponential",
     }),
+    "DPMSolverSinglestepScheduler": ("linspace", {
+        "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 1.0, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
+        "lower_order_final": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+        "use_beta_sigmas": False, "use_flow_sigmas": False, "flow_shift": 1.0, "final_sigmas_type": "zero",
+        "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
+        "time_shift_type": "exponential",
+    }),
     "UniPCMultistepScheduler": ("linspace", {
         "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
         "sample_max_value": 1.0, "predict_x0": True, "solver_type": "bh2", "lower_order_final": True,
@@ -368,14 +376,15 @@ def _check_class_name(name: Any, source: str) -> None:
 
 
 #: Classes whose ``final_sigmas_type="sigma_min"`` is served: the grid ends at label 0 and the solver stops there.
-SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler")
 
 #: Classes whose ``thresholding`` is served, by the grid solver of :meth:`DiscreteConfig.solver_options`.
-THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                        "UniPCMultistepScheduler")
 
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
-SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler")
 _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lambdas",
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
@@ -383,7 +392,9 @@ _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lam
 CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
-_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler")
+_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler")
+#: Classes without ``timestep_spacing`` and ``steps_offset``: their label grid is always ``linspace``'s.
+_NO_SPACING_FIELDS = ("DPMSolverSinglestepScheduler",)
 #: Classes that, with ``rescale_betas_zero_snr``, set the last ``alphas_cumprod`` to ``2**-24`` instead of 0
 #: (diffusers 0.42.1: "close to 0 without being 0 so first sigma is not inf"); DDIM and DDPM keep the 0.
 ZERO_SNR_CLAMP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler")
@@ -470,7 +481,7 @@ class DiscreteConfig:
         """DPMSolverMultistep's label grids with a finite ``lambda_min_clipped``: ``N`` less the number of labels
         whose log-SNR is below it (diffusers' ``last_timestep``); ``None`` otherwise."""
         clip = dict(self.extra).get("lambda_min_clipped", -math.inf)
-        if self.class_name != "DPMSolverMultistepScheduler" or clip == -math.inf:
+        if self.class_name not in ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler") or clip == -math.inf:
             return None
         from . import grids
 
@@ -481,7 +492,7 @@ class DiscreteConfig:
     def variance_type(self) -> Optional[str]:
         """The config's ``variance_type`` where the class has one (DDPM: its reverse variance, default
         ``"fixed_small"``; DPMSolverMultistep: ``None`` or a learned variance), else ``None``."""
-        if self.class_name not in ("DDPMScheduler", "DPMSolverMultistepScheduler"):
+        if self.class_name not in ("DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"):
             return None
         return dict(self.extra).get("variance_type")
 
@@ -529,6 +540,16 @@ class DiscreteConfig:
             if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
                 options["third_order"] = "diffusers"
             return names[algorithm], options
+        if self.class_name == "DPMSolverSinglestepScheduler":
+            algorithm = extra.get("algorithm_type", "dpmsolver++")
+            options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
+                       "lower_order_final": extra.get("lower_order_final", False),
+                       "final_sigmas_type": multistep["final_sigmas_type"], **thresholding}
+            if algorithm == "sde-dpmsolver++":
+                return "sde_dpm_solver_singlestep", {**options, "third_order": "diffusers"}
+            if algorithm not in ("dpmsolver++", "dpmsolver"):
+                raise ValueError(f"{source} with algorithm_type={algorithm!r} has no equivalent here: pass a method")
+            return "dpm_solver_singlestep", {**options, "algorithm_type": algorithm}
         if self.class_name == "UniPCMultistepScheduler":
             if extra.get("disable_corrector"):
                 raise ValueError(f"{source} with disable_corrector={extra['disable_corrector']!r} has no equivalent "
@@ -607,6 +628,8 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
     model = dict(_MODEL_DEFAULTS, timestep_spacing=default_spacing)
     if name in _NO_ZERO_SNR_FIELD:
         del model["rescale_betas_zero_snr"]
+    if name in _NO_SPACING_FIELDS:
+        del model["timestep_spacing"], model["steps_offset"]
     # A field of another diffusers scheduler (Stable Diffusion 1.x's PNDMScheduler file carries DDIM's
     # clip_sample) is ignored by diffusers for this class, whatever its value: kept and written back.
     foreign = {k: v for k, v in config.items()
@@ -618,6 +641,8 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
             f"{source}: unknown fields {unknown} for {name}; it has {sorted(model) + sorted(extra_defaults)}"
         )
     model.update({k: v for k, v in config.items() if k in model})
+    if name in _NO_SPACING_FIELDS:
+        model.update(timestep_spacing="linspace", steps_offset=0)
     extra = dict(extra_defaults)
     extra.update({k: v for k, v in config.items() if k in extra_defaults or (k.startswith("_") and k != "_class_name")})
     extra.update(foreign)
@@ -729,6 +754,8 @@ def discrete_config_dict(config: DiscreteConfig) -> dict:
     )
     if config.class_name not in _NO_ZERO_SNR_FIELD:
         out["rescale_betas_zero_snr"] = config.rescale_betas_zero_snr
+    if config.class_name in _NO_SPACING_FIELDS:
+        del out["timestep_spacing"], out["steps_offset"]
     if config.flax_class is not None:  # the Flax class's own file: its name, the fields it was read with
         out = {k: v for k, v in out.items() if k in config.flax_fields}
         out["_class_name"] = config.flax_class

@@ -103,6 +103,7 @@ SPACING_SCHEDULERS = {
     "DDPMScheduler": "ddim",
     "DDIMScheduler": "ddim",
     "DPMSolverMultistepScheduler": "multistep",
+    "DPMSolverSinglestepScheduler": "multistep",
     "UniPCMultistepScheduler": "multistep",
     "EulerDiscreteScheduler": "euler",
     "LMSDiscreteScheduler": "euler",

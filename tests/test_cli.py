@@ -223,8 +223,8 @@ SOLVER_RUNS = [
       "sample_max_value": 3.0}),
     (["--method", "dpm_solver_pp", "--order", "3", "--solver-type", "heun", "--third-order", "diffusers",
       "--final-sigmas-type", "last"],
-     {"order": 3, "solver_type": "heun", "lower_order_final": True, "final_sigmas_type": "last",
-      "third_order": "diffusers", "thresholding": False}),
+     {"order": 3, "solver_type": "heun", "lower_order_final": True, "euler_at_final": False,
+      "final_sigmas_type": "last", "third_order": "diffusers", "thresholding": False}),
     (["--method", "unipc", "--order", "3", "--solver-type", "bh1", "--no-lower-order-final"],
      {"order": 3, "solver_type": "bh1", "lower_order_final": False, "final_sigmas_type": "zero",
       "thresholding": False, "predict_x0": True}),
@@ -235,8 +235,15 @@ SOLVER_RUNS = [
     (["--method", "dpm_solver_pp_2s", "--r", "0.25"],
      {"r": 0.25, "final_sigmas_type": "zero", "thresholding": False}),
     (["--method", "sde_dpm_solver_pp", "--order", "1", "--thresholding", "--dynamic-thresholding-ratio", "0.9"],
-     {"order": 1, "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero",
-      "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.0}),
+     {"order": 1, "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
+      "final_sigmas_type": "zero", "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.0}),
+    (["--method", "dpm_solver_singlestep", "--order", "3", "--algorithm-type", "dpmsolver", "--final-sigmas-type",
+      "last"],
+     {"order": 3, "solver_type": "midpoint", "algorithm_type": "dpmsolver", "lower_order_final": True,
+      "final_sigmas_type": "last", "thresholding": False}),
+    (["--method", "sde_dpm_solver_singlestep", "--order", "3", "--solver-type", "heun", "--third-order", "diffusers"],
+     {"order": 3, "solver_type": "heun", "algorithm_type": "dpmsolver++", "lower_order_final": True,
+      "third_order": "diffusers", "final_sigmas_type": "zero", "thresholding": False}),
 ]
 
 

@@ -46,6 +46,12 @@ ORDERS = [
     ("unipc", {"order": 2, "solver_type": "bh1"}, 3),
     ("unipc", {"order": 2, "predict_x0": False}, 3),
     ("dpm_solver_pp_2s", {}, 2),  # single-step: 2 calls per step, the same order in the step count
+    ("dpm_solver_singlestep", {"order": 1}, 1),
+    ("dpm_solver_singlestep", {"order": 2}, 2),
+    ("dpm_solver_singlestep", {"order": 2, "solver_type": "heun"}, 2),
+    ("dpm_solver_singlestep", {"order": 3}, 3),
+    ("dpm_solver_singlestep", {"order": 3, "solver_type": "heun"}, 3),
+    ("dpm_solver_singlestep", {"order": 3, "algorithm_type": "dpmsolver"}, 3),
 ]
 
 

@@ -70,8 +70,8 @@ def methods_with(option: str) -> list[str]:
     """The registered methods that take ``option``.
 
     Examples:
-      >>> sv.solvers.methods_with("order")
-      ['dpm_solver', 'dpm_solver_pp', 'sde_dpm_solver_pp', 'unipc']
+      >>> sv.solvers.methods_with("solver_type")[:3]
+      ['dpm_solver_pp', 'sde_dpm_solver_pp', 'unipc']
     """
     return [name for name, cls in REGISTRY.items() if option in option_fields(cls)]
 
