@@ -50,3 +50,17 @@ class Float32As64:
 
     def __getattr__(self, name):
         return getattr(self._torch, name)
+
+
+def float64_tables(sched, betas) -> None:
+    """Replace a multistep scheduler's tables by their float64 values from float64 ``betas`` (a torch tensor), as its
+    ``__init__`` computes them: ``alphas``, ``alphas_cumprod``, ``alpha_t``, ``sigma_t``, ``lambda_t``, ``sigmas``."""
+    import torch
+
+    sched.betas = betas
+    sched.alphas = 1.0 - betas
+    sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
+    sched.alpha_t = torch.sqrt(sched.alphas_cumprod)
+    sched.sigma_t = torch.sqrt(1 - sched.alphas_cumprod)
+    sched.lambda_t = torch.log(sched.alpha_t) - torch.log(sched.sigma_t)
+    sched.sigmas = ((1 - sched.alphas_cumprod) / sched.alphas_cumprod) ** 0.5

@@ -36,7 +36,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_module
-from _golden import Float32As64, write_npz  # noqa: E402  (beside this script)
+from _golden import Float32As64, float64_tables, write_npz  # noqa: E402  (beside this script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = os.path.join(HERE, "sigmas.npz")
@@ -71,13 +71,7 @@ def model(x: np.ndarray, label: int) -> np.ndarray:
 
 
 def float64(sched) -> None:
-    sched.betas = torch.tensor(np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2, dtype=torch.float64)
-    sched.alphas = 1.0 - sched.betas
-    sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
-    sched.alpha_t = torch.sqrt(sched.alphas_cumprod)
-    sched.sigma_t = torch.sqrt(1 - sched.alphas_cumprod)
-    sched.lambda_t = torch.log(sched.alpha_t) - torch.log(sched.sigma_t)
-    sched.sigmas = ((1 - sched.alphas_cumprod) / sched.alphas_cumprod) ** 0.5
+    float64_tables(sched, torch.tensor(np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2, dtype=torch.float64))
 
 
 def float64_sigmas(sched, fields: dict, steps: int) -> torch.Tensor:

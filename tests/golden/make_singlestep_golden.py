@@ -98,15 +98,10 @@ def model(x: np.ndarray, label: int, prediction_type: str) -> np.ndarray:
 
 def run(torch, diffusers, fields: dict, steps: int, x_t, noise):
     from diffusers.schedulers import scheduling_dpmsolver_singlestep as module
+    from _golden import float64_tables
 
     sched = diffusers.DPMSolverSinglestepScheduler(**BASE, **fields)
-    sched.betas = torch.tensor(np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2, dtype=torch.float64)
-    sched.alphas = 1.0 - sched.betas
-    sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
-    sched.alpha_t = torch.sqrt(sched.alphas_cumprod)
-    sched.sigma_t = torch.sqrt(1 - sched.alphas_cumprod)
-    sched.lambda_t = torch.log(sched.alpha_t) - torch.log(sched.sigma_t)
-    sched.sigmas = ((1 - sched.alphas_cumprod) / sched.alphas_cumprod) ** 0.5
+    float64_tables(sched, torch.tensor(np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2, dtype=torch.float64))
     sched.set_timesteps(steps)
     train = ((1 - acp64()) / acp64()) ** 0.5
     if fields.get("use_karras_sigmas"):
