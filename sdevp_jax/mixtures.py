@@ -29,7 +29,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from . import _checks, schedules
-from .denoiser import prediction_from_eps, time_from_model_time
+from .denoiser import time_from_model_time
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = [
@@ -247,10 +247,15 @@ def _mixture_eps_x0(mixture: GaussianMixture, x: ArrayLike, t: ArrayLike, schedu
     eps = (sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)).reshape(shape).astype(out_dtype)
     if not with_x0:
         return eps, None
-    var0 = jnp.square(mixture.scales.astype(dtype))[None]
-    post = mixture.means.astype(dtype)[None] + alpha[:, None, None] * var0 * diff / var
-    x0 = jnp.sum(resp[..., None] * post, axis=1).reshape(shape).astype(out_dtype)
-    return eps, x0
+    return eps, _posterior_mean(mixture, resp, diff, var, alpha).reshape(shape).astype(out_dtype)
+
+
+def _posterior_mean(mixture: GaussianMixture, resp, diff, var, alpha) -> jax.Array:
+    r""":math:`E[x_0 \mid x_t] = \sum_k r_k(\mu_k + \alpha s_k^2 (x - \alpha\mu_k)/v_k)`, shape ``(B, D)``, from
+    :func:`_component_log_probs`' pieces and the responsibilities ``resp``."""
+    var0 = jnp.square(mixture.scales.astype(diff.dtype))[None]
+    post = mixture.means.astype(diff.dtype)[None] + alpha[:, None, None] * var0 * diff / var
+    return jnp.sum(resp[..., None] * post, axis=1)
 
 
 def make_mixture_eps_fn(
@@ -425,7 +430,8 @@ def make_class_model(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Calla
     :data:`NULL_CLASS` does -- a finite, documented output rather than the NaN of a class
     with no components. The noise prediction of :math:`p_t(x \mid c)` is the mixture
     formula with the responsibilities restricted to class ``c``'s components; it is
-    returned as ``state.prediction_type``, with ``t`` the model's time input.
+    returned as ``state.prediction_type`` (v and x0 from the posterior mean, finite at
+    :math:`\alpha = 0`), with ``t`` the model's time input.
 
     Examples:
       >>> state = sv.set_timesteps(sv.create_state(), 10)
@@ -447,9 +453,12 @@ def make_class_model(state: ScoreSdeVpSchedulerState, cm: ClassMixture) -> Calla
         eps = (sigma[:, None] * jnp.sum(resp[..., None] * diff / var, axis=1)).reshape(shape)
         if prediction_type == "epsilon":
             return eps.astype(x.dtype)
-        tb = _checks.per_sample(t_cont, xf.shape[0], dtype).reshape((-1,) + (1,) * (len(shape) - 1))
-        alpha_b, sigma_b = schedule.cast(dtype).alpha_sigma(tb)
-        return prediction_from_eps(prediction_type, eps, jnp.asarray(x).astype(dtype), alpha_b, sigma_b).astype(x.dtype)
+        t_vec = _checks.per_sample(t_cont, xf.shape[0], dtype)
+        x0 = _posterior_mean(cm.mixture, resp, diff, var, schedule.cast(dtype).alpha(t_vec)).reshape(shape)
+        if prediction_type == "sample":
+            return x0.astype(x.dtype)
+        alpha_b, sigma_b = schedule.cast(dtype).alpha_sigma(t_vec.reshape((-1,) + (1,) * (len(shape) - 1)))
+        return (alpha_b * eps - sigma_b * x0).astype(x.dtype)  # v = alpha eps - sigma x0 (finite at alpha = 0)
 
     return model_fn
 

@@ -287,3 +287,22 @@ def test_zero_snr_v_model_draws_the_mixture(method):
     shares = np.bincount(np.asarray(sv.mixtures.assign_modes(mix, x)), minlength=mix.num_components) / m
     w = np.asarray(mix.weights)
     assert np.all(np.abs(shares - w) <= 5 * np.sqrt(w * (1 - w) / m)), (shares, w)
+
+
+def test_mixture_models_are_finite_at_alpha_zero(x64):
+    """The embedded models' v at alpha = 0 is -E[x_0] (of the class, for the class model): finite, from the
+    posterior mean (v = alpha eps - sigma x0_hat), where converting from eps would be 0/0."""
+    state = sv.load_config(config("DDIM"))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 2)))
+    top = jnp.full((4,), 999.0)
+    mix = sv.mixtures.default_mixture()
+    w, mu = np.asarray(mix.weights), np.asarray(mix.means)
+    np.testing.assert_allclose(np.asarray(sv.mixtures.make_mixture_eps_fn(state, mix)(x, top)),
+                               np.broadcast_to(-(w @ mu), (4, 2)), rtol=1e-12)
+    cm = sv.mixtures.default_class_mixture()
+    classes = np.array([0, 1, 2, 0])
+    v = np.asarray(sv.mixtures.make_class_model(state, cm)(x, top, jnp.asarray(classes, jnp.int32)))
+    w, mu, member = np.asarray(cm.mixture.weights), np.asarray(cm.mixture.means), np.asarray(cm.classes)
+    for b, c in enumerate(classes):
+        wc = w * (member == c)
+        np.testing.assert_allclose(v[b], -(wc @ mu) / wc.sum(), rtol=1e-12)
