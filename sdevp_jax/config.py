@@ -315,6 +315,12 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
         "time_shift_type": "exponential",
     }),
+    "DEISMultistepScheduler": ("linspace", {
+        "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
+        "algorithm_type": "deis", "solver_type": "logrho", "lower_order_final": True, "use_karras_sigmas": False,
+        "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_flow_sigmas": False, "flow_shift": 1.0,
+        "use_dynamic_shifting": False, "time_shift_type": "exponential",
+    }),
     "UniPCMultistepScheduler": ("linspace", {
         "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
         "sample_max_value": 1.0, "predict_x0": True, "solver_type": "bh2", "lower_order_final": True,
@@ -380,7 +386,7 @@ SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepSchedule
 
 #: Classes whose ``thresholding`` is served, by the grid solver of :meth:`DiscreteConfig.solver_options`.
 THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-                        "UniPCMultistepScheduler")
+                        "DEISMultistepScheduler", "UniPCMultistepScheduler")
 
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
@@ -392,7 +398,7 @@ _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lam
 CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
-_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler")
+_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler")
 #: Classes without ``timestep_spacing`` and ``steps_offset``: their label grid is always ``linspace``'s.
 _NO_SPACING_FIELDS = ("DPMSolverSinglestepScheduler",)
 #: Classes that, with ``rescale_betas_zero_snr``, set the last ``alphas_cumprod`` to ``2**-24`` instead of 0
@@ -462,9 +468,12 @@ class DiscreteConfig:
 
     @property
     def ends_at_sigma_min(self) -> bool:
-        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, UniPC): the label grid gets label 0 appended,
+        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always): the label
+        grid gets label 0 appended,
         and the config's solver ends there (``final_sigmas_type="last"``) instead of stepping to sigma = 0
         (with a method given, pass ``final_sigmas_type="last"`` to it to end there as diffusers does)."""
+        if self.class_name == "DEISMultistepScheduler":  # it always ends at label 0's sigma
+            return True
         return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
 
     @property
@@ -540,6 +549,9 @@ class DiscreteConfig:
             if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
                 options["third_order"] = "diffusers"
             return names[algorithm], options
+        if self.class_name == "DEISMultistepScheduler":
+            return "deis", {"order": extra.get("solver_order", 2), "lower_order_final": multistep["lower_order_final"],
+                            "final_sigmas_type": "last", **thresholding}
         if self.class_name == "DPMSolverSinglestepScheduler":
             algorithm = extra.get("algorithm_type", "dpmsolver++")
             options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),

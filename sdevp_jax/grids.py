@@ -104,6 +104,7 @@ SPACING_SCHEDULERS = {
     "DDIMScheduler": "ddim",
     "DPMSolverMultistepScheduler": "multistep",
     "DPMSolverSinglestepScheduler": "multistep",
+    "DEISMultistepScheduler": "multistep",
     "UniPCMultistepScheduler": "multistep",
     "EulerDiscreteScheduler": "euler",
     "LMSDiscreteScheduler": "euler",

@@ -241,6 +241,8 @@ SOLVER_RUNS = [
       "last"],
      {"order": 3, "solver_type": "midpoint", "algorithm_type": "dpmsolver", "lower_order_final": True,
       "final_sigmas_type": "last", "thresholding": False}),
+    (["--method", "deis", "--order", "3", "--final-sigmas-type", "last"],
+     {"order": 3, "lower_order_final": True, "final_sigmas_type": "last", "thresholding": False}),
     (["--method", "sde_dpm_solver_singlestep", "--order", "3", "--solver-type", "heun", "--third-order", "diffusers"],
      {"order": 3, "solver_type": "heun", "algorithm_type": "dpmsolver++", "lower_order_final": True,
       "third_order": "diffusers", "final_sigmas_type": "zero", "thresholding": False}),

@@ -52,6 +52,9 @@ ORDERS = [
     ("dpm_solver_singlestep", {"order": 3}, 3),
     ("dpm_solver_singlestep", {"order": 3, "solver_type": "heun"}, 3),
     ("dpm_solver_singlestep", {"order": 3, "algorithm_type": "dpmsolver"}, 3),
+    ("deis", {"order": 1}, 1),
+    ("deis", {"order": 2}, 2),
+    ("deis", {"order": 3}, 3),
 ]
 
 
