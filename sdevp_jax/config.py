@@ -24,6 +24,7 @@ refuses it with a ValueError rather than write a file that would load as another
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -468,10 +469,10 @@ class DiscreteConfig:
 
     @property
     def ends_at_sigma_min(self) -> bool:
-        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always): the label
-        grid gets label 0 appended,
-        and the config's solver ends there (``final_sigmas_type="last"``) instead of stepping to sigma = 0
-        (with a method given, pass ``final_sigmas_type="last"`` to it to end there as diffusers does)."""
+        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always): the
+        label grid gets label 0 appended, and the config's solver ends there (``final_sigmas_type="last"``) instead
+        of stepping to sigma = 0 (with a method given, pass ``final_sigmas_type="last"`` to it to end there as
+        diffusers does)."""
         if self.class_name == "DEISMultistepScheduler":  # it always ends at label 0's sigma
             return True
         return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
@@ -487,8 +488,8 @@ class DiscreteConfig:
 
     @property
     def last_timestep(self) -> Optional[int]:
-        """DPMSolverMultistep's label grids with a finite ``lambda_min_clipped``: ``N`` less the number of labels
-        whose log-SNR is below it (diffusers' ``last_timestep``); ``None`` otherwise."""
+        """DPMSolverMultistep's and DPMSolverSinglestep's label grids with a finite ``lambda_min_clipped``: ``N`` less
+        the number of labels whose log-SNR is below it (diffusers' ``last_timestep``); ``None`` otherwise."""
         clip = dict(self.extra).get("lambda_min_clipped", -math.inf)
         if self.class_name not in ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler") or clip == -math.inf:
             return None
@@ -500,7 +501,8 @@ class DiscreteConfig:
     @property
     def variance_type(self) -> Optional[str]:
         """The config's ``variance_type`` where the class has one (DDPM: its reverse variance, default
-        ``"fixed_small"``; DPMSolverMultistep: ``None`` or a learned variance), else ``None``."""
+        ``"fixed_small"``; DPMSolverMultistep and DPMSolverSinglestep: ``None`` or a learned variance), else
+        ``None``."""
         if self.class_name not in ("DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"):
             return None
         return dict(self.extra).get("variance_type")
@@ -518,7 +520,10 @@ class DiscreteConfig:
         ``"unipc"`` with ``solver_order``, ``solver_type``, ``predict_x0``, ``lower_order_final``,
         ``final_sigmas_type``, thresholding (a config's ``thresholding`` applies through this solver:
         with a method given, pass ``thresholding=True`` to it; DPMSolverMultistep's ``euler_at_final``
-        likewise). Every other case raises a ValueError naming the method
+        likewise); DPMSolverSinglestepScheduler: ``"dpm_solver_singlestep"`` with ``algorithm_type``
+        ``"dpmsolver++"`` or ``"dpmsolver"``, ``"sde_dpm_solver_singlestep"`` (diffusers' third-order term) for
+        ``"sde-dpmsolver++"``; DEISMultistepScheduler: ``"deis"``, ending at label 0's noise level as diffusers
+        does. Every other case raises a ValueError naming the method
         this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
         ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list): pass a method.
         """
@@ -575,9 +580,10 @@ class DiscreteConfig:
         raise ValueError(f"{source} samples with {method}, which sdevp_jax has no verified equivalent of: pass a "
                          f"method (e.g. method='dpm_solver_pp' to sample_ode)")
 
-    @property
+    @functools.cached_property
     def schedule(self):
-        """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host)."""
+        """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host, once: loading,
+        the state, ``last_timestep`` and saving read the same one)."""
         from . import schedules
 
         clamp = (self.rescale_betas_zero_snr and self.zero_snr == "diffusers"

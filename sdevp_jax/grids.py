@@ -230,8 +230,10 @@ def times_to_labels(times: ArrayLike, num_train_timesteps: int) -> np.ndarray:
 CONTINUOUS_SPACINGS = ("time_uniform", "time_quadratic", "logsnr", "karras")
 
 
-SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS + ("karras_sigmas", "exponential_sigmas",
-                                                                     "beta_sigmas", "lu_lambdas")
+#: diffusers' sigma grids, by the config field that asks for each (``use_karras_sigmas``, ...).
+SIGMA_SPACINGS = ("karras_sigmas", "exponential_sigmas", "beta_sigmas", "lu_lambdas")
+
+SPACINGS = ("reference",) + CONTINUOUS_SPACINGS + LABEL_SPACINGS + SIGMA_SPACINGS
 
 
 #: The exponent of the ``"karras"`` grid (Karras et al., NeurIPS 2022, eq. 5).
@@ -501,8 +503,6 @@ def align_your_steps(state: "ScoreSdeVpSchedulerState", num_inference_steps: int
 
 # --------------------------------------------------------------------------- diffusers' sigma grids
 
-#: diffusers' sigma grids, by the config field that asks for each (``use_karras_sigmas``, ...).
-SIGMA_SPACINGS = ("karras_sigmas", "exponential_sigmas", "beta_sigmas", "lu_lambdas")
 
 #: The Beta distribution's parameters of ``beta_sigmas`` (Lee et al. 2024; diffusers' defaults).
 BETA_SIGMAS_AB = (0.6, 0.6)

@@ -263,11 +263,13 @@ def check_zero_snr_start(solver: Solver, state: ScoreSdeVpSchedulerState, times)
             f"undefined there (at alpha = 0 the noise prediction is x itself and carries nothing of the data). "
             f"Sample a v- or x0-prediction model (zero-SNR models are trained with v-prediction), {below}")
     if not solver.zero_snr_start:
-        able = ", ".join(n for n, c in solvers.REGISTRY.items() if getattr(c, "zero_snr_start"))
+        always = [n for n, c in solvers.REGISTRY.items() if c.zero_snr_start is True]
+        some = [n for n, c in solvers.REGISTRY.items() if isinstance(c.zero_snr_start, property)]
         raise ValueError(
             f"{solver.name}: {where}; this method's step needs beta(t) or the log-SNR finite. The methods that "
-            f"start there (their steps use the data prediction and sigma_t/sigma_s alone): {able} (unipc with "
-            f"predict_x0=True and solver_type='bh2'), {below}")
+            f"start there (their steps use the data prediction and sigma_t/sigma_s alone): {', '.join(always)}, "
+            f"and with some options {', '.join(some)} (unipc with predict_x0=True and solver_type='bh2', the "
+            f"single-step solvers with algorithm_type='dpmsolver++'); {below}")
 
 
 def config_solver(state: ScoreSdeVpSchedulerState) -> tuple[str, dict]:
@@ -446,8 +448,8 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
 #: sample_ode's solver options and the value that means "the method's default" (not passed on).
 ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": True, "final_sigmas_type": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
-               "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None, "rtol": 1e-5, "atol": 1e-5,
-               "max_steps": 4096}
+               "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
+               "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
 def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
@@ -482,11 +484,8 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
                 raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={value!r}")
             if name == "predict_x0":
                 raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
-            if name == "algorithm_type":
-                raise ValueError(f"algorithm_type is an option of {', '.join(solvers.methods_with('algorithm_type'))}, "
-                                 f"not of method={method!r}")
-            if name == "euler_at_final":
-                raise ValueError(f"euler_at_final is an option of {', '.join(solvers.methods_with('euler_at_final'))}, "
+            if name in ("algorithm_type", "euler_at_final"):
+                raise ValueError(f"{name} is an option of {', '.join(solvers.methods_with(name))}, "
                                  f"not of method={method!r}")
             if name == "solver_type":
                 raise ValueError(f"solver_type must be one of [None] for method={method!r}, got {value!r}")

@@ -82,6 +82,5 @@ class DEIS(GridSolver):
         self._check_order()
 
     def update(self, x, hist, grid, k, eps, d0, order, noise):
-        if self.thresholding:  # the noise prediction of the thresholded data prediction, as diffusers converts it
-            eps = (x - grid.alpha[k] * d0) / grid.sigma[k]
+        eps = self.noise_of(x, eps, d0, grid, k)
         return x, deis_step(x, eps, hist, grid.coeffs(k, k + 1), order), eps

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from .base import StepCoeffs, bool_option, choice_option, option, register
+from .base import StepCoeffs, choice_option, option, register
 from .dpm import DPMPP_TYPES
 from .multistep import GridSolver, History
 
@@ -151,7 +151,6 @@ class DPMSolverSinglestep(GridSolver):
         self._check_order()
         choice_option("solver_type", self.solver_type, DPMPP_TYPES)
         choice_option("algorithm_type", self.algorithm_type, ALGORITHMS)
-        bool_option("lower_order_final", self.lower_order_final)
         if self.algorithm_type == "dpmsolver" and self.thresholding:
             raise ValueError("thresholding acts on the data prediction: it needs algorithm_type='dpmsolver++'")
 
@@ -165,8 +164,9 @@ class DPMSolverSinglestep(GridSolver):
         return jnp.asarray(singlestep_orders(num_steps, self.order, self.lower_order_final,
                                              self.final_zero)[: num_points - 1])
 
-    def _noise(self, noise):
-        return None
+    def _sde_terms(self, noise) -> dict:
+        """The SDE form's arguments of :func:`singlestep_dpm_step` (none here)."""
+        return {}
 
     def update(self, x, hist, grid, k, eps, d0, order, noise):
         pred = eps if self.algorithm_type == "dpmsolver" else d0
@@ -175,7 +175,7 @@ class DPMSolverSinglestep(GridSolver):
         c = grid.coeffs(start, k + 1)
         x_next = singlestep_dpm_step(x_start, (pred, hist.m1, hist.m2), (grid.lam[k], hist.lam1, hist.lam2), c,
                                      order, solver_type=self.solver_type, algorithm=self.algorithm_type,
-                                     z=self._noise(noise), third_order=getattr(self, "third_order", "taylor"))
+                                     **self._sde_terms(noise))
         # remember the group's start (in History.x_prev) with the prediction
         return x_start, x_next, pred
 
@@ -201,5 +201,5 @@ class SDEDPMSolverSinglestep(DPMSolverSinglestep):
             raise ValueError("the SDE form is SDE-DPM-Solver++ (data prediction): algorithm_type must be 'dpmsolver++'")
         choice_option("third_order", self.third_order, ("taylor", "diffusers"))
 
-    def _noise(self, noise):
-        return noise.draw()
+    def _sde_terms(self, noise) -> dict:
+        return {"z": noise.draw(), "third_order": self.third_order}

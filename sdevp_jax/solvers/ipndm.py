@@ -69,6 +69,5 @@ class IPNDM(GridSolver):
         return jnp.minimum(self.order, jnp.arange(num_points - 1) + 1).astype(jnp.int32)
 
     def update(self, x, hist, grid, k, eps, d0, order, noise):
-        if self.thresholding:  # the noise prediction of the thresholded data prediction
-            eps = (x - grid.alpha[k] * d0) / grid.sigma[k]
+        eps = self.noise_of(x, eps, d0, grid, k)
         return x, ipndm_step(x, eps, hist, grid.coeffs(k, k + 1), order), eps

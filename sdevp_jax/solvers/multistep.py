@@ -181,6 +181,14 @@ class GridSolver(Solver):
             x0 = jnp.clip(x0, -model.clip_range, model.clip_range)
         return eps, x0
 
+    def noise_of(self, x, eps, d0, grid: Grid, k):
+        """The noise prediction a noise-form step uses at point ``k``: the model's ``eps``, or with thresholding
+        the one the thresholded data prediction ``d0`` implies, :math:`(x - \\alpha d_0)/\\sigma` (diffusers'
+        conversion)."""
+        if not self.thresholding:
+            return eps
+        return (x - grid.alpha[k] * d0) / grid.sigma[k]
+
     def init(self, x, grid: Grid) -> History:
         return History.init(x)
 
