@@ -554,7 +554,7 @@ def diffusers_sigmas(schedule: Any, num_inference_steps: int, spacing: str) -> n
         return (high + ramp * (low - high)) ** KARRAS_RHO
     if spacing in ("exponential_sigmas", "lu_lambdas"):
         return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), n))
-    from scipy.special import betaincinv  # the Beta quantile function (SciPy is a dependency of JAX)
+    from scipy.special import betaincinv  # the Beta quantile function
 
     quantiles = betaincinv(BETA_SIGMAS_AB[0], BETA_SIGMAS_AB[1], 1.0 - ramp)
     return sigma_min + quantiles * (sigma_max - sigma_min)
