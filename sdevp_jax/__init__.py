@@ -24,7 +24,8 @@ __version__ = "0.5.0"  # before the submodules, which record it
 from . import grids, mixtures, schedules, sde, solvers
 from .config import load_config, save_config
 from .loops import SamplerInfo, invert_ode, sample, sample_ode
-from .guidance import cfg, classifier_guidance
+from .guidance import (apg, apg_combine, autoguidance, cfg, cfg_pp, cfg_zero_star, cfg_zero_star_scale,
+                       classifier_guidance, guidance_schedule)
 from .mixtures import NULL_CLASS
 from .samplers import (
     METHODS,
@@ -75,6 +76,13 @@ __all__ = [
     "NULL_CLASS",
     "cfg",
     "classifier_guidance",
+    "apg",
+    "apg_combine",
+    "cfg_zero_star",
+    "cfg_zero_star_scale",
+    "autoguidance",
+    "cfg_pp",
+    "guidance_schedule",
     "ScoreSdeVpSchedulerState",
     "StepOutput",
     "create_state",

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # annotations only: the scheduler builds on this module
 
 __all__ = [
     "Denoiser",
+    "GuidedModel",
     "clip_range",
     "LEARNED_VARIANCE",
     "variance_type",
@@ -57,25 +58,108 @@ __all__ = [
 ]
 
 
+class GuidedModel:
+    r"""A model combinator the loop cooperates with, beyond ``model_fn(x, t[, cond]) -> prediction``.
+
+    Two cooperations, each a class attribute:
+
+    * ``stateful``: the prediction depends on the run's earlier calls (APG's momentum, CFG-Zero*'s
+      first calls). ``init(x) -> memory`` is the memory before the first call, a pytree whose leaves
+      lead with the batch (one row per sample, so it follows its sample through chunks and devices);
+      the loop threads it from call to call (:func:`sdevp_jax.loops.integrate`), in the order the
+      solver calls the model.
+    * ``renoise``: besides the guided prediction, ``apply`` returns a second prediction of the
+      same parametrization, the one a solver renoises with (CFG++: the unconditional one). The
+      solvers with ``renoise_ready`` take the data prediction from the first and the noise from
+      the second.
+
+    ``apply(memory, x, t, cond) -> (prediction, renoise_prediction or None, memory)``. Called
+    directly (``guided(x, t[, cond])``), a combinator that needs neither gives its prediction;
+    the others are refused there, since outside a loop there is nobody to thread the memory or
+    take the second prediction.
+    """
+
+    stateful: bool = False
+    renoise: bool = False
+
+    def init(self, x: jax.Array) -> Any:
+        return ()
+
+    def apply(self, memory, x, t, cond):  # pragma: no cover - every combinator overrides it
+        raise NotImplementedError
+
+    def __call__(self, x, t, cond=None):
+        if self.stateful or self.renoise:
+            need = "memory across the run's calls" if self.stateful else "a solver that renoises with its second output"
+            raise TypeError(f"{type(self).__name__} needs {need}: pass it as model_fn to sample, sample_ode or "
+                            f"invert_ode, which thread it (it cannot be called as a plain model_fn)")
+        return self.apply((), x, t, cond)[0]
+
+
+def is_stateful(model_fn) -> bool:
+    """Whether ``model_fn`` keeps memory across a run's calls (:class:`GuidedModel`)."""
+    return isinstance(model_fn, GuidedModel) and model_fn.stateful
+
+
+def renoises(model_fn) -> bool:
+    """Whether ``model_fn`` returns a second prediction to renoise with (:class:`GuidedModel`, CFG++)."""
+    return isinstance(model_fn, GuidedModel) and model_fn.renoise
+
+
 @dataclasses.dataclass(frozen=True)
 class Denoiser:
-    """``model_fn`` bound to ``state``, the samples' dtype ``sample_dtype``, the work ``dtype`` and ``cond``."""
+    """``model_fn`` bound to ``state``, the samples' dtype ``sample_dtype``, the work ``dtype`` and ``cond``.
+
+    For a stateful :class:`GuidedModel`, ``memory`` is a one-item list holding its memory while
+    one step is traced (:meth:`holding`): each call replaces it, and the loop reads it back after
+    the step.
+    """
 
     state: Any
     model_fn: Callable
     sample_dtype: Any
     dtype: Any
     cond: Any = None
+    memory: Any = dataclasses.field(default=None, compare=False)
 
     def with_cond(self, cond) -> "Denoiser":
         """The same model with the conditions ``cond`` (one sample's, inside a per-sample solver)."""
         return dataclasses.replace(self, cond=cond)
 
+    @property
+    def stateful(self) -> bool:
+        return is_stateful(self.model_fn)
+
+    @property
+    def renoises(self) -> bool:
+        return renoises(self.model_fn)
+
+    def holding(self, memory) -> "Denoiser":
+        """The model for one traced step, holding the stateful model's ``memory`` (itself if not stateful)."""
+        if not self.stateful:
+            return self
+        return dataclasses.replace(self, memory=[memory])
+
+    def held(self) -> Any:
+        """The memory after the calls made through this model (``()`` if not stateful)."""
+        return self.memory[0] if self.stateful else ()
+
+    def _call(self, x: jax.Array, t_model: jax.Array):
+        """``(prediction, renoise prediction or None)`` of ``model_fn`` at ``x``, ``t_model`` (with ``cond``)."""
+        fn = self.model_fn
+        if not isinstance(fn, GuidedModel):
+            return (fn(x, t_model) if self.cond is None else fn(x, t_model, self.cond)), None
+        if fn.stateful and self.memory is None:
+            raise TypeError(f"{type(fn).__name__} keeps memory across a run's calls; this loop does not thread it")
+        memory = self.memory[0] if fn.stateful else ()
+        out, again, memory = fn.apply(memory, x, t_model, self.cond)
+        if fn.stateful:  # the scan's carry keeps its dtypes
+            self.memory[0] = jax.tree.map(lambda new, old: jnp.asarray(new).astype(old.dtype), memory, self.memory[0])
+        return out, again
+
     def __call__(self, x: jax.Array, t_model: jax.Array) -> jax.Array:
         """``model_fn`` at ``x`` and the model's time input ``t_model``, with ``cond`` where given."""
-        if self.cond is None:
-            return self.model_fn(x, t_model)
-        return self.model_fn(x, t_model, self.cond)
+        return self._call(x, t_model)[0]
 
     def output(self, x: jax.Array, t_vec: jax.Array) -> jax.Array:
         """The model's raw prediction at grid times ``t_vec`` (``(batch,)``), in the model's dtype."""
@@ -99,12 +183,17 @@ class Denoiser:
 
     def eps_x0(self, x: jax.Array, t, alpha, sigma) -> tuple[jax.Array, jax.Array]:
         r""":math:`(\hat\epsilon, \hat x_0)` in the work dtype at the grid time ``t`` (0-d), where the
-        schedule is ``alpha``, ``sigma``."""
+        schedule is ``alpha``, ``sigma``.
+
+        With a renoising model (CFG++), :math:`\hat x_0` is the guided prediction's and
+        :math:`\hat\epsilon` the second prediction's."""
         t_vec = jnp.full((x.shape[0],), t, model_time_dtype(self.state))
-        out = split_output(self.state, self(x.astype(self.sample_dtype), model_time(self.state, t_vec)), x)[0]
-        out = out.astype(self.dtype)
-        eps = eps_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
+        out, again = self._call(x.astype(self.sample_dtype), model_time(self.state, t_vec))
+        out = split_output(self.state, out, x)[0].astype(self.dtype)
         x0 = x0_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
+        if again is not None:
+            out = split_output(self.state, again, x)[0].astype(self.dtype)
+        eps = eps_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         return eps, x0
 
 

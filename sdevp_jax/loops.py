@@ -29,7 +29,8 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from . import _checks, solvers
-from .denoiser import LEARNED_VARIANCE, Denoiser, check_learned_output, variance_type
+from .denoiser import (LEARNED_VARIANCE, Denoiser, GuidedModel, check_learned_output, is_stateful, renoises,
+                       variance_type)
 from .solvers import Grid, Noise, Solver
 from .solvers.adaptive import Adaptive, ode_span, schedule_jumps, tsit5_solve  # noqa: F401  (re-exported)
 from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
@@ -62,6 +63,11 @@ def _check_model_output(state, model_fn: ModelFn, x: jax.Array, t: jax.Array, co
     args = (x, t) if cond is None else (x, t, cond)
     call = "model_fn(x, t)" if cond is None else "model_fn(x, t, cond)"
     context = f"{call} failed for x {x.shape} and t {t.shape}"
+    if isinstance(model_fn, GuidedModel):  # its first call, memory fresh
+        fn = model_fn
+
+        def model_fn(*a):
+            return fn.apply(fn.init(a[0]), *a, *((None,) if len(a) == 2 else ()))[0]
     try:
         out = jax.eval_shape(model_fn, *args)
     except (TypeError, ValueError) as err:
@@ -188,7 +194,9 @@ def resolve_unroll(unroll: Optional[int]) -> int:
 def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_keys, unroll: int = 1):
     """Run ``solver`` over ``grid``'s intervals from ``x``: one ``lax.scan``; returns ``(x, solver_state, nfe)``.
 
-    Step ``k`` (from ``grid.t[k]``, ``k < solver.num_steps(n)``) draws its noise from the slots
+    A stateful guided model's memory (:class:`~sdevp_jax.denoiser.GuidedModel`) rides in the carry,
+    from ``model_fn.init(x)``, through every call in the solver's order. Step ``k`` (from ``grid.t[k]``,
+    ``k < solver.num_steps(n)``) draws its noise from the slots
     ``1 + k s`` to ``k s + s`` of each sample's stream, ``s = solver.noise_slots``
     (slot 0 is the prior draw). The step index rides in the carry (not as an arange
     over the steps), so nothing but the grid has the length of the loop. ``nfe`` is
@@ -199,16 +207,18 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
     per_step = []
 
     def body(carry, _):
-        x, state, k = carry
+        x, state, k, memory = carry
         noise = Noise(sample_keys, 1 + k * slots, event, model.dtype)
-        x, state, info = solver.step(model, x, state, grid, k, noise)
+        held = model.holding(memory)
+        x, state, info = solver.step(held, x, state, grid, k, noise)
         per_step.append(info.nfe)
-        return (x, state, k + 1), None
+        return (x, state, k + 1, held.held()), None
 
     num_steps = solver.num_steps(grid.num_points)
-    (x, state, _), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0)), None, length=num_steps,
-                                unroll=unroll)
-    x, state, info = solver.finish(model, x, state, grid)
+    memory = model.model_fn.init(x) if model.stateful else ()
+    (x, state, _, memory), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0), memory), None,
+                                        length=num_steps, unroll=unroll)
+    x, state, info = solver.finish(model.holding(memory), x, state, grid)
     return x, state, per_step[0] * num_steps + info.nfe
 
 
@@ -223,6 +233,7 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
     """
     batch = x.shape[0]
     model = Denoiser(state, model_fn, x.dtype, dtype, cond)
+    check_guided_model(solver, model_fn)
     if isinstance(solver, Adaptive):
         check_zero_snr_start(solver, state, state.timesteps)
         x, nfe = solver.solve(model, x)
@@ -236,6 +247,19 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
         x = x.astype(dtype)
     x, solver_state, nfe = integrate(solver, model, x, grid, sample_keys, unroll)
     return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
+
+
+def check_guided_model(solver: Solver, model_fn) -> None:
+    """Refuse a guided model the solver cannot run: a renoising one (CFG++) with a solver that does not take
+    its noise from the second prediction, a stateful one with the adaptive solver (it steps each sample on its
+    own, under ``vmap``, where no memory is threaded)."""
+    if renoises(model_fn) and not solver.renoise_ready:
+        ready = [n for n, c in solvers.REGISTRY.items() if c.renoise_ready]
+        raise ValueError(f"{type(model_fn).__name__} renoises with the unconditional prediction, which only the "
+                         f"methods {ready} take; method {solver.name!r} does not")
+    if is_stateful(model_fn) and isinstance(solver, Adaptive):
+        raise ValueError(f"{type(model_fn).__name__} keeps memory across the run's calls, which the adaptive "
+                         f"solver (each sample on its own steps) does not thread: pass a fixed-grid method")
 
 
 def check_zero_snr_start(solver: Solver, state: ScoreSdeVpSchedulerState, times) -> None:

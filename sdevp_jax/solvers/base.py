@@ -155,6 +155,9 @@ class Solver:
     #: the steps written with the data prediction and sigma_t/sigma_s alone (no beta(t), no 1/alpha), whose limit
     #: there is finite (see :func:`sdevp_jax.loops.check_zero_snr_start`)
     zero_snr_start: ClassVar[bool] = False
+    #: whether the step takes its data prediction and its noise from the model separately, so that a renoising
+    #: guided model (CFG++: guided data, unconditional noise) changes only the renoising direction
+    renoise_ready: ClassVar[bool] = False
 
     #: the order of accuracy (ODE solvers) or weak order (SDE predictors): a field or a property of each solver
     order: ClassVar[int] = 0

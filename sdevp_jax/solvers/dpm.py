@@ -148,6 +148,7 @@ class DDIM(GridSolver):
     eta: float = option(0.0, static=False, help="eta >= 0 (default 0: deterministic; 1: DDPM's posterior variance)")
 
     zero_snr_start = True
+    renoise_ready = True
     name = "ddim"
     diffusers_scheduler = "DDIMScheduler"
     description = "DDIM (Song, Meng & Ermon 2021); eta > 0 makes it stochastic, per-sample keyed noise"
@@ -255,6 +256,7 @@ class DPMSolverPP(GridSolver):
         "second-derivative term, as diffusers and the official code)"))
 
     zero_snr_start = True
+    renoise_ready = True
     name = "dpm_solver_pp"
     diffusers_scheduler = "DPMSolverMultistepScheduler"
     description = "multistep DPM-Solver++ in data prediction, 2M (midpoint/heun) or 3M (Lu et al. 2022b)"
@@ -271,6 +273,16 @@ class DPMSolverPP(GridSolver):
         x_next = dpmpp_step(x, d0, hist, grid.coeffs(k, k + 1), order, solver_type=self.solver_type,
                             third_order=self.third_order)
         return x, x_next, d0
+
+    def renoised(self, x_next, x, eps, d0, grid, k):
+        r"""CFG++ (Chung et al., ICLR 2025): the first-order part :math:`\frac{\sigma_t}{\sigma_s}x_s -
+        \alpha_t\varphi_1 D_0` of :func:`dpmpp_step` becomes DDIM's CFG++ step :math:`\alpha_t D_0 +
+        \sigma_t\hat\epsilon_u` (the guided data prediction renoised with the unconditional noise); the
+        higher-order terms in the guided predictions stay. The two differ by
+        :math:`\frac{\sigma_t}{\sigma_s}(\alpha_s D_0 + \sigma_s\hat\epsilon_u - x_s)`, zero when
+        :math:`D_0` and :math:`\hat\epsilon_u` explain :math:`x_s` together (no guidance)."""
+        c = grid.coeffs(k, k + 1)
+        return x_next + (c.sigma_t / c.sigma_s) * (c.alpha_s * d0 + c.sigma_s * eps - x)
 
 
 def sde_dpmpp_step(x, d0, hist: History, c: StepCoeffs, order, z, *, solver_type: str = "midpoint"):

@@ -196,8 +196,15 @@ class GridSolver(Solver):
         """Predict at point ``k``, take the solver's ``update`` to ``k + 1``, remember the prediction."""
         eps, d0 = self.predict(model, x, grid, k)
         order = self.orders(grid.num_points)[k]
-        x, x_next, d0 = self.update(x, hist, grid, k, eps, d0, order, noise)
-        return x_next, hist.push(d0, grid.lam[k], x, order), StepInfo(1)
+        x_from, x_next, m = self.update(x, hist, grid, k, eps, d0, order, noise)
+        if model.renoises:
+            x_next = self.renoised(x_next, x_from, eps, d0, grid, k)
+        return x_next, hist.push(m, grid.lam[k], x_from, order), StepInfo(1)
+
+    def renoised(self, x_next, x, eps, d0, grid: Grid, k):
+        """The step's result when the model renoises (CFG++, ``renoise_ready`` solvers): as computed by
+        default, for a step that already takes its noise from ``eps`` (DDIM)."""
+        return x_next
 
     def finish(self, model, x, hist: History, grid: Grid):
         """With ``final_sigmas_type="zero"``: the data prediction at the last grid time (the step to sigma = 0)."""
