@@ -231,7 +231,7 @@ def test_every_prediction_type_gives_the_eps_models_samples(prediction_type_samp
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {})]
+STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {}), ("sde_dpm_solver_singlestep", {})]
 
 
 @pytest.fixture(scope="module")
@@ -265,13 +265,13 @@ def test_stochastic_solvers_are_batch_invariant_and_keyed_per_sample(stochastic_
 
 
 MIXTURE_RUNS = [("ddim", {"eta": 1.0}, 200), ("sde_dpm_solver_pp", {}, 100), ("unipc", {}, 25),
-                ("dpm_solver_pp", {}, 25)]
+                ("dpm_solver_pp", {}, 25), ("sde_dpm_solver_singlestep", {}, 100)]
 
 
 @pytest.fixture(scope="module")
 def stable_diffusion_mixture_samples():
-    """8000 samples of the default 2-D mixture by each MIXTURE_RUNS case (one jitted program of the four
-    solves), and 200,000 exact draws of the mixture, the target of all four."""
+    """8000 samples of the default 2-D mixture by each MIXTURE_RUNS case (one jitted program of the
+    solves), and 200,000 exact draws of the mixture, the target of all of them."""
     mixture = sv.mixtures.default_mixture(2)
     schedule = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000)
     setups = {}
