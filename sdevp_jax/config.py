@@ -160,7 +160,8 @@ def discrete_state(config: "DiscreteConfig") -> ScoreSdeVpSchedulerState:
 
 
 def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exact") -> ScoreSdeVpSchedulerState:
-    """Load a ``scheduler_config.json`` (a file, a directory containing one, or its dict) into a state.
+    """Load a ``scheduler_config.json`` (a file, a directory containing one, a saved diffusers pipeline whose
+    ``scheduler/`` subfolder holds it, or its dict) into a state.
 
     A ``ScoreSdeVpScheduler`` config (or one without ``_class_name``) gives the linear
     schedule; a config of one of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
@@ -188,10 +189,17 @@ def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exac
 
 
 def read_config_file(path: str | os.PathLike) -> tuple[dict, str]:
-    """The JSON of a ``scheduler_config.json`` (a file, or a directory holding one), and its path."""
+    """The JSON of a ``scheduler_config.json`` and its path: a file, a directory holding one, or a saved
+    diffusers pipeline (its ``scheduler/`` subfolder holds it, next to ``model_index.json``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "scheduler_config.json"
+        here, pipeline = path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"
+        if not here.exists() and pipeline.exists():
+            here = pipeline
+        elif not here.exists():
+            raise FileNotFoundError(f"{path}: a directory with no scheduler_config.json, neither in it nor in its "
+                                    f"scheduler/ subfolder (a saved diffusers pipeline's)")
+        path = here
     try:
         text = path.read_bytes().decode("utf-8")
         return json.loads(text), str(path)

@@ -271,8 +271,9 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
 
     A continuous schedule's model sees ``t`` itself (for a network trained on the
     paper's labels, wrap it as ``lambda x, t: net(x, t * 999)``). A discrete
-    schedule's model sees its training label :math:`n = t N_{train} - 1`, a float
-    (an integer, to rounding, on the training grid), in the dtype of ``t``; on diffusers'
+    schedule's model sees its training label :math:`n = t N_{train} - 1`, a float in the dtype of ``t``,
+    exactly an integer where ``t`` is a training time (to the rounding of ``t``: the nearest integer within
+    :math:`2\epsilon (n + 1)`, so a model that casts it to int gets the right label); on diffusers'
     sigma grids, at the grid's times, the label diffusers gives its model there
     (``state.model_labels``). Host values are checked against the schedule's range.
 
@@ -292,6 +293,11 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
     if not jnp.issubdtype(t.dtype, jnp.floating):
         t = t.astype(_checks.default_float())
     label = t * state.num_train_timesteps - 1.0
+    # a training time gives its integer label exactly: t N - 1 misses it by the rounding of t (a model that casts
+    # its time to int would get 249 for 249.99998); within that rounding, 2 eps (n + 1), the nearest integer
+    nearest = jnp.round(label)
+    rounding = 2.0 * jnp.finfo(t.dtype).eps * (jnp.abs(label) + 1.0)
+    label = jnp.where(jnp.abs(label - nearest) <= rounding, nearest, label)
     if state.model_labels is None:
         return label
     # a sigma grid: at its times, the label diffusers gives the model there (elsewhere, t N - 1)

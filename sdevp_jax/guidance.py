@@ -26,14 +26,15 @@ __all__ = ["cfg", "classifier_guidance", "apg", "apg_combine", "cfg_zero_star", 
 
 
 def _per_sample_scale(scale: Any, x: jax.Array) -> jax.Array:
-    """A guidance scale (0-d or ``(batch,)``) shaped to broadcast over ``x`` from the left."""
+    """A guidance scale (0-d, ``(1,)`` as diffusers' Flax pipelines pass it, or ``(batch,)``) shaped to broadcast
+    over ``x`` from the left."""
     scale = jnp.asarray(scale)
     if scale.ndim == 1:
-        if scale.shape[0] != x.shape[0]:
-            raise ValueError(f"scale of shape {scale.shape} must be 0-d or (batch,) = ({x.shape[0]},)")
+        if scale.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"scale of shape {scale.shape} must be 0-d, (1,) or (batch,) = ({x.shape[0]},)")
         return scale.reshape((-1,) + (1,) * (x.ndim - 1))
     if scale.ndim != 0:
-        raise ValueError(f"scale must be 0-d or of shape (batch,), got shape {scale.shape}")
+        raise ValueError(f"scale must be 0-d, (1,) or of shape (batch,), got shape {scale.shape}")
     return scale
 
 
@@ -123,7 +124,7 @@ def cfg(
 
     Args:
       model_fn: ``(x, t, cond) -> prediction``.
-      scale: :math:`w`, 0-d or ``(batch,)``, any float -- a leaf, so a jitted or vmapped
+      scale: :math:`w`, 0-d, ``(1,)`` or ``(batch,)``, any float -- a leaf, so a jitted or vmapped
         function of it compiles once for every value. ``w = 1`` is the conditional
         model, ``w = 0`` the unconditional one. Or a schedule over the continuous time,
         :func:`guidance_schedule` or any callable ``t -> w`` (``t`` of shape ``(batch,)``;

@@ -108,7 +108,8 @@ def check_common(state, model_fn, key, shape, dtype, caller, cond=None):
     require_timesteps(state, caller)
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable (x, t) -> prediction, got {type(model_fn).__name__}")
-    _checks.prng_key("key", key)
+    if key is not None:  # None: a deterministic run from x_init (checked where the solver is known)
+        _checks.prng_key("key", key)
     shape = _checks.sample_shape("shape", shape)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a float dtype, got {jnp.dtype(dtype)}")
@@ -391,7 +392,8 @@ def sample(
         continuous time, or a discrete schedule's training label); it returns
         ``state.prediction_type`` (the noise by default), an array of ``shape``. For
         a network trained on the paper's labels wrap it as ``lambda x, t: net(x, t * 999)``.
-      key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``).
+      key: a PRNG key (``jax.random.key`` or legacy ``PRNGKey``); ``None`` only with ``x_init`` and a
+        deterministic solver (nothing to draw).
       shape: ``(batch, *event)``, a non-empty tuple of positive ints.
       predictor: one of ``sv.list_methods("predictor")``; ``None`` (default): ``"euler_maruyama"``,
         or, for a state loaded from a diffusers DDIM, DDPM, DPMSolverMultistep or UniPC config and
@@ -456,7 +458,14 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
         raise ValueError(f"method={solver.name!r} steps between grid points: num_inference_steps must be >= 2, "
                          f"got {n}")
     work = _checks.compute_dtype(dtype)
-    keys = make_sample_keys(key, shape[0], index_offset)
+    if key is None:
+        if x_init is None:
+            raise ValueError("key=None needs x_init: the key draws x_T (pass a PRNG key, or the starting samples)")
+        if solver.stochastic:
+            raise ValueError(f"key=None: method {solver.name!r} draws noise at every step; pass a PRNG key")
+        keys = None
+    else:
+        keys = make_sample_keys(key, shape[0], index_offset)
     x = check_x_init(x_init, shape, dtype)
     if x is None:
         x = per_sample_normal(keys, 0, shape[1:], work).astype(dtype)
@@ -592,7 +601,8 @@ def sample_ode(
     Args:
       state: a state after :func:`set_timesteps` (``N >= 2`` for the fixed-step methods).
       model_fn: ``(x, t) -> eps_hat``, as for :func:`sample`.
-      key: a PRNG key; draws :math:`x_T` only.
+      key: a PRNG key; draws :math:`x_T` only (``None`` with ``x_init``: nothing to draw, for a
+        deterministic method).
       shape: ``(batch, *event)``.
       method: the solver, one of ``sv.list_methods("ode")`` (or ``"sde_dpm_solver_pp"``), or a
         :class:`~sdevp_jax.solvers.Solver` (then no other solver option may be given). ``None``

@@ -233,3 +233,21 @@ def test_a_job_records_a_flax_config_and_samples_its_torch_classs_model():
     torch_state = jobs.job_state(torch_spec)
     np.testing.assert_array_equal(np.asarray(flax_state.timesteps), np.asarray(torch_state.timesteps))
     assert flax_state.diffusers_config.flax_class == "FlaxDPMSolverMultistepScheduler"
+
+
+def test_a_saved_pipeline_folder_loads_its_scheduler_subfolders_config(tmp_path):
+    """A diffusers pipeline saved with save_pretrained keeps the scheduler's config in scheduler/: load_config of the
+    pipeline's folder reads it; a folder with neither is a FileNotFoundError naming both places."""
+    config = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+              "beta_end": 0.012, "clip_sample": False}
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    (tmp_path / "model_index.json").write_text(json.dumps({"scheduler": ["diffusers", "DDIMScheduler"]}))
+    from_pipeline = sv.load_config(tmp_path)
+    from_dict = sv.load_config(config)
+    np.testing.assert_array_equal(from_pipeline.schedule.knots, from_dict.schedule.knots)
+    assert from_pipeline.diffusers_config.class_name == "DDIMScheduler"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no scheduler_config.json, neither in it nor in its scheduler/"):
+        sv.load_config(empty)

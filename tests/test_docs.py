@@ -130,6 +130,11 @@ def check_reproducibility(ns):
 
 def check_migrating(ns):
     assert ns["latents"].shape == (4, 4, 8, 8) and finite(ns["latents"])
+    labels = np.asarray(ns["labels"])
+    np.testing.assert_array_equal(labels, np.round(labels))  # integer labels on the pipeline's label grid
+    want = sv.grids.diffusers_label_spacing(1000, 30, "linspace", 1, scheduler="DPMSolverMultistepScheduler")
+    np.testing.assert_array_equal(labels.astype(np.int32), want)  # the config's class's labels, cast as a UNet would
+    assert ns["replayed"].shape == (4, 4, 8, 8) and finite(ns["replayed"])
     assert ns["x"].shape == (8, 2) and finite(ns["x"])
 
 

@@ -535,9 +535,17 @@ def test_a_scale_of_the_wrong_shape_or_type_is_refused(small):
     state, model_fn = small
     with pytest.raises(TypeError, match="scale must be a real number"):
         sv.cfg(model_fn, "2", sv.NULL_CLASS)
-    with pytest.raises(ValueError, match=r"scale of shape \(3,\) must be 0-d or \(batch,\) = \(4,\)"):
+    with pytest.raises(ValueError, match=r"scale of shape \(3,\) must be 0-d, \(1,\) or \(batch,\) = \(4,\)"):
         sv.sample(state, sv.cfg(model_fn, jnp.ones(3), sv.NULL_CLASS), jax.random.key(0), (4, 2),
                   cond=jnp.zeros((4,), jnp.int32))
+
+
+def test_a_scale_of_shape_1_as_diffusers_flax_pipelines_pass_it_is_the_0_d_scale(small):
+    """FlaxStableDiffusionPipeline holds its guidance scale as jnp.array([w]): the same guide as w."""
+    _, model_fn = small
+    x, t, cond = jnp.ones((4, 2)), jnp.full((4,), 0.5), jnp.zeros((4,), jnp.int32)
+    np.testing.assert_array_equal(sv.cfg(model_fn, jnp.array([7.5]), sv.NULL_CLASS)(x, t, cond),
+                                  sv.cfg(model_fn, 7.5, sv.NULL_CLASS)(x, t, cond))
 
 
 @pytest.mark.parametrize("rescale", [-0.1, 1.5, float("nan")])

@@ -225,3 +225,26 @@ def test_default_unroll_is_8_on_gpu_and_1_elsewhere(monkeypatch):
     assert loops.resolve_unroll(None) == 8 and loops.resolve_unroll(3) == 3
     with pytest.raises(ValueError, match="unroll must be an int >= 1"):
         loops.resolve_unroll(0)
+
+
+@pytest.mark.parametrize("method", ["dpm_solver", "ddim", "unipc", "adaptive"])
+def test_a_deterministic_method_from_x_init_needs_no_key(method):
+    """key=None with x_init: the run a key would give bitwise (the key only draws x_T, which x_init replaces)."""
+    state = sv.set_timesteps(sv.create_state(), 6)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(2))
+    x_init = jax.random.normal(jax.random.key(5), (3, 2))
+    no_key = sv.sample_ode(state, model_fn, None, (3, 2), x_init=x_init, method=method)
+    keyed = sv.sample_ode(state, model_fn, jax.random.key(0), (3, 2), x_init=x_init, method=method)
+    np.testing.assert_array_equal(no_key, keyed)
+
+
+def test_key_none_without_x_init_or_with_a_stochastic_method_is_refused():
+    state = sv.set_timesteps(sv.create_state(), 6)
+    model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(2))
+    x_init = jnp.ones((3, 2))
+    with pytest.raises(ValueError, match="key=None needs x_init"):
+        sv.sample_ode(state, model_fn, None, (3, 2), method="ddim")
+    with pytest.raises(ValueError, match="key=None: method 'ddim' draws noise at every step"):
+        sv.sample_ode(state, model_fn, None, (3, 2), x_init=x_init, method="ddim", eta=1.0)
+    with pytest.raises(ValueError, match="key=None: method 'euler_maruyama' draws noise"):
+        sv.sample(state, model_fn, None, (3, 2), x_init=x_init)
