@@ -21,7 +21,7 @@ discrete scheduler's such as Stable Diffusion's DDIM/PNDM ``scheduler_config.jso
 model returns and ``--spacing`` picks the grid. The embedded mixture is exact under
 any of them. ``--method`` takes every sampler of the registry -- the SDE predictors, the
 ODE solvers and the stochastic ``sde_dpm_solver_pp`` -- and ``--order``, ``--solver-type``,
-``--eta``, ``--final-sigmas-type``, ``--no-lower-order-final``, ``--third-order`` and
+``--eta``, ``--final-sigmas-type``, ``--[no-]lower-order-final``, ``--third-order`` and
 ``--thresholding`` (with ``--dynamic-thresholding-ratio``, ``--sample-max-value``) set the
 options of the methods they apply to (an error for any other method; see
 :func:`sdevp_jax.jobs.solver_defaults`). ``--class K`` draws every sample from class ``K``
@@ -172,7 +172,8 @@ def model_options(args: argparse.Namespace) -> dict:
 def _solver_option_flags() -> dict:
     """Each solver option's flag and argparse arguments, read from the solver classes (the registry).
 
-    A bool option that is on by default gets ``--no-NAME``, one that is off ``--NAME``;
+    A bool option that is on by default gets ``--no-NAME``, one that is off ``--NAME``, one whose
+    default differs between methods both (shown ``--[no-]NAME``);
     an int ``--NAME N`` (>= 1), a float ``--NAME X`` (finite; the solver checks its range),
     a string ``--NAME`` with the choices of every solver that takes it. The help is the
     option's own, with the methods it applies to.
@@ -186,7 +187,10 @@ def _solver_option_flags() -> dict:
         default = fields[0].default
         applies = f" [{', '.join(methods)}]"
         dash = name.replace("_", "-")
-        if isinstance(default, bool):
+        if isinstance(default, bool) and len({f.default for f in fields}) > 1:  # on for some methods, off for others
+            flag = f"--[no-]{dash}"
+            kwargs = {"dest": name, "action": argparse.BooleanOptionalAction, "default": None}
+        elif isinstance(default, bool):
             flag = f"--no-{dash}" if default else f"--{dash}"
             kwargs = {"dest": name, "action": "store_const", "const": not default, "default": None}
         elif isinstance(default, int):
@@ -214,7 +218,7 @@ SOLVER_FLAGS = {name: flag for name, (flag, _) in _SOLVER_OPTION_FLAGS.items()}
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every solver (``None`` when not given: the method's default)."""
     for flag, kwargs in _SOLVER_OPTION_FLAGS.values():
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag.replace("[no-]", ""), **kwargs)  # BooleanOptionalAction adds the --no- form
 
 
 def solver_options(args: argparse.Namespace) -> dict:

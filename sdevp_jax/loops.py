@@ -479,7 +479,7 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
 
 
 #: sample_ode's solver options and the value that means "the method's default" (not passed on).
-ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": True, "final_sigmas_type": None,
+ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": None, "final_sigmas_type": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
                "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
@@ -552,7 +552,7 @@ def sample_ode(
     x_init: Optional[jax.Array] = None,
     eta: float = 0.0,
     solver_type: Optional[str] = None,
-    lower_order_final: bool = True,
+    lower_order_final: Optional[bool] = None,
     final_sigmas_type: Optional[str] = None,
     third_order: str = "taylor",
     thresholding: bool = False,
@@ -627,9 +627,10 @@ def sample_ode(
       solver_type: ``dpm_solver_pp`` / ``sde_dpm_solver_pp``: ``"midpoint"`` (default,
         the paper's 2M) or ``"heun"`` (diffusers' names); ``unipc``: ``"bh2"`` (default)
         or ``"bh1"``.
-      lower_order_final: lower the order at the last steps as diffusers does (its
-        default): DPM-Solver++ below 15 steps, UniPC always (see
-        :func:`sdevp_jax.solvers.step_orders`).
+      lower_order_final: lower the order at the last steps as diffusers does (``None``:
+        the method's default, on for ``dpm_solver_pp``, ``sde_dpm_solver_pp``, ``unipc`` and
+        ``deis`` as in diffusers, off for the single-step solvers and ``dpm_solver``):
+        DPM-Solver++ below 15 steps, UniPC always (see :func:`sdevp_jax.solvers.step_orders`).
       final_sigmas_type: the grid solvers' last step: ``"zero"`` (default, diffusers'):
         one more network call and a step to :math:`\sigma = 0`, returning the data
         prediction at the last grid time; ``"last"``: end at the last grid time.
@@ -686,7 +687,7 @@ def invert_ode(
     method: str = "ddim",
     order: Optional[int] = None,
     solver_type: Optional[str] = None,
-    lower_order_final: bool = True,
+    lower_order_final: Optional[bool] = None,
     third_order: str = "taylor",
     return_info: bool = False,
     cond=None,

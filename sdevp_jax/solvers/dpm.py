@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from .. import _checks, grids
-from .base import Grid, Solver, StepCoeffs, StepInfo, choice_option, option, register
-from .multistep import GridSolver, History
+from .base import Grid, Solver, StepCoeffs, StepInfo, bool_option, choice_option, option, register
+from .multistep import GridSolver, History, step_orders
 
 __all__ = ["DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "dpm_solver_step", "ddim_step", "dpmpp_step",
            "sde_dpmpp_step"]
@@ -76,6 +76,9 @@ class DPMSolver(Solver):
     """
 
     order: int = option(3, choices=(1, 2, 3), help="the multistep order, 1-3 (1 is DDIM with eta = 0)")
+    lower_order_final: bool = option(False, help=(
+        "below 15 steps, first order at the last step and at most second at the one before (diffusers' rule, "
+        "DEIS' last step); off by default"))
 
     name = "dpm_solver"
     description = ("probability-flow ODE, multistep DPM-Solver (order 1-3, default 3) in eps form along the state's "
@@ -85,6 +88,7 @@ class DPMSolver(Solver):
     def __post_init__(self):
         if isinstance(self.order, bool) or not isinstance(self.order, int) or not 1 <= self.order <= 3:
             raise ValueError(f"order must be 1, 2 or 3 (dpm_solver's), got {self.order!r}")
+        bool_option("lower_order_final", self.lower_order_final)
 
     def times(self, state, dtype):
         if state.spacing_given:
@@ -105,8 +109,9 @@ class DPMSolver(Solver):
         dtype = x.dtype
         e0 = model.eps(x, grid.t[k])
         h = grid.lam[k + 1] - grid.lam[k]
-        use2 = (k >= 1).astype(dtype) if self.order >= 2 else jnp.zeros((), dtype)
-        use3 = (k >= 2).astype(dtype) if self.order >= 3 else jnp.zeros((), dtype)
+        orders = jnp.asarray(step_orders(grid.num_points - 1, self.order, self.lower_order_final, False, "dpmsolver"))
+        use2 = (orders[k] >= 2).astype(dtype)
+        use3 = (orders[k] >= 3).astype(dtype)
         x_next = dpm_solver_step(x, e0, e1, e2, h, h1, h2, grid.log_alpha[k + 1] - grid.log_alpha[k],
                                  grid.sigma[k + 1], use2, use3)
         return x_next, (e0, e1, h, h1), StepInfo(1)
