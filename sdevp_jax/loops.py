@@ -192,12 +192,14 @@ def resolve_unroll(unroll: Optional[int]) -> int:
     return default_unroll() if unroll is None else _checks.positive_int("unroll", unroll)
 
 
-def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_keys, unroll: int = 1):
+def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_keys, unroll: int = 1,
+              noise=None, sample_index=None):
     """Run ``solver`` over ``grid``'s intervals from ``x``: one ``lax.scan``; returns ``(x, solver_state, nfe)``.
 
     A stateful guided model's memory (:class:`~sdevp_jax.denoiser.GuidedModel`) rides in the carry,
     from ``model_fn.init(x)``, through every call in the solver's order. Step ``k`` (from ``grid.t[k]``,
-    ``k < solver.num_steps(n)``) draws its noise from the slots
+    ``k < solver.num_steps(n)``) draws its noise (or takes it from the given ``noise``, see
+    :class:`~sdevp_jax.solvers.Noise`) from the slots
     ``1 + k s`` to ``k s + s`` of each sample's stream, ``s = solver.noise_slots``
     (slot 0 is the prior draw). The step index rides in the carry (not as an arange
     over the steps), so nothing but the grid has the length of the loop. ``nfe`` is
@@ -209,9 +211,9 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
 
     def body(carry, _):
         x, state, k, memory = carry
-        noise = Noise(sample_keys, 1 + k * slots, event, model.dtype)
+        draws = Noise(sample_keys, 1 + k * slots, event, model.dtype, noise, sample_index)
         held = model.holding(memory)
-        x, state, info = solver.step(held, x, state, grid, k, noise)
+        x, state, info = solver.step(held, x, state, grid, k, draws)
         per_step.append(info.nfe)
         return (x, state, k + 1, held.held()), None
 
@@ -223,7 +225,8 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
     return x, state, per_step[0] * num_steps + info.nfe
 
 
-def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unroll: int = 1, reverse: bool = False):
+def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unroll: int = 1, reverse: bool = False,
+        noise=None, sample_index=None):
     """``solver`` from ``x`` down ``state``'s grid (up with ``reverse``); returns ``(x, solver_state, nfe_per_sample)``.
 
     Builds the model boundary and the grid (in the work ``dtype``, the schedule's
@@ -246,7 +249,7 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
     grid = Grid.build(state.schedule.cast(dtype), times, solver.coefficients)
     if solver.in_work_dtype:
         x = x.astype(dtype)
-    x, solver_state, nfe = integrate(solver, model, x, grid, sample_keys, unroll)
+    x, solver_state, nfe = integrate(solver, model, x, grid, sample_keys, unroll, noise, sample_index)
     return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
 
 
@@ -346,6 +349,7 @@ def sample(
     cond=None,
     solver: Union[Solver, str, None] = None,
     return_info: bool = False,
+    noise=None,
 ) -> jax.Array:
     r"""Draw samples with the reverse VP SDE: any predictor, any corrector, in one ``lax.scan``.
 
@@ -430,6 +434,12 @@ def sample(
       solver: ``None`` (the ``predictor``/``corrector`` arguments), a
         :class:`~sdevp_jax.solvers.Solver` or a registered name.
       return_info: also return a :class:`SamplerInfo` with the network calls made.
+      noise: the noise to use instead of the keyed draws (to replay another implementation's
+        stream): an array of shape ``(draws, batch, *event)``, draw ``k s + j`` the ``j``-th of step
+        ``k`` (``s`` the solver's ``noise_slots``: 1, or with a corrector ``1 + corrector_steps``), or a
+        function ``(draw, sample_index) -> event-shaped array`` (``sample_index`` = ``index_offset + b``),
+        traced inside the loop. ``None`` (default): each sample's keyed stream. ``x_T`` still comes from
+        ``key`` or ``x_init`` (with both given noise and ``x_init``, ``key`` may be ``None``).
 
     Returns:
       The samples, an array of ``shape`` and ``dtype`` (or ``(samples, info)``).
@@ -448,28 +458,52 @@ def sample(
         solver = solvers.make(method, **options)
     solver = solver_from(solver, predictor, corrector, snr, corrector_steps, step_rule).check()
     return _draw(solver, state, model_fn, key, shape, dtype, index_offset, resolve_unroll(unroll), x_init, cond,
-                 denoise, return_info)
+                 denoise, return_info, noise)
 
 
-def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_init, cond, denoise, return_info):
+def check_noise(solver: Solver, state, noise, shape, dtype):
+    """Given noise (``sample(..., noise=)``) checked against the run it replaces the draws of: the array as
+    ``(draws, batch, *event)`` in the work dtype, or the function; ``None`` stays ``None``."""
+    if noise is None:
+        return None
+    if not solver.stochastic:
+        raise ValueError(f"noise=: method {solver.name!r} draws no noise (it is deterministic given x_T)")
+    if callable(noise):
+        return noise
+    noise = _checks.float_array("noise", noise)
+    draws = solver.num_steps(solver.times(state, dtype).shape[0]) * solver.noise_slots
+    want = (draws, shape[0]) + tuple(shape[1:])
+    if tuple(noise.shape) != want:
+        raise ValueError(f"noise must have shape (draws, batch, *event) = {want}: {solver.name!r} takes "
+                         f"{solver.noise_slots} draw(s) per step over {draws // solver.noise_slots} steps; "
+                         f"got {tuple(noise.shape)}")
+    return noise.astype(dtype)
+
+
+def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_init, cond, denoise, return_info,
+          noise=None):
     """Draw ``x_T`` (slot 0 of each sample's stream, unless ``x_init``), run ``solver``, return as asked."""
     n = state.timesteps.shape[0]
     if solver.in_work_dtype and not isinstance(solver, Adaptive) and n < 2:
         raise ValueError(f"method={solver.name!r} steps between grid points: num_inference_steps must be >= 2, "
                          f"got {n}")
     work = _checks.compute_dtype(dtype)
+    noise = check_noise(solver, state, noise, shape, work)
     if key is None:
         if x_init is None:
             raise ValueError("key=None needs x_init: the key draws x_T (pass a PRNG key, or the starting samples)")
-        if solver.stochastic:
-            raise ValueError(f"key=None: method {solver.name!r} draws noise at every step; pass a PRNG key")
+        if solver.stochastic and noise is None:
+            raise ValueError(f"key=None: method {solver.name!r} draws noise at every step; pass a PRNG key "
+                             f"(or the noise itself, noise=)")
         keys = None
     else:
         keys = make_sample_keys(key, shape[0], index_offset)
     x = check_x_init(x_init, shape, dtype)
     if x is None:
         x = per_sample_normal(keys, 0, shape[1:], work).astype(dtype)
-    x, solver_state, nfe_per_sample = run(solver, state, model_fn, x, keys, work, cond, unroll)
+    sample_index = jnp.asarray(index_offset, jnp.uint32) + jnp.arange(shape[0], dtype=jnp.uint32)
+    x, solver_state, nfe_per_sample = run(solver, state, model_fn, x, keys, work, cond, unroll,
+                                          noise=noise, sample_index=sample_index)
     if denoise and not solver.in_work_dtype:
         x = solver_state  # the SDE updates' state: the last one's noise-free mean
     x = x.astype(dtype)
@@ -562,6 +596,7 @@ def sample_ode(
     euler_at_final: bool = False,
     algorithm_type: Optional[str] = None,
     cond=None,
+    noise=None,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
 
@@ -648,6 +683,7 @@ def sample_ode(
       algorithm_type: ``dpm_solver_singlestep``'s ``"dpmsolver++"`` (``None``: its default, the data
         prediction) or ``"dpmsolver"`` (the noise prediction).
       cond: the samples' conditions, as for :func:`sample`.
+      noise: for a stochastic method, the noise instead of the keyed draws, as for :func:`sample`.
 
     Returns:
       The samples (array of ``shape`` and ``dtype``), or ``(samples, info)``.
@@ -668,11 +704,11 @@ def sample_ode(
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":
             return _draw(solvers.make(method), state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond,
-                         False, return_info)
+                         False, return_info, noise)
         # the options given replace the config's; those left at their defaults do not
         options = dict(defaults, **{k: v for k, v in options.items() if not _is_default(v, ODE_OPTIONS[k])})
     solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, **options).check()
-    return _draw(solver, state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond, False, return_info)
+    return _draw(solver, state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond, False, return_info, noise)
 
 
 #: The methods :func:`invert_ode` runs: every deterministic solver through a fixed grid.

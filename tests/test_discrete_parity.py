@@ -325,3 +325,22 @@ def test_ddpm_is_ancestral_float32(case):
 @pytest.mark.parametrize("case", DDPM, ids=_id)
 def test_ddpm_is_ancestral_float64(case, x64):
     run_ddpm(case, np.float64)
+
+
+@pytest.mark.parametrize("case", DDPM[:4], ids=_id)
+def test_ddpm_loop_with_diffusers_noise_given_is_sample(case, x64):
+    """sv.sample(predictor="ancestral", noise=the golden's noise) is the step-by-step loop above (which the golden
+    holds to diffusers' DDPMScheduler fed the same noise), whole: the loop takes the given draw k at step k.
+    Where diffusers ends at label 0 it adds no noise there: the last mean (denoise=True) is compared then."""
+    state, ac = make_state(case)
+    labels = golden(case, "labels")
+    times = label_times(state, labels)
+    state = sv.set_timesteps(state, timesteps=times)
+    noise = jnp.asarray(GOLDEN[f"noise/{len(labels)}"], jnp.float64)
+    x_t = jnp.asarray(GOLDEN["x_T"], jnp.float64)
+    xs, means = _ddpm(state, jnp.asarray(ac), x_t, jnp.asarray(times), jnp.asarray(np.append(times[1:], 0.0)), noise)
+    last_is_zero = labels[-1] == 0
+    x = sv.sample(state, model_fn(jnp.asarray(ac), state.prediction_type), None, x_t.shape, predictor="ancestral",
+                  x_init=x_t, noise=noise, dtype=jnp.float64, denoise=bool(last_is_zero))
+    want = means[-1] if last_is_zero else xs[-1]
+    np.testing.assert_allclose(np.asarray(x), np.asarray(want), rtol=1e-12, atol=1e-12)

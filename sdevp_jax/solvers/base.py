@@ -82,19 +82,29 @@ class Noise(NamedTuple):
 
     Sample ``b``'s draw is ``normal(fold_in(keys[b], slot), event)`` (EDM's per-sample
     streams: it depends on the sample's key alone); ``keys`` is ``None`` for a loop that
-    draws nothing (inversion).
+    draws nothing (inversion). Given noise replaces the keyed draws (``sample(..., noise=)``):
+    ``external`` an array of shape ``(draws, batch, *event)``, draw ``slot - 1`` for slot
+    ``slot`` (slot 0 is the prior's), or a function ``(draw, sample_index) -> event array``
+    called for each sample's ``sample_index`` (``index_offset + b``).
     """
 
     keys: Optional[jax.Array]
     base: jax.Array
     event: tuple
     dtype: Any
+    external: Any = None
+    sample_index: Optional[jax.Array] = None
 
     def draw(self, j: int = 0) -> jax.Array:
-        def one(key):
-            return jax.random.normal(jax.random.fold_in(key, self.base + j), self.event, self.dtype)
+        slot = self.base + j
+        if self.external is None:
+            def one(key):
+                return jax.random.normal(jax.random.fold_in(key, slot), self.event, self.dtype)
 
-        return jax.vmap(one)(self.keys)
+            return jax.vmap(one)(self.keys)
+        if callable(self.external):
+            return jax.vmap(lambda i: jnp.asarray(self.external(slot - 1, i)))(self.sample_index).astype(self.dtype)
+        return jax.lax.dynamic_index_in_dim(self.external, slot - 1, 0, keepdims=False).astype(self.dtype)
 
     def shift(self, offset: int) -> "Noise":
         """The same stream with slots from ``base + offset`` (a part of a combined step)."""
