@@ -213,3 +213,23 @@ def test_frontier_labels_match_diffusers_spacings(accuracy):
         assert lead[-1] == 0 and np.all(np.diff(lead) == -(1000 // n))
         np.testing.assert_array_equal(zero[:-1], lin)
         assert zero[-1] == 0
+
+
+@pytest.mark.slow
+def test_method_table_smoke(tmp_path, capsys):
+    """Every registered sampler's row at a tiny size: the budget's exact call count, finite distances, the ODE error
+    only for the deterministic methods; never overwriting without --force."""
+    table = load("method_table")
+    args = ["--num-samples", "64", "--dim", "2", "--budgets", "6", "--directions", "8", "--reference-sets", "1",
+            "--floor-repeats", "2", "--replicates", "2", "--out", str(tmp_path),
+            "--only", "euler_maruyama", "ddim", "heun", "sde_dpm_solver_pp"]
+    assert table.main(args) == 0
+    rows = json.loads((tmp_path / "method_table.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["euler_maruyama", "ddim", "heun", "sde_dpm_solver_pp"]
+    assert all(r["nfe"] <= 6 and np.isfinite(r["sw2"]) for r in rows)
+    assert [r["N"] for r in rows] == [6, 7, 4, 7]  # euler_maruyama N calls, grid solvers N - 1, heun 2 (N - 1)
+    assert [np.isfinite(r["ode_err"]) for r in rows] == [False, True, True, False]
+    assert set(table.methods()) >= {"dpm_solver", "unipc", "deis", "ipndm"} and "langevin" not in table.methods()
+    before = (tmp_path / "method_table.json").read_bytes()
+    assert table.main(args) == 2 and "--force" in capsys.readouterr().err
+    assert (tmp_path / "method_table.json").read_bytes() == before
