@@ -126,7 +126,8 @@ def _check_describes(config: "DiscreteConfig", state: ScoreSdeVpSchedulerState) 
     return config
 
 
-def state_from_config(config: dict, *, source: str = "config", zero_snr: str = "exact") -> ScoreSdeVpSchedulerState:
+def state_from_config(config: dict, *, source: str = "config", zero_snr: str = "exact",
+                      flax_labels: bool = False) -> ScoreSdeVpSchedulerState:
     """Validate a diffusers config dict and build the state (timesteps unset).
 
     ``_class_name`` picks the kind: absent or ``ScoreSdeVpScheduler``, the linear
@@ -141,7 +142,7 @@ def state_from_config(config: dict, *, source: str = "config", zero_snr: str = "
     if not isinstance(name, str):
         raise ValueError(f"{source}: _class_name must be a string, one of {_known_classes()}, got {name!r}")
     if is_discrete_class(name):
-        return discrete_state(discrete_config(config, source=source, zero_snr=zero_snr))
+        return discrete_state(discrete_config(config, source=source, zero_snr=zero_snr, flax_labels=flax_labels))
     if name != CLASS_NAME:
         _check_class_name(name, source)
     unknown = sorted(k for k in config if not k.startswith("_") and k not in FIELDS)
@@ -159,7 +160,8 @@ def discrete_state(config: "DiscreteConfig") -> ScoreSdeVpSchedulerState:
     return create_state(schedule=config.schedule, prediction_type=config.prediction_type, diffusers_config=config)
 
 
-def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exact") -> ScoreSdeVpSchedulerState:
+def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exact",
+                flax_labels: bool = False) -> ScoreSdeVpSchedulerState:
     """Load a ``scheduler_config.json`` (a file, a directory containing one, a saved diffusers pipeline whose
     ``scheduler/`` subfolder holds it, or its dict) into a state.
 
@@ -174,6 +176,9 @@ def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exac
     :func:`sdevp_jax.loops.check_zero_snr_start`); ``"diffusers"`` reproduces diffusers' DPMSolverMultistep,
     UniPC and Euler schedulers, which replace that 0 by ``2**-24`` (:data:`ZERO_SNR_CLAMP_CLASSES`).
 
+    ``flax_labels=True`` samples a config of one of diffusers' Flax schedulers on the labels that Flax
+    class builds (:attr:`DiscreteConfig.flax_labels`) instead of its torch class's.
+
     Examples:
       >>> state = sv.load_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
       ...                         "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
@@ -183,9 +188,9 @@ def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exac
       (True, 'epsilon', 'leading')
     """
     if isinstance(path_or_dict, dict):
-        return state_from_config(path_or_dict, zero_snr=zero_snr)
+        return state_from_config(path_or_dict, zero_snr=zero_snr, flax_labels=flax_labels)
     config, source = read_config_file(path_or_dict)
-    return state_from_config(config, source=source, zero_snr=zero_snr)
+    return state_from_config(config, source=source, zero_snr=zero_snr, flax_labels=flax_labels)
 
 
 def read_config_file(path: str | os.PathLike) -> tuple[dict, str]:
@@ -441,6 +446,10 @@ class DiscreteConfig:
       flax_fields: with ``flax_class``, the fields of the file, which
         :func:`discrete_config_dict` writes back (and no others).
       rescale_betas_zero_snr: the betas rescaled to zero terminal SNR (Lin et al. 2024).
+      flax_labels: with ``flax_class``, sample on the labels the Flax class builds (in float32 JAX
+        arithmetic: ``FlaxDPMSolverMultistepScheduler``'s ``linspace`` and ``trailing`` grids round a float32
+        ``linspace``/``arange``, one label off the torch class's at some step counts, e.g. 833 for 832 at 30
+        steps), not the torch class's; for DDIM, DDPM and PNDM the two are the same.
       zero_snr: with ``rescale_betas_zero_snr``, ``"exact"`` (the last label's ``alphas_cumprod`` is 0,
         :math:`\alpha(1) = 0`) or ``"diffusers"`` (``2**-24`` for :data:`ZERO_SNR_CLAMP_CLASSES`, as diffusers
         sets it; DDIM and DDPM keep 0 there too). Not written to the file.
@@ -460,6 +469,7 @@ class DiscreteConfig:
     flax_fields: tuple = ()
     rescale_betas_zero_snr: bool = False
     zero_snr: str = "exact"
+    flax_labels: bool = False
 
     @property
     def clip_sample_range(self) -> Optional[float]:
@@ -588,6 +598,13 @@ class DiscreteConfig:
         raise ValueError(f"{source} samples with {method}, which sdevp_jax has no verified equivalent of: pass a "
                          f"method (e.g. method='dpm_solver_pp' to sample_ode)")
 
+    def flax_labels_of(self, num_inference_steps: int, spacing: str, steps_offset: int) -> Optional[np.ndarray]:
+        """With :attr:`flax_labels`, the labels of the Flax class where they are not the torch class's (its
+        ``spacing`` grid of ``num_inference_steps``), else ``None``."""
+        if self.flax_labels and self.flax_class == "FlaxDPMSolverMultistepScheduler":
+            return _flax_dpm_solver_labels(self.num_train_timesteps, num_inference_steps, spacing, steps_offset)
+        return None
+
     @functools.cached_property
     def schedule(self):
         """The :class:`~sdevp_jax.schedules.DiscreteSchedule` of this config (built on the host, once: loading,
@@ -603,13 +620,32 @@ class DiscreteConfig:
         )
 
     def label_spacing(self, num_inference_steps: int):
-        """The labels diffusers' ``class_name`` samples at (:func:`sdevp_jax.grids.diffusers_label_spacing`)."""
+        """The labels diffusers' ``class_name`` samples at (:func:`sdevp_jax.grids.diffusers_label_spacing`); with
+        :attr:`flax_labels`, its Flax class's."""
         from . import grids
+
+        flax = self.flax_labels_of(num_inference_steps, self.timestep_spacing, self.steps_offset)
+        if flax is not None:
+            return flax
 
         name = self.class_name if self.class_name in grids.SPACING_SCHEDULERS else "DDIMScheduler"
         return grids.diffusers_label_spacing(
             self.num_train_timesteps, num_inference_steps, self.timestep_spacing, self.steps_offset, scheduler=name
         )
+
+
+def _flax_dpm_solver_labels(num_train: int, n: int, spacing: str, steps_offset: int) -> np.ndarray:
+    """FlaxDPMSolverMultistepScheduler's labels (diffusers 0.39), in its float32 JAX arithmetic."""
+    import jax.numpy as jnp
+
+    f32 = jnp.float32
+    if spacing == "linspace":
+        labels = jnp.round(jnp.linspace(0.0, num_train - 1.0, n + 1, dtype=f32))[::-1][:-1]
+    elif spacing == "leading":
+        labels = jnp.round(jnp.arange(0, n + 1, dtype=f32) * (num_train // (n + 1)))[::-1][:-1] + steps_offset
+    else:
+        labels = jnp.round(jnp.arange(num_train, 0, -num_train / n, dtype=f32)) - 1
+    return np.asarray(labels.astype(jnp.int32), np.int64)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -619,7 +655,8 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exact") -> DiscreteConfig:
+def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exact",
+                    flax_labels: bool = False) -> DiscreteConfig:
     """Read a discrete scheduler's ``scheduler_config.json`` (a dict, a file, or a directory holding one).
 
     Missing fields take the class's diffusers 0.42.1 defaults (so a DDIM/DDPM file without
@@ -710,6 +747,14 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
     zero_terminal = model.pop("rescale_betas_zero_snr", False)
     if not isinstance(zero_terminal, bool):
         raise ValueError(f"{source}: rescale_betas_zero_snr must be true or false, got {zero_terminal!r}")
+    if not isinstance(flax_labels, bool):
+        raise TypeError(f"flax_labels must be a bool, got {flax_labels!r}")
+    if flax_labels and flax_class is None:
+        raise ValueError(f"{source}: flax_labels=True applies to the config of one of diffusers' Flax schedulers "
+                         f"({', '.join(FLAX_CLASSES)}); this is a {name}'s")
+    if flax_labels and flax_class in ("FlaxEulerDiscreteScheduler", "FlaxLMSDiscreteScheduler"):
+        raise ValueError(f"{source}: flax_labels=True is not served for {flax_class} (its float32 labels are "
+                         f"fractional); allowed: flax_labels=False, its torch class's labels")
     if zero_snr not in ZERO_SNR_MODES:
         raise ValueError(f"zero_snr must be one of {', '.join(map(repr, ZERO_SNR_MODES))}, got {zero_snr!r}")
     if model["prediction_type"] not in PREDICTION_TYPES:
@@ -752,6 +797,7 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
             flax_fields=tuple(sorted(config)) if flax_class else (),
             rescale_betas_zero_snr=zero_terminal,
             zero_snr=zero_snr,
+            flax_labels=flax_labels,
         )
         result.schedule  # validates the betas (in (0, 1), a resolvable log alpha)
     except (TypeError, ValueError) as err:

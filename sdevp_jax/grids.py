@@ -357,8 +357,10 @@ def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offs
     if config is not None and config.class_name in SPACING_SCHEDULERS:
         family = config.class_name
     last = None if config is None else config.last_timestep  # DPMSolverMultistep's lambda_min_clipped
-    labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family,
-                                     last_timestep=last)
+    labels = None if config is None else config.flax_labels_of(n, spacing, steps_offset)
+    if labels is None:
+        labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family,
+                                         last_timestep=last)
     if config is not None and config.ends_at_sigma_min and labels[-1] != 0:
         # diffusers' final_sigmas_type="sigma_min": the last step ends at label 0's noise level, not at 0; the grid
         # ends there and the config's solver stops at its last point (final_sigmas_type="last")

@@ -251,3 +251,25 @@ def test_a_saved_pipeline_folder_loads_its_scheduler_subfolders_config(tmp_path)
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no scheduler_config.json, neither in it nor in its scheduler/"):
         sv.load_config(empty)
+
+
+@pytest.mark.parametrize("name", ["FlaxDPMSolverMultistepScheduler", "FlaxDDIMScheduler", "FlaxDDPMScheduler"])
+def test_flax_labels_are_the_flax_classs_own(name):
+    """load_config(..., flax_labels=True): the grid's model labels are the ones diffusers 0.39's Flax class built
+    (tests/golden/flax_configs.json), at every step count the golden holds, exactly; for DPM-Solver they differ
+    from the torch class's at 30 steps (833 for 832)."""
+    for n, flax in FLAX["classes"][name]["timesteps"].items():
+        state = sv.set_timesteps(sv.load_config(FLAX["classes"][name]["sd"], flax_labels=True), int(n))
+        np.testing.assert_array_equal(np.asarray(sv.model_time(state, state.timesteps)), np.asarray(flax, np.float32))
+    if name == "FlaxDPMSolverMultistepScheduler":
+        torch_state = sv.set_timesteps(sv.load_config(FLAX["classes"][name]["sd"]), 30)
+        assert 832 in np.asarray(sv.model_time(torch_state, torch_state.timesteps))
+
+
+def test_flax_labels_are_refused_where_they_do_not_apply():
+    with pytest.raises(ValueError, match="flax_labels=True applies to the config of one of diffusers' Flax"):
+        sv.load_config({"_class_name": "DDIMScheduler"}, flax_labels=True)
+    with pytest.raises(ValueError, match="flax_labels=True is not served for FlaxEulerDiscreteScheduler"):
+        sv.load_config(FLAX["classes"]["FlaxEulerDiscreteScheduler"]["sd"], flax_labels=True)
+    with pytest.raises(TypeError, match="flax_labels must be a bool"):
+        sv.load_config(FLAX["classes"]["FlaxDDIMScheduler"]["sd"], flax_labels="yes")
