@@ -312,6 +312,7 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "clip_sample": True, "set_alpha_to_one": True, "thresholding": False,
         "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0,
     }),
+    "DDIMInverseScheduler": ("leading", {"clip_sample": True, "set_alpha_to_one": True, "clip_sample_range": 1.0}),
     "DPMSolverMultistepScheduler": ("linspace", {
         "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
         "sample_max_value": 1.0, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
@@ -409,7 +410,7 @@ _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lam
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
 #: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
-CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler")
+CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler")
 
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
 _NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler")
@@ -547,6 +548,9 @@ class DiscreteConfig:
         """
         extra = dict(self.extra)
         source = self.flax_class or self.class_name
+        if self.class_name == "DDIMInverseScheduler":
+            raise ValueError(f"{source} inverts (data to latents): pass its state to sv.invert_ode, which steps as "
+                             f"it does; to sample, load a DDIMScheduler config or pass a method")
         thresholding = {}
         if extra.get("thresholding"):
             thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
@@ -767,6 +771,9 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
             f"{source}: timestep_spacing must be one of {', '.join(map(repr, grids.LABEL_SPACINGS))}, "
             f"got {model['timestep_spacing']!r}"
         )
+    if name == "DDIMInverseScheduler" and model["timestep_spacing"] == "linspace":
+        raise ValueError(f"{source}: timestep_spacing must be 'leading' or 'trailing' for DDIMInverseScheduler (its "
+                         f"set_timesteps has no 'linspace'), got 'linspace'")
     if model["trained_betas"] is None and model["beta_schedule"] not in schedules.DIFFUSERS_BETA_SCHEDULES:
         raise ValueError(
             f"{source}: beta_schedule must be one of {', '.join(map(repr, schedules.DIFFUSERS_BETA_SCHEDULES))}, "

@@ -226,7 +226,7 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
 
 
 def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unroll: int = 1, reverse: bool = False,
-        noise=None, sample_index=None):
+        noise=None, sample_index=None, times=None):
     """``solver`` from ``x`` down ``state``'s grid (up with ``reverse``); returns ``(x, solver_state, nfe_per_sample)``.
 
     Builds the model boundary and the grid (in the work ``dtype``, the schedule's
@@ -242,10 +242,11 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
         check_zero_snr_start(solver, state, state.timesteps)
         x, nfe = solver.solve(model, x)
         return x, None, nfe.astype(jnp.int32)
-    times = solver.times(state, dtype)
-    check_zero_snr_start(solver, state, times)
-    if reverse:
-        times = times[::-1]
+    if times is None:  # else the caller's (an inversion's, ascending)
+        times = solver.times(state, dtype)
+        check_zero_snr_start(solver, state, times)
+        if reverse:
+            times = times[::-1]
     grid = Grid.build(state.schedule.cast(dtype), times, solver.coefficients)
     if solver.in_work_dtype:
         x = x.astype(dtype)
@@ -715,12 +716,37 @@ def sample_ode(
 INVERTIBLE = tuple(name for name, cls in solvers.REGISTRY.items() if cls.invertible)
 
 
+def _prepend_start(state, times, start, repeat: bool):
+    """``times`` (ascending) with ``start`` before them; ``start`` must lie in ``[0, times[0]]`` (equal only with
+    ``repeat``: diffusers' zero-length first step)."""
+    start = _checks.real_scalar("start", start)
+    first = float(np.asarray(times[0]))
+    if not (0.0 <= start < first or (repeat and start == first)):
+        raise ValueError(f"start must be in [0, {first!r}) (the grid's last time {first!r}: x0 is the sample at an "
+                         f"earlier time; 0 for clean data), got {start!r}")
+    if start == 0.0 and state.prediction_type == "sample":
+        raise ValueError("start=0 with an x0-prediction model: the step from sigma = 0 reads the noise as "
+                         "(x - alpha x0_hat) / sigma, 0/0 there; invert from the grid's last time (start=None)")
+    return jnp.concatenate([jnp.asarray([start], times.dtype), times])
+
+
+def _check_inverse_labels(config, n: int) -> None:
+    """diffusers' DDIMInverseScheduler steps from ``label - N_train // n`` to ``label``: the previous label only where
+    the grid's labels are that far apart (``leading``, or ``trailing`` with ``n`` dividing ``N_train``)."""
+    big_n = config.num_train_timesteps
+    if config.timestep_spacing == "trailing" and big_n % n:
+        raise ValueError(f"DDIMInverseScheduler with timestep_spacing='trailing' and {n} steps: its steps start at "
+                         f"label - {big_n} // {n}, which is not the previous label of its grid when {n} does not "
+                         f"divide num_train_timesteps = {big_n} (x would be read at a time it is not at); use a "
+                         f"step count that divides it, or 'leading'")
+
+
 def invert_ode(
     state: ScoreSdeVpSchedulerState,
     model_fn: ModelFn,
     x0: jax.Array,
     *,
-    method: str = "ddim",
+    method: Optional[str] = None,
     order: Optional[int] = None,
     solver_type: Optional[str] = None,
     lower_order_final: Optional[bool] = None,
@@ -728,6 +754,8 @@ def invert_ode(
     return_info: bool = False,
     cond=None,
     predict_x0: bool = True,
+    evaluate_at: Optional[str] = None,
+    start: Optional[float] = None,
 ):
     r"""Run the probability-flow ODE upwards: from ``x0`` at the grid's last time to its first.
 
@@ -742,9 +770,19 @@ def invert_ode(
       state: a state after :func:`set_timesteps`, ``N >= 2``; on the linear schedule's
         ``"reference"`` grid ``dpm_solver`` inverts through its own log-SNR grid.
       model_fn: as for :func:`sample_ode`.
-      x0: the data (treated as the sample at the grid's last time), ``(batch, ...)``, float.
-      method: one of :data:`INVERTIBLE` (deterministic: ``ddim`` with ``eta = 0``).
+      x0: the data (treated as the sample at the grid's last time, or at ``start``), ``(batch, ...)``, float.
+      method: one of :data:`INVERTIBLE` (deterministic: ``ddim`` with ``eta = 0``); ``None`` (default):
+        ``ddim``, which for a state loaded from a ``DDIMInverseScheduler`` config steps as that scheduler
+        does (below).
       order, solver_type, lower_order_final, third_order, predict_x0: as for :func:`sample_ode`.
+      evaluate_at: ``ddim``'s model call in a step from ``s`` up to ``t``: ``"start"`` (default: at ``s``,
+        DDIM's explicit step) or ``"end"`` (at ``t``, with ``x`` and the output's conversion at ``s``: diffusers'
+        ``DDIMInverseScheduler``, whose pipelines call the model at the label the step goes to).
+      start: the time ``x0`` is at, below the grid's last time: ``0`` for clean data (:math:`\sigma = 0`,
+        diffusers' ``set_alpha_to_one``); the run then takes one more step (one more network call), from
+        ``start`` to the grid's last time. ``None`` (default): the grid's last time. A ``DDIMInverseScheduler``
+        config sets both: ``evaluate_at="end"``, and ``start`` 0 (``set_alpha_to_one``) or label 0's time (a
+        zero-length first step where the grid starts at label 0: it changes ``x0`` only by ``clip_sample``).
       return_info: also return a :class:`SamplerInfo`.
       cond: the samples' conditions, as for :func:`sample`.
 
@@ -760,7 +798,7 @@ def invert_ode(
       (4, 2)
     """
     require_timesteps(state, "invert_ode")
-    if not isinstance(method, str) or method not in INVERTIBLE:
+    if method is not None and (not isinstance(method, str) or method not in INVERTIBLE):
         raise ValueError(f"method must be one of {list(INVERTIBLE)}, got {method!r}")
     x0 = _checks.float_array("x0", x0)
     if x0.ndim < 1:
@@ -771,12 +809,35 @@ def invert_ode(
     _check_model_output(state, model_fn, jax.ShapeDtypeStruct(x0.shape, x0.dtype),
                         jax.ShapeDtypeStruct((x0.shape[0],), state.timesteps.dtype), cond)
     n = state.timesteps.shape[0]
-    if n < 2:
+    config = state.diffusers_config
+    inverse_config = config is not None and config.class_name == "DDIMInverseScheduler"
+    if n < 2 and not inverse_config and start is None:
         raise ValueError(f"invert_ode steps between grid points: num_inference_steps must be >= 2, got {n}")
+    method = "ddim" if method is None else method
+    if evaluate_at is None:
+        evaluate_at = "end" if inverse_config and method == "ddim" else "start"
+    if evaluate_at not in ("start", "end"):
+        raise ValueError(f"evaluate_at must be 'start' or 'end', got {evaluate_at!r}")
+    if evaluate_at == "end" and method != "ddim":
+        raise ValueError(f"evaluate_at='end' (diffusers' DDIMInverseScheduler's convention) applies to method='ddim', "
+                         f"not {method!r}")
     solver = ode_solver(method, "ode", order=order, solver_type=solver_type, lower_order_final=lower_order_final,
                         third_order=third_order, predict_x0=predict_x0, final_sigmas_type="last").check()
-    x, _, nfe_per_sample = run(solver, state, model_fn, x0, None, _checks.compute_dtype(x0.dtype), cond,
-                               reverse=True)
+    if evaluate_at == "end":
+        solver = solver.replace(evaluate_at="end")
+    work = _checks.compute_dtype(x0.dtype)
+    times = solver.times(state, work)
+    check_zero_snr_start(solver, state, times)  # an inversion ending at alpha = 0
+    times = times[::-1]
+    repeat_start = False
+    if start is None and inverse_config:
+        extra = dict(config.extra)
+        start = 0.0 if extra.get("set_alpha_to_one", True) else 1.0 / state.num_train_timesteps
+        repeat_start = True  # diffusers steps from there even where the grid starts there (a zero-length step)
+        _check_inverse_labels(config, n)
+    if start is not None:
+        times = _prepend_start(state, times, start, repeat_start)
+    x, _, nfe_per_sample = run(solver, state, model_fn, x0, None, work, cond, times=times)
     x = x.astype(x0.dtype)
     if return_info:
         return x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)

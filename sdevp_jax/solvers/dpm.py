@@ -151,6 +151,9 @@ class DDIM(GridSolver):
     """DDIM (:func:`ddim_step`); ``eta`` is a leaf (it may be traced), step ``k``'s noise slot ``1 + k``."""
 
     eta: float = option(0.0, static=False, help="eta >= 0 (default 0: deterministic; 1: DDPM's posterior variance)")
+    #: where the model is called in a step from s to t: at s (the method), or at t with x and the conversions at s
+    #: (diffusers' DDIMInverseScheduler; :func:`sdevp_jax.invert_ode`'s ``evaluate_at``). Not an option of sampling.
+    evaluate_at: str = struct.field(pytree_node=False, default="start")
 
     zero_snr_start = True
     renoise_ready = True
@@ -174,6 +177,11 @@ class DDIM(GridSolver):
 
     def init(self, x, grid):
         return History.init(x)
+
+    def predict(self, model, x, grid, k):
+        if self.evaluate_at == "end":  # the model at the step's end time, its output read at the start's alpha, sigma
+            return self.predict_at(model, x, grid.t[k + 1], grid.alpha[k], grid.sigma[k])
+        return super().predict(model, x, grid, k)
 
     def update(self, x, hist, grid, k, eps, d0, order, noise):
         z = noise.draw() if self.stochastic else None

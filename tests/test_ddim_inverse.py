@@ -1,0 +1,99 @@
+"""DDIM inversion as diffusers' DDIMInverseScheduler runs it: parity, and what its convention changes.
+
+Parity with diffusers 0.42.1 in float64 (tests/golden/ddim_inverse.npz, by tests/golden/make_ddim_inverse_golden.py):
+a DDIMInverseScheduler config loads and sv.invert_ode(state, model_fn, x0) with no method inverts as that scheduler
+does -- the model called at the label each step goes to (evaluate_at="end"), the first step from clean data
+(set_alpha_to_one) or from label 0 (a zero-length step where the grid starts there), the data prediction clipped
+with clip_sample -- within 1e-12 relative (the two sides do the same dozen operations per step).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdevp_jax as sv
+
+GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "ddim_inverse.npz")))
+CASES = sorted(k.rsplit("/", 1)[0] for k in GOLDEN if k.endswith("/final"))
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def exact_model(prediction_type, s, mu=0.5):
+    """The golden's model at an integer label (data N(mu, s^2 I))."""
+    table = jnp.asarray(GOLDEN["alphas_cumprod"])
+
+    def fn(x, label):
+        a2 = table[jnp.round(label).astype(jnp.int32)][:, None]
+        a, sigma = jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
+        eps = sigma * (x - a * mu) / (a2 * s * s + sigma * sigma)
+        if prediction_type == "epsilon":
+            return eps
+        return a * eps - sigma * (mu + a * s * s * (x - a * mu) / (a2 * s * s + sigma * sigma))
+
+    return fn
+
+
+def setup(case):
+    fields = json.loads(str(GOLDEN[f"{case}/config"]))
+    state = sv.set_timesteps(sv.load_config({"_class_name": "DDIMInverseScheduler", **SD, **fields}),
+                             int(case.split("/")[1]))
+    model = exact_model(fields.get("prediction_type", "epsilon"), 1.5 if fields.get("clip_sample", True) else 0.8)
+    return fields, state, model, jnp.asarray(GOLDEN[f"{case}/x0"])
+
+
+def rel(x, ref):
+    return float(np.max(np.abs(np.asarray(x) - ref)) / np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_with_diffusers_ddim_inverse_scheduler(case, x64):
+    fields, state, model, x0 = setup(case)
+    np.testing.assert_array_equal(np.asarray(sv.model_time(state, state.timesteps))[::-1], GOLDEN[f"{case}/labels"])
+    x, info = sv.invert_ode(state, model, x0, return_info=True)
+    assert rel(x, GOLDEN[f"{case}/final"]) <= 1e-12
+    assert int(info.nfe) == len(GOLDEN[f"{case}/labels"])  # one call per label, the first step's included
+
+
+@pytest.mark.parametrize("case", ["clip/10", "no_alpha_to_one_clip/10", "sd/10"])
+def test_each_part_of_the_convention_changes_the_result(case, x64):
+    """The golden would catch a wrong convention: the model at the step's start, or no clipping, or starting at the
+    grid's last time, each moves the result by far more than rounding."""
+    fields, state, model, x0 = setup(case)
+    ref = GOLDEN[f"{case}/final"]
+    assert rel(sv.invert_ode(state, model, x0, evaluate_at="start"), ref) > 1e-4
+    if fields.get("clip_sample", True):
+        unclipped = sv.set_timesteps(sv.load_config({"_class_name": "DDIMInverseScheduler", **SD, **fields,
+                                                     "clip_sample": False}), 10)
+        assert rel(sv.invert_ode(unclipped, model, x0), ref) > 1e-4
+    else:
+        ddim = sv.set_timesteps(sv.load_config({"_class_name": "DDIMScheduler", **SD, **fields}), 10)
+        assert rel(sv.invert_ode(ddim, model, x0, evaluate_at="end"), ref) > 1e-4  # from label 1, not from data
+        # the same run spelled with the options on a DDIMScheduler config
+        np.testing.assert_allclose(sv.invert_ode(ddim, model, x0, evaluate_at="end", start=0.0), ref, rtol=1e-12,
+                                   atol=1e-12)
+
+
+def test_what_the_convention_cannot_serve_is_refused():
+    with pytest.raises(ValueError, match="must be 'leading' or 'trailing' for DDIMInverseScheduler"):
+        sv.load_config({"_class_name": "DDIMInverseScheduler", "timestep_spacing": "linspace"})
+    state = sv.set_timesteps(sv.load_config({"_class_name": "DDIMInverseScheduler", "timestep_spacing": "trailing",
+                                             "clip_sample": False}), 30)
+    model = lambda x, t: jnp.zeros_like(x)
+    with pytest.raises(ValueError, match="which is not the previous label of its grid when 30 does not divide"):
+        sv.invert_ode(state, model, jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="DDIMInverseScheduler inverts"):
+        sv.sample_ode(sv.set_timesteps(sv.load_config({"_class_name": "DDIMInverseScheduler"}), 10), model,
+                      jax.random.key(0), (2, 3))
+    ddim = sv.set_timesteps(sv.load_config({"_class_name": "DDIMScheduler", "clip_sample": False}), 10)
+    with pytest.raises(ValueError, match="evaluate_at='end'.*applies to method='ddim', not 'dpm_solver_pp'"):
+        sv.invert_ode(ddim, model, jnp.ones((2, 3)), method="dpm_solver_pp", evaluate_at="end")
+    with pytest.raises(ValueError, match=r"start must be in \[0, "):
+        sv.invert_ode(ddim, model, jnp.ones((2, 3)), start=0.5)
+    x0_model = sv.set_timesteps(sv.load_config({"_class_name": "DDIMScheduler", "prediction_type": "sample",
+                                                "clip_sample": False}), 10)
+    with pytest.raises(ValueError, match="start=0 with an x0-prediction model"):
+        sv.invert_ode(x0_model, model, jnp.ones((2, 3)), start=0.0)
