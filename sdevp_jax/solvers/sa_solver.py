@@ -65,7 +65,7 @@ samples the probability-flow ODE (deterministic; no noise is drawn).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -84,25 +84,38 @@ MAX_ORDER = 4
 _SERIES_TERMS = 24  # |z| < 1: the series' remainder is below 1/24! ~ 2e-24
 
 
-def _psi(z, n: int) -> list:
-    r""":math:`\psi_k(z) = \int_0^1 e^{-zv}v^k\,dv` for ``k < n``: the power series
+def _psi(z, n: int) -> jax.Array:
+    r""":math:`\psi_k(z) = \int_0^1 e^{-zv}v^k\,dv` for ``k < n`` (shape ``(n,)``): the power series
     :math:`\sum_m (-z)^m/(m!\,(k + m + 1))` where :math:`|z| < 1`, else the recursion
     :math:`\psi_0 = (1 - e^{-z})/z`, :math:`\psi_k = (k\psi_{k-1} - e^{-z})/z`."""
     small = jnp.abs(z) < 1.0
     zs = jnp.where(small, z, jnp.zeros_like(z))  # each branch at arguments where it is finite
     zr = jnp.where(small, jnp.ones_like(z), z)
-    terms = [jnp.ones_like(z)]
-    for m in range(1, _SERIES_TERMS):
-        terms.append(terms[-1] * (-zs) / m)  # (-z)^m / m!
+    m = jnp.arange(_SERIES_TERMS, dtype=z.dtype)
+    terms = jnp.cumprod(jnp.concatenate([jnp.ones((1,), z.dtype), -zs / m[1:]]))  # (-z)^m / m!
+    k = jnp.arange(n, dtype=z.dtype)
+    series = jnp.sum(terms[None, :] / (k[:, None] + m[None, :] + 1.0), axis=1)
     e = jnp.exp(-zr)
     rec = [-jnp.expm1(-zr) / zr]
-    for k in range(1, n):
-        rec.append((k * rec[-1] - e) / zr)
-    out = []
-    for k in range(n):
-        series = sum(terms[m] / (k + m + 1) for m in range(_SERIES_TERMS - 1, -1, -1))  # small terms first
-        out.append(jnp.where(small, series, rec[k]))
-    return out
+    for j in range(1, n):
+        rec.append((j * rec[-1] - e) / zr)
+    return jnp.where(small, series, jnp.stack(rec))
+
+
+def _lagrange_weights(nodes, psi, order: int) -> list:
+    """The weights of :func:`sa_weights` from ``psi`` (:func:`_psi` of at least ``order`` entries)."""
+    weights = []
+    for j in range(order):
+        coef = [jnp.ones_like(psi[0])]  # the monomial coefficients of prod_{m != j} (v - v_m), lowest first
+        denom = jnp.ones_like(psi[0])
+        for m in range(order):
+            if m == j:
+                continue
+            shifted = [jnp.zeros_like(psi[0])] + coef  # v * poly
+            coef = [a - nodes[m] * b for a, b in zip(shifted, coef + [jnp.zeros_like(psi[0])])]
+            denom = denom * (nodes[j] - nodes[m])
+        weights.append(sum(c * psi[i] for i, c in enumerate(coef)) / denom)
+    return weights
 
 
 def sa_weights(nodes, z, order: int) -> list:
@@ -118,44 +131,34 @@ def sa_weights(nodes, z, order: int) -> list:
       >>> [round(float(v), 6) for v in w]
       [0.5, 0.5]
     """
-    psi = _psi(z, order)
-    weights = []
-    for j in range(order):
-        coef = [jnp.ones_like(z)]  # the monomial coefficients of prod_{m != j} (v - v_m), lowest first
-        denom = jnp.ones_like(z)
-        for m in range(order):
-            if m == j:
-                continue
-            shifted = [jnp.zeros_like(z)] + coef  # v * poly
-            coef = [a - nodes[m] * b for a, b in zip(shifted, coef + [jnp.zeros_like(z)])]
-            denom = denom * (nodes[j] - nodes[m])
-        weights.append(sum(c * p for c, p in zip(coef, psi)) / denom)
-    return weights
+    z = jnp.asarray(z)
+    return _lagrange_weights(nodes, _psi(z, order), order)
 
 
-def _g(z):
-    r""":math:`g(z) = \int_0^1 e^{-zv}(1 - v)\,dv = (z - 1 + e^{-z})/z^2`."""
-    psi0, psi1 = _psi(z, 2)
-    return psi0 - psi1
-
-
-def _update(x_s, preds, lams, c: StepCoeffs, order, tau, xi, *, algorithm_type: str, second_order: str):
+def _update(x_s, preds, lams, c: StepCoeffs, order, tau, xi, *, algorithm_type: str, second_order: str,
+            max_order):
     """The step from ``s`` to ``t`` (``c``) with the predictions ``preds`` made at log-SNRs ``lams`` (the first
-    ``order`` of them), :math:`\\tau` = ``tau`` and the draw ``xi`` (``None``: no noise term)."""
+    ``order`` of them), :math:`\\tau` = ``tau`` and the draw ``xi`` (``None``: no noise term). ``order`` may be
+    traced; the weights of the orders up to ``max_order`` are formed (only ``order``'s if it is a Python int)."""
     data = algorithm_type == "data_prediction"
     h = c.lam_t - c.lam_s
     r = 1.0 + tau * tau
     z = r * h if data else -h
     nodes = [(c.lam_t - lam) / h for lam in lams]
     dtype = h.dtype
+    static = isinstance(order, (int, np.integer))
+    candidates = [int(order)] if static else range(1, (max_order or MAX_ORDER) + 1)
+    psi = _psi(z, max(candidates))
     total = [jnp.zeros((), dtype) for _ in range(MAX_ORDER)]
-    for n in range(1, len(preds) + 1):
-        w = sa_weights(nodes, z, n)
+    for n in candidates:
+        w = _lagrange_weights(nodes, psi, n)
         if n == 2 and data and second_order == "diffusers":
-            delta = (0.5 - _g(z)) / (nodes[1] - nodes[0])
+            delta = (0.5 - (psi[0] - psi[1])) / (nodes[1] - nodes[0])  # psi_0 - psi_1 = (z - 1 + e^{-z}) / z^2
             w = [w[0] + delta, w[1] - delta]
-        total = [jnp.where(order == n, w[j] if j < n else jnp.zeros((), dtype), total[j]) for j in range(MAX_ORDER)]
-    combo = sum(total[j] * preds[j] for j in range(len(preds)))
+        w = w + [jnp.zeros((), dtype)] * (MAX_ORDER - n)
+        total = w if static else [jnp.where(order == n, w[j], total[j]) for j in range(MAX_ORDER)]
+    used = max(candidates)
+    combo = sum(total[j] * preds[j] for j in range(used))
     if data:
         x_t = (c.sigma_t / c.sigma_s * jnp.exp(-tau * tau * h)) * x_s + (r * c.alpha_t * h) * combo
         scale = c.sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * tau * tau * h))
@@ -170,11 +173,11 @@ def _nodes(pred, hist: History, lam):
 
 
 def sa_predict(x, pred, hist: History, c: StepCoeffs, order, tau, xi, *, algorithm_type: str = "data_prediction",
-               second_order: str = "lagrange"):
+               second_order: str = "lagrange", max_order: Optional[int] = None):
     r"""The SA-Predictor of ``order`` (1-4, possibly traced) from ``s`` to ``t`` (``c``): ``pred`` is the
     prediction at ``s`` (data or noise, by ``algorithm_type``), ``hist.m1``-``m3`` those at ``hist.lam1``-``lam3``
     before it; ``tau`` the step's :math:`\tau` and ``xi`` its standard normal draw (``None``: the noise term left
-    out). The module docstring has the formulas.
+    out); ``max_order`` bounds a traced ``order`` (default 4). The module docstring has the formulas.
 
     Examples:
       >>> grid = sv.solvers.Grid.build(sv.schedules.linear(), jnp.array([0.8, 0.5]))
@@ -186,15 +189,16 @@ def sa_predict(x, pred, hist: History, c: StepCoeffs, order, tau, xi, *, algorit
       True
     """
     preds, lams = _nodes(pred, hist, c.lam_s)
-    return _update(x, preds, lams, c, order, tau, xi, algorithm_type=algorithm_type, second_order=second_order)
+    return _update(x, preds, lams, c, order, tau, xi, algorithm_type=algorithm_type, second_order=second_order,
+                   max_order=max_order)
 
 
 def sa_correct(x_prev, pred_t, hist: History, c: StepCoeffs, order, tau, xi, *,
-               algorithm_type: str = "data_prediction", second_order: str = "lagrange"):
+               algorithm_type: str = "data_prediction", second_order: str = "lagrange", max_order: Optional[int] = None):
     r"""The SA-Corrector of ``order`` (1-4, possibly traced): the step from ``s`` (at ``x_prev``) to ``t`` (``c``)
     redone with ``pred_t``, the model's prediction at the predicted point at ``t``, as a node; ``hist.m1``-``m3``
     are the predictions at ``s`` and before (log-SNRs ``hist.lam1``-``lam3``, ``hist.lam1`` being
-    :math:`\lambda_s`); ``tau`` and ``xi`` the predictor's own.
+    :math:`\lambda_s`); ``tau`` and ``xi`` the predictor's own; ``max_order`` as for :func:`sa_predict`.
 
     Examples:
       >>> grid = sv.solvers.Grid.build(sv.schedules.linear(), jnp.array([0.8, 0.5]))
@@ -207,7 +211,8 @@ def sa_correct(x_prev, pred_t, hist: History, c: StepCoeffs, order, tau, xi, *,
       True
     """
     preds, lams = _nodes(pred_t, hist, c.lam_t)
-    return _update(x_prev, preds, lams, c, order, tau, xi, algorithm_type=algorithm_type, second_order=second_order)
+    return _update(x_prev, preds, lams, c, order, tau, xi, algorithm_type=algorithm_type, second_order=second_order,
+                   max_order=max_order)
 
 
 def sa_corrector_orders(num_steps: int, order: int, lower_order_final: bool) -> np.ndarray:
@@ -329,11 +334,12 @@ class SASolver(GridSolver):
         last = jnp.maximum(k - 1, 0)
         xi_old = xi_prev if self.stochastic else None
         corrected = sa_correct(hist.x_prev, pred, hist, grid.coeffs(last, k), hist.order_prev,
-                               self.tau_at(grid.t[last]), xi_old, **kw)
+                               self.tau_at(grid.t[last]), xi_old, max_order=self.corrector_order, **kw)
         x = jnp.where(k > 0, corrected, x)
         xi = noise.draw() if self.stochastic else jnp.zeros_like(x)
         x_next = sa_predict(x, pred, hist, grid.coeffs(k, k + 1), self.orders(grid.num_points)[k],
-                            self.tau_at(grid.t[k]), xi if self.stochastic else None, **kw)
+                            self.tau_at(grid.t[k]), xi if self.stochastic else None, max_order=self.predictor_order,
+                            **kw)
         hist = hist.push(pred, grid.lam[k], x, self.corrector_orders(grid.num_points)[k])
         return x_next, SAState(hist, xi), StepInfo(1)
 
