@@ -540,8 +540,8 @@ class DiscreteConfig:
         ``"sde-dpmsolver++"``; DEISMultistepScheduler: ``"deis"``, ending at label 0's noise level as diffusers
         does; SASolverScheduler: ``"sa_solver"`` with its orders and ``algorithm_type``, ending at label 0's noise
         level, its default ``tau_func`` (1 for labels 200 to 800: ``tau_t_min = 201/N``, ``tau_t_max = 801/N``)
-        and its second-order terms (``second_order="diffusers"``). Every other case raises a ValueError naming the method
-        this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
+        and its second-order terms (``second_order="diffusers"``). Every other case raises a ValueError naming the
+        method this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
         ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list): pass a method.
         """
         extra = dict(self.extra)

@@ -194,7 +194,8 @@ def sa_predict(x, pred, hist: History, c: StepCoeffs, order, tau, xi, *, algorit
 
 
 def sa_correct(x_prev, pred_t, hist: History, c: StepCoeffs, order, tau, xi, *,
-               algorithm_type: str = "data_prediction", second_order: str = "lagrange", max_order: Optional[int] = None):
+               algorithm_type: str = "data_prediction", second_order: str = "lagrange",
+               max_order: Optional[int] = None):
     r"""The SA-Corrector of ``order`` (1-4, possibly traced): the step from ``s`` (at ``x_prev``) to ``t`` (``c``)
     redone with ``pred_t``, the model's prediction at the predicted point at ``t``, as a node; ``hist.m1``-``m3``
     are the predictions at ``s`` and before (log-SNRs ``hist.lam1``-``lam3``, ``hist.lam1`` being

@@ -12,9 +12,10 @@ Stable Diffusion's schedule (``scaled_linear``, 0.00085 to 0.012, 1000 labels). 
 steps; (2, 2) at 5 steps (labels 799 and 200: both ends of the default interval); the noise-prediction form at
 orders 1-4 (both tau functions) and (2, 2) at 20 steps; ``tau_func = lambda t: 1`` (everywhere) in both forms;
 a v-model; ``lower_order_final=False``; ``trailing`` and ``leading`` (with ``steps_offset=1``) labels;
-thresholding. The scheduler runs in float64: its tables are replaced by their float64 values
-(``_golden.float64_tables``) and after ``set_timesteps`` its float32 ``sigmas`` are recomputed in float64 at its
-labels (the last is label 0's sigma, where SA-Solver ends) and checked to round to its own.
+thresholding; ``lambda_min_clipped=-2`` (the labels above 876 left out). The scheduler runs in float64: its
+tables are replaced by their float64 values (``_golden.float64_tables``) and after ``set_timesteps`` its float32
+``sigmas`` are recomputed in float64 at its labels (the last is label 0's sigma, where SA-Solver ends) and
+checked to round to its own.
 
 The model is exact and closed form (a test re-runs it without torch): data :math:`x_0 \sim N(\mu, s^2 I)`
 (:data:`MU` = 0.5, :data:`S` = 0.8, 2 for thresholding, ``D = 3``), at label ``n`` with :math:`a^2 =`
@@ -69,6 +70,7 @@ def cases():
         ("data_prediction", 2, 2, "default", "trailing", 8, {"timestep_spacing": "trailing"}),
         ("data_prediction", 2, 2, "default", "leading", 8, {"timestep_spacing": "leading", "steps_offset": 1}),
         ("data_prediction", 2, 2, "default", "thresholding", 8, {"thresholding": True, "sample_max_value": 1.5}),
+        ("data_prediction", 2, 2, "default", "lambda_min_clipped", 8, {"lambda_min_clipped": -2.0}),
     ]
     return out
 
