@@ -5,10 +5,10 @@ tests/golden/make_sasolver_golden.py): predictor / corrector orders (1, 1) to (4
 diffusers' default tau function and with tau = 0, (3, 4) at 20 steps, both ends of the default tau interval
 (5 steps), the noise-prediction form, tau everywhere, a v-model, lower_order_final off, trailing and leading
 labels, thresholding and lambda_min_clipped, each loaded from its config and sampled with no method given (sv's
-own per-sample noise, which the golden handed to diffusers). The steps' arithmetic is tested directly: both steps integrate a
-prediction polynomial in lambda of the order's degree exactly (against quadrature), order 1 is DDIM with tau = 0
-and SDE-DPM-Solver++(1) with tau = 1, and diffusers' order-2 terms differ from the exact integrals by their
-stated amount. The orders of convergence (tau = 0) are in tests/test_solvers.py.
+own per-sample noise, which the golden handed to diffusers). The steps' arithmetic is tested directly: both
+steps integrate a prediction polynomial in lambda of the order's degree exactly (against quadrature), order 1 is
+DDIM with tau = 0 and SDE-DPM-Solver++(1) with tau = 1, and diffusers' order-2 terms differ from the exact
+integrals by their stated amount. The orders of convergence (tau = 0) are in tests/test_solvers.py.
 """
 
 import json
