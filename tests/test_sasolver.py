@@ -237,6 +237,21 @@ def test_diffusers_second_order_terms(x64):
                                       step(x, pred, hist, c, 3, tau, None))
 
 
+def test_diffusers_second_order_with_tau_zero_is_unipc_bh1(x64):
+    """With tau = 0 diffusers' order-2 predictor is UniPC's bh1 order-2 predictor (B(h) = -h, rho = 1/2) and its
+    order-2 corrector is UniC bh1 of order 1: the same step to rounding."""
+    grid = solvers.Grid.build(sv.schedules.linear(), jnp.array([0.9, 0.7, 0.5, 0.3]))
+    x, d0, d1, d_t = (jnp.asarray(v) for v in ([[0.4, -0.9]], [[0.3, 0.1]], [[-0.2, 0.5]], [[0.7, -0.4]]))
+    hist = solvers.History.init(x).push(d1, grid.lam[1], x, 1)
+    c = grid.coeffs(2, 3)
+    np.testing.assert_allclose(solvers.sa_predict(x, d0, hist, c, 2, 0.0, None, second_order="diffusers"),
+                               solvers.unipc_predict(x, d0, hist, c, 2, variant="bh1"), rtol=1e-13)
+    after = hist.push(d0, grid.lam[2], x, 1)
+    before = solvers.History(after.m2, after.m3, after.m3, after.lam2, after.lam3, after.lam3, x, 1)
+    np.testing.assert_allclose(solvers.sa_correct(x, d_t, after, c, 2, 0.0, None, second_order="diffusers"),
+                               solvers.unipc_correct(x, d0, before, c, d_t, 1, variant="bh1"), rtol=1e-13)
+
+
 def test_weights_are_accurate_across_the_series_switch(x64):
     """psi_k(z) by its series below |z| = 1 and by the recursion above agree with quadrature on both sides of the
     switch and for small steps (where the closed form alone loses digits), in both directions of z."""

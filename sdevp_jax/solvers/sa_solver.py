@@ -52,12 +52,13 @@ not their ``sample_more_steps``) replaces the linear term of both steps: the pre
 :math:`r\alpha_t\frac{h^2}{2}\frac{D_0 - D_1}{\lambda_s - \lambda_1}` and the corrector's by
 :math:`r\alpha_t\frac h2(D_t - D_0)` (the exact integrals of the linear interpolants carry
 :math:`h^2 g(rh)` and :math:`h\,g(rh)` there, :math:`g(z) = (z - 1 + e^{-z})/z^2 = \tfrac12 - \tfrac z6 + \dots`):
-an :math:`O(h^3)` change per step that keeps the order, as UniPC's ``bh1``. ``second_order="lagrange"`` (the
-default) keeps the paper's exact integrals; ``second_order="diffusers"`` reproduces diffusers.
+an :math:`O(h^3)` change per step that keeps the order; with :math:`\tau = 0` these are UniPC's ``bh1`` steps
+(its order-2 predictor and first-order corrector). ``second_order="lagrange"`` (the default) keeps the paper's
+exact integrals; ``second_order="diffusers"`` reproduces diffusers.
 
 **tau.** :math:`\tau(t)` is ``tau`` on the steps that start at a time ``tau_t_min <= t <= tau_t_max`` and 0
-elsewhere (the authors' choice: stochastic only in the middle of the run), taken constant over each step as
-diffusers does, at the step's start. The defaults are the authors' ``0.2 <= t <= 0.8`` in continuous time;
+elsewhere (the authors' choice: stochastic only in the middle of the run), taken constant over each step, at
+the step's start as diffusers takes it (the authors' code takes it at the step's end). The defaults are the authors' ``0.2 <= t <= 0.8`` in continuous time;
 diffusers' ``tau_func`` default, ``1 if 200 <= label <= 800``, is ``[201/N, 801/N]`` on a discrete schedule of
 ``N`` labels (label ``n`` at ``t = (n + 1)/N``), which a ``SASolverScheduler`` config loads with. ``tau = 0``
 samples the probability-flow ODE (deterministic; no noise is drawn).
