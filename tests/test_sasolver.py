@@ -313,6 +313,13 @@ def test_bad_options_are_refused_at_construction(options, error, match):
         solvers.make("sa_solver", **options)
 
 
+def test_step_functions_refuse_an_order_outside_1_to_4():
+    grid = solvers.Grid.build(sv.schedules.linear(), jnp.array([0.8, 0.5]))
+    x = jnp.ones((2, 2))
+    with pytest.raises(ValueError, match=r"order must be in \[1, 4\]"):
+        solvers.sa_predict(x, x, solvers.History.init(x), grid.coeffs(0, 1), 5, 0.0, None)
+
+
 @pytest.mark.parametrize("options, error, match", [
     ({"tau": -0.5}, ValueError, "tau must be >= 0"),
     ({"tau": float("nan")}, ValueError, "tau must be finite"),

@@ -148,6 +148,8 @@ def _update(x_s, preds, lams, c: StepCoeffs, order, tau, xi, *, algorithm_type: 
     nodes = [(c.lam_t - lam) / h for lam in lams]
     dtype = h.dtype
     static = isinstance(order, (int, np.integer))
+    if static:
+        positive_int_option("order", order, MAX_ORDER, "sa_solver")
     candidates = [int(order)] if static else range(1, (max_order or MAX_ORDER) + 1)
     psi = _psi(z, max(candidates))
     total = [jnp.zeros((), dtype) for _ in range(MAX_ORDER)]
