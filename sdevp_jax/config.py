@@ -300,6 +300,9 @@ _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "sigma_min": (None,),
     "sigma_max": (None,),
     "shift_terminal": (None,),
+    "predictor_order": None,  # SASolverScheduler's orders, served by sa_solver's options (1-4, checked at loading)
+    "corrector_order": None,
+    "tau_func": (None,),  # SASolverScheduler's default tau function (a callable is not JSON; only null loads)
 }
 
 #: class -> (its default timestep_spacing, its extra fields with diffusers' defaults).
@@ -348,6 +351,13 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "interpolation_type": "linear", "use_karras_sigmas": False, "use_exponential_sigmas": False,
         "use_beta_sigmas": False, "sigma_min": None, "sigma_max": None, "timestep_type": "discrete",
         "final_sigmas_type": "zero",
+    }),
+    "SASolverScheduler": ("linspace", {
+        "predictor_order": 2, "corrector_order": 2, "tau_func": None, "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "algorithm_type": "data_prediction",
+        "lower_order_final": True, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+        "use_beta_sigmas": False, "use_flow_sigmas": False, "flow_shift": 1.0, "lambda_min_clipped": -math.inf,
+        "variance_type": None,
     }),
     "PNDMScheduler": ("leading", {"skip_prk_steps": False, "set_alpha_to_one": False}),
     "LMSDiscreteScheduler": ("linspace", {
@@ -401,7 +411,7 @@ SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepSchedule
 
 #: Classes whose ``thresholding`` is served, by the grid solver of :meth:`DiscreteConfig.solver_options`.
 THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-                        "DEISMultistepScheduler", "UniPCMultistepScheduler")
+                        "DEISMultistepScheduler", "UniPCMultistepScheduler", "SASolverScheduler")
 
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
@@ -412,8 +422,12 @@ _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lam
 #: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
 CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler")
 
+#: Classes whose label grids leave out the labels below ``lambda_min_clipped`` (:attr:`DiscreteConfig.last_timestep`).
+LAMBDA_CLIP_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "SASolverScheduler")
+
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
-_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler")
+_NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler",
+                      "SASolverScheduler")
 #: Classes without ``timestep_spacing`` and ``steps_offset``: their label grid is always ``linspace``'s.
 _NO_SPACING_FIELDS = ("DPMSolverSinglestepScheduler",)
 #: Classes that, with ``rescale_betas_zero_snr``, set the last ``alphas_cumprod`` to ``2**-24`` instead of 0
@@ -492,7 +506,7 @@ class DiscreteConfig:
         label grid gets label 0 appended, and the config's solver ends there (``final_sigmas_type="last"``) instead
         of stepping to sigma = 0 (with a method given, pass ``final_sigmas_type="last"`` to it to end there as
         diffusers does)."""
-        if self.class_name == "DEISMultistepScheduler":  # it always ends at label 0's sigma
+        if self.class_name in ("DEISMultistepScheduler", "SASolverScheduler"):  # they always end at label 0's sigma
             return True
         return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
 
@@ -510,7 +524,7 @@ class DiscreteConfig:
         """DPMSolverMultistep's and DPMSolverSinglestep's label grids with a finite ``lambda_min_clipped``: ``N`` less
         the number of labels whose log-SNR is below it (diffusers' ``last_timestep``); ``None`` otherwise."""
         clip = dict(self.extra).get("lambda_min_clipped", -math.inf)
-        if self.class_name not in ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler") or clip == -math.inf:
+        if self.class_name not in LAMBDA_CLIP_CLASSES or clip == -math.inf:
             return None
         from . import grids
 
@@ -522,7 +536,8 @@ class DiscreteConfig:
         """The config's ``variance_type`` where the class has one (DDPM: its reverse variance, default
         ``"fixed_small"``; DPMSolverMultistep and DPMSolverSinglestep: ``None`` or a learned variance), else
         ``None``."""
-        if self.class_name not in ("DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"):
+        if self.class_name not in ("DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                                   "SASolverScheduler"):
             return None
         return dict(self.extra).get("variance_type")
 
@@ -542,8 +557,10 @@ class DiscreteConfig:
         likewise); DPMSolverSinglestepScheduler: ``"dpm_solver_singlestep"`` with ``algorithm_type``
         ``"dpmsolver++"`` or ``"dpmsolver"``, ``"sde_dpm_solver_singlestep"`` (diffusers' third-order term) for
         ``"sde-dpmsolver++"``; DEISMultistepScheduler: ``"deis"``, ending at label 0's noise level as diffusers
-        does. Every other case raises a ValueError naming the method
-        this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
+        does; SASolverScheduler: ``"sa_solver"`` with its orders and ``algorithm_type``, ending at label 0's noise
+        level, its default ``tau_func`` (1 for labels 200 to 800: ``tau_t_min = 201/N``, ``tau_t_max = 801/N``)
+        and its second-order terms (``second_order="diffusers"``). Every other case raises a ValueError naming the
+        method this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
         ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list): pass a method.
         """
         extra = dict(self.extra)
@@ -579,6 +596,17 @@ class DiscreteConfig:
         if self.class_name == "DEISMultistepScheduler":
             return "deis", {"order": extra.get("solver_order", 2), "lower_order_final": multistep["lower_order_final"],
                             "final_sigmas_type": "last", **thresholding}
+        if self.class_name == "SASolverScheduler":
+            # diffusers' default tau_func, 1 for the labels 200 <= n <= 800 (whatever N), at t = (n + 1) / N; and its
+            # second-order steps in data prediction (see sdevp_jax.solvers.sa_solver)
+            algorithm = extra.get("algorithm_type", "data_prediction")
+            n = self.num_train_timesteps
+            return "sa_solver", {"predictor_order": extra.get("predictor_order", 2),
+                                 "corrector_order": extra.get("corrector_order", 2), "algorithm_type": algorithm,
+                                 "lower_order_final": multistep["lower_order_final"], "final_sigmas_type": "last",
+                                 "tau": 1.0, "tau_t_min": 201.0 / n, "tau_t_max": 801.0 / n,
+                                 "second_order": "diffusers" if algorithm == "data_prediction" else "lagrange",
+                                 **thresholding}
         if self.class_name == "DPMSolverSinglestepScheduler":
             algorithm = extra.get("algorithm_type", "dpmsolver++")
             options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
@@ -740,6 +768,8 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or math.isnan(clip) or clip == math.inf:
             raise ValueError(f"{source}: lambda_min_clipped must be a number or -inf (the smallest log-SNR of the "
                              f"grid), got {clip!r}")
+    if name == "SASolverScheduler":
+        _check_sasolver(own, source)
     if own.get("thresholding") is True and name not in THRESHOLDING_CLASSES:
         raise ValueError(f"{source}: thresholding = True changes sampling and is not supported for {name} (its "
                          f"step here does not apply dynamic thresholding); allowed: False")
@@ -810,6 +840,22 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
     except (TypeError, ValueError) as err:
         raise type(err)(f"{source}: {err}") from None
     return result
+
+
+def _check_sasolver(fields: dict, source: str) -> None:
+    """SASolverScheduler's own fields: its algorithm, its orders (1-4), thresholding in data prediction only."""
+    algorithm = fields.get("algorithm_type", "data_prediction")
+    if algorithm not in ("data_prediction", "noise_prediction"):
+        raise ValueError(f"{source}: algorithm_type must be 'data_prediction' or 'noise_prediction' for "
+                         f"SASolverScheduler, got {algorithm!r}")
+    for key in ("predictor_order", "corrector_order"):
+        value = fields.get(key, 2)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4:
+            raise ValueError(f"{source}: {key} must be an int in [1, 4] for SASolverScheduler, got {value!r}")
+    if fields.get("thresholding") is True and algorithm == "noise_prediction":
+        raise ValueError(f"{source}: thresholding = True with algorithm_type = 'noise_prediction' is not supported "
+                         f"(diffusers 0.42.1's SASolverScheduler indexes its tables with timestep=None there and "
+                         f"fails); allowed: thresholding = False, or algorithm_type = 'data_prediction'")
 
 
 def discrete_config_dict(config: DiscreteConfig) -> dict:

@@ -105,6 +105,7 @@ SPACING_SCHEDULERS = {
     "DPMSolverMultistepScheduler": "multistep",
     "DPMSolverSinglestepScheduler": "multistep",
     "DEISMultistepScheduler": "multistep",
+    "SASolverScheduler": "multistep",
     "UniPCMultistepScheduler": "multistep",
     "EulerDiscreteScheduler": "euler",
     "LMSDiscreteScheduler": "euler",

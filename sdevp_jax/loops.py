@@ -517,7 +517,8 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
 ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": None, "final_sigmas_type": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
-               "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
+               "predictor_order": None, "corrector_order": None, "tau": None, "tau_t_min": None, "tau_t_max": None,
+               "second_order": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
 def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
@@ -534,6 +535,9 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
         if _is_default(value, ODE_OPTIONS[name]):
             continue
         if name not in fields:
+            if name == "order" and "predictor_order" in fields:
+                raise ValueError(f"method={method!r} has two orders: give predictor_order and corrector_order "
+                                 f"(1-4), not order={value!r}")
             if name == "order":  # documented: the methods without an order ignore it
                 _checks.positive_int("order", value)
                 if value > 3:
@@ -552,7 +556,8 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
                 raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={value!r}")
             if name == "predict_x0":
                 raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
-            if name in ("algorithm_type", "euler_at_final"):
+            if name in ("algorithm_type", "euler_at_final", "predictor_order", "corrector_order", "tau", "tau_t_min",
+                        "tau_t_max", "second_order"):
                 raise ValueError(f"{name} is an option of {', '.join(solvers.methods_with(name))}, "
                                  f"not of method={method!r}")
             if name == "solver_type":
@@ -596,6 +601,12 @@ def sample_ode(
     predict_x0: bool = True,
     euler_at_final: bool = False,
     algorithm_type: Optional[str] = None,
+    predictor_order: Optional[int] = None,
+    corrector_order: Optional[int] = None,
+    tau: Optional[float] = None,
+    tau_t_min: Optional[float] = None,
+    tau_t_max: Optional[float] = None,
+    second_order: Optional[str] = None,
     cond=None,
     noise=None,
 ):
@@ -682,7 +693,11 @@ def sample_ode(
       euler_at_final: ``dpm_solver_pp`` and ``sde_dpm_solver_pp``: a first-order last step on every grid
         (diffusers' option; it matters with ``final_sigmas_type="last"``).
       algorithm_type: ``dpm_solver_singlestep``'s ``"dpmsolver++"`` (``None``: its default, the data
-        prediction) or ``"dpmsolver"`` (the noise prediction).
+        prediction) or ``"dpmsolver"`` (the noise prediction); ``sa_solver``'s ``"data_prediction"`` (its
+        default) or ``"noise_prediction"``.
+      predictor_order, corrector_order, tau, tau_t_min, tau_t_max, second_order: ``sa_solver``'s options (its
+        orders 1-4, the noise scale :math:`\tau \ge 0` on the steps starting in ``[tau_t_min, tau_t_max]``, its
+        order-2 coefficients; see :class:`sdevp_jax.solvers.SASolver`); ``None``: its defaults.
       cond: the samples' conditions, as for :func:`sample`.
       noise: for a stochastic method, the noise instead of the keyed draws, as for :func:`sample`.
 
@@ -700,7 +715,9 @@ def sample_ode(
     options = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
                    final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
-                   predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type)
+                   predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type,
+                   predictor_order=predictor_order, corrector_order=corrector_order, tau=tau, tau_t_min=tau_t_min,
+                   tau_t_max=tau_t_max, second_order=second_order)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

@@ -247,6 +247,11 @@ SOLVER_RUNS = [
     (["--method", "sde_dpm_solver_singlestep", "--order", "3", "--solver-type", "heun", "--third-order", "diffusers"],
      {"order": 3, "solver_type": "heun", "algorithm_type": "dpmsolver++", "lower_order_final": True,
       "third_order": "diffusers", "final_sigmas_type": "zero", "thresholding": False}),
+    (["--method", "sa_solver", "--predictor-order", "3", "--corrector-order", "4", "--tau", "0.5", "--tau-t-min",
+      "0.1", "--second-order", "diffusers"],
+     {"predictor_order": 3, "corrector_order": 4, "algorithm_type": "data_prediction", "tau": 0.5, "tau_t_min": 0.1,
+      "tau_t_max": 0.8, "second_order": "diffusers", "lower_order_final": True, "final_sigmas_type": "zero",
+      "thresholding": False}),
 ]
 
 
