@@ -254,7 +254,7 @@ def test_every_prediction_type_gives_the_eps_models_samples(prediction_type_samp
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {}), ("sde_dpm_solver_singlestep", {})]
+STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {}), ("sde_dpm_solver_singlestep", {}), ("sa_solver", {})]
 
 
 @pytest.fixture(scope="module")
