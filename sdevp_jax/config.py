@@ -573,8 +573,11 @@ class DiscreteConfig:
             thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
                             "sample_max_value": extra["sample_max_value"]}
         # the options DPMSolverMultistep and UniPC share
-        multistep = {"lower_order_final": extra.get("lower_order_final", True),
-                     "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero", **thresholding}
+        # diffusers' sigma_min: on a label grid the step to label 0's sigma (appended to the grid); on a sigma grid,
+        # which ends there already, a zero-length last step
+        final = ("repeat" if self.sigma_spacing is not None else "last") if self.ends_at_sigma_min else "zero"
+        multistep = {"lower_order_final": extra.get("lower_order_final", True), "final_sigmas_type": final,
+                     **thresholding}
         if self.class_name == "DDIMScheduler":
             return "ddim", {"final_sigmas_type": "zero" if extra.get("set_alpha_to_one", True) else "last",
                             **thresholding}
@@ -758,11 +761,12 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
                          f"{', '.join(SIGMA_CLASSES)} only; allowed: False")
     if len(asked) > 1:
         raise ValueError(f"{source}: {' and '.join(asked)} are all True; diffusers' grids are exclusive: set one")
-    if asked and own.get("final_sigmas_type") == "sigma_min":
+    if asked and own.get("final_sigmas_type") == "sigma_min" and name == "DPMSolverSinglestepScheduler":
         raise ValueError(f"{source}: {asked[0]} with final_sigmas_type = 'sigma_min': the sigma grid already ends at "
                          f"sigma_min, and diffusers then takes a zero-length last step (sigma_min to sigma_min) that "
-                         f"still counts in its order schedule (and runs UniPC's corrector once more), which this "
-                         f"package's strictly decreasing grids do not express; allowed: final_sigmas_type = 'zero'")
+                         f"counts in the single-step solver's order groups, which this package does not express; "
+                         f"allowed: final_sigmas_type = 'zero' (DPMSolverMultistep and UniPC serve it: "
+                         f"final_sigmas_type='repeat')")
     if "lambda_min_clipped" in own:
         clip = own["lambda_min_clipped"]
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or math.isnan(clip) or clip == math.inf:

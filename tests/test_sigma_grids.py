@@ -39,22 +39,31 @@ def exact_model(x, label):
 
 
 def test_the_golden_covers_every_option():
-    assert len(CASES) == 19 and "diffusers 0.42.1" in list(GOLDEN["versions"])
+    assert len(CASES) == 27 and "diffusers 0.42.1" in list(GOLDEN["versions"])
     names = {case.split("/")[1] for case in CASES}
     assert set(sv.grids.SIGMA_SPACINGS) | {"lambda_min_clipped", "lambda_min_clipped_trailing",
-                                           "euler_at_final"} == names
+                                           "euler_at_final"} | {f"{g}_sigma_min" for g in (
+                                               "karras_sigmas", "exponential_sigmas", "lu_lambdas")} == names
+    # the one case where diffusers' zero-length last step returns NaN (the golden holds its finite limit)
+    assert [c for c in CASES if bool(GOLDEN[f"{c}/diffusers_nan"])] == ["DPMSolverMultistep/karras_sigmas_sigma_min/3/20"]
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.endswith("/25") else c for c in CASES])
 def test_parity_with_diffusers(case, x64):
-    """The config's own grid and solver: the model's labels exactly, the noise levels and the samples to 1e-10."""
+    """The config's own grid and solver: the model's labels exactly, the noise levels and the samples to 1e-10.
+
+    With final_sigmas_type="sigma_min" a label grid ends at label 0, where diffusers' last step goes; a sigma grid
+    ends there already and diffusers repeats it, a zero-length step that sv takes as final_sigmas_type="repeat"
+    (one more network call; UniPC's last correction). Where diffusers' zero-length step returns NaN (DPM-Solver++
+    (3M) at 20 steps: inf / inf in its coefficients) the golden holds that step's limit, the sample before it.
+    """
     state = sv.set_timesteps(sv.load_config(case_config(case)), int(case.split("/")[3]))
-    # with final_sigmas_type="sigma_min" the grid ends at label 0, where diffusers' last step goes
-    sigma_min = state.diffusers_config.ends_at_sigma_min
+    config = state.diffusers_config
+    appended = config.ends_at_sigma_min and config.sigma_spacing is None
     labels = np.asarray(sv.model_time(state, state.timesteps))
-    np.testing.assert_array_equal(labels, np.append(GOLDEN[f"{case}/labels"], [0] if sigma_min else []))
+    np.testing.assert_array_equal(labels, np.append(GOLDEN[f"{case}/labels"], [0] if appended else []))
     sigmas = np.asarray(jnp.exp(-state.schedule.log_snr(state.timesteps)))
-    np.testing.assert_allclose(sigmas, GOLDEN[f"{case}/sigmas"][: None if sigma_min else -1], rtol=1e-12)
+    np.testing.assert_allclose(sigmas, GOLDEN[f"{case}/sigmas"][: None if appended else -1], rtol=1e-12)
     x_t = jnp.asarray(GOLDEN["x_T"])
     x = np.asarray(sv.sample_ode(state, exact_model, jax.random.key(0), x_t.shape, x_init=x_t, dtype=jnp.float64))
     ref = GOLDEN[f"{case}/final"]
@@ -141,7 +150,8 @@ def test_euler_at_final_lowers_the_last_step_on_long_grids():
     ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True},
      "use_karras_sigmas = True changes sampling and is supported for DPMSolverMultistepScheduler"),
     ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "are all True; diffusers' grids are exclusive"),
-    ({"use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}, "zero-length last step"),
+    ({"_class_name": "DPMSolverSinglestepScheduler", "use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"},
+     "zero-length last step"),
     ({"lambda_min_clipped": float("nan")}, "lambda_min_clipped must be a number or -inf"),
     ({"lambda_min_clipped": True}, "lambda_min_clipped must be a number or -inf"),
 ])

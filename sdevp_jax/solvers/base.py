@@ -157,7 +157,8 @@ class Solver:
     coefficients: ClassVar[bool] = True
     noise_slots: ClassVar[int] = 0
     invertible: ClassVar[bool] = False
-    #: the diffusers scheduler this solver reproduces (tests/test_solver_parity.py holds it to its goldens)
+    #: the diffusers scheduler this solver reproduces on tests/test_solver_parity.py's common grid of cases (the
+    #: solvers added later are held to diffusers by goldens of their own: test_sasolver.py, test_deis.py, ...)
     diffusers_scheduler: ClassVar[Optional[str]] = None
     #: whether the loop carries x in the work dtype (the SDE updates take and return the samples' dtype)
     in_work_dtype: ClassVar[bool] = True

@@ -74,6 +74,7 @@ class DEIS(GridSolver):
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
 
     name = "deis"
+    repeat_ready = True
     description = "multistep DEIS in log rho, orders 1-3 (Zhang & Chen 2023)"
     max_order = 3
 

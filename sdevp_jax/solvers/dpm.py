@@ -271,6 +271,7 @@ class DPMSolverPP(GridSolver):
     zero_snr_start = True
     renoise_ready = True
     name = "dpm_solver_pp"
+    repeat_ready = True
     diffusers_scheduler = "DPMSolverMultistepScheduler"
     description = "multistep DPM-Solver++ in data prediction, 2M (midpoint/heun) or 3M (Lu et al. 2022b)"
     max_order = 3
@@ -344,6 +345,7 @@ class SDEDPMSolverPP(GridSolver):
 
     zero_snr_start = True
     name = "sde_dpm_solver_pp"
+    repeat_ready = True
     diffusers_scheduler = "DPMSolverMultistepScheduler"
     kind = "sde_solver"
     description = "SDE-DPM-Solver++(2M), stochastic, per-sample keyed noise (Lu et al. 2022b)"

@@ -32,7 +32,7 @@ from .base import Grid, Solver, StepInfo, bool_option, choice_option, option, po
 
 __all__ = ["History", "GridSolver", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES"]
 
-FINAL_SIGMAS_TYPES = ("zero", "last")
+FINAL_SIGMAS_TYPES = ("zero", "last", "repeat")
 
 
 class History(NamedTuple):
@@ -123,7 +123,8 @@ class GridSolver(Solver):
 
     final_sigmas_type: str = option("zero", choices=FINAL_SIGMAS_TYPES, help=(
         "the last step: 'zero' (default, diffusers'): one more network call, to sigma = 0; "
-        "'last': end at the last grid time"))
+        "'last': end at the last grid time; 'repeat': a zero-length step there, one more network call "
+        "(diffusers' sigma_min on its sigma grids: UniPC corrects its last step with it)"))
     thresholding: bool = option(False, help=(
         "dynamic thresholding of the data prediction (Saharia et al. 2022), for pixel-space models"))
     dynamic_thresholding_ratio: float = option(0.995, requires="thresholding", help=(
@@ -133,10 +134,18 @@ class GridSolver(Solver):
 
     order_rule = "dpmsolver"
     max_order = 1
+    #: whether final_sigmas_type="repeat" is served: the solvers diffusers takes through a zero-length last step
+    repeat_ready = False
     nfe_formula = "N - 1 (+ 1 with final_sigmas_type='zero')"
 
     def __post_init__(self):
         choice_option("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
+        if self.final_sigmas_type == "repeat" and not self.repeat_ready:
+            from .base import REGISTRY
+
+            ready = [n for n, c in REGISTRY.items() if getattr(c, "repeat_ready", False)]
+            raise ValueError(f"final_sigmas_type='repeat' (diffusers' zero-length last step) applies to {ready}; "
+                             f"not to {self.name!r}")
         bool_option("thresholding", self.thresholding)
         if hasattr(self, "lower_order_final"):
             bool_option("lower_order_final", self.lower_order_final)
@@ -154,15 +163,21 @@ class GridSolver(Solver):
     def final_zero(self) -> bool:
         return self.final_sigmas_type == "zero"
 
+    @property
+    def final_call(self) -> bool:
+        """Whether the run ends with one more network call at the last grid time ('zero' or 'repeat')."""
+        return self.final_sigmas_type in ("zero", "repeat")
+
     def _check_order(self) -> None:
         positive_int_option("order", self.order, self.max_order, self.name)
 
     def nfe(self, num_points: int) -> int:
-        return num_points - 1 + (1 if self.final_zero else 0)
+        return num_points - 1 + (1 if self.final_call else 0)
 
     def orders(self, num_points: int) -> jax.Array:
-        """The order of each step between grid points (a constant int32 array)."""
-        num_steps = num_points - 1 + (1 if self.final_zero else 0)
+        """The order of each step between grid points (a constant int32 array), the last step to sigma = 0 or the
+        zero-length one counted as diffusers counts them."""
+        num_steps = num_points - 1 + (1 if self.final_call else 0)
         first_order_last = self.final_zero or getattr(self, "euler_at_final", False)
         return jnp.asarray(step_orders(num_steps, self.order, getattr(self, "lower_order_final", True),
                                        first_order_last, self.order_rule)[: num_points - 1])
@@ -207,8 +222,17 @@ class GridSolver(Solver):
         return x_next
 
     def finish(self, model, x, hist: History, grid: Grid):
-        """With ``final_sigmas_type="zero"``: the data prediction at the last grid time (the step to sigma = 0)."""
-        if not self.final_zero:
+        """With ``final_sigmas_type="zero"``: the data prediction at the last grid time (the step to sigma = 0);
+        with ``"repeat"``: the zero-length step there (:meth:`repeated`)."""
+        if not self.final_call:
             return x, hist, StepInfo(0)
-        _, x0 = self.predict(model, x, grid, grid.num_points - 1)
-        return x0, hist, StepInfo(1)
+        eps, x0 = self.predict(model, x, grid, grid.num_points - 1)
+        if self.final_zero:
+            return x0, hist, StepInfo(1)
+        return self.repeated(x, hist, grid, eps, x0), hist, StepInfo(1)
+
+    def repeated(self, x, hist: History, grid: Grid, eps, d0):
+        """The zero-length step at the last grid time, given the model there: ``x`` itself, the limit at
+        :math:`h = 0` of the exponential integrators' updates (their terms vanish with :math:`e^{-h} - 1`; diffusers'
+        arithmetic of 0/0 there can give NaN, e.g. DPM-Solver++(3M), where the limit is finite)."""
+        return x

@@ -267,7 +267,6 @@ class SASolver(GridSolver):
 
     name = "sa_solver"
     kind = "sde_solver"
-    diffusers_scheduler = "SASolverScheduler"
     description = "SA-Solver: stochastic Adams predictor-corrector, orders 1-4, tau-controlled SDE (Xue et al. 2023)"
     order_rule = "unipc"
     max_order = MAX_ORDER

@@ -149,6 +149,7 @@ class UniPC(GridSolver):
         "data prediction (default, as diffusers); False: the noise-prediction form (Zhao et al. give both)"))
 
     name = "unipc"
+    repeat_ready = True
     diffusers_scheduler = "UniPCMultistepScheduler"
     description = "UniPC: UniP predictor + UniC corrector, bh1/bh2, orders 1-3 (Zhao et al. 2023)"
     order_rule = "unipc"
@@ -173,6 +174,16 @@ class UniPC(GridSolver):
         bool_option("predict_x0", self.predict_x0)
         if not self.predict_x0 and self.thresholding:
             raise ValueError("thresholding acts on the data prediction: it needs predict_x0=True")
+
+    def repeated(self, x, hist, grid, eps, d0):
+        """The zero-length step at the last grid time: UniC corrects the last step with the model there (the
+        predictor then stays where it is)."""
+        k = grid.num_points - 1
+        if not self.predict_x0:
+            d0 = eps
+        previous = History(hist.m2, hist.m3, hist.m3, hist.lam2, hist.lam3, hist.lam3, hist.x_prev, hist.order_prev)
+        return unipc_correct(hist.x_prev, hist.m1, previous, grid.coeffs(k - 1, k), d0, hist.order_prev,
+                             variant=self.solver_type, predict_x0=self.predict_x0)
 
     def update(self, x, hist, grid, k, eps, d0, order, noise):
         if not self.predict_x0:

@@ -23,7 +23,11 @@ The model is exact and closed form (a test re-runs it without torch): data :math
 
 The file holds ``x_T`` (``(8, 3)``, ``default_rng(9)``), ``alphas_cumprod`` (float64) and per case
 ``<scheduler>/<option>/<order>/<steps>``: ``config`` (the JSON of the scheduler's extra fields),
-``labels``, ``sigmas`` (float64, the last being 0 or sigma_min) and ``final`` (the last ``prev_sample``).
+``labels``, ``sigmas`` (float64, the last being 0 or sigma_min, or on a sigma grid with ``sigma_min`` its last
+sigma again: a zero-length last step), ``final`` (the last ``prev_sample``) and ``diffusers_nan``: where
+diffusers' zero-length last step returns NaN (DPM-Solver++(3M) without ``lower_order_final`` lowering it, at
+15 steps or more: its ``r0 / (r0 + r1)`` is inf / inf), ``final`` is the sample before that step, the step's
+limit (every term of the update vanishes with ``h``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ CASES += [
 ]
 CASES += [("UniPCMultistep", field.removeprefix("use_"), {field: True}, order, 10)
           for field in GRIDS[:3] for order in (2, 3)]
+# final_sigmas_type="sigma_min" on a sigma grid: the grid ends at sigma_min, then a zero-length step
+CASES += [("DPMSolverMultistep", f"{grid.removeprefix('use_')}_sigma_min", {grid: True, "final_sigmas_type": "sigma_min"},
+           order, steps) for grid, order, steps in (("use_karras_sigmas", 2, 10), ("use_karras_sigmas", 3, 10),
+                                                    ("use_exponential_sigmas", 2, 10), ("use_lu_lambdas", 2, 25),
+                                                    ("use_karras_sigmas", 3, 20))]
+CASES += [("UniPCMultistep", f"{grid.removeprefix('use_')}_sigma_min", {grid: True, "final_sigmas_type": "sigma_min"},
+           order, steps) for grid, order, steps in (("use_karras_sigmas", 2, 10), ("use_karras_sigmas", 3, 10),
+                                                    ("use_exponential_sigmas", 2, 20))]
 
 
 def acp64() -> np.ndarray:
@@ -89,7 +101,10 @@ def float64_sigmas(sched, fields: dict, steps: int) -> torch.Tensor:
         sigmas = sched._convert_to_beta(in_sigmas=flipped, num_inference_steps=steps)
     else:
         sigmas = train[sched.timesteps.numpy()]
-    last = train[0] if fields.get("final_sigmas_type") == "sigma_min" else 0.0  # (label grids only here)
+    if fields.get("final_sigmas_type") != "sigma_min":
+        last = 0.0
+    else:  # a label grid's last step goes to label 0's sigma; a sigma grid's repeats its last sigma
+        last = sigmas[-1] if any(fields.get(g) for g in GRIDS) else train[0]
     return torch.tensor(np.concatenate([sigmas, [last]]), dtype=torch.float64)
 
 
@@ -102,10 +117,15 @@ def run(kind: str, fields: dict, order: int, steps: int, x_t: np.ndarray):
     assert np.allclose(sigmas.numpy(), sched.sigmas.numpy(), rtol=1e-6, atol=0), "sigmas changed"
     sched.sigmas = sigmas
     x = torch.tensor(x_t, dtype=torch.float64)
+    before = x
     for t in sched.timesteps:
         out = torch.tensor(model(x.numpy(), int(t)), dtype=torch.float64)
-        x = sched.step(out, t, x).prev_sample
-    return sched.timesteps.numpy().astype(np.int64), sigmas.numpy(), x.numpy()
+        before, x = x, sched.step(out, t, x).prev_sample
+    nan = not np.all(np.isfinite(x.numpy()))
+    if nan:  # diffusers' zero-length last step (DPM-Solver++(3M): inf / inf); its limit leaves x where it was
+        assert fields.get("final_sigmas_type") == "sigma_min" and np.all(np.isfinite(before.numpy()))
+        x = before
+    return sched.timesteps.numpy().astype(np.int64), sigmas.numpy(), x.numpy(), nan
 
 
 def main() -> None:
@@ -116,10 +136,10 @@ def main() -> None:
         arrays = {"x_T": x_t, "alphas_cumprod": acp64()}
         for kind, name, fields, order, steps in CASES:
             key = f"{kind}/{name}/{order}/{steps}"
-            labels, sigmas, final = run(kind, fields, order, steps, x_t)
+            labels, sigmas, final, nan = run(kind, fields, order, steps, x_t)
             assert np.all(np.isfinite(final)), key
             arrays.update({f"{key}/config": np.array(json.dumps(fields)), f"{key}/labels": labels,
-                           f"{key}/sigmas": sigmas, f"{key}/final": final})
+                           f"{key}/sigmas": sigmas, f"{key}/final": final, f"{key}/diffusers_nan": np.array(nan)})
     finally:
         dpm_module.torch = torch
     write_npz(PATH, arrays)

@@ -236,7 +236,8 @@ def library_tables() -> dict:
                              for name, cls in grid.items()},
             "SOLVER_TYPES": {name: list(solvers.option_fields(cls)["solver_type"].metadata["choices"])
                              for name, cls in grid.items() if "solver_type" in solvers.option_fields(cls)},
-            "FINAL_SIGMAS_TYPES": list(solvers.FINAL_SIGMAS_TYPES)}
+            # "repeat" is diffusers' sigma_min on its sigma grids only: tests/golden/make_sigmas_golden.py covers it
+            "FINAL_SIGMAS_TYPES": [t for t in solvers.FINAL_SIGMAS_TYPES if t != "repeat"]}
 
 
 def jax_inputs(path: str) -> None:
