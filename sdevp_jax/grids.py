@@ -591,20 +591,24 @@ def sigma_label_rounding(spacing: str, scheduler: str = "DPMSolverMultistepSched
     return "round"
 
 
-def sigma_grid(state: "ScoreSdeVpSchedulerState", n: int, spacing: str) -> tuple[jax.Array, jax.Array]:
+def sigma_grid(state: "ScoreSdeVpSchedulerState", n: int, spacing: str,
+               rounding: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
     r"""``(times, labels)`` of diffusers' sigma grid ``spacing`` (:func:`diffusers_sigmas`) on ``state``'s schedule.
 
     ``times`` (JAX's default float) are where the schedule has those noise levels
     (:math:`\lambda = -\log(\sigma/\alpha)`, :meth:`t_from_log_snr`; the first is 1, the last
     ``1/N``); ``labels`` are the model's labels there, diffusers' (:func:`sigma_to_label`, rounded or
-    truncated as the state's config class does, DPMSolverMultistep's rule without a config).
+    truncated as the state's config class does, DPMSolverMultistep's rule without a config), or with
+    ``rounding`` (``"exact"``, ``"round"``, ``"truncate"``) that rule instead.
     """
     config = state.diffusers_config
     scheduler = config.class_name if config is not None else "DPMSolverMultistepScheduler"
     beta_schedule = config.beta_schedule if config is not None else None
     sigmas = diffusers_sigmas(state.schedule, n, spacing)
     labels = sigma_to_label(sigmas, state.schedule)
-    labels = np.round(labels) if sigma_label_rounding(spacing, scheduler, beta_schedule) == "round" else np.trunc(labels)
+    rule = sigma_label_rounding(spacing, scheduler, beta_schedule) if rounding is None else rounding
+    if rule != "exact":
+        labels = np.round(labels) if rule == "round" else np.trunc(labels)
     dtype = _checks.default_float()
     big_n = state.num_train_timesteps
     times = np.asarray(state.schedule.cast(dtype).t_from_log_snr(jnp.asarray(-np.log(sigmas), dtype)), np.float64)

@@ -375,6 +375,7 @@ def set_timesteps(
     spacing: Optional[str] = None,
     timesteps: Optional[ArrayLike] = None,
     steps_offset: Optional[int] = None,
+    label_rounding: Optional[str] = None,
 ) -> ScoreSdeVpSchedulerState:
     r"""Return a new state with a grid of ``num_inference_steps`` decreasing times.
 
@@ -416,6 +417,13 @@ def set_timesteps(
         in ``(0, t_max]`` (``[1/N_train, 1]`` for a discrete schedule), on the host;
         recorded as ``spacing = "custom"``.
       steps_offset: an int >= 0, for the label spacings.
+      label_rounding: a discrete schedule's model labels at the grid's times (:data:`LABEL_ROUNDINGS`):
+        ``None`` (default) diffusers' rule on its sigma grids (rounded, or truncated where its class
+        truncates) and the exact label elsewhere; ``"exact"`` the fractional label (on a sigma grid,
+        diffusers' log-sigma interpolation before its rounding); ``"round"`` or ``"truncate"`` that label
+        rounded to the nearest integer or truncated, as diffusers feeds its model on its fractional-label
+        grids while stepping with the unrounded noise level. Off the grid's times (a solver's
+        intermediate points) the model always gets the exact label.
 
     Returns:
       The new state.
@@ -429,6 +437,11 @@ def set_timesteps(
     """
     if not isinstance(state, ScoreSdeVpSchedulerState):
         raise TypeError(f"state must be a ScoreSdeVpSchedulerState from sv.create_state, got {type(state).__name__}")
+    if label_rounding is not None and label_rounding not in LABEL_ROUNDINGS:
+        raise ValueError(f"label_rounding must be None or one of {list(LABEL_ROUNDINGS)}, got {label_rounding!r}")
+    if label_rounding is not None and not state.schedule.is_discrete:
+        raise ValueError(f"label_rounding={label_rounding!r} applies to a discrete schedule's labels; this state's "
+                         f"schedule is {type(state.schedule).__name__}, whose model takes the continuous time")
     if timesteps is not None:
         if spacing is not None:
             raise ValueError("give spacing or timesteps, not both")
@@ -437,7 +450,8 @@ def set_timesteps(
             raise ValueError(
                 f"num_inference_steps = {num_inference_steps!r} must equal len(timesteps) = {grid.shape[0]}"
             )
-        return state.replace(timesteps=grid, spacing="custom", spacing_given=True)
+        return state.replace(timesteps=grid, spacing="custom", spacing_given=True,
+                             model_labels=_rounded_labels(state, grid, None, label_rounding))
     n = _checks.positive_int("num_inference_steps", num_inference_steps)
     most = grids.max_inference_steps(state)
     if n > most:
@@ -459,11 +473,24 @@ def set_timesteps(
     elif spacing in grids.LABEL_SPACINGS:
         grid = grids.label_grid(state, n, spacing, steps_offset)
     elif spacing in grids.SIGMA_SPACINGS:
-        grid, labels = grids.sigma_grid(state, n, spacing)
+        grid, labels = grids.sigma_grid(state, n, spacing, rounding=label_rounding)
         return state.replace(timesteps=grid, spacing=spacing, spacing_given=given, model_labels=labels)
     else:
         grid = grids.continuous_grid(state, n, spacing)
-    return state.replace(timesteps=grid, spacing=spacing, spacing_given=given)
+    return state.replace(timesteps=grid, spacing=spacing, spacing_given=given,
+                         model_labels=_rounded_labels(state, grid, None, label_rounding))
+
+
+#: ``set_timesteps``' ``label_rounding`` values (``None``: the grid's default).
+LABEL_ROUNDINGS = ("exact", "round", "truncate")
+
+
+def _rounded_labels(state: ScoreSdeVpSchedulerState, grid: jax.Array, labels, rounding: Optional[str]):
+    """The model labels at ``grid``'s times with ``rounding`` (``None`` or ``"exact"``: none kept, the exact label)."""
+    if rounding is None or rounding == "exact":
+        return labels
+    exact = np.asarray(grid, np.float64) * state.num_train_timesteps - 1.0
+    return jnp.asarray(np.round(exact) if rounding == "round" else np.trunc(exact), grid.dtype)
 
 
 def next_times(state: ScoreSdeVpSchedulerState) -> jax.Array:

@@ -170,3 +170,37 @@ def test_sigma_grids_need_a_finite_sigma_max():
     assert float(state.timesteps[0]) == 1.0 and float(state.model_labels[0]) == 999.0
     with pytest.raises(ValueError, match="need a discrete schedule"):
         sv.set_timesteps(sv.create_state(), 10, spacing="karras_sigmas")
+
+
+@pytest.mark.parametrize("rounding, rule", [("round", np.round), ("truncate", np.trunc)])
+def test_label_rounding_feeds_the_model_rounded_labels_at_the_grids_times(rounding, rule, x64):
+    """label_rounding on a fractional-label grid (sv's log-SNR grid of a discrete schedule): the model sees the
+    rounded labels at the grid's times and the solver steps with the unrounded noise levels, so a run equals the
+    exact-label run of a model that rounds its own time input (dpm_solver_pp calls the model at grid times only)."""
+    state = sv.load_config({"_class_name": "DPMSolverMultistepScheduler", **SD})
+    exact = sv.set_timesteps(state, 8, spacing="logsnr")
+    rounded = sv.set_timesteps(state, 8, spacing="logsnr", label_rounding=rounding)
+    np.testing.assert_array_equal(rounded.timesteps, exact.timesteps)
+    labels = np.asarray(sv.model_time(exact, exact.timesteps))
+    assert np.any(labels != np.round(labels))  # the grid's labels are fractional
+    np.testing.assert_array_equal(np.asarray(sv.model_time(rounded, rounded.timesteps)), rule(labels))
+    x_t = jnp.asarray(GOLDEN["x_T"])
+    model = sv.mixtures.make_mixture_eps_fn(exact, sv.mixtures.default_mixture(3))
+    kw = dict(x_init=x_t, dtype=jnp.float64, method="dpm_solver_pp", final_sigmas_type="last")
+    got = sv.sample_ode(rounded, model, None, x_t.shape, **kw)
+    jrule = jnp.round if rule is np.round else jnp.trunc
+    want = sv.sample_ode(exact, lambda x, t: model(x, jrule(t)), None, x_t.shape, **kw)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(np.asarray(got), np.asarray(sv.sample_ode(exact, model, None, x_t.shape, **kw)), atol=1e-6)
+    # on a sigma grid "exact" keeps diffusers' fractional log-sigma labels, which it would round
+    sigma = sv.set_timesteps(state, 8, spacing="karras_sigmas", label_rounding="exact")
+    default = sv.set_timesteps(state, 8, spacing="karras_sigmas")
+    np.testing.assert_array_equal(np.round(np.asarray(sigma.model_labels)), np.asarray(default.model_labels))
+    assert np.any(np.asarray(sigma.model_labels) != np.asarray(default.model_labels))
+
+
+def test_label_rounding_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match=r"label_rounding must be None or one of \['exact', 'round', 'truncate'\]"):
+        sv.set_timesteps(sv.load_config({"_class_name": "DDIMScheduler"}), 5, label_rounding="floor")
+    with pytest.raises(ValueError, match="applies to a discrete schedule's labels"):
+        sv.set_timesteps(sv.create_state(), 5, spacing="logsnr", label_rounding="round")
