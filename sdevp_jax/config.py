@@ -8,7 +8,7 @@ diffusers saves a scheduler's config as a JSON object with ``_class_name``,
   ``sampling_eps``): the linear schedule with an epsilon-model; a file without
   ``_class_name`` is read as one.
 * the discrete schedulers of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
-  UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete): a :func:`discrete_config`, whose
+  UniPCMultistep, EulerDiscrete, EulerAncestralDiscrete, PNDM, LMSDiscrete): a :func:`discrete_config`, whose
   state is ``create_state(schedule=cfg.schedule, prediction_type=cfg.prediction_type,
   diffusers_config=cfg)`` -- its ``set_timesteps`` defaults to the config's
   ``timestep_spacing`` and ``steps_offset`` and the class's labels. diffusers 0.39 and
@@ -164,7 +164,7 @@ def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exac
 
     A ``ScoreSdeVpScheduler`` config (or one without ``_class_name``) gives the linear
     schedule; a config of one of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
-    UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete) gives :func:`discrete_state`. Errors:
+    UniPCMultistep, EulerDiscrete, EulerAncestralDiscrete, PNDM, LMSDiscrete) gives :func:`discrete_state`. Errors:
     a ValueError naming the field (see :func:`discrete_config`).
 
     ``zero_snr`` serves a config with ``rescale_betas_zero_snr = true`` (zero terminal SNR, Lin et al. 2024):
@@ -335,6 +335,7 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "use_beta_sigmas": False, "sigma_min": None, "sigma_max": None, "timestep_type": "discrete",
         "final_sigmas_type": "zero",
     }),
+    "EulerAncestralDiscreteScheduler": ("linspace", {}),
     "PNDMScheduler": ("leading", {"skip_prk_steps": False, "set_alpha_to_one": False}),
     "LMSDiscreteScheduler": ("linspace", {
         "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
@@ -404,7 +405,8 @@ _NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSingles
 _NO_SPACING_FIELDS = ("DPMSolverSinglestepScheduler",)
 #: Classes that, with ``rescale_betas_zero_snr``, set the last ``alphas_cumprod`` to ``2**-24`` instead of 0
 #: (diffusers 0.42.1: "close to 0 without being 0 so first sigma is not inf"); DDIM and DDPM keep the 0.
-ZERO_SNR_CLAMP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler")
+ZERO_SNR_CLAMP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+                          "EulerAncestralDiscreteScheduler")
 #: That value, diffusers' float16 smallest subnormal.
 DIFFUSERS_ZERO_SNR_CLAMP = 2.0**-24
 #: How a zero-terminal-SNR config's last label is served (:func:`load_config`'s ``zero_snr``).
@@ -523,8 +525,10 @@ class DiscreteConfig:
         likewise); DPMSolverSinglestepScheduler: ``"dpm_solver_singlestep"`` with ``algorithm_type``
         ``"dpmsolver++"`` or ``"dpmsolver"``, ``"sde_dpm_solver_singlestep"`` (diffusers' third-order term) for
         ``"sde-dpmsolver++"``; DEISMultistepScheduler: ``"deis"``, ending at label 0's noise level as diffusers
-        does. Every other case raises a ValueError naming the method
-        this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
+        does; EulerDiscreteScheduler: ``"ddim"`` (Euler in sigma/alpha is DDIM's update, ending with a step to
+        sigma = 0); EulerAncestralDiscreteScheduler: ``"euler_ancestral"``; LMSDiscreteScheduler: ``"lms"`` of
+        order 4 (its ``step``'s default). Every other case raises a ValueError naming the method
+        this package lacks (PNDM's PLMS, diffusers' ``"dpmsolver"`` and
         ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list): pass a method.
         """
         extra = dict(self.extra)
@@ -573,10 +577,13 @@ class DiscreteConfig:
                                  f"here: pass a method")
             return "unipc", {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "bh2"),
                              "predict_x0": extra.get("predict_x0", True), **multistep}
-        method = {"PNDMScheduler": "PNDM's pseudo linear multistep method (PLMS, Liu et al. 2022)",
-                  "LMSDiscreteScheduler": "the linear multistep method in sigma",
-                  # the same update as DDIM with eta = 0 in exact arithmetic, not compared with diffusers' here
-                  "EulerDiscreteScheduler": "Euler's method in sigma (the update of method='ddim')"}[self.class_name]
+        if self.class_name == "EulerDiscreteScheduler":  # Euler in sigma/alpha is DDIM's update (tests/test_classical.py)
+            return "ddim", {"final_sigmas_type": "zero"}
+        if self.class_name == "EulerAncestralDiscreteScheduler":
+            return "euler_ancestral", {}
+        if self.class_name == "LMSDiscreteScheduler":  # diffusers' step's default order, which its pipelines keep
+            return "lms", {"order": 4}
+        method = {"PNDMScheduler": "PNDM's pseudo linear multistep method (PLMS, Liu et al. 2022)"}[self.class_name]
         raise ValueError(f"{source} samples with {method}, which sdevp_jax has no verified equivalent of: pass a "
                          f"method (e.g. method='dpm_solver_pp' to sample_ode)")
 

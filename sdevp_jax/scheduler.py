@@ -457,7 +457,9 @@ def set_timesteps(
             )
         grid = jnp.linspace(1.0, state.sampling_eps, n)
     elif spacing in grids.LABEL_SPACINGS:
-        grid = grids.label_grid(state, n, spacing, steps_offset)
+        grid, labels = grids.label_grid(state, n, spacing, steps_offset)
+        if labels is not None:  # fractional labels of the sigma-space schedulers
+            return state.replace(timesteps=grid, spacing=spacing, spacing_given=given, model_labels=labels)
     elif spacing in grids.SIGMA_SPACINGS:
         grid, labels = grids.sigma_grid(state, n, spacing)
         return state.replace(timesteps=grid, spacing=spacing, spacing_given=given, model_labels=labels)

@@ -246,6 +246,9 @@ SOLVER_RUNS = [
     (["--method", "sde_dpm_solver_singlestep", "--order", "3", "--solver-type", "heun", "--third-order", "diffusers"],
      {"order": 3, "solver_type": "heun", "algorithm_type": "dpmsolver++", "lower_order_final": True,
       "third_order": "diffusers", "final_sigmas_type": "zero", "thresholding": False}),
+    (["--method", "lms", "--order", "3"], {"order": 3, "final_sigmas_type": "zero", "thresholding": False}),
+    (["--method", "euler_ancestral", "--final-sigmas-type", "last"],
+     {"final_sigmas_type": "last", "thresholding": False}),
 ]
 
 

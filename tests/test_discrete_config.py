@@ -166,12 +166,15 @@ OPTION_TABLE = [
     ("UniPCMultistepScheduler", {"final_sigmas_type": "sigma_min"}, "samples"),
     ("UniPCMultistepScheduler", {"thresholding": True}, "samples"),
     ("UniPCMultistepScheduler", {"disable_corrector": [0]}, "method"),
-    ("EulerDiscreteScheduler", {}, "method"),
-    ("EulerDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "method"),
+    ("EulerDiscreteScheduler", {}, "samples"),
+    ("EulerDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
     ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, "use_karras_sigmas = True changes sampling"),
     ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}, "final_sigmas_type = 'sigma_min' changes"),
+    ("EulerAncestralDiscreteScheduler", {}, "samples"),
+    ("EulerAncestralDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
+    ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, "samples"),
     ("PNDMScheduler", {}, "method"),
-    ("LMSDiscreteScheduler", {}, "method"),
+    ("LMSDiscreteScheduler", {}, "samples"),
     ("LMSDiscreteScheduler", {"use_beta_sigmas": True}, "use_beta_sigmas = True changes sampling"),
 ]
 
