@@ -40,7 +40,8 @@ with ``N`` training steps, ``n`` inference steps, ``o = steps_offset``:
   :math:`\lambda` is below it are left out (``last_timestep = N - #{n: lambda_n < clip}``
   replaces ``N`` in ``linspace`` and ``leading``, and starts ``trailing``'s ``arange``).
 
-* ``"EulerDiscreteScheduler"``, ``"EulerAncestralDiscreteScheduler"``, ``"LMSDiscreteScheduler"``: as the
+* ``"EulerDiscreteScheduler"``, ``"EulerAncestralDiscreteScheduler"``, ``"LMSDiscreteScheduler"``,
+  ``"HeunDiscreteScheduler"``, ``"KDPM2DiscreteScheduler"``, ``"KDPM2AncestralDiscreteScheduler"``: as the
   first family but in float32 and **without rounding** ``linspace``, whose labels are then fractional
   (the model is called at interpolated labels; their noise levels are the training ones interpolated linearly
   in the label, which :func:`interpolated_label_grid` places on the schedule).
@@ -110,6 +111,9 @@ SPACING_SCHEDULERS = {
     "UniPCMultistepScheduler": "multistep",
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler",
+    "HeunDiscreteScheduler": "euler",
+    "KDPM2DiscreteScheduler": "euler",
+    "KDPM2AncestralDiscreteScheduler": "euler",
     "LMSDiscreteScheduler": "euler",
 }
 
@@ -378,7 +382,8 @@ def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str,
     return grid, None
 
 
-def interpolated_label_grid(state: ScoreSdeVpSchedulerState, labels: ArrayLike, name: str) -> tuple[jax.Array, jax.Array]:
+def interpolated_label_grid(state: ScoreSdeVpSchedulerState, labels: ArrayLike,
+                            name: str) -> tuple[jax.Array, jax.Array]:
     r"""``(times, labels)`` of fractional training ``labels`` as diffusers' sigma-space schedulers place them.
 
     EulerDiscrete, EulerAncestralDiscrete, LMSDiscrete, HeunDiscrete and KDPM2 interpolate the noise level

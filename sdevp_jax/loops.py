@@ -449,7 +449,7 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
 ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": True, "final_sigmas_type": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
-               "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
+               "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096, "warmup": None}
 
 
 def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
@@ -484,7 +484,7 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
                 raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={value!r}")
             if name == "predict_x0":
                 raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
-            if name in ("algorithm_type", "euler_at_final"):
+            if name in ("algorithm_type", "euler_at_final", "warmup"):
                 raise ValueError(f"{name} is an option of {', '.join(solvers.methods_with(name))}, "
                                  f"not of method={method!r}")
             if name == "solver_type":
@@ -528,6 +528,7 @@ def sample_ode(
     predict_x0: bool = True,
     euler_at_final: bool = False,
     algorithm_type: Optional[str] = None,
+    warmup: Optional[str] = None,
     cond=None,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
@@ -612,6 +613,8 @@ def sample_ode(
         (diffusers' option; it matters with ``final_sigmas_type="last"``).
       algorithm_type: ``dpm_solver_singlestep``'s ``"dpmsolver++"`` (``None``: its default, the data
         prediction) or ``"dpmsolver"`` (the noise prediction).
+      warmup: ``pndm``'s first steps: ``"prk"`` (``None``: its default, pseudo Runge--Kutta), ``"prk_diffusers"``
+        (the same with diffusers' integer-label midpoints) or ``"improved_euler"`` (diffusers' ``skip_prk_steps=True``).
       cond: the samples' conditions, as for :func:`sample`.
 
     Returns:
@@ -628,7 +631,8 @@ def sample_ode(
     options = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
                    final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
-                   predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type)
+                   predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type,
+                   warmup=warmup)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

@@ -1,5 +1,6 @@
 r"""Regenerate ``tests/golden/classical.npz``: diffusers' classical discrete schedulers (EulerDiscrete,
-EulerAncestralDiscrete, LMSDiscrete) sampling loops, in float64.
+EulerAncestralDiscrete, LMSDiscrete, PNDM, HeunDiscrete, KDPM2Discrete, KDPM2AncestralDiscrete) sampling loops, in
+float64.
 
 Run from the repository root, with torch and diffusers in one Python and JAX (for sdevp_jax's noise) in another::
 
@@ -10,14 +11,18 @@ Stable Diffusion's schedule (``scaled_linear``, 0.00085 to 0.012, 1000 labels). 
 their ``alphas_cumprod`` is recomputed in float64, their module sees a ``torch`` whose ``float32`` is float64
 (their steps cast the sample to ``torch.float32``), and after ``set_timesteps`` their float32 ``sigmas`` are
 recomputed in float64 as ``set_timesteps`` computes them -- ``np.interp`` of the float64 training sigmas at its
-own (float32) labels, then 0 -- and checked to round to diffusers' own.
+own (float32) labels, then 0 -- and checked to round to diffusers' own; for the two-call schedulers their
+interleaved tables too (Heun's repeated sigmas; KDPM2's log-midpoints ``sigmas_interpol`` and their labels by the
+scheduler's own ``_sigma_to_t`` on the float64 training log-sigmas; KDPM2 ancestral's ``sigmas_up`` and
+``sigmas_down``), whose midpoint labels diffusers would otherwise round to float32.
 
 The model is closed form at any (fractional) label ``n``, as both sides compute it: with
 :math:`\rho_n` the training sigmas :math:`\sqrt{(1 - \bar\alpha)/\bar\alpha}` interpolated linearly in the label
 (diffusers' interpolation, ``np.interp``), :math:`a^2 = 1/(1 + \rho_n^2)`, :math:`\sigma^2 = 1 - a^2`, data
 :math:`N(\mu, s^2 I)` (:data:`MU` = 0.5, :data:`S` = 0.8): :math:`\hat\epsilon = \sigma(x - a\mu)/(a^2 s^2 +
 \sigma^2)` (or :math:`v = a\hat\epsilon - \sigma\hat x_0`). The model's input is diffusers'
-``scale_model_input`` of its sample, :math:`\bar x/\sqrt{1 + \rho^2}`, the VP sample :math:`x`.
+``scale_model_input`` of its sample, :math:`\bar x/\sqrt{1 + \rho^2}`, the VP sample :math:`x` (PNDM's sample
+is :math:`x` itself; its ``alphas_cumprod`` and ``final_alpha_cumprod`` are replaced by their float64 values).
 
 sdevp_jax starts from ``x_T`` at :math:`\alpha_{\max}`; diffusers' loop starts from the sample ``x_T/alpha_max``
 (its ``init_noise_sigma`` scales the prior draw by :math:`\rho_{\max}` for ``linspace`` and ``trailing`` and
@@ -27,7 +32,7 @@ stochastic schedulers' noise is sdevp_jax's own per-sample draws (``x_T`` too), 
 
 The file holds ``x_T`` (``(8, 3)``), ``noise``, ``seed``, ``train_sigmas`` (float64) and per case
 ``<scheduler>/<option>/<order>/<steps>``: ``config`` (the JSON of the scheduler's fields), ``labels`` (diffusers'
-``timesteps``), ``sigmas`` (float64, the last 0) and ``final`` (the last ``prev_sample``); and ``lms_quad`` /
+``timesteps``; PNDM's grid, ``_timesteps``), ``sigmas`` (float64, the last 0) and ``final`` (the last ``prev_sample``); and ``lms_quad`` /
 ``lms_exact``: diffusers' ``get_lms_coefficient`` (scipy's quad) and the closed form, for every step and order
 of a 10-step grid; ``config/<class>/default``: ``save_config``'s file of each of :data:`NEW_CLASSES` with its
 defaults.
@@ -69,9 +74,28 @@ CASES += [
     ("LMSDiscrete", "v_prediction", {"prediction_type": "v_prediction"}, 4, 10),
 ]
 #: the classes whose configs sdevp_jax loads because of this golden (their default save_config files are stored)
-NEW_CLASSES = ("EulerAncestralDiscreteScheduler",)
+NEW_CLASSES = ("EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+               "KDPM2AncestralDiscreteScheduler")
+SD_PNDM = {"timestep_spacing": "leading", "steps_offset": 1}  # Stable Diffusion 1.x's PNDMScheduler fields
+CASES += [
+    ("PNDM", "plms", {**SD_PNDM, "skip_prk_steps": True}, 4, 10),
+    ("PNDM", "plms", {**SD_PNDM, "skip_prk_steps": True}, 4, 25),
+    ("PNDM", "plms_alpha_to_one", {**SD_PNDM, "skip_prk_steps": True, "set_alpha_to_one": True}, 4, 10),
+    ("PNDM", "plms_offset_0", {"skip_prk_steps": True}, 4, 10),
+    ("PNDM", "plms_v_prediction", {**SD_PNDM, "skip_prk_steps": True, "prediction_type": "v_prediction"}, 4, 10),
+    ("PNDM", "prk", SD_PNDM, 4, 10),
+    ("PNDM", "prk", SD_PNDM, 4, 30),  # 33 labels a step: the midpoint is 16 labels below the start
+    ("PNDM", "prk_alpha_to_one", {**SD_PNDM, "set_alpha_to_one": True}, 4, 10),
+]
+CASES += [(name, option, fields, 1, steps) for name in ("HeunDiscrete", "KDPM2Discrete", "KDPM2AncestralDiscrete")
+          for option, fields, steps in (("linspace", {}, 10), ("linspace", {}, 25),
+                                        ("leading", {"timestep_spacing": "leading", "steps_offset": 1}, 10),
+                                        ("v_prediction", {"prediction_type": "v_prediction"}, 10))]
+CASES += [("HeunDiscrete", "clip_sample", {"clip_sample": True, "clip_sample_range": 1.2}, 1, 10)]
 MODULES = {"EulerDiscrete": "scheduling_euler_discrete", "EulerAncestralDiscrete": "scheduling_euler_ancestral_discrete",
-           "LMSDiscrete": "scheduling_lms_discrete"}
+           "LMSDiscrete": "scheduling_lms_discrete", "PNDM": "scheduling_pndm",
+           "HeunDiscrete": "scheduling_heun_discrete", "KDPM2Discrete": "scheduling_k_dpm_2_discrete",
+           "KDPM2AncestralDiscrete": "scheduling_k_dpm_2_ancestral_discrete"}
 
 
 def jax_noise(path: str) -> None:
@@ -117,10 +141,71 @@ def setup(torch, diffusers, name: str, fields: dict, steps: int):
     sched.alphas_cumprod = torch.tensor(acp64(), dtype=torch.float64)
     sched.set_timesteps(steps)
     labels = sched.timesteps.numpy()
+    if name in TWO_CALL_TABLES:  # the grid's labels: every other entry of the interleaved timesteps
+        labels = labels[::2].copy()
+    if name == "PNDM":  # alphas_cumprod at its labels, no sigmas; the last step's target in float64 too
+        sched.final_alpha_cumprod = torch.tensor(1.0 if fields.get("set_alpha_to_one") else acp64()[0])
+        labels = np.asarray(sched._timesteps)[::-1].astype(np.int64)  # its grid (its model calls repeat labels, PRK
+        # adds midpoints)
+        return module, sched, labels, np.concatenate([train_sigmas()[labels], [0.0]])
     sigmas = np.concatenate([np.interp(labels.astype(np.float64), np.arange(1000), train_sigmas()), [0.0]])
+    if name in TWO_CALL_TABLES:  # their interleaved tables, recomputed in float64
+        for field, table in TWO_CALL_TABLES[name](sched, labels.astype(np.float64), sigmas).items():
+            ours, theirs = np.asarray(table), getattr(sched, field).numpy().astype(np.float64)
+            used = np.isfinite(theirs)  # KDPM2's first midpoint is log(0) - inf: NaN, never read
+            assert ours.shape == theirs.shape and np.allclose(ours[used], theirs[used], rtol=1e-5, atol=1e-6), field
+            setattr(sched, field, torch.tensor(ours, dtype=torch.float64))
+        return module, sched, labels, sigmas
     assert np.allclose(sigmas, sched.sigmas.numpy(), rtol=1e-6, atol=0), "sigmas changed"
     sched.sigmas = torch.tensor(sigmas, dtype=torch.float64)
     return module, sched, labels, sigmas
+
+
+def _pairs(values, head, tail):
+    """diffusers' ``cat([v[:1], v[1:].repeat_interleave(2), v[-1:]])`` (``head``/``tail``: the slice it repeats)."""
+    middle = np.repeat(values[head:len(values) + tail if tail else None], 2)
+    return np.concatenate([values[:1], middle, values[-1:]])
+
+
+def _sigma_to_t(sched, sigmas):
+    log_sigmas = np.log(train_sigmas())
+    return np.array([sched._sigma_to_t(s, log_sigmas) for s in sigmas], dtype=np.float64)
+
+
+def heun_tables(sched, labels, sigmas):
+    """HeunDiscreteScheduler.set_timesteps' sigmas (each inner one twice) and timesteps."""
+    return {"sigmas": np.concatenate([sigmas[:1], np.repeat(sigmas[1:-1], 2), sigmas[-1:]]),
+            "timesteps": np.concatenate([labels[:1], np.repeat(labels[1:], 2)])}
+
+
+def kdpm2_tables(sched, labels, sigmas):
+    """KDPM2DiscreteScheduler.set_timesteps': the log-midpoints sqrt(sigma_k sigma_{k-1}) and their labels."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interpol = np.exp(0.5 * (np.log(sigmas) + np.log(np.roll(sigmas, 1))))
+    interpol[~np.isfinite(interpol)] = 0.0
+    t_interpol = _sigma_to_t(sched, interpol)
+    timesteps = np.concatenate([labels[:1], np.stack([t_interpol[1:-1], labels[1:]], axis=-1).reshape(-1)])
+    return {"sigmas": _pairs(sigmas, 1, 0), "sigmas_interpol": _pairs(interpol, 1, 0), "timesteps": timesteps}
+
+
+def kdpm2_ancestral_tables(sched, labels, sigmas):
+    """KDPM2AncestralDiscreteScheduler.set_timesteps': sigma up and down, the log-midpoints of sigma and sigma down
+    (the next sigma), and their labels."""
+    following = np.append(sigmas[1:], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up = np.nan_to_num((following**2 * (sigmas**2 - following**2) / sigmas**2) ** 0.5)
+        down = (following**2 - up**2) ** 0.5
+        down[-1] = 0.0
+        interpol = np.exp(0.5 * (np.log(sigmas) + np.log(down)))
+    interpol[-2:] = 0.0
+    t_interpol = _sigma_to_t(sched, interpol)
+    timesteps = np.concatenate([labels[:1], np.stack([t_interpol[:-2], labels[1:]], axis=-1).reshape(-1)])
+    return {"sigmas": _pairs(sigmas, 1, 0), "sigmas_interpol": _pairs(interpol, 1, 0), "sigmas_up": _pairs(up, 1, 0),
+            "sigmas_down": _pairs(down, 1, 0), "timesteps": timesteps}
+
+
+TWO_CALL_TABLES = {"HeunDiscrete": heun_tables, "KDPM2Discrete": kdpm2_tables,
+                   "KDPM2AncestralDiscrete": kdpm2_ancestral_tables}
 
 
 def run(torch, diffusers, name: str, fields: dict, order: int, steps: int, x_t, noise):
@@ -128,6 +213,8 @@ def run(torch, diffusers, name: str, fields: dict, order: int, steps: int, x_t, 
     draws = iter(noise)
     module.randn_tensor = lambda shape, **kw: torch.tensor(next(draws), dtype=torch.float64)
     x = torch.tensor(x_t * np.sqrt(1.0 + sigmas[0] ** 2), dtype=torch.float64)  # the sample x / alpha
+    if name == "PNDM":  # PNDM's sample is x itself
+        x = torch.tensor(x_t, dtype=torch.float64)
     for t in sched.timesteps:
         x_in = sched.scale_model_input(x, t)
         out = torch.tensor(model(x_in.numpy(), float(t), fields.get("prediction_type", "epsilon")))
