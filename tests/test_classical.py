@@ -51,8 +51,15 @@ def test_the_golden_covers_every_scheduler():
     assert {c.split("/")[2] for c in CASES if c.startswith("LMS")} == {"1", "2", "3", "4"}
 
 
+#: the fast tier's cases: each scheduler's default config at 10 steps (LMS at its default order 4), PNDM's both
+#: warm-ups; the other options and step counts run in the slow tier
+FAST = {f"{name}/linspace/1/10" for name in ("EulerDiscrete", "EulerAncestralDiscrete", "HeunDiscrete", "KDPM2Discrete",
+                                             "KDPM2AncestralDiscrete")} | {"LMSDiscrete/linspace/4/10", "PNDM/plms/4/10",
+                                                                           "PNDM/prk/4/10"}
+
+
 def _slow_if_long(case):
-    return pytest.param(case, marks=pytest.mark.slow) if case.endswith(("/25", "/30")) else case
+    return case if case in FAST else pytest.param(case, marks=pytest.mark.slow)
 
 
 PNDM_V = "PNDM/plms_v_prediction/4/10"  # diffusers' PNDM combines raw v outputs: refused, its difference measured
@@ -204,6 +211,7 @@ def test_lms_closed_form_coefficients_equal_diffusers_quadrature(x64):
     assert np.max(np.abs(ours - quad)) / scale <= 1e-13
 
 
+@pytest.mark.slow  # a compiled run
 def test_lms_last_step_goes_to_sigma_zero_at_full_order(x64):
     """diffusers' LMS takes its order-p step down to sigma = 0 (not the bare data prediction): with eps linear in
     rho, every step after the first-order start integrates it exactly, the last to rho = 0 included (the data
@@ -359,6 +367,7 @@ def test_kdpm2_ancestral_draws_the_mixture():
     assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
 
 
+@pytest.mark.slow  # three traced runs
 def test_classical_solvers_refuse_bad_options():
     with pytest.raises(ValueError, match="order must be in \\[1, 4\\]"):
         sv.solvers.make("lms", order=5)
@@ -401,6 +410,7 @@ def test_euler_ancestral_draws_the_mixture():
     assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
 
 
+@pytest.mark.slow  # three compiled runs
 def test_euler_ancestral_is_keyed_per_sample():
     """Sample b's noise comes from fold_in(key, b): the first two of a batch of 4 equal a batch of 2 (to the
     rounding XLA's batch-size-dependent code allows), and another key changes every sample."""
