@@ -249,6 +249,8 @@ SOLVER_RUNS = [
     (["--method", "lms", "--order", "3"], {"order": 3, "final_sigmas_type": "zero", "thresholding": False}),
     (["--method", "pndm", "--warmup", "improved_euler"],
      {"warmup": "improved_euler", "final_sigmas_type": "zero", "thresholding": False}),
+    (["--method", "heun_sigma", "--final-sigmas-type", "last"], {"final_sigmas_type": "last", "thresholding": False}),
+    (["--method", "kdpm2", "--final-sigmas-type", "last"], {"final_sigmas_type": "last", "thresholding": False}),
     (["--method", "kdpm2_ancestral", "--thresholding"],
      {"final_sigmas_type": "zero", "thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}),
     (["--method", "euler_ancestral", "--final-sigmas-type", "last"],
