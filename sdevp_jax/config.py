@@ -8,7 +8,8 @@ diffusers saves a scheduler's config as a JSON object with ``_class_name``,
   ``sampling_eps``): the linear schedule with an epsilon-model; a file without
   ``_class_name`` is read as one.
 * the discrete schedulers of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
-  UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete): a :func:`discrete_config`, whose
+  UniPCMultistep, EulerDiscrete, EulerAncestralDiscrete, PNDM, LMSDiscrete, HeunDiscrete, KDPM2Discrete,
+  KDPM2AncestralDiscrete, ...): a :func:`discrete_config`, whose
   state is ``create_state(schedule=cfg.schedule, prediction_type=cfg.prediction_type,
   diffusers_config=cfg)`` -- its ``set_timesteps`` defaults to the config's
   ``timestep_spacing`` and ``steps_offset`` and the class's labels. diffusers 0.39 and
@@ -167,7 +168,8 @@ def load_config(path_or_dict: str | os.PathLike | dict, *, zero_snr: str = "exac
 
     A ``ScoreSdeVpScheduler`` config (or one without ``_class_name``) gives the linear
     schedule; a config of one of :data:`DISCRETE_CLASSES` (DDPM, DDIM, DPMSolverMultistep,
-    UniPCMultistep, EulerDiscrete, PNDM, LMSDiscrete) gives :func:`discrete_state`. Errors:
+    UniPCMultistep, EulerDiscrete, EulerAncestralDiscrete, PNDM, LMSDiscrete, HeunDiscrete, KDPM2Discrete,
+    KDPM2AncestralDiscrete, ...) gives :func:`discrete_state`. Errors:
     a ValueError naming the field (see :func:`discrete_config`).
 
     ``zero_snr`` serves a config with ``rescale_betas_zero_snr = true`` (zero terminal SNR, Lin et al. 2024):
@@ -266,7 +268,7 @@ _MODEL_DEFAULTS: dict[str, Any] = {
 #: arguments, or a setting inert under the accepted values of the others); a tuple lists the
 #: accepted values, the first being diffusers' default.
 _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
-    "clip_sample": (True, False),  # DDPM / DDIM: the data prediction clipped to +-clip_sample_range
+    "clip_sample": (True, False),  # DDPM / DDIM / Heun: the data prediction clipped to +-clip_sample_range
     "clip_sample_range": None,
     "thresholding": (False, True),  # dynamic thresholding: the config's grid solver applies it (not DDPM's)
     "dynamic_thresholding_ratio": None,
@@ -359,10 +361,27 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "use_beta_sigmas": False, "use_flow_sigmas": False, "flow_shift": 1.0, "lambda_min_clipped": -math.inf,
         "variance_type": None,
     }),
+    "EulerAncestralDiscreteScheduler": ("linspace", {}),
+    "HeunDiscreteScheduler": ("linspace", {
+        "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False, "clip_sample": False,
+        "clip_sample_range": 1.0,
+    }),
+    "KDPM2DiscreteScheduler": ("linspace", {
+        "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    }),
+    "KDPM2AncestralDiscreteScheduler": ("linspace", {
+        "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    }),
     "PNDMScheduler": ("leading", {"skip_prk_steps": False, "set_alpha_to_one": False}),
     "LMSDiscreteScheduler": ("linspace", {
         "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
     }),
+}
+#: Classes whose ``__init__`` defaults of the model's fields differ from :data:`_MODEL_DEFAULTS` (a file without the
+#: field means these).
+_CLASS_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    name: {"beta_start": 0.00085, "beta_end": 0.012}
+    for name in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
 }
 #: diffusers <= 0.39's Flax schedulers (removed in 0.40) -> the class whose fields and defaults they share,
 #: and the fields of :data:`_MODEL_DEFAULTS` their ``__init__`` has (read off ``save_config`` of each class with
@@ -420,19 +439,21 @@ _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lam
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
 #: Classes that clip the data prediction with ``clip_sample`` / ``clip_sample_range``.
-CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler")
+CLIP_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "HeunDiscreteScheduler")
 
 #: Classes whose label grids leave out the labels below ``lambda_min_clipped`` (:attr:`DiscreteConfig.last_timestep`).
 LAMBDA_CLIP_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "SASolverScheduler")
 
 #: Classes without ``rescale_betas_zero_snr`` in their ``__init__``.
 _NO_ZERO_SNR_FIELD = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler",
-                      "SASolverScheduler")
+                      "SASolverScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+                      "KDPM2AncestralDiscreteScheduler")
 #: Classes without ``timestep_spacing`` and ``steps_offset``: their label grid is always ``linspace``'s.
 _NO_SPACING_FIELDS = ("DPMSolverSinglestepScheduler",)
 #: Classes that, with ``rescale_betas_zero_snr``, set the last ``alphas_cumprod`` to ``2**-24`` instead of 0
 #: (diffusers 0.42.1: "close to 0 without being 0 so first sigma is not inf"); DDIM and DDPM keep the 0.
-ZERO_SNR_CLAMP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler")
+ZERO_SNR_CLAMP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+                          "EulerAncestralDiscreteScheduler")
 #: That value, diffusers' float16 smallest subnormal.
 DIFFUSERS_ZERO_SNR_CLAMP = 2.0**-24
 #: How a zero-terminal-SNR config's last label is served (:func:`load_config`'s ``zero_snr``).
@@ -493,7 +514,8 @@ class DiscreteConfig:
         diffusers' DDPMScheduler and DDIMScheduler (and their Flax versions) clip the data
         prediction :math:`\hat x_0` of each step to ``[-clip_sample_range, clip_sample_range]``
         when ``clip_sample`` is true (their default; the saved config of diffusers' DDPM pixel
-        models); the other classes have no such field and ignore one a file carries.
+        models), and so does HeunDiscreteScheduler (default false); the other classes have no such field and
+        ignore one a file carries.
         """
         extra = dict(self.extra)
         if self.class_name not in CLIP_CLASSES or not extra.get("clip_sample"):
@@ -502,12 +524,15 @@ class DiscreteConfig:
 
     @property
     def ends_at_sigma_min(self) -> bool:
-        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always): the
+        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always; PNDM with
+        ``set_alpha_to_one = false``, its default): the
         label grid gets label 0 appended, and the config's solver ends there (``final_sigmas_type="last"``) instead
         of stepping to sigma = 0 (with a method given, pass ``final_sigmas_type="last"`` to it to end there as
         diffusers does)."""
         if self.class_name in ("DEISMultistepScheduler", "SASolverScheduler"):  # they always end at label 0's sigma
             return True
+        if self.class_name == "PNDMScheduler":  # set_alpha_to_one=False: its last step goes to label 0's alphas_cumprod
+            return not dict(self.extra).get("set_alpha_to_one", False)
         return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
 
     @property
@@ -559,9 +584,17 @@ class DiscreteConfig:
         ``"sde-dpmsolver++"``; DEISMultistepScheduler: ``"deis"``, ending at label 0's noise level as diffusers
         does; SASolverScheduler: ``"sa_solver"`` with its orders and ``algorithm_type``, ending at label 0's noise
         level, its default ``tau_func`` (1 for labels 200 to 800: ``tau_t_min = 201/N``, ``tau_t_max = 801/N``)
-        and its second-order terms (``second_order="diffusers"``). Every other case raises a ValueError naming the
-        method this package lacks (PNDM's PLMS, LMS, Euler, diffusers' ``"dpmsolver"`` and
-        ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list): pass a method.
+        and its second-order terms (``second_order="diffusers"``); EulerDiscreteScheduler: ``"ddim"`` (Euler in
+        sigma/alpha is DDIM's update, ending with a step to sigma = 0); EulerAncestralDiscreteScheduler:
+        ``"euler_ancestral"``; LMSDiscreteScheduler: ``"lms"`` of order 4 (its ``step``'s default);
+        HeunDiscreteScheduler: ``"heun_sigma"`` (its ``clip_sample`` through the state); KDPM2DiscreteScheduler:
+        ``"kdpm2"``; KDPM2AncestralDiscreteScheduler: ``"kdpm2_ancestral"``; PNDMScheduler: ``"pndm"``
+        (``skip_prk_steps`` -> ``warmup="improved_euler"``, else ``"prk_diffusers"``; with ``set_alpha_to_one``
+        false, its default, the grid ends at label 0, where its last step goes). The inverse schedulers
+        (:data:`INVERSE_CLASSES`) are refused here: :func:`sdevp_jax.invert_ode` runs them. Every other case
+        raises a ValueError naming the method this package lacks (diffusers' ``"dpmsolver"`` and
+        ``"sde-dpmsolver"`` forms, a ``disable_corrector`` list, PNDM on ``linspace`` or ``trailing`` labels or with
+        a v-model): pass a method.
         """
         extra = dict(self.extra)
         source = self.flax_class or self.class_name
@@ -569,7 +602,7 @@ class DiscreteConfig:
             raise ValueError(f"{source} inverts (data to latents): pass its state to sv.invert_ode, which steps as "
                              f"it does; to sample, load a DDIMScheduler config or pass a method")
         thresholding = {}
-        if extra.get("thresholding"):
+        if extra.get("thresholding") and self.class_name in THRESHOLDING_CLASSES:  # (elsewhere a foreign field)
             thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
                             "sample_max_value": extra["sample_max_value"]}
         # the options DPMSolverMultistep and UniPC share
@@ -626,12 +659,29 @@ class DiscreteConfig:
                                  f"here: pass a method")
             return "unipc", {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "bh2"),
                              "predict_x0": extra.get("predict_x0", True), **multistep}
-        method = {"PNDMScheduler": "PNDM's pseudo linear multistep method (PLMS, Liu et al. 2022)",
-                  "LMSDiscreteScheduler": "the linear multistep method in sigma",
-                  # the same update as DDIM with eta = 0 in exact arithmetic, not compared with diffusers' here
-                  "EulerDiscreteScheduler": "Euler's method in sigma (the update of method='ddim')"}[self.class_name]
-        raise ValueError(f"{source} samples with {method}, which sdevp_jax has no verified equivalent of: pass a "
-                         f"method (e.g. method='dpm_solver_pp' to sample_ode)")
+        if self.class_name == "EulerDiscreteScheduler":  # Euler in sigma/alpha is DDIM's update (test_classical.py)
+            return "ddim", {"final_sigmas_type": "zero"}
+        if self.class_name == "EulerAncestralDiscreteScheduler":
+            return "euler_ancestral", {}
+        if self.class_name == "LMSDiscreteScheduler":  # diffusers' step's default order, which its pipelines keep
+            return "lms", {"order": 4}
+        two_calls = {"HeunDiscreteScheduler": "heun_sigma", "KDPM2DiscreteScheduler": "kdpm2",
+                     "KDPM2AncestralDiscreteScheduler": "kdpm2_ancestral"}
+        if self.class_name in two_calls:
+            return two_calls[self.class_name], {}
+        # PNDMScheduler: its steps go N // n labels down from each label, which only the leading labels are
+        if self.timestep_spacing != "leading":
+            raise ValueError(f"{source} with timestep_spacing={self.timestep_spacing!r} has no equivalent here: "
+                             f"diffusers' PNDM steps num_train_timesteps // num_inference_steps labels down from each "
+                             f"label, and calls the model at the next {self.timestep_spacing} label, which is another; "
+                             f"pass a method (e.g. method='pndm' steps between the grid's own points)")
+        if self.prediction_type == "v_prediction":
+            raise ValueError(f"{source} with prediction_type='v_prediction' has no equivalent here: diffusers' PNDM "
+                             f"combines the model's raw v outputs and converts the combination to a noise prediction "
+                             f"at the step's start; method='pndm' combines each point's own noise prediction, as the "
+                             f"paper's (pass it to sample with that)")
+        return "pndm", {"warmup": "improved_euler" if extra.get("skip_prk_steps") else "prk_diffusers",
+                        "final_sigmas_type": "last" if self.ends_at_sigma_min else "zero"}
 
     def flax_labels_of(self, num_inference_steps: int, spacing: str, steps_offset: int) -> Optional[np.ndarray]:
         """With :attr:`flax_labels`, the labels of the Flax class where they are not the torch class's (its
@@ -723,7 +773,7 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
     if not isinstance(name, str) or name not in DISCRETE_CLASSES:
         _check_class_name(name, source)
     default_spacing, extra_defaults = DISCRETE_CLASSES[name]
-    model = dict(_MODEL_DEFAULTS, timestep_spacing=default_spacing)
+    model = dict(_MODEL_DEFAULTS, **_CLASS_MODEL_DEFAULTS.get(name, {}), timestep_spacing=default_spacing)
     if name in _NO_ZERO_SNR_FIELD:
         del model["rescale_betas_zero_snr"]
     if name in _NO_SPACING_FIELDS:

@@ -176,19 +176,47 @@ class Denoiser:
         return eps_from_prediction(self.state.prediction_type, out, x.astype(self.dtype),
                                    *self.state.schedule.cast(self.dtype).alpha_sigma(tb))
 
+    def model_time_at(self, lam: jax.Array) -> jax.Array:
+        r"""The model's time input at the log-SNR ``lam`` (0-d, traced; between grid points), as diffusers' sigma-space
+        schedulers (KDPM2) compute it there: on a discrete schedule, the training label interpolated linearly in
+        :math:`\log(\sigma/\alpha) = -\lambda` between the labels' (diffusers' ``_sigma_to_t``:
+        :func:`sdevp_jax.grids.sigma_to_label` in JAX, clamped to ``[0, N - 1]``); on a continuous one, the time
+        itself (:meth:`t_from_log_snr`), which :func:`model_time` gives such a model.
+
+        Examples:
+          >>> state = sv.set_timesteps(sv.create_state(schedule=sv.schedules.from_diffusers("linear")), 5)
+          >>> model = sv.denoiser.Denoiser(state, lambda x, t: x, jnp.float32, jnp.float32)
+          >>> lam = state.schedule.log_snr(jnp.array((499 + 1) / 1000))   # label 499's log-SNR
+          >>> round(float(model.model_time_at(lam)), 3)
+          499.0
+        """
+        dtype = model_time_dtype(self.state)
+        lam = jnp.asarray(lam).astype(dtype)
+        schedule = self.state.schedule.cast(dtype)
+        if not schedule.is_discrete:
+            return schedule.t_from_log_snr(lam)
+        log_alpha = jnp.asarray(schedule.knots).astype(dtype)[1:]  # at labels 0..N-1
+        log_rho = 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha)) - log_alpha  # log(sigma/alpha), increasing
+        return jnp.interp(-lam, log_rho, jnp.arange(log_rho.shape[0], dtype=dtype))
+
     @property
     def clip_range(self) -> Optional[float]:
         """The bound the state's diffusers config clips the data prediction to (:func:`clip_range`)."""
         return clip_range(self.state)
 
-    def eps_x0(self, x: jax.Array, t, alpha, sigma) -> tuple[jax.Array, jax.Array]:
+    def eps_x0(self, x: jax.Array, t, alpha, sigma, model_t=None) -> tuple[jax.Array, jax.Array]:
         r""":math:`(\hat\epsilon, \hat x_0)` in the work dtype at the grid time ``t`` (0-d), where the
-        schedule is ``alpha``, ``sigma``.
+        schedule is ``alpha``, ``sigma``. ``model_t`` (0-d), where given, is the model's time input in place of
+        :func:`model_time` of ``t`` (``t`` is then not used): a point off the grid whose label a solver computes
+        (:meth:`model_time_at`).
 
         With a renoising model (CFG++), :math:`\hat x_0` is the guided prediction's and
         :math:`\hat\epsilon` the second prediction's."""
-        t_vec = jnp.full((x.shape[0],), t, model_time_dtype(self.state))
-        out, again = self._call(x.astype(self.sample_dtype), model_time(self.state, t_vec))
+        if model_t is None:
+            t_vec = model_time(self.state, jnp.full((x.shape[0],), t, model_time_dtype(self.state)))
+        else:
+            t_vec = jnp.full((x.shape[0],), model_t, model_time_dtype(self.state))
+        out, again = self._call(x.astype(self.sample_dtype), t_vec)
         out = split_output(self.state, out, x)[0].astype(self.dtype)
         x0 = x0_from_prediction(self.state.prediction_type, out, x, alpha, sigma)
         if again is not None:

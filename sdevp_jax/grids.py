@@ -40,9 +40,11 @@ with ``N`` training steps, ``n`` inference steps, ``o = steps_offset``:
   :math:`\lambda` is below it are left out (``last_timestep = N - #{n: lambda_n < clip}``
   replaces ``N`` in ``linspace`` and ``leading``, and starts ``trailing``'s ``arange``).
 
-* ``"EulerDiscreteScheduler"``, ``"LMSDiscreteScheduler"``: as the first family but in
-  float32 and **without rounding** ``linspace``, whose labels are then fractional
-  (the model is called at interpolated labels).
+* ``"EulerDiscreteScheduler"``, ``"EulerAncestralDiscreteScheduler"``, ``"LMSDiscreteScheduler"``,
+  ``"HeunDiscreteScheduler"``, ``"KDPM2DiscreteScheduler"``, ``"KDPM2AncestralDiscreteScheduler"``: as the
+  first family but in float32 and **without rounding** ``linspace``, whose labels are then fractional
+  (the model is called at interpolated labels; their noise levels are the training ones interpolated linearly
+  in the label, which :func:`interpolated_label_grid` places on the schedule).
 
 ``steps_offset`` only shifts ``leading``; ``linspace`` and ``trailing`` ignore it. With
 ``n = N`` the second family's ``leading`` has ``N // (N + 1) = 0`` and repeats label
@@ -93,6 +95,7 @@ __all__ = [
     "diffusers_sigmas",
     "sigma_to_label",
     "sigma_grid",
+    "interpolated_label_grid",
 ]
 
 #: The ``timestep_spacing`` values :func:`diffusers_label_spacing` understands.
@@ -108,6 +111,10 @@ SPACING_SCHEDULERS = {
     "SASolverScheduler": "multistep",
     "UniPCMultistepScheduler": "multistep",
     "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler",
+    "HeunDiscreteScheduler": "euler",
+    "KDPM2DiscreteScheduler": "euler",
+    "KDPM2AncestralDiscreteScheduler": "euler",
     "LMSDiscreteScheduler": "euler",
 }
 
@@ -345,7 +352,11 @@ def custom_grid(state: ScoreSdeVpSchedulerState, timesteps: Any) -> jax.Array:
     return grid
 
 
-def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offset: Optional[int]) -> jax.Array:
+def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str,
+               steps_offset: Optional[int]) -> tuple[jax.Array, Optional[jax.Array]]:
+    """``(times, model_labels)`` of diffusers' label spacing ``spacing``: ``model_labels`` is ``None`` (the model's
+    label is :math:`tN - 1`) except on the fractional labels of the sigma-space schedulers
+    (:func:`interpolated_label_grid`)."""
     if not state.schedule.is_discrete:
         raise ValueError(
             f"spacing={spacing!r} picks training labels and needs a discrete schedule; this state's schedule "
@@ -366,10 +377,35 @@ def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str, steps_offs
         # diffusers' final_sigmas_type="sigma_min": the last step ends at label 0's noise level, not at 0; the grid
         # ends there and the config's solver stops at its last point (final_sigmas_type="last")
         labels = np.concatenate([labels, [0]])
+    if SPACING_SCHEDULERS[family] == "euler" and np.any(labels != np.round(labels)):
+        return interpolated_label_grid(state, labels, f"the {spacing!r} grid of {n} steps")
     times = labels_to_times(labels, state.num_train_timesteps)
     grid = jnp.asarray(times, _checks.default_float())
     check_grid(state, grid, f"the {spacing!r} grid of {n} steps")
-    return grid
+    return grid, None
+
+
+def interpolated_label_grid(state: ScoreSdeVpSchedulerState, labels: ArrayLike,
+                            name: str) -> tuple[jax.Array, jax.Array]:
+    r"""``(times, labels)`` of fractional training ``labels`` as diffusers' sigma-space schedulers place them.
+
+    EulerDiscrete, EulerAncestralDiscrete, LMSDiscrete, HeunDiscrete and KDPM2 interpolate the noise level
+    :math:`\sigma/\alpha` *linearly in the label* between training labels (``np.interp``) and give the model the
+    fractional label itself. The schedule places a fractional label elsewhere (:math:`\log\alpha` linear in
+    :math:`t`), so the times are where the schedule has diffusers' interpolated noise level (:meth:`t_from_log_snr`),
+    and the state keeps the labels (``model_labels``) for :func:`~sdevp_jax.model_time` to hand to the model there.
+    """
+    labels = np.asarray(labels, np.float64)
+    sigmas = np.interp(labels, np.arange(state.num_train_timesteps), training_sigmas(state.schedule))
+    dtype = _checks.default_float()
+    big_n = state.num_train_timesteps
+    times = np.asarray(state.schedule.cast(dtype).t_from_log_snr(jnp.asarray(-np.log(sigmas), dtype)), np.float64)
+    times = np.clip(times, 1.0 / big_n, 1.0)
+    times[labels == big_n - 1] = 1.0  # the ends exactly where the labels are the schedule's ends
+    times[labels == 0] = 1.0 / big_n
+    grid = jnp.asarray(times, dtype)
+    check_grid(state, grid, name)
+    return grid, jnp.asarray(labels, dtype)
 
 
 def _round_down(value: Any, dtype: Any) -> jax.Array:

@@ -518,7 +518,7 @@ ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_fina
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
                "predictor_order": None, "corrector_order": None, "tau": None, "tau_t_min": None, "tau_t_max": None,
-               "second_order": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
+               "second_order": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096, "warmup": None}
 
 
 def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
@@ -557,7 +557,7 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
             if name == "predict_x0":
                 raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
             if name in ("algorithm_type", "euler_at_final", "predictor_order", "corrector_order", "tau", "tau_t_min",
-                        "tau_t_max", "second_order"):
+                        "tau_t_max", "second_order", "warmup"):
                 raise ValueError(f"{name} is an option of {', '.join(solvers.methods_with(name))}, "
                                  f"not of method={method!r}")
             if name == "solver_type":
@@ -607,6 +607,7 @@ def sample_ode(
     tau_t_min: Optional[float] = None,
     tau_t_max: Optional[float] = None,
     second_order: Optional[str] = None,
+    warmup: Optional[str] = None,
     cond=None,
     noise=None,
 ):
@@ -698,6 +699,8 @@ def sample_ode(
       predictor_order, corrector_order, tau, tau_t_min, tau_t_max, second_order: ``sa_solver``'s options (its
         orders 1-4, the noise scale :math:`\tau \ge 0` on the steps starting in ``[tau_t_min, tau_t_max]``, its
         order-2 coefficients; see :class:`sdevp_jax.solvers.SASolver`); ``None``: its defaults.
+      warmup: ``pndm``'s first steps: ``"prk"`` (``None``: its default, pseudo Runge--Kutta), ``"prk_diffusers"``
+        (the same with diffusers' integer-label midpoints) or ``"improved_euler"`` (diffusers' ``skip_prk_steps=True``).
       cond: the samples' conditions, as for :func:`sample`.
       noise: for a stochastic method, the noise instead of the keyed draws, as for :func:`sample`.
 
@@ -717,7 +720,7 @@ def sample_ode(
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
                    predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type,
                    predictor_order=predictor_order, corrector_order=corrector_order, tau=tau, tau_t_min=tau_t_min,
-                   tau_t_max=tau_t_max, second_order=second_order)
+                   tau_t_max=tau_t_max, second_order=second_order, warmup=warmup)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

@@ -471,7 +471,10 @@ def set_timesteps(
             )
         grid = jnp.linspace(1.0, state.sampling_eps, n)
     elif spacing in grids.LABEL_SPACINGS:
-        grid = grids.label_grid(state, n, spacing, steps_offset)
+        grid, labels = grids.label_grid(state, n, spacing, steps_offset)
+        if labels is not None:  # fractional labels of the sigma-space schedulers
+            return state.replace(timesteps=grid, spacing=spacing, spacing_given=given,
+                                 model_labels=_rounded_labels(state, grid, labels, label_rounding))
     elif spacing in grids.SIGMA_SPACINGS:
         grid, labels = grids.sigma_grid(state, n, spacing, rounding=label_rounding)
         return state.replace(timesteps=grid, spacing=spacing, spacing_given=given, model_labels=labels)
@@ -486,10 +489,11 @@ LABEL_ROUNDINGS = ("exact", "round", "truncate")
 
 
 def _rounded_labels(state: ScoreSdeVpSchedulerState, grid: jax.Array, labels, rounding: Optional[str]):
-    """The model labels at ``grid``'s times with ``rounding`` (``None`` or ``"exact"``: none kept, the exact label)."""
+    """The model labels at ``grid``'s times with ``rounding``: ``labels`` (the grid's own fractional labels, or
+    ``None`` for :math:`tN - 1`) rounded or truncated; ``None`` or ``"exact"``: ``labels`` unchanged."""
     if rounding is None or rounding == "exact":
         return labels
-    exact = np.asarray(grid, np.float64) * state.num_train_timesteps - 1.0
+    exact = np.asarray(grid, np.float64) * state.num_train_timesteps - 1.0 if labels is None else np.asarray(labels)
     return jnp.asarray(np.round(exact) if rounding == "round" else np.trunc(exact), grid.dtype)
 
 

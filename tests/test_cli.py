@@ -252,6 +252,15 @@ SOLVER_RUNS = [
      {"predictor_order": 3, "corrector_order": 4, "algorithm_type": "data_prediction", "tau": 0.5, "tau_t_min": 0.1,
       "tau_t_max": 0.8, "second_order": "diffusers", "lower_order_final": True, "final_sigmas_type": "zero",
       "thresholding": False}),
+    (["--method", "lms", "--order", "3"], {"order": 3, "final_sigmas_type": "zero", "thresholding": False}),
+    (["--method", "pndm", "--warmup", "improved_euler"],
+     {"warmup": "improved_euler", "final_sigmas_type": "zero", "thresholding": False}),
+    (["--method", "heun_sigma", "--final-sigmas-type", "last"], {"final_sigmas_type": "last", "thresholding": False}),
+    (["--method", "kdpm2", "--final-sigmas-type", "last"], {"final_sigmas_type": "last", "thresholding": False}),
+    (["--method", "kdpm2_ancestral", "--thresholding"],
+     {"final_sigmas_type": "zero", "thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}),
+    (["--method", "euler_ancestral", "--final-sigmas-type", "last"],
+     {"final_sigmas_type": "last", "thresholding": False}),
 ]
 
 
@@ -398,9 +407,10 @@ def test_stable_diffusion_config_end_to_end(tmp_path):
     assert recorded["scheduler"]["_class_name"] == "PNDMScheduler" and recorded["schedule"]["kind"] == "discrete"
     assert (recorded["prediction_type"], recorded["spacing"]) == ("epsilon", "leading")
     state = sv.set_timesteps(sv.load_config(tmp_path), 25)
-    # the file's grid: PNDM's leading labels with steps_offset 1 (label n at t = (n + 1)/1000)
+    # the file's grid: PNDM's leading labels with steps_offset 1 (label n at t = (n + 1)/1000), then label 0, where
+    # PNDM's last step goes with set_alpha_to_one = false
     np.testing.assert_allclose(np.asarray(sv.model_time(state, state.timesteps)),
-                               state.diffusers_config.label_spacing(25), rtol=0, atol=1e-3)
+                               np.append(state.diffusers_config.label_spacing(25), 0), rtol=0, atol=1e-3)
     model = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture(2))
     expected = jax.jit(sv.sample, static_argnums=(1, 3), static_argnames="predictor")(
         state, model, jax.random.key(0), (6, 2), predictor="ancestral")

@@ -20,6 +20,15 @@ def solver_of(cls, **fields):
     ("DDIMScheduler", {"clip_sample": False}, ("ddim", {"final_sigmas_type": "zero"})),
     ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, ("ddim", {"final_sigmas_type": "last"})),
     ("DDPMScheduler", {}, ("ancestral", {})),
+    ("EulerDiscreteScheduler", {}, ("ddim", {"final_sigmas_type": "zero"})),
+    ("EulerAncestralDiscreteScheduler", {}, ("euler_ancestral", {})),
+    ("LMSDiscreteScheduler", {}, ("lms", {"order": 4})),
+    ("PNDMScheduler", {}, ("pndm", {"warmup": "prk_diffusers", "final_sigmas_type": "last"})),
+    ("HeunDiscreteScheduler", {"clip_sample": True}, ("heun_sigma", {})),
+    ("KDPM2DiscreteScheduler", {}, ("kdpm2", {})),
+    ("KDPM2AncestralDiscreteScheduler", {}, ("kdpm2_ancestral", {})),
+    ("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": True},
+     ("pndm", {"warmup": "improved_euler", "final_sigmas_type": "zero"})),
     ("DPMSolverMultistepScheduler", {}, ("dpm_solver_pp", {"order": 2, "solver_type": "midpoint",
                                                            "lower_order_final": True, "final_sigmas_type": "zero"})),
     ("DPMSolverMultistepScheduler", {"solver_order": 3, "lower_order_final": False},
@@ -49,9 +58,8 @@ def test_a_config_names_its_schedulers_solver(cls, fields, expected):
 
 
 @pytest.mark.parametrize("cls, fields, match", [
-    ("PNDMScheduler", {}, "PNDMScheduler samples with PNDM's pseudo linear multistep method"),
-    ("LMSDiscreteScheduler", {}, "LMSDiscreteScheduler samples with the linear multistep method"),
-    ("EulerDiscreteScheduler", {}, "EulerDiscreteScheduler samples with Euler's method in sigma"),
+    ("PNDMScheduler", {"timestep_spacing": "linspace"}, "timestep_spacing='linspace' has no equivalent"),
+    ("PNDMScheduler", {"prediction_type": "v_prediction"}, "combines the model's raw v outputs"),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}, "algorithm_type='dpmsolver' has no equivalent"),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver"}, "'sde-dpmsolver' has no equivalent"),
     ("UniPCMultistepScheduler", {"disable_corrector": [0]}, r"disable_corrector=\[0\] has no equivalent"),

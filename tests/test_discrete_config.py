@@ -121,7 +121,10 @@ def test_foreign_thresholding_and_final_sigmas_type_are_ignored_as_diffusers_ign
     written back, and they change nothing (the grid is the one without them)."""
     pndm = config.discrete_config({"_class_name": "PNDMScheduler", "thresholding": True,
                                    "final_sigmas_type": "sigma_min"})
-    assert dict(pndm.extra)["thresholding"] is True and not pndm.ends_at_sigma_min
+    plain_pndm = config.discrete_config({"_class_name": "PNDMScheduler"})
+    assert dict(pndm.extra)["thresholding"] is True
+    assert pndm.ends_at_sigma_min == plain_pndm.ends_at_sigma_min  # set_alpha_to_one's, not final_sigmas_type's
+    assert pndm.solver_options() == plain_pndm.solver_options()
     assert config.discrete_config_dict(pndm)["final_sigmas_type"] == "sigma_min"
     ddim = config.discrete_config({"_class_name": "DDIMScheduler", "clip_sample": False,
                                    "final_sigmas_type": "sigma_min"})
@@ -132,11 +135,11 @@ def test_foreign_thresholding_and_final_sigmas_type_are_ignored_as_diffusers_ign
 
 # ------------------------------------------------------------------- every option of every class: a table
 #
-# diffusers 0.42.1's save_config output of each discrete class (tests/golden/spacings.npz), with one option set
-# as diffusers would write it. "samples": loads and its config's solver samples (finite, 4 steps); "method":
+# diffusers 0.42.1's save_config output of each discrete class (tests/golden/spacings.npz, classical.npz), with one
+# option set as diffusers would write it. "samples": loads and its config's solver samples (finite, 4 steps); "method":
 # loads, and sampling names the method this package lacks; any other value: the load's refusal, which names
 # the field. Each served row's parity with diffusers is tested where it is implemented (test_clip_sample,
-# test_variance_types, test_zero_snr, test_sigma_grids, test_config_solver).
+# test_variance_types, test_zero_snr, test_sigma_grids, test_config_solver, test_classical).
 V = {"prediction_type": "v_prediction"}  # zero terminal SNR: its first label has alpha = 0 (no epsilon model)
 OPTION_TABLE = [
     ("DDPMScheduler", {"clip_sample": True}, "samples"),
@@ -166,12 +169,25 @@ OPTION_TABLE = [
     ("UniPCMultistepScheduler", {"final_sigmas_type": "sigma_min"}, "samples"),
     ("UniPCMultistepScheduler", {"thresholding": True}, "samples"),
     ("UniPCMultistepScheduler", {"disable_corrector": [0]}, "method"),
-    ("EulerDiscreteScheduler", {}, "method"),
-    ("EulerDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "method"),
+    ("EulerDiscreteScheduler", {}, "samples"),
+    ("EulerDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
     ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, "use_karras_sigmas = True changes sampling"),
     ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}, "final_sigmas_type = 'sigma_min' changes"),
-    ("PNDMScheduler", {}, "method"),
-    ("LMSDiscreteScheduler", {}, "method"),
+    ("EulerAncestralDiscreteScheduler", {}, "samples"),
+    ("EulerAncestralDiscreteScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
+    ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, "samples"),
+    ("HeunDiscreteScheduler", {}, "samples"),
+    ("HeunDiscreteScheduler", {"clip_sample": True}, "samples"),
+    ("HeunDiscreteScheduler", {"use_karras_sigmas": True}, "use_karras_sigmas = True changes sampling"),
+    ("KDPM2DiscreteScheduler", {}, "samples"),
+    ("KDPM2DiscreteScheduler", {"timestep_spacing": "leading"}, "samples"),
+    ("KDPM2AncestralDiscreteScheduler", {}, "samples"),
+    ("KDPM2AncestralDiscreteScheduler", {"use_exponential_sigmas": True}, "use_exponential_sigmas = True changes"),
+    ("PNDMScheduler", {}, "samples"),
+    ("PNDMScheduler", {"skip_prk_steps": True}, "samples"),
+    ("PNDMScheduler", {"set_alpha_to_one": True}, "samples"),
+    ("PNDMScheduler", {"timestep_spacing": "linspace"}, "method"),
+    ("LMSDiscreteScheduler", {}, "samples"),
     ("LMSDiscreteScheduler", {"use_beta_sigmas": True}, "use_beta_sigmas = True changes sampling"),
 ]
 

@@ -10,6 +10,7 @@ r"""Every sampler as a solver object over its own state, one file per family.
 * :mod:`~sdevp_jax.solvers.unipc`: UniPC;
 * :mod:`~sdevp_jax.solvers.deis`: DEIS, multistep in log rho;
 * :mod:`~sdevp_jax.solvers.ipndm`: iPNDM, Adams-Bashforth in sigma/alpha;
+* :mod:`~sdevp_jax.solvers.classical`: diffusers' classical samplers (Euler ancestral, LMS, PNDM, Heun in sigma, KDPM2);
 * :mod:`~sdevp_jax.solvers.dpm_singlestep`: single-step DPM-Solver(++) and SDE-DPM-Solver++ on the grid's points;
 * :mod:`~sdevp_jax.solvers.sa_solver`: SA-Solver, the stochastic Adams predictor-corrector;
 * :mod:`~sdevp_jax.solvers.adaptive`: diffrax's Tsit5 per sample;
@@ -32,6 +33,9 @@ from .deis import DEIS, deis_step
 from .ipndm import IPNDM, ipndm_step
 from .dpm_singlestep import DPMSolverSinglestep, SDEDPMSolverSinglestep, singlestep_dpm_step, singlestep_orders
 from .sa_solver import SASolver, SAState, sa_corrector_orders, sa_correct, sa_predict, sa_weights
+from .classical import (KDPM2, LMS, PNDM, PNDM_WARMUPS, EulerAncestral, HeunSigma, KDPM2Ancestral,
+                        euler_ancestral_step, heun_sigma_step, kdpm2_ancestral_step, kdpm2_step, lms_coefficients,
+                        lms_step, pndm_transfer)
 from .registry import get, make, methods_with, names, option_defaults, option_fields
 
 __all__ = [
@@ -40,7 +44,9 @@ __all__ = [
     "Euler", "Heun", "DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "UniPC", "Adaptive", "DPMSolverPP2S",
     "DPMSolverSinglestep", "SDEDPMSolverSinglestep", "singlestep_dpm_step", "singlestep_orders", "DEIS",
     "deis_step", "IPNDM", "ipndm_step", "SASolver", "SAState", "sa_weights", "sa_predict", "sa_correct",
-    "sa_corrector_orders",
+    "sa_corrector_orders", "EulerAncestral", "euler_ancestral_step", "LMS", "lms_step",
+    "lms_coefficients", "PNDM", "pndm_transfer", "PNDM_WARMUPS", "HeunSigma", "heun_sigma_step", "KDPM2",
+    "kdpm2_step", "KDPM2Ancestral", "kdpm2_ancestral_step",
     "GridSolver", "History", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES",
     "dpm_solver_step", "ddim_step", "dpmpp_step", "sde_dpmpp_step", "unipc_predict", "unipc_correct",
     "euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",

@@ -187,9 +187,10 @@ class GridSolver(Solver):
         (:func:`~sdevp_jax.denoiser.clip_range`)."""
         return self.predict_at(model, x, grid.t[k], grid.alpha[k], grid.sigma[k])
 
-    def predict_at(self, model, x, t, alpha, sigma):
-        """The model at time ``t`` (0-d), where the schedule is ``alpha``, ``sigma``; as :meth:`predict`."""
-        eps, x0 = model.eps_x0(x, t, alpha, sigma)
+    def predict_at(self, model, x, t, alpha, sigma, model_t=None):
+        """The model at time ``t`` (0-d), where the schedule is ``alpha``, ``sigma``; as :meth:`predict`. ``model_t``:
+        the model's time input there, where a solver computes it (:meth:`~sdevp_jax.denoiser.Denoiser.eps_x0`)."""
+        eps, x0 = model.eps_x0(x, t, alpha, sigma, model_t=model_t)
         if self.thresholding:
             x0 = dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
         elif model.clip_range is not None:  # the state's config: diffusers' clip_sample
