@@ -318,6 +318,12 @@ DISCRETE_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
         "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0,
     }),
     "DDIMInverseScheduler": ("leading", {"clip_sample": True, "set_alpha_to_one": True, "clip_sample_range": 1.0}),
+    "DPMSolverMultistepInverseScheduler": ("linspace", {
+        "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
+        "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
+        "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+        "use_flow_sigmas": False, "flow_shift": 1.0, "lambda_min_clipped": -math.inf, "variance_type": None,
+    }),
     "DPMSolverMultistepScheduler": ("linspace", {
         "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
         "sample_max_value": 1.0, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
@@ -428,8 +434,12 @@ def _check_class_name(name: Any, source: str) -> None:
 #: Classes whose ``final_sigmas_type="sigma_min"`` is served: the grid ends at label 0 and the solver stops there.
 SIGMA_MIN_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler")
 
+#: diffusers' inverse schedulers: their configs load for :func:`sdevp_jax.invert_ode` (:meth:`DiscreteConfig.inverse_solver`).
+INVERSE_CLASSES = ("DDIMInverseScheduler", "DPMSolverMultistepInverseScheduler")
+
 #: Classes whose ``thresholding`` is served, by the grid solver of :meth:`DiscreteConfig.solver_options`.
-THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler",
+                        "DPMSolverSinglestepScheduler",
                         "DEISMultistepScheduler", "UniPCMultistepScheduler", "SASolverScheduler")
 
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
@@ -598,9 +608,9 @@ class DiscreteConfig:
         """
         extra = dict(self.extra)
         source = self.flax_class or self.class_name
-        if self.class_name == "DDIMInverseScheduler":
+        if self.class_name in INVERSE_CLASSES:
             raise ValueError(f"{source} inverts (data to latents): pass its state to sv.invert_ode, which steps as "
-                             f"it does; to sample, load a DDIMScheduler config or pass a method")
+                             f"it does; to sample, load the forward scheduler's config or pass a method")
         thresholding = {}
         if extra.get("thresholding") and self.class_name in THRESHOLDING_CLASSES:  # (elsewhere a foreign field)
             thresholding = {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
@@ -689,6 +699,31 @@ class DiscreteConfig:
         if self.flax_labels and self.flax_class == "FlaxDPMSolverMultistepScheduler":
             return _flax_dpm_solver_labels(self.num_train_timesteps, num_inference_steps, spacing, steps_offset)
         return None
+
+    def inverse_solver(self) -> tuple[str, dict]:
+        """``(method, options)`` with which :func:`sdevp_jax.invert_ode` steps as this inverse scheduler does:
+        DDIMInverseScheduler: ``ddim`` (its ``evaluate_at`` and ``start`` are set by ``invert_ode``);
+        DPMSolverMultistepInverseScheduler: ``dpm_solver_pp`` with ``solver_order``, ``solver_type``,
+        ``lower_order_final``, ``euler_at_final`` and thresholding, ending at the noisiest label's noise level
+        (``trailing``: a zero-length last step there, ``final_sigmas_type="repeat"``)."""
+        extra = dict(self.extra)
+        if self.class_name == "DDIMInverseScheduler":
+            return "ddim", {}
+        algorithm = extra.get("algorithm_type", "dpmsolver++")
+        if algorithm != "dpmsolver++":
+            raise ValueError(f"{self.class_name} with algorithm_type={algorithm!r} has no equivalent here (an "
+                             f"inversion is deterministic and in the data prediction: 'dpmsolver++'); pass a method")
+        options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
+                   "lower_order_final": extra.get("lower_order_final", True),
+                   "final_sigmas_type": "repeat" if self.timestep_spacing == "trailing" else "last"}
+        if extra.get("euler_at_final"):
+            options["euler_at_final"] = True
+        if options["order"] == 3:
+            options["third_order"] = "diffusers"
+        if extra.get("thresholding"):
+            options |= {"thresholding": True, "dynamic_thresholding_ratio": extra["dynamic_thresholding_ratio"],
+                        "sample_max_value": extra["sample_max_value"]}
+        return "dpm_solver_pp", options
 
     @functools.cached_property
     def schedule(self):
@@ -817,6 +852,12 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
                          f"counts in the single-step solver's order groups, which this package does not express; "
                          f"allowed: final_sigmas_type = 'zero' (DPMSolverMultistep and UniPC serve it: "
                          f"final_sigmas_type='repeat')")
+    if name == "DPMSolverMultistepInverseScheduler" and own.get("lambda_min_clipped", -math.inf) != -math.inf:
+        raise ValueError(f"{source}: lambda_min_clipped = {own['lambda_min_clipped']!r} changes the inverse grid's top "
+                         f"and is not supported for DPMSolverMultistepInverseScheduler; allowed: -inf")
+    if name == "DPMSolverMultistepInverseScheduler" and own.get("variance_type") is not None:
+        raise ValueError(f"{source}: variance_type = {own['variance_type']!r} is not supported for "
+                         f"DPMSolverMultistepInverseScheduler; allowed: null")
     if "lambda_min_clipped" in own:
         clip = own["lambda_min_clipped"]
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or math.isnan(clip) or clip == math.inf:

@@ -188,6 +188,24 @@ def diffusers_label_spacing(
     return np.ascontiguousarray(grid).astype(dtype)
 
 
+def inverse_label_spacing(num_train_timesteps: int, n: int, spacing: str, steps_offset: int) -> np.ndarray:
+    """The labels diffusers' DPMSolverMultistepInverseScheduler steps through, descending as a grid is stored: its
+    ``n`` ascending labels (``linspace`` from 0, ``leading`` from ``steps_offset``, ``trailing`` to the noisiest)
+    and the noisiest label it ends at (for ``trailing`` its last label already: the grid then ends there and the
+    solver repeats it, a zero-length step)."""
+    top = num_train_timesteps - 1
+    if spacing == "linspace":
+        labels = np.linspace(0, top, n + 1).round()[:-1].astype(np.int64)
+    elif spacing == "leading":
+        labels = (np.arange(0, n + 1) * ((top + 1) // (n + 1))).round()[:-1].astype(np.int64) + steps_offset
+    else:
+        labels = np.arange(top + 1, 0, -num_train_timesteps / n).round()[::-1].astype(np.int64) - 1
+    labels = np.unique(labels)  # as diffusers drops duplicates (n = num_train_timesteps)
+    if labels[-1] != top:
+        labels = np.append(labels, top)
+    return labels[::-1].copy()
+
+
 def labels_to_times(labels: ArrayLike, num_train_timesteps: int) -> np.ndarray:
     r"""Continuous times of training labels: :math:`t = (n + 1)/N` (float64, host).
 
@@ -370,6 +388,8 @@ def label_grid(state: ScoreSdeVpSchedulerState, n: int, spacing: str,
         family = config.class_name
     last = None if config is None else config.last_timestep  # DPMSolverMultistep's lambda_min_clipped
     labels = None if config is None else config.flax_labels_of(n, spacing, steps_offset)
+    if config is not None and config.class_name == "DPMSolverMultistepInverseScheduler":
+        labels = inverse_label_spacing(state.num_train_timesteps, n, spacing, steps_offset)
     if labels is None:
         labels = diffusers_label_spacing(state.num_train_timesteps, n, spacing, steps_offset, scheduler=family,
                                          last_timestep=last)

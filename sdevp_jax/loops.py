@@ -833,6 +833,15 @@ def invert_ode(
     inverse_config = config is not None and config.class_name == "DDIMInverseScheduler"
     if n < 2 and not inverse_config and start is None:
         raise ValueError(f"invert_ode steps between grid points: num_inference_steps must be >= 2, got {n}")
+    if method is None and config is not None and config.class_name == "DPMSolverMultistepInverseScheduler":
+        name, options = config.inverse_solver()  # the inverse scheduler's own solver and options
+        solver = solvers.make(name, **options).check()
+        times = solver.times(state, _checks.compute_dtype(x0.dtype))
+        check_zero_snr_start(solver, state, times)
+        x, _, nfe_per_sample = run(solver, state, model_fn, x0, None, _checks.compute_dtype(x0.dtype), cond,
+                                   times=times[::-1])
+        x = x.astype(x0.dtype)
+        return (x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)) if return_info else x
     method = "ddim" if method is None else method
     if evaluate_at is None:
         evaluate_at = "end" if inverse_config and method == "ddim" else "start"

@@ -1,10 +1,13 @@
-"""DDIM inversion as diffusers' DDIMInverseScheduler runs it: parity, and what its convention changes.
+"""diffusers' inverse schedulers (DDIMInverseScheduler, DPMSolverMultistepInverseScheduler) through sv.invert_ode.
 
 Parity with diffusers 0.42.1 in float64 (tests/golden/ddim_inverse.npz, by tests/golden/make_ddim_inverse_golden.py):
 a DDIMInverseScheduler config loads and sv.invert_ode(state, model_fn, x0) with no method inverts as that scheduler
 does -- the model called at the label each step goes to (evaluate_at="end"), the first step from clean data
 (set_alpha_to_one) or from label 0 (a zero-length step where the grid starts there), the data prediction clipped
 with clip_sample -- within 1e-12 relative (the two sides do the same dozen operations per step).
+DPMSolverMultistepInverseScheduler (tests/golden/dpm_inverse.npz, by make_dpm_inverse_golden.py): DPM-Solver++ up
+its own label grid to the noisiest label (trailing: a zero-length last step there), orders 1-3, heun, thresholding,
+a v-model, within 1e-10 relative.
 """
 
 import json
@@ -18,16 +21,18 @@ import pytest
 import sdevp_jax as sv
 
 GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "ddim_inverse.npz")))
+DPM = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "dpm_inverse.npz")))
+DPM_CASES = sorted(k.rsplit("/", 1)[0] for k in DPM if k.endswith("/final"))
 CASES = sorted(k.rsplit("/", 1)[0] for k in GOLDEN if k.endswith("/final"))
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
 
 def exact_model(prediction_type, s, mu=0.5):
-    """The golden's model at an integer label (data N(mu, s^2 I))."""
+    """The golden's model at an integer label (data N(mu, s^2 I)), on samples of shape (B, ...)."""
     table = jnp.asarray(GOLDEN["alphas_cumprod"])
 
     def fn(x, label):
-        a2 = table[jnp.round(label).astype(jnp.int32)][:, None]
+        a2 = table[jnp.round(label).astype(jnp.int32)].reshape((-1,) + (1,) * (x.ndim - 1))
         a, sigma = jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
         eps = sigma * (x - a * mu) / (a2 * s * s + sigma * sigma)
         if prediction_type == "epsilon":
@@ -97,3 +102,31 @@ def test_what_the_convention_cannot_serve_is_refused():
                                                 "clip_sample": False}), 10)
     with pytest.raises(ValueError, match="start=0 with an x0-prediction model"):
         sv.invert_ode(x0_model, model, jnp.ones((2, 3)), start=0.0)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.endswith("/16") else c
+                                  for c in DPM_CASES])
+def test_parity_with_diffusers_dpm_solver_multistep_inverse_scheduler(case, x64):
+    fields = json.loads(str(DPM[f"{case}/config"]))
+    state = sv.set_timesteps(sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", **SD, **fields}),
+                             int(case.split("/")[2]))
+    labels = np.asarray(sv.model_time(state, state.timesteps))[::-1]
+    np.testing.assert_array_equal(labels[: len(DPM[f"{case}/labels"])], DPM[f"{case}/labels"])
+    assert labels[-1] == 999  # every inverse grid ends at the noisiest label
+    model = exact_model(fields.get("prediction_type", "epsilon"), 2.0 if fields.get("thresholding") else 0.8)
+    x, info = sv.invert_ode(state, model, jnp.asarray(DPM["x0"])[..., None], return_info=True)
+    assert rel(x[..., 0], DPM[f"{case}/final"]) <= 1e-10
+    assert int(info.nfe) == len(DPM[f"{case}/labels"])  # one call per label (trailing: the zero-length step's)
+
+
+def test_the_dpm_inverse_schedulers_refusals():
+    with pytest.raises(ValueError, match="lambda_min_clipped = -3.0 changes the inverse grid's top"):
+        sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", "lambda_min_clipped": -3.0})
+    with pytest.raises(ValueError, match="use_karras_sigmas = True changes sampling"):
+        sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", "use_karras_sigmas": True})
+    sde = sv.set_timesteps(sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler",
+                                           "algorithm_type": "sde-dpmsolver++"}), 5)
+    with pytest.raises(ValueError, match="algorithm_type='sde-dpmsolver\\+\\+' has no equivalent here"):
+        sv.invert_ode(sde, lambda x, t: jnp.zeros_like(x), jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="DPMSolverMultistepInverseScheduler inverts"):
+        sv.sample_ode(sde, lambda x, t: jnp.zeros_like(x), jax.random.key(0), (2, 3))
