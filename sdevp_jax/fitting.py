@@ -264,9 +264,11 @@ def dp_select(costs, num_steps: int, coeff: float = 1.0) -> tuple[np.ndarray, fl
 
     Examples:
       >>> c = np.array([[0, 1, 5, 9], [0, 0, 1, 6], [0, 0, 0, 1], [0, 0, 0, 0]], float)
-      >>> idx, cost = sv.fitting.dp_select(c, 2)
+      >>> idx, cost = sv.fitting.dp_select(c, 2)   # 0 -> 1 -> 3 costs 1 + 6, 0 -> 2 -> 3 costs 5 + 1
       >>> idx.tolist(), cost
-      ([0, 1, 3], 7.0)
+      ([0, 2, 3], 6.0)
+      >>> sv.fitting.dp_select(c, 3)[0].tolist()   # three steps: every point
+      [0, 1, 2, 3]
     """
     c = np.asarray(costs, np.float64)
     if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
@@ -403,16 +405,19 @@ def fit_grid(
         raise ValueError("checkpoint=True wraps a plain function model_fn in jax.checkpoint; got a guided model "
                          f"{type(model_fn).__name__}")
     m = _checks.positive_int("fine_points", fine_points)
-    if algorithm == "dp" or init == "dp":
+    init_dp = isinstance(init, str) and init == "dp"
+    if algorithm == "dp" or init_dp:
         if m < n:
             raise ValueError(f"fine_points must be >= the grid's {n} points, got {m}")
     iterations = _checks.positive_int("iterations", iterations)
+    fine = _fine_grid(state, m, fine_spacing)
+    if algorithm == "gradient" and not init_dp:
+        start = _initial_grid(state, n, init, None)
     shape, dtype = check_common(_with_grid(state, _ends(state)), model_fn, key, shape, dtype, "fit_grid", cond)
     keys = make_sample_keys(key, shape[0], 0)
     x_T = per_sample_normal(keys, 0, shape[1:], _checks.compute_dtype(dtype)).astype(dtype)
     work = _checks.compute_dtype(dtype)
 
-    fine = _fine_grid(state, m, fine_spacing)
     xs, teacher_nfe = teacher_trajectory(state, model_fn, x_T, fine, teacher=teacher,
                                          teacher_substeps=teacher_substeps, dtype=dtype, cond=cond)
     final_zero = bool(getattr(solver, "final_zero", False))
@@ -433,7 +438,7 @@ def fit_grid(
     loss_jit = jax.jit(loss_of_grid)
     dp_cost = math.nan
     dp_grid = None
-    if algorithm == "dp" or init == "dp":
+    if algorithm == "dp" or init_dp:
         costs, _ = gits_costs(state, model_fn, xs, fine, dtype=work, cond=cond, metric=metric)
         idx, dp_cost = dp_select(costs, n - 1, coeff)
         dp_grid = np.asarray(fine, np.float64)[idx]
@@ -442,7 +447,8 @@ def fit_grid(
         grid = dp_grid
         start = np.asarray(grids.continuous_grid(state, n, "logsnr"), np.float64)
     else:
-        start = _initial_grid(state, n, init, dp_grid)
+        if init_dp:
+            start = dp_grid
         grid, history = _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, learning_rate,
                                  optimizer)
     grid = np.asarray(grid, np.float64)
@@ -493,10 +499,13 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
     @jax.jit
     def update(theta, opt_state, x, y):
         loss, grad = jax.value_and_grad(loss_of_theta)(theta, x, y)
-        updates, opt_state = optimizer.update(grad, opt_state, theta)
-        return optax.apply_updates(theta, updates), opt_state, loss
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 counts
+            updates, opt_state = optimizer.update(grad, opt_state, theta)
+            theta = optax.apply_updates(theta, updates)
+        return theta, opt_state, loss
 
-    opt_state = optimizer.init(theta)
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(theta)
     best, best_loss, history = theta, math.inf, []
     for _ in range(iterations):
         new, opt_state, loss = update(theta, opt_state, x_T, target)
@@ -505,7 +514,7 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
         if loss < best_loss:  # the loss is theta's, before the update
             best, best_loss = theta, loss
         theta = new
-    last = float(jax.jit(loss_of_theta)(theta, x_T, target))
+    last = float(loss_jit(_grid_of(theta, ends, schedule), x_T, target))
     history.append(last)
     if last < best_loss:
         best = theta
@@ -522,7 +531,8 @@ class SavedGrid(NamedTuple):
     Attributes:
       timesteps: the grid, float64, strictly decreasing.
       method: the solver's registered name.
-      options: the solver's options (``sv.solvers.make(method, **options)`` rebuilds it).
+      options: the solver's options that differ from its defaults (``sv.solvers.make(method, **options)``
+        rebuilds it).
       nfe: the solver's network calls on the grid.
       schedule: the schedule's description (its class and parameters, ``sampling_eps``,
         ``prediction_type``), as :func:`schedule_description` writes it.
@@ -574,12 +584,23 @@ def _jsonable(value):
     raise TypeError(f"cannot write the option value {value!r} to JSON")
 
 
+def _given_options(solver: solvers.Solver) -> dict:
+    """The solver's options that differ from its class's defaults (``sv.solvers.make(name, **them)`` rebuilds it)."""
+    fields = solvers.option_fields(type(solver))
+    out = {}
+    for name, field in fields.items():
+        value = getattr(solver, name)
+        if not (isinstance(value, type(field.default)) and value == field.default):
+            out[name] = _jsonable(value)
+    return out
+
+
 def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union[str, solvers.Solver], model: str,
               options: Optional[dict] = None, metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Write a fitted grid and what it was fitted for to the JSON file ``path``, atomically.
 
     Records the grid (each float64 time exactly: JSON's shortest round-trip decimal), the
-    solver's name and all its options, its NFE on the grid, the schedule
+    solver's name and its options that differ from the defaults, its NFE on the grid, the schedule
     (:func:`schedule_description`) and ``model``, a string the user chooses to name the model
     (e.g. a checkpoint's name and hash). An existing file is an error unless ``overwrite=True``.
 
@@ -614,7 +635,7 @@ def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union
         "version": _VERSION,
         "timesteps": [float(t) for t in grid],
         "method": solver.name,
-        "options": {k: _jsonable(v) for k, v in solver.options().items()},
+        "options": _given_options(solver),
         "nfe": int(solver.nfe(grid.shape[0])),
         "schedule": schedule_description(state),
         "model": model,

@@ -200,7 +200,7 @@ DOCTEST_MODULES = [
     "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.sde", "sdevp_jax.solvers",
     "sdevp_jax.solvers.base", "sdevp_jax.solvers.registry", "sdevp_jax.solvers.multistep",
     "sdevp_jax.solvers.sde", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc", "sdevp_jax.solvers.dpm_singlestep",
-    "sdevp_jax.solvers.deis", "sdevp_jax.solvers.ipndm",
+    "sdevp_jax.solvers.deis", "sdevp_jax.solvers.ipndm", "sdevp_jax.fitting",
 ]
 
 
@@ -218,7 +218,8 @@ def test_every_module_with_docstring_examples_is_tested():
 # --durations, the machine shared). They run in CI, out of the fast tier.
 HEAVY_DOCTESTS = {"sdevp_jax.scheduler", "sdevp_jax.loops", "sdevp_jax.schedules", "sdevp_jax.mixtures",
                   "sdevp_jax.guidance", "sdevp_jax.training", "sdevp_jax.likelihood", "sdevp_jax.inverse",
-                  "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc"}
+                  "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc",
+                  "sdevp_jax.fitting"}
 
 
 @pytest.mark.parametrize("module", [
