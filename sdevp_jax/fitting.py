@@ -25,7 +25,9 @@ many steps. Two algorithms:
   decreasing grid with the two end points fixed. The loss is the mean squared difference
   between the solver's output (the compiled :func:`~sdevp_jax.sample`, one ``lax.scan``,
   with the grid a traced array) and the teacher's output, differentiated with
-  ``jax.grad`` and minimised with optax's Adam.
+  ``jax.grad`` and minimised with optax's Adam. With ``free_end=True`` the last time is fitted
+  too (for the grid solvers that return the data prediction at the last grid time, whose
+  place is then a free choice rather than ``sampling_eps``).
 
 Both return the grid as a host NumPy array for ``sv.set_timesteps(state, timesteps=grid)``,
 and :func:`save_grid` / :func:`load_grid` keep it with what it was fitted for.
@@ -332,6 +334,7 @@ def fit_grid(
     learning_rate: float = 0.05,
     optimizer: Any = None,
     checkpoint: bool = False,
+    free_end: bool = False,
     return_info: bool = False,
     **options,
 ):
@@ -377,6 +380,10 @@ def fit_grid(
       optimizer: ``"gradient"``: an optax ``GradientTransformation`` instead of ``optax.adam(learning_rate)``.
       checkpoint: ``"gradient"``: wrap the model in ``jax.checkpoint`` (its activations are
         recomputed in the backward pass instead of stored per step).
+      free_end: ``"gradient"`` with a solver that ends with a call at the last grid time
+        (``final_sigmas_type="zero"``): fit the last time too, anywhere above ``sampling_eps``
+        (its log-SNR is a sigmoid of one more parameter), since the output is the data
+        prediction there; ``False`` (default): the last time is ``sampling_eps``.
       return_info: also return a :class:`FitInfo`.
 
     Returns:
@@ -410,6 +417,9 @@ def fit_grid(
         if m < n:
             raise ValueError(f"fine_points must be >= the grid's {n} points, got {m}")
     iterations = _checks.positive_int("iterations", iterations)
+    if free_end and not (algorithm == "gradient" and getattr(solver, "final_zero", False)):
+        raise ValueError("free_end=True fits the last time of algorithm='gradient' for a solver whose output is the "
+                         "data prediction at the last grid time (final_sigmas_type='zero')")
     fine = _fine_grid(state, m, fine_spacing)
     if algorithm == "gradient" and not init_dp:
         start = _initial_grid(state, n, init, None)
@@ -450,7 +460,7 @@ def fit_grid(
         if init_dp:
             start = dp_grid
         grid, history = _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, learning_rate,
-                                 optimizer)
+                                 optimizer, free_end)
     grid = np.asarray(grid, np.float64)
     if grid.shape[0] >= 2 and not np.all(np.diff(grid) < 0):  # cannot happen for the parametrisation; checked
         raise FloatingPointError(f"the fitted grid is not strictly decreasing in float64: {grid}")
@@ -480,8 +490,10 @@ def _initial_grid(state, n: int, init, dp_grid) -> np.ndarray:
     return start
 
 
-def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, learning_rate, optimizer):
-    """Adam on the log-increments of the grid in log-SNR; returns the iterate of least loss and the loss history."""
+def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, learning_rate, optimizer,
+             free_end=False):
+    """Adam on the log-increments of the grid in log-SNR (and, with ``free_end``, on the last time's place);
+    returns the iterate of least loss and the loss history."""
     try:
         import optax
     except ImportError as err:  # pragma: no cover - optax is in the test and docs extras
@@ -491,36 +503,46 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
     dt = _checks.default_float()
     schedule = state.schedule.cast(dt)
     ends = jnp.asarray(start[[0, -1]], dt)
-    theta = _theta_of(schedule.log_snr(jnp.asarray(start, dt)))
+    lam = schedule.log_snr(jnp.asarray(start, dt))
+    params = {"theta": _theta_of(lam)}
+    if free_end:
+        # the last time's log-SNR lam_end = lam_hi - (lam_hi - lam_0) sigmoid(phi), below the fixed end's lam_hi;
+        # phi = -7 starts it 0.09 % of the range above the fixed end
+        params["end"] = jnp.asarray(-7.0, dt)
 
-    def loss_of_theta(theta, x, y):
-        return loss_of_grid(_grid_of(theta, ends, schedule), x, y)
+    def grid_of(params):
+        if not free_end:
+            return _grid_of(params["theta"], ends, schedule)
+        lam0, lam_hi = schedule.log_snr(ends[0]), schedule.log_snr(ends[1])
+        last = schedule.t_from_log_snr(lam_hi - (lam_hi - lam0) * jax.nn.sigmoid(params["end"]))
+        return _grid_of(params["theta"], jnp.stack([ends[0], last]), schedule)
+
+    def loss_of_params(params, x, y):
+        return loss_of_grid(grid_of(params), x, y)
 
     @jax.jit
-    def update(theta, opt_state, x, y):
-        loss, grad = jax.value_and_grad(loss_of_theta)(theta, x, y)
+    def update(params, opt_state, x, y):
+        loss, grad = jax.value_and_grad(loss_of_params)(params, x, y)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 counts
-            updates, opt_state = optimizer.update(grad, opt_state, theta)
-            theta = optax.apply_updates(theta, updates)
-        return theta, opt_state, loss
+            updates, opt_state = optimizer.update(grad, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return params, opt_state, loss
 
     with jax.numpy_dtype_promotion("standard"):
-        opt_state = optimizer.init(theta)
-    best, best_loss, history = theta, math.inf, []
+        opt_state = optimizer.init(params)
+    best, best_loss, history = params, math.inf, []
     for _ in range(iterations):
-        new, opt_state, loss = update(theta, opt_state, x_T, target)
+        new, opt_state, loss = update(params, opt_state, x_T, target)
         loss = float(loss)
         history.append(loss)
-        if loss < best_loss:  # the loss is theta's, before the update
-            best, best_loss = theta, loss
-        theta = new
-    last = float(loss_jit(_grid_of(theta, ends, schedule), x_T, target))
+        if loss < best_loss:  # the loss is that of params, before the update
+            best, best_loss = params, loss
+        params = new
+    last = float(loss_jit(grid_of(params), x_T, target))
     history.append(last)
     if last < best_loss:
-        best = theta
-    del loss_jit
-    return np.asarray(_grid_of(best, ends, schedule), np.float64), np.asarray(history)
-
+        best = params
+    return np.asarray(grid_of(best), np.float64), np.asarray(history)
 
 # ---------------------------------------------------------------------------------------------- saving and loading
 

@@ -168,6 +168,10 @@ def test_fit_grid_refuses_bad_options():
         sv.fit_grid(state, model_fn, key, (4, 2), method="ddim", nfe=6, fine_points=5)
     with pytest.raises(ValueError, match="fine_spacing must be one of"):
         sv.fit_grid(state, model_fn, key, (4, 2), method="ddim", nfe=4, fine_spacing="linspace")
+    with pytest.raises(ValueError, match="free_end=True fits the last time of algorithm='gradient'"):
+        sv.fit_grid(state, model_fn, key, (4, 2), method="ddim", nfe=4, free_end=True)
+    with pytest.raises(ValueError, match="free_end=True"):
+        sv.fit_grid(state, model_fn, key, (4, 2), method="heun", nfe=4, algorithm="gradient", free_end=True)
     with pytest.raises(ValueError, match="init must have shape"):
         sv.fit_grid(state, model_fn, key, (4, 2), method="ddim", nfe=4, algorithm="gradient", init=[1.0, 0.5])
 
@@ -216,8 +220,9 @@ def _squared_errors(state, model_fn, grid, method, x_T, target):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm,method", [("dp", "ddim"), ("gradient", "dpm_solver_pp")])
-def test_fitted_grid_beats_the_logsnr_grid_on_held_out_starts(algorithm, method):
+@pytest.mark.parametrize("algorithm,method,free_end", [("dp", "ddim", False), ("gradient", "dpm_solver_pp", False),
+                                                       ("gradient", "dpm_solver_pp", True)])
+def test_fitted_grid_beats_the_logsnr_grid_on_held_out_starts(algorithm, method, free_end):
     """At 5 NFE on the 2-D exact mixture (Stable Diffusion's schedule), the grid fitted on 256 starting points
     has a smaller error to the teacher than the log-SNR grid on 2048 other starting points.
 
@@ -227,7 +232,9 @@ def test_fitted_grid_beats_the_logsnr_grid_on_held_out_starts(algorithm, method)
     approximation of the mean of 2048 paired differences)."""
     sd = sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000))
     model_fn = _mixture(sd)
-    grid = sv.fit_grid(sd, model_fn, jax.random.key(0), (256, 2), method=method, nfe=5, algorithm=algorithm)
+    grid = sv.fit_grid(sd, model_fn, jax.random.key(0), (256, 2), method=method, nfe=5, algorithm=algorithm,
+                       free_end=free_end)
+    assert (grid[-1] > sd.sampling_eps) == free_end
     logsnr = np.asarray(sv.set_timesteps(sd, 5, spacing="logsnr").timesteps, np.float64)
     x_T, target = _held_out(sd, model_fn, jax.random.key(123), 2048)
     e_fit = _squared_errors(sd, model_fn, grid, method, x_T, target)
