@@ -63,7 +63,7 @@ from .loops import check_common, make_sample_keys, per_sample_normal, sample, sa
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["fit_grid", "num_points_for_nfe", "dp_select", "gits_costs", "teacher_trajectory", "FitInfo",
-           "save_grid", "load_grid", "SavedGrid", "ALGORITHMS", "FORMAT"]
+           "save_grid", "load_grid", "SavedGrid", "schedule_description", "ALGORITHMS", "FORMAT"]
 
 #: the fitting algorithms of :func:`fit_grid`
 ALGORITHMS = ("dp", "gradient")
@@ -466,7 +466,7 @@ def fit_grid(
         raise FloatingPointError(f"the fitted grid is not strictly decreasing in float64: {grid}")
     if not return_info:
         return grid
-    dt = state.timesteps.dtype if state.timesteps is not None else _checks.default_float()
+    dt = _checks.default_float()  # the grids' dtype, as set_timesteps stores them
     loss = float(loss_jit(jnp.asarray(grid, dt), x_T, target))
     initial = float(loss_jit(jnp.asarray(start, dt), x_T, target))
     return grid, FitInfo(loss, initial, history, n, solver.nfe(n), teacher_nfe, dp_cost)
