@@ -25,7 +25,11 @@ many steps. Two algorithms:
   decreasing grid with the two end points fixed. The loss is the mean squared difference
   between the solver's output (the compiled :func:`~sdevp_jax.sample`, one ``lax.scan``,
   with the grid a traced array) and the teacher's output, differentiated with
-  ``jax.grad`` and minimised with optax's Adam. With ``free_end=True`` the last time is fitted
+  ``jax.grad`` and minimised with optax's Adam. The state is rebuilt inside the loss with
+  ``state.replace(timesteps=grid, spacing="custom", spacing_given=True)``; the host-side
+  checks of a grid (decreasing, inside the schedule's range, the zero-terminal-SNR start)
+  run on a concrete grid and are skipped for a traced one, so :func:`fit_grid` checks the
+  fixed end points once on the host, and the parametrisation keeps every iterate valid. With ``free_end=True`` the last time is fitted
   too (for the grid solvers that return the data prediction at the last grid time, whose
   place is then a free choice rather than ``sampling_eps``).
 
@@ -59,7 +63,7 @@ from jax.typing import DTypeLike
 from . import _checks, grids, solvers
 from ._io import atomic_write
 from .denoiser import Denoiser, GuidedModel, is_stateful
-from .loops import check_common, make_sample_keys, per_sample_normal, sample, sample_ode
+from .loops import check_common, check_zero_snr_start, make_sample_keys, per_sample_normal, sample, sample_ode
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["fit_grid", "num_points_for_nfe", "dp_select", "gits_costs", "teacher_trajectory", "FitInfo",
@@ -424,6 +428,13 @@ def fit_grid(
     if algorithm == "gradient" and not init_dp:
         start = _initial_grid(state, n, init, None)
     shape, dtype = check_common(_with_grid(state, _ends(state)), model_fn, key, shape, dtype, "fit_grid", cond)
+    # the sampling functions check a concrete grid on the host (state.replace: decreasing, in range; the
+    # zero-SNR start) and skip a traced one: the parametrisation keeps every iterate decreasing between the
+    # fixed ends, and the ends are checked here, concretely
+    check_zero_snr_start(solver, state, _ends(state))
+    if getattr(state.schedule, "zero_terminal_snr", False):
+        raise ValueError("fit_grid places the grid in log-SNR between the schedule's top and sampling_eps; a "
+                         "zero-terminal-SNR schedule's top has log-SNR = -inf: not supported")
     keys = make_sample_keys(key, shape[0], 0)
     x_T = per_sample_normal(keys, 0, shape[1:], _checks.compute_dtype(dtype)).astype(dtype)
     work = _checks.compute_dtype(dtype)
