@@ -286,3 +286,24 @@ def test_load_grid_checks_what_it_was_fitted_for(tmp_path):
         fitting.save_grid(tmp_path / "h.json", grid[::-1], state=state, method="ddim", model="m1")
     with pytest.raises(ValueError, match="model must be a non-empty string"):
         fitting.save_grid(tmp_path / "h.json", grid, state=state, method="ddim", model="")
+
+
+@pytest.mark.slow
+def test_conditions_reach_the_teacher_and_the_student():
+    """With a class-conditional model the teacher runs with each sample's class (its end equals sample_ode's Heun
+    through the same refined grid with cond, and differs from the unconditional one), and fit_grid passes cond on."""
+    state = sv.create_state()
+    model_fn = sv.mixtures.make_class_model(state, sv.mixtures.default_class_mixture())
+    cond = jnp.array([0, 1, 0, 1])
+    times = sv.set_timesteps(state, 3, spacing="logsnr").timesteps
+    x_T = jax.random.normal(jax.random.key(4), (4, 2))
+    xs, _ = fitting.teacher_trajectory(state, model_fn, x_T, times, teacher_substeps=2, cond=cond)
+    refined = sv.set_timesteps(state, 5, spacing="logsnr")  # the same times: 2 log-SNR-uniform steps per interval
+    x = sv.sample_ode(refined, model_fn, jax.random.key(0), (4, 2), method="heun", x_init=x_T, cond=cond)
+    np.testing.assert_allclose(xs[-1], x, rtol=1e-5, atol=1e-5)
+    unconditional = jnp.full((4,), sv.NULL_CLASS)
+    xs_null, _ = fitting.teacher_trajectory(state, model_fn, x_T, times, teacher_substeps=2, cond=unconditional)
+    assert float(jnp.max(jnp.abs(xs_null[-1] - xs[-1]))) > 1e-2
+    grid = sv.fit_grid(state, model_fn, jax.random.key(0), (4, 2), method="ddim", nfe=3, fine_points=5,
+                       teacher_substeps=1, cond=cond)
+    assert grid.shape == (3,)
