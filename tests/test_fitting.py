@@ -101,6 +101,7 @@ def test_dp_refuses_bad_input():
         fitting.dp_select(np.ones((4, 3)), 2)
 
 
+@pytest.mark.slow
 def test_gits_costs_are_ddim_steps_from_the_teacher():
     """c[i, j] is the batch-mean distance of DDIM's step from the teacher's point i to t_j to the teacher's
     point j: recomputed here with sample_ode's DDIM on the two-point grid [t_i, t_j] (final_sigmas_type='last')."""
@@ -176,6 +177,7 @@ def test_fit_grid_refuses_bad_options():
         sv.fit_grid(state, model_fn, key, (4, 2), method="ddim", nfe=4, algorithm="gradient", init=[1.0, 0.5])
 
 
+@pytest.mark.slow
 def test_gradient_fit_lowers_the_loss_and_keeps_the_end_points():
     """A few Adam steps from the log-SNR grid: the returned grid's fitting loss is at most the start's (the
     fit returns the iterate of least loss), the end points are the schedule's, and the grid decreases."""
