@@ -223,7 +223,10 @@ def gits_costs(state, model_fn, xs, times, *, dtype: DTypeLike = jnp.float32, co
     The step is the first-order exponential integrator (DDIM with :math:`\eta = 0`, Song et al.
     2021, eq. 12): :math:`x_j = \alpha_j \hat x_0(x_i, t_i) + \sigma_j \hat\epsilon(x_i, t_i)`,
     one model call at each fine time. ``metric``: ``"l2"`` (the Euclidean norm of each sample's
-    difference, the authors' ``l2``) or ``"l1"``.
+    difference, the authors' ``l2``) or ``"l1"``. The distance is taken between VP samples
+    :math:`x`, the space the solvers and the gradient fit's loss use; the authors' code runs in
+    EDM's variance-exploding form, where the sample is :math:`x/\alpha`, so their cost of a step to
+    :math:`t_j` is this one divided by :math:`\alpha_j`.
 
     Returns:
       ``(costs, nfe)``: an ``(M, M)`` float64 NumPy array and the model calls made (``M - 1``).
