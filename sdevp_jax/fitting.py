@@ -511,7 +511,7 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
     try:
         import optax
     except ImportError as err:  # pragma: no cover - optax is in the test and docs extras
-        raise ImportError("algorithm='gradient' needs optax (pip install optax)") from err
+        raise ImportError("algorithm='gradient' needs optax (pip install 'sdevp-jax[fit]' or optax)") from err
     if optimizer is None:
         optimizer = optax.adam(_checks.positive_real("learning_rate", learning_rate))
     dt = _checks.default_float()
