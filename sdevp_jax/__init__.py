@@ -14,7 +14,8 @@ Typical use::
 
 Namespaces (each importable on its own, without side effects): ``sv.solvers`` (every
 sampler, the registry), ``sv.schedules``, ``sv.grids``, ``sv.mixtures`` (the toy models),
-``sv.jobs``, ``sv.distributed``. The toy mixtures' deprecated top-level spellings
+``sv.jobs``, ``sv.distributed``, ``sv.fitting`` (grids fitted to a model). The toy mixtures'
+deprecated top-level spellings
 (``sv.default_mixture``, ...) resolve until their removal in 0.6, with a DeprecationWarning that
 names their ``sv.mixtures`` spelling.
 """
@@ -47,6 +48,8 @@ from .inverse import colorize, inpaint  # noqa: E402
 from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
 from .training import add_noise, dsm_loss  # noqa: E402
 from .jobs import JobSpec, run_job  # noqa: E402
+from . import fitting  # noqa: E402
+from .fitting import fit_grid  # noqa: E402
 
 __all__ = [
     "add_noise",
@@ -59,6 +62,8 @@ __all__ = [
     "distributed",
     "jobs",
     "run_job",
+    "fitting",
+    "fit_grid",
     "load_config",
     "save_config",
     "METHODS",

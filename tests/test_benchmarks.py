@@ -233,3 +233,18 @@ def test_method_table_smoke(tmp_path, capsys):
     before = (tmp_path / "method_table.json").read_bytes()
     assert table.main(args) == 2 and "--force" in capsys.readouterr().err
     assert (tmp_path / "method_table.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_fitted_grids_benchmark_smoke(tmp_path):
+    """benchmarks/fitted_grids.py at a tiny size: every grid row for each NFE, finite metrics, the tables."""
+    fitted = load("fitted_grids")
+    args = ["--dims", "2", "--solvers", "ddim", "--nfes", "4", "--fit-batch", "16", "--eval-batch", "50",
+            "--eval-sets", "1", "--iterations", "2", "--directions", "8", "--no-memory", "--out", str(tmp_path)]
+    assert fitted.main(args) == 0
+    results = json.loads((tmp_path / "fitted_grids.json").read_text())
+    names = [r["grid"] for r in results["rows"]]
+    assert names == ["dp", "gradient", "gradient, free end", "logsnr", "karras", "time_quadratic", "ays"]
+    assert all(np.isfinite(r["rms"]).all() and np.isfinite(r["sw2"]).all() for r in results["rows"])
+    assert "| gradient, free end |" in (tmp_path / "fitted_grids.md").read_text()
+    assert fitted.main(args) == 1  # refuses to overwrite without --force

@@ -93,6 +93,15 @@ def check_samplers(ns):
     assert int(ns["info_adaptive"].nfe) > 0
 
 
+def check_fitted_grids(ns):
+    grid, info = ns["grid"], ns["info"]
+    assert grid.shape == (5,) and np.all(np.diff(grid) < 0) and info.nfe == 5
+    assert info.loss <= info.initial_loss * (1 + 1e-5)  # the fit returns its iterate of least loss
+    assert ns["x"].shape == (256, 2) and finite(ns["x"])
+    np.testing.assert_array_equal(ns["saved"].timesteps, grid)
+    np.testing.assert_array_equal(ns["x_again"], ns["x"])
+
+
 def check_guidance(ns):
     assert ns["xg"].shape == (512, 2) and finite(ns["xg"])
     modes = np.asarray(sv.mixtures.assign_modes(ns["cm"].mixture, ns["xg"]))
@@ -158,6 +167,7 @@ CHECKS = {
     "docs/getting-started.md": check_getting_started,
     "docs/guides/models.md": check_models,
     "docs/guides/samplers.md": check_samplers,
+    "docs/guides/fitted-grids.md": check_fitted_grids,
     "docs/guides/guidance.md": check_guidance,
     "docs/guides/inverse-likelihood.md": check_inverse_likelihood,
     "docs/guides/training.md": check_training,
@@ -176,6 +186,7 @@ SLOW = {
     "docs/getting-started.md",
     "docs/guides/models.md",
     "docs/guides/samplers.md",
+    "docs/guides/fitted-grids.md",
     "docs/guides/guidance.md",
     "docs/guides/inverse-likelihood.md",
     "docs/guides/training.md",
@@ -206,6 +217,7 @@ DOCTEST_MODULES = [
     "sdevp_jax.solvers.base", "sdevp_jax.solvers.registry", "sdevp_jax.solvers.multistep",
     "sdevp_jax.solvers.sde", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc", "sdevp_jax.solvers.dpm_singlestep",
     "sdevp_jax.solvers.deis", "sdevp_jax.solvers.ipndm", "sdevp_jax.solvers.sa_solver", "sdevp_jax.solvers.classical",
+    "sdevp_jax.fitting",
 ]
 
 
@@ -223,7 +235,8 @@ def test_every_module_with_docstring_examples_is_tested():
 # --durations, the machine shared). They run in CI, out of the fast tier.
 HEAVY_DOCTESTS = {"sdevp_jax.scheduler", "sdevp_jax.loops", "sdevp_jax.schedules", "sdevp_jax.mixtures",
                   "sdevp_jax.guidance", "sdevp_jax.training", "sdevp_jax.likelihood", "sdevp_jax.inverse",
-                  "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc"}
+                  "sdevp_jax.jobs", "sdevp_jax.distributed", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc",
+                  "sdevp_jax.fitting"}
 
 
 @pytest.mark.parametrize("module", [
@@ -257,7 +270,7 @@ def test_docs_build_strict(tmp_path):
         ids |= set(re.findall(r'id="(sdevp_jax[\w.]*)"', html.read_text()))
     modules = {"sdevp_jax": sv}
     for name in ("solvers", "schedules", "grids", "mixtures", "guidance", "jobs", "distributed",
-                 "config", "denoiser", "loops", "sde"):
+                 "config", "denoiser", "loops", "sde", "fitting"):
         modules[f"sdevp_jax.{name}"] = importlib.import_module(f"sdevp_jax.{name}")
     missing = [
         f"{m}.{n}" for m, mod in modules.items() for n in mod.__all__
