@@ -534,8 +534,8 @@ class DiscreteConfig:
 
     @property
     def ends_at_sigma_min(self) -> bool:
-        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always; PNDM with
-        ``set_alpha_to_one = false``, its default): the
+        """``final_sigmas_type = "sigma_min"`` (DPMSolverMultistep, DPMSolverSinglestep, UniPC; DEIS always; PNDM and
+        DDIM with ``set_alpha_to_one = false``, PNDM's default): the
         label grid gets label 0 appended, and the config's solver ends there (``final_sigmas_type="last"``) instead
         of stepping to sigma = 0 (with a method given, pass ``final_sigmas_type="last"`` to it to end there as
         diffusers does)."""
@@ -543,6 +543,8 @@ class DiscreteConfig:
             return True
         if self.class_name == "PNDMScheduler":  # set_alpha_to_one=False: its last step goes to label 0's alphas_cumprod
             return not dict(self.extra).get("set_alpha_to_one", False)
+        if self.class_name == "DDIMScheduler":  # likewise (with steps_offset > 0 its last label is not 0)
+            return not dict(self.extra).get("set_alpha_to_one", True)
         return self.class_name in SIGMA_MIN_CLASSES and dict(self.extra).get("final_sigmas_type") == "sigma_min"
 
     @property

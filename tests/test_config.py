@@ -265,7 +265,13 @@ def test_flax_labels_are_the_flax_classs_own(name):
     from the torch class's at 30 steps (833 for 832)."""
     for n, flax in FLAX["classes"][name]["timesteps"].items():
         state = sv.set_timesteps(sv.load_config(FLAX["classes"][name]["sd"], flax_labels=True), int(n))
-        np.testing.assert_array_equal(np.asarray(sv.model_time(state, state.timesteps)), np.asarray(flax, np.float32))
+        labels = np.asarray(sv.model_time(state, state.timesteps))
+        if state.diffusers_config.ends_at_sigma_min and flax[-1] != 0:
+            # DDIM with set_alpha_to_one = false: its last step goes on to label 0's alphas_cumprod, which the grid
+            # holds as its last point (no model call there)
+            assert labels[-1] == 0
+            labels = labels[:-1]
+        np.testing.assert_array_equal(labels, np.asarray(flax, np.float32))
     if name == "FlaxDPMSolverMultistepScheduler":
         torch_state = sv.set_timesteps(sv.load_config(FLAX["classes"][name]["sd"]), 30)
         assert 832 in np.asarray(sv.model_time(torch_state, torch_state.timesteps))

@@ -86,6 +86,18 @@ def main() -> None:
         assert np.all(np.isfinite(final)), key
         arrays.update({f"{key}/config": np.array(json.dumps(fields)), f"{key}/labels": labels, f"{key}/x0": data,
                        f"{key}/final": final})
+    fields = {"set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}
+    sched = diffusers.DDIMScheduler(**BASE, **fields)
+    sched.alphas_cumprod = torch.tensor(acp64(), dtype=torch.float64)
+    sched.final_alpha_cumprod = sched.alphas_cumprod[0]
+    sched.set_timesteps(10)
+    x_t = np.random.default_rng(7).normal(size=(B, D))
+    x = torch.tensor(x_t, dtype=torch.float64)
+    for t in sched.timesteps:
+        x = sched.step(torch.tensor(model(x.numpy(), int(t), "epsilon", 0.8), dtype=torch.float64), t, x).prev_sample
+    arrays.update({"forward/offset1/10/config": np.array(json.dumps(fields)), "forward/offset1/10/x_T": x_t,
+                   "forward/offset1/10/labels": sched.timesteps.numpy().astype(np.int64),
+                   "forward/offset1/10/final": x.numpy()})
     write_npz(PATH, arrays)
 
 
