@@ -446,7 +446,8 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
 
 
 #: sample_ode's solver options and the value that means "the method's default" (not passed on).
-ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": True, "final_sigmas_type": None,
+ODE_OPTIONS = {"order": None, "solver_type": None, "eta": None, "s_noise": None, "lower_order_final": True,
+               "final_sigmas_type": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
                "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
@@ -480,8 +481,9 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
                 raise ValueError(f"final_sigmas_type={value!r} needs a grid solver "
                                  f"({', '.join(solvers.methods_with('final_sigmas_type'))}); method={method!r} "
                                  f"ends at the last grid time")
-            if name == "eta":
-                raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={value!r}")
+            if name in ("eta", "s_noise"):
+                raise ValueError(f"{name} is an option of {', '.join(solvers.methods_with(name))}; "
+                                 f"method={method!r} takes none, got {name}={value!r}")
             if name == "predict_x0":
                 raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
             if name in ("algorithm_type", "euler_at_final"):
@@ -517,7 +519,8 @@ def sample_ode(
     index_offset: int | jax.Array = 0,
     order: Optional[int] = None,
     x_init: Optional[jax.Array] = None,
-    eta: float = 0.0,
+    eta: Optional[float] = None,
+    s_noise: Optional[float] = None,
     solver_type: Optional[str] = None,
     lower_order_final: bool = True,
     final_sigmas_type: Optional[str] = None,
@@ -583,13 +586,15 @@ def sample_ode(
       index_offset: as for :func:`sample`.
       order: the multistep order: ``dpm_solver`` 1-3 (default 3; order 1 is DDIM with
         :math:`\eta = 0`, DPM-Solver-1, Lu et al. 2022, sec. 4.1), ``dpm_solver_pp`` 1-3
-        (default 2: "2M"; 3: "3M"), ``sde_dpm_solver_pp`` 1-2 (default 2), ``unipc``
+        (default 2: "2M"; 3: "3M"), ``sde_dpm_solver_pp`` 1-3 (default 2), ``unipc``
         1-3 (default 2); ``None`` for the default. Other methods ignore it.
       x_init: the starting samples at the top of the grid, ``shape``, instead of the
         prior draw from ``key`` (the key then drives only the stochastic steps). With a
         grid that starts below ``t_max`` and a noised image this is SDEdit.
-      eta: ``ddim``'s :math:`\eta \ge 0` (0: deterministic; 1: DDPM's posterior
-        variance); a leaf, so it may be traced.
+      eta: ``ddim``'s :math:`\eta \ge 0` (default 0: deterministic; 1: DDPM's posterior
+        variance); ``sde_dpm_solver_pp``'s (default 1: the reverse SDE; 0: the probability-flow ODE,
+        k-diffusion's ``eta``); ``None`` for the method's default; a leaf, so it may be traced.
+      s_noise: ``sde_dpm_solver_pp``'s factor on the injected noise (default 1, k-diffusion's).
       solver_type: ``dpm_solver_pp`` / ``sde_dpm_solver_pp``: ``"midpoint"`` (default,
         the paper's 2M) or ``"heun"`` (diffusers' names); ``unipc``: ``"bh2"`` (default)
         or ``"bh1"``.
@@ -602,7 +607,9 @@ def sample_ode(
         The other methods always end at the last grid time.
       third_order: ``dpm_solver_pp``'s third-order term: ``"taylor"`` (default, exact
         Taylor coefficients) or ``"diffusers"`` (half the second-derivative term, as
-        diffusers and the official code; see :func:`sdevp_jax.solvers.dpmpp_step`).
+        diffusers and the official code; see :func:`sdevp_jax.solvers.dpmpp_step`);
+        ``sde_dpm_solver_pp``'s: ``"taylor"``, ``"k-diffusion"`` (half) or ``"diffusers"``
+        (see :func:`sdevp_jax.solvers.sde_dpmpp_step`).
       thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding
         of the data prediction (Saharia et al. 2022) in the grid solvers, for
         pixel-space models whose data lie in ``[-sample_max_value, sample_max_value]``.
@@ -625,7 +632,8 @@ def sample_ode(
       ((4, 2), 10)
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
-    options = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
+    options = dict(order=order, eta=eta, s_noise=s_noise, solver_type=solver_type,
+                   lower_order_final=lower_order_final,
                    final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
                    predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type)
