@@ -450,6 +450,7 @@ ODE_OPTIONS = {"order": None, "solver_type": None, "eta": None, "s_noise": None,
                "final_sigmas_type": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
+               "noise_scale": None, "quadrature": None, "first_derivative": None, "variance_floor": None,
                "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
@@ -531,6 +532,10 @@ def sample_ode(
     predict_x0: bool = True,
     euler_at_final: bool = False,
     algorithm_type: Optional[str] = None,
+    noise_scale: Optional[str] = None,
+    quadrature: Optional[str] = None,
+    first_derivative: Optional[str] = None,
+    variance_floor: Optional[float] = None,
     cond=None,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
@@ -619,6 +624,9 @@ def sample_ode(
         (diffusers' option; it matters with ``final_sigmas_type="last"``).
       algorithm_type: ``dpm_solver_singlestep``'s ``"dpmsolver++"`` (``None``: its default, the data
         prediction) or ``"dpmsolver"`` (the noise prediction).
+      noise_scale, quadrature, first_derivative, variance_floor: ``er_sde``'s noise scale function, its
+        integrals' quadrature, order 3's first-derivative estimate and the variance below which a step's
+        noise is dropped (``None``: its defaults; see :class:`sdevp_jax.solvers.ERSDE`).
       cond: the samples' conditions, as for :func:`sample`.
 
     Returns:
@@ -636,7 +644,9 @@ def sample_ode(
                    lower_order_final=lower_order_final,
                    final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
-                   predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type)
+                   predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type,
+                   noise_scale=noise_scale, quadrature=quadrature, first_derivative=first_derivative,
+                   variance_floor=variance_floor)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

@@ -10,6 +10,7 @@ r"""Every sampler as a solver object over its own state, one file per family.
 * :mod:`~sdevp_jax.solvers.unipc`: UniPC;
 * :mod:`~sdevp_jax.solvers.deis`: DEIS, multistep in log rho;
 * :mod:`~sdevp_jax.solvers.ipndm`: iPNDM, Adams-Bashforth in sigma/alpha;
+* :mod:`~sdevp_jax.solvers.er_sde`: ER-SDE-Solver, the extended reverse-time SDE with a noise scale function;
 * :mod:`~sdevp_jax.solvers.dpm_singlestep`: single-step DPM-Solver(++) and SDE-DPM-Solver++ on the grid's points;
 * :mod:`~sdevp_jax.solvers.adaptive`: diffrax's Tsit5 per sample;
 * :mod:`~sdevp_jax.solvers.registry`: names, options and ``make(name, **options)``.
@@ -30,6 +31,7 @@ from .dpmpp_2s import DPMSolverPP2S
 from .deis import DEIS, deis_step
 from .ipndm import IPNDM, ipndm_step
 from .dpm_singlestep import DPMSolverSinglestep, SDEDPMSolverSinglestep, singlestep_dpm_step, singlestep_orders
+from .er_sde import ERSDE, er_sde_step
 from .registry import get, make, methods_with, names, option_defaults, option_fields
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
     "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "Projected",
     "Euler", "Heun", "DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "UniPC", "Adaptive", "DPMSolverPP2S",
     "DPMSolverSinglestep", "SDEDPMSolverSinglestep", "singlestep_dpm_step", "singlestep_orders", "DEIS",
-    "deis_step", "IPNDM", "ipndm_step",
+    "deis_step", "IPNDM", "ipndm_step", "ERSDE", "er_sde_step",
     "GridSolver", "History", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES",
     "dpm_solver_step", "ddim_step", "dpmpp_step", "sde_dpmpp_step", "unipc_predict", "unipc_correct",
     "euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",
