@@ -451,6 +451,7 @@ ODE_OPTIONS = {"order": None, "solver_type": None, "eta": None, "s_noise": None,
                "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
                "noise_scale": None, "quadrature": None, "first_derivative": None, "variance_floor": None,
+               "restarts": None, "restart_gamma": None,
                "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
@@ -536,6 +537,8 @@ def sample_ode(
     quadrature: Optional[str] = None,
     first_derivative: Optional[str] = None,
     variance_floor: Optional[float] = None,
+    restarts: Optional[tuple] = None,
+    restart_gamma: Optional[float] = None,
     cond=None,
 ):
     r"""Draw samples by solving the probability-flow ODE down the state's grid (``t_max`` to ``sampling_eps`` by default).
@@ -599,7 +602,8 @@ def sample_ode(
       eta: ``ddim``'s :math:`\eta \ge 0` (default 0: deterministic; 1: DDPM's posterior
         variance); ``sde_dpm_solver_pp``'s (default 1: the reverse SDE; 0: the probability-flow ODE,
         k-diffusion's ``eta``); ``None`` for the method's default; a leaf, so it may be traced.
-      s_noise: ``sde_dpm_solver_pp``'s factor on the injected noise (default 1, k-diffusion's).
+      s_noise: ``sde_dpm_solver_pp``'s factor on the injected noise (default 1, k-diffusion's); ``restart``'s
+        on its jumps and churn (default 1).
       solver_type: ``dpm_solver_pp`` / ``sde_dpm_solver_pp``: ``"midpoint"`` (default,
         the paper's 2M) or ``"heun"`` (diffusers' names); ``unipc``: ``"bh2"`` (default)
         or ``"bh1"``.
@@ -627,6 +631,8 @@ def sample_ode(
       noise_scale, quadrature, first_derivative, variance_floor: ``er_sde``'s noise scale function, its
         integrals' quadrature, order 3's first-derivative estimate and the variance below which a step's
         noise is dropped (``None``: its defaults; see :class:`sdevp_jax.solvers.ERSDE`).
+      restarts, restart_gamma: ``restart``'s intervals ``((n_steps, K, t_min, t_max), ...)`` and its churn
+        (see :class:`sdevp_jax.solvers.Restart`; ``s_noise`` scales its noise).
       cond: the samples' conditions, as for :func:`sample`.
 
     Returns:
@@ -646,7 +652,7 @@ def sample_ode(
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
                    predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type,
                    noise_scale=noise_scale, quadrature=quadrature, first_derivative=first_derivative,
-                   variance_floor=variance_floor)
+                   variance_floor=variance_floor, restarts=restarts, restart_gamma=restart_gamma)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

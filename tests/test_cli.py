@@ -245,6 +245,8 @@ SOLVER_RUNS = [
       "final_sigmas_type": "last", "thresholding": False}),
     (["--method", "deis", "--order", "3", "--final-sigmas-type", "last"],
      {"order": 3, "lower_order_final": True, "final_sigmas_type": "last", "thresholding": False}),
+    (["--method", "restart", "--restarts", "[[3, 2, 0.06, 0.3]]", "--s-noise", "1.003", "--restart-gamma", "0.05"],
+     {"restarts": [[3, 2, 0.06, 0.3]], "s_noise": 1.003, "restart_gamma": 0.05, "final_sigmas_type": "zero"}),
     (["--method", "er_sde", "--order", "2", "--noise-scale", "sde", "--quadrature", "riemann", "--variance-floor",
       "1e-6"],
      {"order": 2, "noise_scale": "sde", "quadrature": "riemann", "first_derivative": "authors",

@@ -172,7 +172,8 @@ def test_nfe_counts_the_model_calls_exactly(counted_runs, method):
             # N - 1 steps between the 7 grid points; the grid solvers' default last step to sigma = 0 adds one call.
             expected = {"euler": 6, "heun": 12, "dpm_solver": 6, "ddim": 7, "dpm_solver_pp": 7, "unipc": 7,
                         "sde_dpm_solver_pp": 7, "dpm_solver_pp_2s": 13, "dpm_solver_singlestep": 7,
-                        "sde_dpm_solver_singlestep": 7, "deis": 7, "ipndm": 7, "er_sde": 7}
+                        "sde_dpm_solver_singlestep": 7, "deis": 7, "ipndm": 7, "er_sde": 7,
+                        "restart": 13}
             assert int(info.nfe) == expected[method]
 
 

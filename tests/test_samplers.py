@@ -233,7 +233,8 @@ def test_registry_lists_every_method_by_kind():
     assert sv.list_methods("ode") == ["euler", "heun", "dpm_solver", "ddim", "dpm_solver_pp", "unipc", "adaptive",
                                       "dpm_solver_pp_2s", "deis", "ipndm",
                                       "dpm_solver_singlestep"]  # the registry's order
-    assert sv.list_methods("sde_solver") == ["sde_dpm_solver_pp", "sde_dpm_solver_singlestep", "er_sde"]
+    assert sv.list_methods("sde_solver") == ["sde_dpm_solver_pp", "sde_dpm_solver_singlestep", "er_sde",
+                                             "restart"]
     assert sv.list_methods() == list(sv.METHODS)
     assert all(isinstance(m, sv.MethodInfo) and m.description for m in sv.METHODS.values())
     with pytest.raises(ValueError, match="kind must be one of"):

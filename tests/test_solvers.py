@@ -69,6 +69,7 @@ ORDERS = [
     ("er_sde", {"order": 2, "noise_scale": "ode"}, 2),
     ("er_sde", {"order": 3, "noise_scale": "ode"}, 2),
     ("er_sde", {"order": 3, "noise_scale": "ode", "first_derivative": "taylor"}, 3),
+    ("restart", {}, 2),  # no restart interval: EDM's Heun in sigma/alpha (measured 2.05)
     ("ipndm", {"order": 1}, 1),
     ("ipndm", {"order": 2}, 2),
     ("ipndm", {"order": 4}, 2),

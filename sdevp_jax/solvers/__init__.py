@@ -11,6 +11,7 @@ r"""Every sampler as a solver object over its own state, one file per family.
 * :mod:`~sdevp_jax.solvers.deis`: DEIS, multistep in log rho;
 * :mod:`~sdevp_jax.solvers.ipndm`: iPNDM, Adams-Bashforth in sigma/alpha;
 * :mod:`~sdevp_jax.solvers.er_sde`: ER-SDE-Solver, the extended reverse-time SDE with a noise scale function;
+* :mod:`~sdevp_jax.solvers.restart`: Restart sampling, EDM's Heun with forward-noise restarts;
 * :mod:`~sdevp_jax.solvers.dpm_singlestep`: single-step DPM-Solver(++) and SDE-DPM-Solver++ on the grid's points;
 * :mod:`~sdevp_jax.solvers.adaptive`: diffrax's Tsit5 per sample;
 * :mod:`~sdevp_jax.solvers.registry`: names, options and ``make(name, **options)``.
@@ -32,6 +33,7 @@ from .deis import DEIS, deis_step
 from .ipndm import IPNDM, ipndm_step
 from .dpm_singlestep import DPMSolverSinglestep, SDEDPMSolverSinglestep, singlestep_dpm_step, singlestep_orders
 from .er_sde import ERSDE, er_sde_step
+from .restart import Restart, restart_plan
 from .registry import get, make, methods_with, names, option_defaults, option_fields
 
 __all__ = [
@@ -39,7 +41,8 @@ __all__ = [
     "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "Projected",
     "Euler", "Heun", "DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "UniPC", "Adaptive", "DPMSolverPP2S",
     "DPMSolverSinglestep", "SDEDPMSolverSinglestep", "singlestep_dpm_step", "singlestep_orders", "DEIS",
-    "deis_step", "IPNDM", "ipndm_step", "ERSDE", "er_sde_step",
+    "deis_step", "IPNDM", "ipndm_step", "ERSDE", "er_sde_step", "Restart",
+    "restart_plan",
     "GridSolver", "History", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES",
     "dpm_solver_step", "ddim_step", "dpmpp_step", "sde_dpmpp_step", "unipc_predict", "unipc_correct",
     "euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",

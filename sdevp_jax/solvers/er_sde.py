@@ -78,9 +78,10 @@ _RIEMANN_POINTS = 100
 
 
 def _integrals(phi, rho_t, rho_s, quadrature):
-    r""":math:`\int_{\rho_t}^{\rho_s} d\rho/\varphi` and :math:`\int_{\rho_t}^{\rho_s} (\rho - \rho_s)/\varphi\,d\rho`."""
+    r"""The step's two integrals: :math:`\int_{\rho_t}^{\rho_s} d\rho/\varphi` and
+    :math:`\int_{\rho_t}^{\rho_s} (\rho - \rho_s)/\varphi\,d\rho`."""
     dtype = rho_s.dtype
-    if quadrature == "riemann":  # the authors' code: rho_t + k/100 (rho_s - rho_t), k < 100, weights (rho_s - rho_t)/100
+    if quadrature == "riemann":  # the authors': nodes rho_t + k/100 (rho_s - rho_t), k < 100, weights (rho_s - rho_t)/100
         k = jnp.arange(_RIEMANN_POINTS, dtype=dtype)
         rho = rho_t + k / float(_RIEMANN_POINTS) * (rho_s - rho_t)
         w = (rho_s - rho_t) / float(_RIEMANN_POINTS)
