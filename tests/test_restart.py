@@ -78,6 +78,7 @@ def test_without_restart_passes_it_is_edm_heun(x64, restarts, final):
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # ~4 s: the pass written out op by op
 def test_a_restart_pass_is_a_jump_then_heun_down(x64):
     """One interval (n = 3, K = 1) with churn: the sampler's result against the pass written out with the same
     noise slots (slot 0 of each step: the jump; slot 1: the churn), levels from the plan."""
@@ -121,6 +122,7 @@ def test_a_restart_pass_is_a_jump_then_heun_down(x64):
     np.testing.assert_allclose(got, xbar / np.sqrt(1.0 + rhos[-1] ** 2), rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.slow  # ~7 s: a host callback per network call
 def test_nfe_is_exact_and_counted():
     """nfe = 2 (N - 1) + 2 sum K (n - 1) + 1: the model's calls counted through a host callback."""
     state, model_fn = _setup(7)

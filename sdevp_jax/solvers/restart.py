@@ -119,10 +119,12 @@ def restart_plan(rho, restarts, restart_gamma: float = 0.0) -> Plan:
         point.append(jnp.full(steps, -1))
         first = jnp.zeros(n - 1, dtype).at[0].set(jnp.sqrt(jnp.maximum(t_max**2 - low * low, 0.0)))
         jump.append(jnp.tile(first, k)), churn.append(jnp.full(steps, restart_gamma > 0.0))
+    if len(keys) == 1:  # no restart pass: the main steps in order, each starting where the last ended
+        return Plan(rho_from[0], rho_to[0], point[0], jump[0], churn[0], rho_from[0])
     order = jnp.argsort(jnp.concatenate(keys), stable=True)
     plan = Plan(*(jnp.concatenate(parts)[order] for parts in (rho_from, rho_to, point, jump, churn)))
     # the level x is at when a step begins: the previous step's end (a restart pass begins at its point, below)
-    return plan._replace(rho_in=jnp.concatenate([plan.rho_from[:1], plan.rho_to[:-1]]))
+    return plan._replace(rho_in=jnp.concatenate([plan.rho_from[:1], plan.rho_to])[:-1])
 
 
 class State(NamedTuple):
