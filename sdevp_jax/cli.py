@@ -68,6 +68,22 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
     return parse
 
 
+def _json_tuple(text: str) -> tuple:
+    """A JSON array as nested tuples (a static tuple option, e.g. restart's ``[[3, 2, 0.06, 0.3]]``)."""
+    import json
+
+    def tuples(value):
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}")
+    return tuples(value)
+
+
 def _float_arg(accept, requirement: str):
     """An argparse type: a float for which ``accept(value)`` holds, else an error saying ``requirement``."""
 
@@ -174,7 +190,8 @@ def _solver_option_flags() -> dict:
 
     A bool option that is on by default gets ``--no-NAME``, one that is off ``--NAME``, one whose
     default differs between methods both (shown ``--[no-]NAME``);
-    an int ``--NAME N`` (>= 1), a float ``--NAME X`` (finite; the solver checks its range),
+    an int ``--NAME N`` (>= 1), a float ``--NAME X`` (finite; the solver checks its range), a tuple
+    ``--NAME JSON`` (a JSON array, e.g. ``--restarts '[[3, 2, 0.06, 0.3]]'``),
     a string ``--NAME`` with the choices of every solver that takes it. The help is the
     option's own, with the methods it applies to.
     """
@@ -197,6 +214,8 @@ def _solver_option_flags() -> dict:
             flag, kwargs = f"--{dash}", {"type": _int_at_least(1), "default": None}
         elif isinstance(default, float):
             flag, kwargs = f"--{dash}", {"type": _float_arg(lambda v: True, "a finite number"), "default": None}
+        elif isinstance(default, tuple):
+            flag, kwargs = f"--{dash}", {"type": _json_tuple, "default": None}
         else:
             choices = list(dict.fromkeys(c for f in fields for c in (f.metadata.get("choices") or ())))
             flag, kwargs = f"--{dash}", {"default": None, "choices": choices or None}

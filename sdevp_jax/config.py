@@ -587,7 +587,7 @@ class DiscreteConfig:
         ``algorithm_type`` ``"dpmsolver++"`` -> ``"dpm_solver_pp"``, ``"sde-dpmsolver++"`` ->
         ``"sde_dpm_solver_pp"``, with ``solver_order``, ``solver_type``, ``lower_order_final``,
         ``final_sigmas_type``, thresholding, and diffusers' third-order term (``third_order=
-        "diffusers"``, see :func:`sdevp_jax.solvers.dpmpp_step`); UniPCMultistepScheduler:
+        "diffusers"``, see :func:`sdevp_jax.solvers.dpmpp_step` and :func:`~sdevp_jax.solvers.sde_dpmpp_step`); UniPCMultistepScheduler:
         ``"unipc"`` with ``solver_order``, ``solver_type``, ``predict_x0``, ``lower_order_final``,
         ``final_sigmas_type``, thresholding (a config's ``thresholding`` applies through this solver:
         with a method given, pass ``thresholding=True`` to it; DPMSolverMultistep's ``euler_at_final``
@@ -638,7 +638,7 @@ class DiscreteConfig:
                        **multistep}
             if extra.get("euler_at_final"):
                 options["euler_at_final"] = True
-            if names[algorithm] == "dpm_solver_pp" and options["order"] == 3:
+            if options["order"] == 3:  # diffusers' own third-order terms (see dpmpp_step, sde_dpmpp_step)
                 options["third_order"] = "diffusers"
             return names[algorithm], options
         if self.class_name == "DEISMultistepScheduler":

@@ -514,11 +514,13 @@ def _draw(solver, state, model_fn, key, shape, dtype, index_offset, unroll, x_in
 
 
 #: sample_ode's solver options and the value that means "the method's default" (not passed on).
-ODE_OPTIONS = {"order": None, "solver_type": None, "eta": 0.0, "lower_order_final": None, "final_sigmas_type": None,
-               "third_order": "taylor", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
-               "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False, "algorithm_type": None,
-               "predictor_order": None, "corrector_order": None, "tau": None, "tau_t_min": None, "tau_t_max": None,
-               "second_order": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096, "warmup": None}
+ODE_OPTIONS = {"order": None, "solver_type": None, "eta": None, "s_noise": None, "lower_order_final": None,
+               "final_sigmas_type": None, "third_order": "taylor", "thresholding": False,
+               "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "predict_x0": True, "euler_at_final": False,
+               "algorithm_type": None, "predictor_order": None, "corrector_order": None, "tau": None,
+               "tau_t_min": None, "tau_t_max": None, "second_order": None, "warmup": None, "noise_scale": None,
+               "quadrature": None, "first_derivative": None, "variance_floor": None, "restarts": None,
+               "restart_gamma": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
 def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
@@ -552,8 +554,9 @@ def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
                 raise ValueError(f"final_sigmas_type={value!r} needs a grid solver "
                                  f"({', '.join(solvers.methods_with('final_sigmas_type'))}); method={method!r} "
                                  f"ends at the last grid time")
-            if name == "eta":
-                raise ValueError(f"eta is DDIM's option; method={method!r} takes none, got eta={value!r}")
+            if name in ("eta", "s_noise"):
+                raise ValueError(f"{name} is an option of {', '.join(solvers.methods_with(name))}; "
+                                 f"method={method!r} takes none, got {name}={value!r}")
             if name == "predict_x0":
                 raise ValueError(f"predict_x0=False (the noise-prediction form) is UniPC's option, not {method!r}'s")
             if name in ("algorithm_type", "euler_at_final", "predictor_order", "corrector_order", "tau", "tau_t_min",
@@ -590,7 +593,8 @@ def sample_ode(
     index_offset: int | jax.Array = 0,
     order: Optional[int] = None,
     x_init: Optional[jax.Array] = None,
-    eta: float = 0.0,
+    eta: Optional[float] = None,
+    s_noise: Optional[float] = None,
     solver_type: Optional[str] = None,
     lower_order_final: Optional[bool] = None,
     final_sigmas_type: Optional[str] = None,
@@ -608,6 +612,12 @@ def sample_ode(
     tau_t_max: Optional[float] = None,
     second_order: Optional[str] = None,
     warmup: Optional[str] = None,
+    noise_scale: Optional[str] = None,
+    quadrature: Optional[str] = None,
+    first_derivative: Optional[str] = None,
+    variance_floor: Optional[float] = None,
+    restarts: Optional[tuple] = None,
+    restart_gamma: Optional[float] = None,
     cond=None,
     noise=None,
 ):
@@ -665,13 +675,16 @@ def sample_ode(
       index_offset: as for :func:`sample`.
       order: the multistep order: ``dpm_solver`` 1-3 (default 3; order 1 is DDIM with
         :math:`\eta = 0`, DPM-Solver-1, Lu et al. 2022, sec. 4.1), ``dpm_solver_pp`` 1-3
-        (default 2: "2M"; 3: "3M"), ``sde_dpm_solver_pp`` 1-2 (default 2), ``unipc``
+        (default 2: "2M"; 3: "3M"), ``sde_dpm_solver_pp`` 1-3 (default 2), ``unipc``
         1-3 (default 2); ``None`` for the default. Other methods ignore it.
       x_init: the starting samples at the top of the grid, ``shape``, instead of the
         prior draw from ``key`` (the key then drives only the stochastic steps). With a
         grid that starts below ``t_max`` and a noised image this is SDEdit.
-      eta: ``ddim``'s :math:`\eta \ge 0` (0: deterministic; 1: DDPM's posterior
-        variance); a leaf, so it may be traced.
+      eta: ``ddim``'s :math:`\eta \ge 0` (default 0: deterministic; 1: DDPM's posterior
+        variance); ``sde_dpm_solver_pp``'s (default 1: the reverse SDE; 0: the probability-flow ODE,
+        k-diffusion's ``eta``); ``None`` for the method's default; a leaf, so it may be traced.
+      s_noise: ``sde_dpm_solver_pp``'s factor on the injected noise (default 1, k-diffusion's); ``restart``'s
+        on its jumps and churn (default 1).
       solver_type: ``dpm_solver_pp`` / ``sde_dpm_solver_pp``: ``"midpoint"`` (default,
         the paper's 2M) or ``"heun"`` (diffusers' names); ``unipc``: ``"bh2"`` (default)
         or ``"bh1"``.
@@ -685,7 +698,9 @@ def sample_ode(
         The other methods always end at the last grid time.
       third_order: ``dpm_solver_pp``'s third-order term: ``"taylor"`` (default, exact
         Taylor coefficients) or ``"diffusers"`` (half the second-derivative term, as
-        diffusers and the official code; see :func:`sdevp_jax.solvers.dpmpp_step`).
+        diffusers and the official code; see :func:`sdevp_jax.solvers.dpmpp_step`);
+        ``sde_dpm_solver_pp``'s: ``"taylor"``, ``"k-diffusion"`` (half) or ``"diffusers"``
+        (see :func:`sdevp_jax.solvers.sde_dpmpp_step`).
       thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding
         of the data prediction (Saharia et al. 2022) in the grid solvers, for
         pixel-space models whose data lie in ``[-sample_max_value, sample_max_value]``.
@@ -701,6 +716,11 @@ def sample_ode(
         order-2 coefficients; see :class:`sdevp_jax.solvers.SASolver`); ``None``: its defaults.
       warmup: ``pndm``'s first steps: ``"prk"`` (``None``: its default, pseudo Runge--Kutta), ``"prk_diffusers"``
         (the same with diffusers' integer-label midpoints) or ``"improved_euler"`` (diffusers' ``skip_prk_steps=True``).
+      noise_scale, quadrature, first_derivative, variance_floor: ``er_sde``'s noise scale function, its
+        integrals' quadrature, order 3's first-derivative estimate and the variance below which a step's
+        noise is dropped (``None``: its defaults; see :class:`sdevp_jax.solvers.ERSDE`).
+      restarts, restart_gamma: ``restart``'s intervals ``((n_steps, K, t_min, t_max), ...)`` and its churn
+        (see :class:`sdevp_jax.solvers.Restart`; ``s_noise`` scales its noise).
       cond: the samples' conditions, as for :func:`sample`.
       noise: for a stochastic method, the noise instead of the keyed draws, as for :func:`sample`.
 
@@ -715,12 +735,15 @@ def sample_ode(
       ((4, 2), 10)
     """
     shape, dtype = check_common(state, model_fn, key, shape, dtype, "sample_ode", cond)
-    options = dict(order=order, eta=eta, solver_type=solver_type, lower_order_final=lower_order_final,
+    options = dict(order=order, eta=eta, s_noise=s_noise, solver_type=solver_type,
+                   lower_order_final=lower_order_final,
                    final_sigmas_type=final_sigmas_type, third_order=third_order, thresholding=thresholding,
                    dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
                    predict_x0=predict_x0, euler_at_final=euler_at_final, algorithm_type=algorithm_type,
                    predictor_order=predictor_order, corrector_order=corrector_order, tau=tau, tau_t_min=tau_t_min,
-                   tau_t_max=tau_t_max, second_order=second_order, warmup=warmup)
+                   tau_t_max=tau_t_max, second_order=second_order, warmup=warmup, noise_scale=noise_scale,
+                   quadrature=quadrature, first_derivative=first_derivative, variance_floor=variance_floor,
+                   restarts=restarts, restart_gamma=restart_gamma)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

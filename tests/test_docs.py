@@ -217,7 +217,7 @@ DOCTEST_MODULES = [
     "sdevp_jax.solvers.base", "sdevp_jax.solvers.registry", "sdevp_jax.solvers.multistep",
     "sdevp_jax.solvers.sde", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc", "sdevp_jax.solvers.dpm_singlestep",
     "sdevp_jax.solvers.deis", "sdevp_jax.solvers.ipndm", "sdevp_jax.solvers.sa_solver", "sdevp_jax.solvers.classical",
-    "sdevp_jax.fitting",
+    "sdevp_jax.fitting", "sdevp_jax.solvers.er_sde", "sdevp_jax.solvers.restart",
 ]
 
 

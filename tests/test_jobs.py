@@ -412,7 +412,8 @@ def test_every_ode_and_sde_solver_method_builds_a_job_with_its_options():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": "euler_maruyama", "order": 2}, "order applies to the methods"),
-    ({"method": "heun", "eta": 1.0}, "eta applies to the methods \\['ddim'\\] only; method='heun'"),
+    ({"method": "heun", "eta": 1.0}, "eta applies to the methods \\['ddim', 'sde_dpm_solver_pp'\\] only; "
+                                     "method='heun'"),
     ({"method": "ddim", "order": 2}, "order applies to the methods"),
     ({"method": "dpm_solver", "solver_type": "heun"}, "solver_type applies to the methods"),
     ({"method": "dpm_solver_pp", "eta": 0.5}, "eta applies to the methods"),
@@ -420,7 +421,7 @@ def test_every_ode_and_sde_solver_method_builds_a_job_with_its_options():
     ({"method": "adaptive", "final_sigmas_type": "last"}, "final_sigmas_type applies to the methods"),
     ({"method": "ddim", "sample_max_value": 2.0}, "set thresholding=True"),
     ({"method": "unipc", "order": 4}, r"order must be in \[1, 3\] for method='unipc', got 4"),
-    ({"method": "sde_dpm_solver_pp", "order": 3}, r"order must be in \[1, 2\]"),
+    ({"method": "sde_dpm_solver_pp", "order": 4}, r"order must be in \[1, 3\]"),
     ({"method": "dpm_solver", "order": 0}, "order must be 1, 2 or 3"),
     ({"method": "dpm_solver_pp", "solver_type": "bh1"}, "solver_type must be one of \\['midpoint', 'heun'\\]"),
     ({"method": "ddim", "eta": -0.5}, "eta must be >= 0"),

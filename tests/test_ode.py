@@ -174,7 +174,7 @@ def test_nfe_counts_the_model_calls_exactly(counted_runs, method):
                         "sde_dpm_solver_pp": 7, "dpm_solver_pp_2s": 13, "dpm_solver_singlestep": 7,
                         "sde_dpm_solver_singlestep": 7, "deis": 7, "ipndm": 7, "sa_solver": 7,
                         "euler_ancestral": 7, "lms": 7, "pndm": 16,  # pndm: + 9 in its Runge-Kutta warm-up
-                        "heun_sigma": 13, "kdpm2": 13, "kdpm2_ancestral": 13}
+                        "heun_sigma": 13, "kdpm2": 13, "kdpm2_ancestral": 13, "er_sde": 7, "restart": 13}
             assert int(info.nfe) == expected[method]
 
 

@@ -235,7 +235,7 @@ def test_registry_lists_every_method_by_kind():
                                       "dpm_solver_singlestep", "lms", "pndm", "heun_sigma",
                                       "kdpm2"]  # the registry's order
     assert sv.list_methods("sde_solver") == ["sde_dpm_solver_pp", "sde_dpm_solver_singlestep", "sa_solver",
-                                            "euler_ancestral", "kdpm2_ancestral"]
+                                            "euler_ancestral", "kdpm2_ancestral", "er_sde", "restart"]
     assert sv.list_methods() == list(sv.METHODS)
     assert all(isinstance(m, sv.MethodInfo) and m.description for m in sv.METHODS.values())
     with pytest.raises(ValueError, match="kind must be one of"):

@@ -128,12 +128,12 @@ def test_registry_is_what_every_edge_exposes():
 
 
 def test_make_names_the_option_a_method_does_not_take():
-    with pytest.raises(ValueError, match=r"eta applies to the methods \['ddim'\] only; method='unipc'"):
+    with pytest.raises(ValueError, match=r"eta applies to the methods \['ddim', 'sde_dpm_solver_pp'\] only"):
         solvers.make("unipc", eta=0.5)
     with pytest.raises(ValueError, match="sample_max_value is an option of thresholding"):
         solvers.make("ddim", sample_max_value=2.0)
-    with pytest.raises(ValueError, match=r"order must be in \[1, 2\] for method='sde_dpm_solver_pp', got 3"):
-        solvers.make("sde_dpm_solver_pp", order=3)
+    with pytest.raises(ValueError, match=r"order must be in \[1, 3\] for method='sde_dpm_solver_pp', got 4"):
+        solvers.make("sde_dpm_solver_pp", order=4)
     with pytest.raises(ValueError, match="method must be one of"):
         solvers.make("dpm_solver_2m")
     with pytest.raises(ValueError, match=r"r must be a number in \(0, 1\]"):

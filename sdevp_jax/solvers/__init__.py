@@ -11,6 +11,8 @@ r"""Every sampler as a solver object over its own state, one file per family.
 * :mod:`~sdevp_jax.solvers.deis`: DEIS, multistep in log rho;
 * :mod:`~sdevp_jax.solvers.ipndm`: iPNDM, Adams-Bashforth in sigma/alpha;
 * :mod:`~sdevp_jax.solvers.classical`: diffusers' classical samplers (Euler ancestral, LMS, PNDM, Heun in sigma, KDPM2);
+* :mod:`~sdevp_jax.solvers.er_sde`: ER-SDE-Solver, the extended reverse-time SDE with a noise scale function;
+* :mod:`~sdevp_jax.solvers.restart`: Restart sampling, EDM's Heun with forward-noise restarts;
 * :mod:`~sdevp_jax.solvers.dpm_singlestep`: single-step DPM-Solver(++) and SDE-DPM-Solver++ on the grid's points;
 * :mod:`~sdevp_jax.solvers.sa_solver`: SA-Solver, the stochastic Adams predictor-corrector;
 * :mod:`~sdevp_jax.solvers.adaptive`: diffrax's Tsit5 per sample;
@@ -36,6 +38,8 @@ from .sa_solver import SASolver, SAState, sa_corrector_orders, sa_correct, sa_pr
 from .classical import (KDPM2, LMS, PNDM, PNDM_WARMUPS, EulerAncestral, HeunSigma, KDPM2Ancestral,
                         euler_ancestral_step, heun_sigma_step, kdpm2_ancestral_step, kdpm2_step, lms_coefficients,
                         lms_step, pndm_transfer)
+from .er_sde import ERSDE, er_sde_step
+from .restart import Restart, restart_plan
 from .registry import get, make, methods_with, names, option_defaults, option_fields
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "sa_corrector_orders", "EulerAncestral", "euler_ancestral_step", "LMS", "lms_step",
     "lms_coefficients", "PNDM", "pndm_transfer", "PNDM_WARMUPS", "HeunSigma", "heun_sigma_step", "KDPM2",
     "kdpm2_step", "KDPM2Ancestral", "kdpm2_ancestral_step",
+    "ERSDE", "er_sde_step", "Restart", "restart_plan",
     "GridSolver", "History", "step_orders", "dynamic_threshold", "FINAL_SIGMAS_TYPES",
     "dpm_solver_step", "ddim_step", "dpmpp_step", "sde_dpmpp_step", "unipc_predict", "unipc_correct",
     "euler_maruyama", "reverse_diffusion", "ancestral", "langevin_correct", "STEP_RULES", "check_step_rule",

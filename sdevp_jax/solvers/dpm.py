@@ -3,7 +3,8 @@ r"""The DPM-Solver family and DDIM: exponential integrators of the probability-f
 * :class:`DPMSolver`: multistep DPM-Solver in noise prediction (Lu et al., NeurIPS 2022), orders 1-3;
 * :class:`DDIM`: DDIM (Song, Meng & Ermon, ICLR 2021), deterministic or with :math:`\eta > 0`;
 * :class:`DPMSolverPP`: multistep DPM-Solver++ in data prediction (Lu et al. 2022b), 2M and 3M;
-* :class:`SDEDPMSolverPP`: SDE-DPM-Solver++ (Lu et al. 2022b), first order and 2M.
+* :class:`SDEDPMSolverPP`: SDE-DPM-Solver++ (Lu et al. 2022b), first order, 2M and 3M, with
+  k-diffusion's ``eta`` between the probability-flow ODE and the reverse SDE.
 
 The last three are grid solvers (:mod:`sdevp_jax.solvers.multistep`): they share the
 diffusers options (``final_sigmas_type``, thresholding, ``lower_order_final``).
@@ -19,7 +20,7 @@ from .base import Grid, Solver, StepCoeffs, StepInfo, bool_option, choice_option
 from .multistep import GridSolver, History, step_orders
 
 __all__ = ["DPMSolver", "DDIM", "DPMSolverPP", "SDEDPMSolverPP", "dpm_solver_step", "ddim_step", "dpmpp_step",
-           "sde_dpmpp_step"]
+           "sde_dpmpp_step", "SDE_THIRD_ORDER"]
 
 DPMPP_TYPES = ("midpoint", "heun")
 THIRD_ORDER = ("taylor", "diffusers")
@@ -299,19 +300,41 @@ class DPMSolverPP(GridSolver):
         return x_next + (c.sigma_t / c.sigma_s) * (c.alpha_s * d0 + c.sigma_s * eps - x)
 
 
-def sde_dpmpp_step(x, d0, hist: History, c: StepCoeffs, order, z, *, solver_type: str = "midpoint"):
-    r"""SDE-DPM-Solver++ (Lu et al. 2022b, sec. 5 and app. B), first or second order (2M).
+def sde_dpmpp_step(x, d0, hist: History, c: StepCoeffs, order, z, *, solver_type: str = "midpoint", eta=1.0,
+                   s_noise=1.0, third_order: str = "taylor"):
+    r"""SDE-DPM-Solver++ (Lu et al. 2022b, sec. 5 and app. B), orders 1-3, with k-diffusion's ``eta``.
 
-    The exact solution of the reverse SDE's linear part with the data prediction
-    polynomial in :math:`\lambda` (noise enters through :math:`e^{-2h}`):
+    The reverse SDE family :math:`dx = [f x - \tfrac{1+\eta^2}{2} g^2\nabla\log p]\,dt + \eta g\,d\bar w`
+    (:math:`\eta = 0` the probability-flow ODE, :math:`\eta = 1` the reverse SDE) written in
+    :math:`\lambda` with the data prediction :math:`D` has, over a step :math:`h = \lambda_t - \lambda_s`, the
+    exact solution of its linear part
 
     .. math::
 
-        x_t = \frac{\sigma_t}{\sigma_s}e^{-h} x_s + \alpha_t(1 - e^{-2h})\big(D_0 + \tfrac12 D_{1,0}\big)
-              + \sigma_t\sqrt{1 - e^{-2h}}\; z
+        x_t = \frac{\sigma_t}{\sigma_s}e^{-\eta h} x_s
+              + \alpha_t\int_0^h (1+\eta)\,e^{-(1+\eta)(h - v)} D(\lambda_s + v)\,dv
+              + \sigma_t\sqrt{1 - e^{-2\eta h}}\; z
 
-    (the ``midpoint`` second-order term; ``heun`` uses
-    :math:`\alpha_t\big(\frac{1 - e^{-2h}}{-2h} + 1\big) D_{1,0}` instead, as diffusers does).
+    (SDE-DPM-Solver++'s eq. for :math:`\eta = 1`; k-diffusion's ``sample_dpmpp_2m_sde`` /
+    ``sample_dpmpp_3m_sde`` for any :math:`\eta`; its ``s_noise`` multiplies :math:`z`). With
+    :math:`H = (1+\eta)h`, :math:`\varphi_2 = (e^{-H} - 1)/H + 1` and :math:`\varphi_3 = \varphi_2/H - \tfrac12`,
+    the Taylor terms of :math:`D` integrate exactly to
+
+    .. math::
+
+        \alpha_t(1 - e^{-H}) D_0 + \alpha_t\varphi_2\, hD' - \alpha_t\varphi_3\, h^2 D''
+        \quad(\text{order 1, 2, 3 take 1, 2, 3 terms}).
+
+    Order 2 replaces :math:`hD'` by the divided difference :math:`D_{1,0}` (:func:`_differences`): ``heun``
+    with the exact coefficient :math:`\varphi_2`, ``midpoint`` (the paper's 2M) with
+    :math:`\tfrac12(1 - e^{-H})`. Order 3 uses :math:`D_1 \approx hD'` and :math:`D_2 \approx \tfrac12 h^2 D''`,
+    so the exact term is :math:`-2\alpha_t\varphi_3 D_2` (``third_order="taylor"``, the default);
+    ``"k-diffusion"`` (``sample_dpmpp_3m_sde``) takes half of it, :math:`-\alpha_t\varphi_3 D_2`, the half term
+    of DPM-Solver++ 3M as diffusers and the official code write it; ``"diffusers"`` (diffusers'
+    ``sde-dpmsolver++`` order 3) has :math:`-\alpha_t(\varphi_3 + 1) D_2`, its :math:`-\tfrac12` for
+    :math:`+\tfrac12`: an O(1) coefficient where the term is O(h). At order 3 the warm-up's order-2 step is
+    ``solver_type``'s (k-diffusion's 3M SDE: ``heun``). :math:`\eta = 0` is :func:`dpmpp_step` (``taylor`` and
+    ``k-diffusion`` there being its ``taylor`` and ``diffusers``).
 
     Examples:
       >>> grid = sv.solvers.Grid.build(sv.schedules.linear(), jnp.array([0.8, 0.5]))
@@ -319,44 +342,91 @@ def sde_dpmpp_step(x, d0, hist: History, c: StepCoeffs, order, z, *, solver_type
       >>> x, d0, z = jnp.ones((2, 2)), jnp.full((2, 2), 0.5), jax.random.normal(jax.random.key(0), (2, 2))
       >>> sv.solvers.sde_dpmpp_step(x, d0, sv.solvers.History.init(x), c, 1, z).shape
       (2, 2)
+      >>> ode = sv.solvers.dpmpp_step(x, d0, sv.solvers.History.init(x), c, 1)   # eta = 0: DPM-Solver++
+      >>> bool(jnp.allclose(sv.solvers.sde_dpmpp_step(x, d0, sv.solvers.History.init(x), c, 1, z, eta=0.0), ode))
+      True
     """
     h = c.lam_t - c.lam_s
-    one_minus = -jnp.expm1(-2.0 * h)
-    x1 = (c.sigma_t / c.sigma_s * jnp.exp(-h)) * x + (c.alpha_t * one_minus) * d0 + (c.sigma_t * jnp.sqrt(one_minus)) * z
-    d1_0 = (d0 - hist.m1) / ((c.lam_s - hist.lam1) / h)
+    big_h = (1.0 + eta) * h
+    one_minus = -jnp.expm1(-big_h)
+    phi2 = 1.0 - one_minus / big_h
+    phi3 = phi2 / big_h - 0.5
+    x1 = (c.sigma_t / c.sigma_s * jnp.exp(-eta * h)) * x + (c.alpha_t * one_minus) * d0
+    d1_0, d1, d2 = _differences(d0, hist, c)
     if solver_type == "midpoint":
-        correction = (0.5 * c.alpha_t * one_minus) * d1_0
+        second = x1 + (0.5 * c.alpha_t * one_minus) * d1_0
     else:
-        correction = (c.alpha_t * (one_minus / (-2.0 * h) + 1.0)) * d1_0
-    return jnp.where(order >= 2, x1 + correction, x1)
+        second = x1 + (c.alpha_t * phi2) * d1_0
+    c3 = {"taylor": 2.0 * phi3, "k-diffusion": phi3, "diffusers": phi3 + 1.0}[third_order]
+    third = x1 + (c.alpha_t * phi2) * d1 - (c.alpha_t * c3) * d2
+    x_next = jnp.where(order >= 3, third, jnp.where(order >= 2, second, x1))
+    if z is None:
+        return x_next
+    return x_next + (c.sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)) * s_noise) * z
+
+
+SDE_THIRD_ORDER = ("taylor", "k-diffusion", "diffusers")
 
 
 @register
 @struct.dataclass
 class SDEDPMSolverPP(GridSolver):
-    """SDE-DPM-Solver++ (:func:`sde_dpmpp_step`); step ``k``'s noise slot ``1 + k``."""
+    """SDE-DPM-Solver++ (:func:`sde_dpmpp_step`), 2M (default) or 3M, k-diffusion's ``eta`` and ``s_noise`` as
+    leaves (they may be traced); step ``k``'s noise slot ``1 + k``. With ``eta = 1``, ``s_noise = 1`` (the
+    defaults) it is diffusers' ``sde-dpmsolver++``; with ``lower_order_final=False`` and
+    ``final_sigmas_type="zero"`` k-diffusion's ``sample_dpmpp_2m_sde`` / ``sample_dpmpp_3m_sde`` (3M:
+    ``solver_type="heun"``, ``third_order="k-diffusion"``; tests/test_sde_dpmpp.py holds it to both)."""
 
-    order: int = option(2, choices=(1, 2), help="the multistep order, 1-2")
+    order: int = option(2, choices=(1, 2, 3), help="the multistep order, 1-3 (2: '2M'; 3: '3M')")
     solver_type: str = option("midpoint", choices=DPMPP_TYPES, help="the second-order term: midpoint or heun")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
     euler_at_final: bool = option(False, help=(
         "a first-order last step whatever the grid (diffusers' euler_at_final; with final_sigmas_type='zero' "
         "it is first order anyway)"))
+    eta: float = option(1.0, static=False, help=(
+        "the SDE's noise, eta >= 0 (default 1: the reverse SDE; 0: the probability-flow ODE, "
+        "DPM-Solver++; k-diffusion's eta)"))
+    s_noise: float = option(1.0, static=False, help=(
+        "a factor >= 0 on the injected noise (default 1; k-diffusion's s_noise, < 1 leaves the samples "
+        "less noisy than the SDE)"))
+    third_order: str = option("taylor", choices=SDE_THIRD_ORDER, help=(
+        "order 3's second-derivative term: 'taylor' (default, the exact integral), 'k-diffusion' (half of it, "
+        "as sample_dpmpp_3m_sde) or 'diffusers' (diffusers' sde-dpmsolver++ order 3, an O(1) coefficient)"))
 
     zero_snr_start = True
     name = "sde_dpm_solver_pp"
     repeat_ready = True
     diffusers_scheduler = "DPMSolverMultistepScheduler"
     kind = "sde_solver"
-    description = "SDE-DPM-Solver++(2M), stochastic, per-sample keyed noise (Lu et al. 2022b)"
-    max_order = 2
+    description = "SDE-DPM-Solver++ 2M/3M with k-diffusion's eta, stochastic, per-sample keyed noise (Lu et al. 2022b)"
+    max_order = 3
     noise_slots = 1
 
     def __post_init__(self):
         super().__post_init__()
         self._check_order()
         choice_option("solver_type", self.solver_type, DPMPP_TYPES)
+        choice_option("third_order", self.third_order, SDE_THIRD_ORDER)
+
+    def check(self) -> "SDEDPMSolverPP":
+        """``eta`` and ``s_noise`` checked (reals >= 0 where they are concrete); called by the sampling functions."""
+        values = {}
+        for name in ("eta", "s_noise"):
+            value = _checks.real_scalar(name, getattr(self, name))
+            if not _checks.is_traced(value) and not value >= 0.0:
+                raise ValueError(f"{name} must be >= 0 (method='sde_dpm_solver_pp'), got {value}")
+            values[name] = value
+        return self.replace(**values)
+
+    @property
+    def stochastic(self) -> bool:
+        """False only where ``eta`` or ``s_noise`` is a concrete 0 (then the step is DPM-Solver++'s, no draw)."""
+        if _checks.is_traced(self.eta) or _checks.is_traced(self.s_noise):
+            return True
+        return self.eta != 0.0 and self.s_noise != 0.0
 
     def update(self, x, hist, grid, k, eps, d0, order, noise):
-        x_next = sde_dpmpp_step(x, d0, hist, grid.coeffs(k, k + 1), order, noise.draw(), solver_type=self.solver_type)
+        z = noise.draw() if self.stochastic else None
+        x_next = sde_dpmpp_step(x, d0, hist, grid.coeffs(k, k + 1), order, z, solver_type=self.solver_type,
+                                eta=self.eta, s_noise=self.s_noise, third_order=self.third_order)
         return x, x_next, d0

@@ -162,13 +162,13 @@ def cases():
 
 def _extras(method: str, order: int) -> list[dict]:
     """The options besides order, solver_type, final_sigmas_type and lower_order_final that change
-    ``method``'s arithmetic, each value diffusers has (DPM-Solver++ 3M: only ``third_order="diffusers"``;
+    ``method``'s arithmetic, each value diffusers has (DPM-Solver++ 3M and SDE-DPM-Solver++ 3M: only ``third_order="diffusers"``;
     sv's default exact Taylor term has no diffusers counterpart, see test_dpmpp_3m_taylor_differs_from_diffusers)."""
     if method == "ddim":
         return [{"eta": 0.0}, {"eta": 1.0}]
     if method == "unipc":
         return [{"predict_x0": True}, {"predict_x0": False}]
-    if method == "dpm_solver_pp" and order == 3:
+    if method in ("dpm_solver_pp", "sde_dpm_solver_pp") and order == 3:
         return [{"third_order": "diffusers"}]
     return [{}]
 
@@ -265,7 +265,7 @@ def diffusers_scheduler(options: dict) -> tuple[str, dict, bool]:
     if method == "ddim":
         return "DDIMScheduler", {}, options["eta"] != 0.0
     if method in ("dpm_solver_pp", "sde_dpm_solver_pp"):
-        if method == "dpm_solver_pp" and order == 3 and options.get("third_order") != "diffusers":
+        if order == 3 and options.get("third_order") != "diffusers":
             raise ValueError(f"diffusers has only third_order='diffusers': {options}")
         algorithm = "dpmsolver++" if method == "dpm_solver_pp" else "sde-dpmsolver++"
         config = dict(algorithm_type=algorithm, solver_order=order, solver_type=options["solver_type"])

@@ -1,0 +1,211 @@
+r"""Restart sampling (Xu et al., NeurIPS 2023, "Restart Sampling for Improving Generative Processes").
+
+The probability-flow ODE is solved with EDM's second-order Heun step (Karras et al. 2022, Alg. 1) in
+:math:`\bar x = x/\alpha` and :math:`\rho = \sigma/\alpha`, where it reads :math:`d\bar x/d\rho = \hat\epsilon`:
+
+.. math::
+
+    \bar x' = \bar x + (\rho_{k+1} - \rho_k)\hat\epsilon(\bar x, \rho_k), \qquad
+    \bar x_{k+1} = \bar x + (\rho_{k+1} - \rho_k)\tfrac12\big(\hat\epsilon(\bar x, \rho_k)
+                   + \hat\epsilon(\bar x', \rho_{k+1})\big),
+
+along the state's grid, then (``final_sigmas_type="zero"``, the default) a last step to :math:`\sigma = 0` that
+returns the data prediction (EDM's final Euler step). Each restart interval ``(n, K, t_min, t_max)`` (the
+authors' ``restart_info`` entry :math:`[N_{Restart}, K, t_{min}, t_{max}]`, levels in :math:`\rho`, EDM's
+:math:`\sigma`) acts at the grid point
+whose :math:`\rho` is nearest ``t_min`` (among the points after the first): on arriving there the sampler, ``K``
+times, jumps up to ``t_max`` with the forward process's own noise (the paper's eq. 4: :math:`\bar x \leftarrow
+\bar x + \sqrt{t_{max}^2 - \rho_{min}^2}\,z`, which carries the exact marginal at :math:`\rho_{min}` to the exact
+one at :math:`t_{max}`) and solves back down to that point in ``n - 1`` Heun steps on the Karras grid
+:math:`(t_{max}^{1/7} + \tfrac{j}{n-1}(\rho_{min}^{1/7} - t_{max}^{1/7}))^7`. ``s_noise`` scales the jump's noise
+(the authors' runs: 1.003), and ``restart_gamma`` > 0 adds EDM's churn at each restart step (the authors'
+``restart_gamma``, 0.05 in their runs, within their ``S_min = 0.01``, ``S_max = 1``, which hold every restart
+level of their CIFAR-10 and ImageNet configurations): the step starts from
+:math:`\hat\rho = (1 + \gamma)\rho` after adding :math:`\sqrt{\hat\rho^2 - \rho^2}\,s_{noise} z`.
+
+The published CIFAR-10 VP configuration, 18 main steps (Karras, :math:`\rho` from 80 to 0.002) and one restart
+interval ``(3, 2, 0.06, 0.30)`` (43 network calls), is ``restarts=((3, 2, 0.06, 0.30),)``, ``s_noise=1.003``,
+``restart_gamma=0.05`` on that grid.
+
+A point nearest ``t_min`` that lies at or above ``t_max`` gets no jump (its pass re-solves upward from it); pick
+``t_max`` above the grid's points near ``t_min``.
+
+The run is a static sequence of Heun steps (the main steps with each restart's ``K (n - 1)`` steps inserted
+after the step that reaches its point), ordered at the start from the grid's :math:`\rho`; each carries its two
+levels, a jump scale (nonzero on the first step of a restart pass) and whether churn applies. Noise: two slots
+per step, the jump's and the churn's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from .base import Grid, Solver, StepInfo, choice_option, option, register
+from .multistep import FINAL_SIGMAS_TYPES
+
+__all__ = ["Restart", "restart_plan"]
+
+KARRAS_RHO = 7.0
+
+
+class Plan(NamedTuple):
+    """The sequence of Heun steps: their levels (``rho_from``, ``rho_to``), the main grid point each ends at
+    (``point``, -1 inside a restart pass), the jump scale before each, whether churn applies, and the level x is at
+    when the step begins (``rho_in``: ``rho_from``, but a restart pass's point for its first step)."""
+
+    rho_from: jax.Array
+    rho_to: jax.Array
+    point: jax.Array
+    jump: jax.Array
+    churn: jax.Array
+    rho_in: Optional[jax.Array] = None
+
+
+def _check_restarts(restarts) -> tuple:
+    """``restarts`` as a tuple of ``(n_steps, K, t_min, t_max)`` tuples (lists accepted: a job's JSON), checked."""
+    if not isinstance(restarts, (tuple, list)):
+        raise TypeError(f"restarts must be a tuple of (n_steps, K, t_min, t_max) tuples, got {restarts!r}")
+    out = []
+    for entry in restarts:
+        if not isinstance(entry, (tuple, list)) or len(entry) != 4:
+            raise ValueError(f"each restart must be a tuple (n_steps, K, t_min, t_max), got {entry!r}")
+        n, k, t_min, t_max = entry
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"a restart's n_steps (its grid points, the authors' N_Restart) must be an int >= 2, "
+                             f"got {n!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"a restart's K (its passes) must be an int >= 0, got {k!r}")
+        for name, value in (("t_min", t_min), ("t_max", t_max)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
+                raise ValueError(f"a restart's {name} must be a finite number > 0 (a level sigma/alpha), got {value!r}")
+        if not t_max > t_min:
+            raise ValueError(f"a restart's t_max must be > t_min, got t_min={t_min!r}, t_max={t_max!r}")
+        out.append((n, k, float(t_min), float(t_max)))
+    return tuple(out)
+
+
+def restart_plan(rho, restarts, restart_gamma: float = 0.0) -> Plan:
+    """The Heun steps of a run over the main levels ``rho`` (shape ``(N,)``, decreasing, possibly traced) with
+    ``restarts`` (see the module docstring), as a :class:`Plan` of ``(N - 1) + sum(K (n - 1))`` steps.
+
+    Examples:
+      >>> plan = sv.solvers.restart_plan(jnp.array([10.0, 1.0, 0.3, 0.1]), ((3, 2, 0.25, 2.0),))
+      >>> plan.rho_from.shape, [int(p) for p in plan.point]
+      ((7,), [1, 2, -1, -1, -1, -1, 3])
+    """
+    n_main = rho.shape[0]
+    dtype = rho.dtype
+    keys, rho_from, rho_to, point, jump, churn = [], [], [], [], [], []
+    m = jnp.arange(n_main - 1)
+    keys.append(2 * m), rho_from.append(rho[:-1]), rho_to.append(rho[1:]), point.append(m + 1)
+    jump.append(jnp.zeros(n_main - 1, dtype)), churn.append(jnp.zeros(n_main - 1, bool))
+    for n, k, t_min, t_max in restarts:
+        if k == 0:
+            continue
+        idx = 1 + jnp.argmin(jnp.abs(rho[1:] - t_min))  # the point it restarts at, after the first
+        low = rho[idx]
+        j = jnp.arange(n, dtype=dtype)
+        sub = (t_max ** (1.0 / KARRAS_RHO) + j / (n - 1) * (low ** (1.0 / KARRAS_RHO) - t_max ** (1.0 / KARRAS_RHO)))
+        sub = sub**KARRAS_RHO
+        sub = sub.at[-1].set(low)
+        steps = k * (n - 1)
+        keys.append(jnp.full(steps, 2 * (idx - 1) + 1))
+        rho_from.append(jnp.tile(sub[:-1], k)), rho_to.append(jnp.tile(sub[1:], k))
+        point.append(jnp.full(steps, -1))
+        first = jnp.zeros(n - 1, dtype).at[0].set(jnp.sqrt(jnp.maximum(t_max**2 - low * low, 0.0)))
+        jump.append(jnp.tile(first, k)), churn.append(jnp.full(steps, restart_gamma > 0.0))
+    if len(keys) == 1:  # no restart pass: the main steps in order, each starting where the last ended
+        return Plan(rho_from[0], rho_to[0], point[0], jump[0], churn[0], rho_from[0])
+    order = jnp.argsort(jnp.concatenate(keys), stable=True)
+    plan = Plan(*(jnp.concatenate(parts)[order] for parts in (rho_from, rho_to, point, jump, churn)))
+    # the level x is at when a step begins: the previous step's end (a restart pass begins at its point, below)
+    return plan._replace(rho_in=jnp.concatenate([plan.rho_from[:1], plan.rho_to])[:-1])
+
+
+class State(NamedTuple):
+    plan: Plan
+
+
+@register
+@struct.dataclass
+class Restart(Solver):
+    """Restart sampling (:func:`restart_plan`; the module docstring): EDM's Heun in sigma/alpha along the grid, a
+    last step to sigma = 0, and restart intervals; two noise slots per step (the jump's, the churn's)."""
+
+    restarts: tuple = option((), help=(
+        "the restart intervals, a tuple of (n_steps, K, t_min, t_max) tuples in sigma/alpha levels (the authors' "
+        "[N_Restart, K, t_min, t_max]; default (): none, EDM's Heun sampler)"))
+    s_noise: float = option(1.0, help="the factor on the jump's and the churn's noise (default 1; the authors': 1.003)")
+    restart_gamma: float = option(0.0, help=(
+        "EDM's churn gamma at each restart step (default 0; the authors' runs: 0.05)"))
+    final_sigmas_type: str = option("zero", choices=FINAL_SIGMAS_TYPES, help=(
+        "the last step: 'zero' (default, EDM's): one more network call, to sigma = 0; 'last': end at the last grid "
+        "time"))
+
+    name = "restart"
+    kind = "sde_solver"
+    description = ("Restart sampling: EDM's Heun in sigma/alpha with forward-noise restarts over intervals "
+                   "(Xu et al. 2023)")
+    nfe_formula = "2 (N - 1) + sum of 2 K (n - 1) over the restart intervals (+ 1 with final_sigmas_type='zero')"
+    order = 2
+    noise_slots = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "restarts", _check_restarts(self.restarts))
+        choice_option("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
+        for name in ("s_noise", "restart_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0 (method='restart'), got {value!r}")
+
+    def num_steps(self, num_points: int) -> int:
+        return num_points - 1 + sum(k * (n - 1) for n, k, _, _ in self.restarts)
+
+    def nfe(self, num_points: int) -> int:
+        return 2 * self.num_steps(num_points) + (1 if self.final_sigmas_type == "zero" else 0)
+
+    def init(self, x, grid: Grid) -> State:
+        return State(restart_plan(grid.sigma / grid.alpha, self.restarts, self.restart_gamma))
+
+    def _eps(self, model, xbar, rho, k_point, grid: Grid):
+        """The noise prediction at level ``rho``: at the grid's time where the step is on the grid (``k_point`` >= 0),
+        else at the schedule's time of that level."""
+        schedule = model.state.schedule.cast(xbar.dtype)
+        off_grid = schedule.t_from_log_snr(-jnp.log(rho))
+        t = jnp.where(k_point >= 0, grid.t[jnp.maximum(k_point, 0)], off_grid)
+        alpha = jax.lax.rsqrt(1.0 + rho * rho)
+        eps, _ = model.eps_x0(alpha * xbar, t, alpha, rho * alpha)
+        return eps
+
+    def step(self, model, x, state: State, grid: Grid, k, noise):
+        plan = state.plan
+        rho, rho_next, point = plan.rho_from[k], plan.rho_to[k], plan.point[k]
+        here = jnp.where(point >= 0, point - 1, -1)  # the grid point a main step starts from
+        rho_in = plan.rho_in[k]
+        xbar = x * jnp.sqrt(1.0 + rho_in * rho_in)  # x / alpha at the level x is at
+        xbar = xbar + (plan.jump[k] * self.s_noise) * noise.draw(0)  # the restart's forward jump, 0 elsewhere
+        if self.restart_gamma > 0.0:
+            rho_hat = jnp.where(plan.churn[k], (1.0 + self.restart_gamma) * rho, rho)
+            # sqrt(rho_hat^2 - rho^2), written so that a step without churn adds exactly 0
+            scale = jnp.where(plan.churn[k], rho * np.sqrt((1.0 + self.restart_gamma) ** 2 - 1.0), 0.0)
+            xbar = xbar + (scale * self.s_noise) * noise.draw(1)
+            here = jnp.where(plan.churn[k], -1, here)
+            rho = rho_hat
+        d = self._eps(model, xbar, rho, here, grid)
+        x_euler = xbar + (rho_next - rho) * d
+        d_next = self._eps(model, x_euler, rho_next, point, grid)
+        xbar = xbar + (rho_next - rho) * 0.5 * (d + d_next)
+        return jax.lax.rsqrt(1.0 + rho_next * rho_next) * xbar, state, StepInfo(2)
+
+    def finish(self, model, x, state: State, grid: Grid):
+        """EDM's last step to sigma = 0 (``final_sigmas_type="zero"``): the data prediction at the last grid point."""
+        if self.final_sigmas_type != "zero":
+            return x, state, StepInfo(0)
+        last = grid.num_points - 1
+        _, x0 = model.eps_x0(x, grid.t[last], grid.alpha[last], grid.sigma[last])
+        return x0, state, StepInfo(1)
