@@ -208,7 +208,7 @@ def test_bad_options_are_refused(options, err, match):
 def test_eta_and_s_noise_are_refused_by_the_other_methods():
     state = sv.set_timesteps(sv.create_state(), 4)
     model_fn = sv.mixtures.make_mixture_eps_fn(state, sv.mixtures.default_mixture())
-    with pytest.raises(ValueError, match=r"s_noise is an option of sde_dpm_solver_pp; method='unipc' takes none"):
+    with pytest.raises(ValueError, match=r"s_noise is an option of sde_dpm_solver_pp, restart; method='unipc' takes none"):
         sv.sample_ode(state, model_fn, jax.random.key(0), (2, 2), method="unipc", s_noise=0.5)
 
 

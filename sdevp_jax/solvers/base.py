@@ -157,8 +157,8 @@ class Solver:
     coefficients: ClassVar[bool] = True
     noise_slots: ClassVar[int] = 0
     invertible: ClassVar[bool] = False
-    #: the diffusers scheduler this solver reproduces on tests/test_solver_parity.py's common grid of cases (the
-    #: solvers added later are held to diffusers by goldens of their own: test_sasolver.py, test_deis.py, ...)
+    #: the diffusers scheduler this solver reproduces (held to it by a golden: tests/test_solver_parity.py's common
+    #: grid of cases for ddim, dpm_solver_pp, sde_dpm_solver_pp and unipc, a file of its own for the others)
     diffusers_scheduler: ClassVar[Optional[str]] = None
     #: whether the loop carries x in the work dtype (the SDE updates take and return the samples' dtype)
     in_work_dtype: ClassVar[bool] = True

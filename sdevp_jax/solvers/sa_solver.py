@@ -266,6 +266,7 @@ class SASolver(GridSolver):
     lower_order_final: bool = option(True, help="lower both orders at the last steps, as diffusers")
 
     name = "sa_solver"
+    diffusers_scheduler = "SASolverScheduler"
     kind = "sde_solver"
     description = "SA-Solver: stochastic Adams predictor-corrector, orders 1-4, tau-controlled SDE (Xue et al. 2023)"
     order_rule = "unipc"
