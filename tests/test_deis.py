@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from gaussian_model import label_gaussian_model
 
 GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "deis.npz")))
 CASES = sorted(k.rsplit("/", 1)[0] for k in GOLDEN if k.endswith("/final"))
@@ -24,17 +25,7 @@ SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012
 
 def exact_model(prediction_type, s, mu=0.5):
     """The golden's model at an integer label, on samples of shape (B, 3, 1)."""
-    table = jnp.asarray(GOLDEN["alphas_cumprod"])
-
-    def fn(x, label):
-        a2 = table[jnp.round(label).astype(jnp.int32)][:, None, None]
-        a, sigma = jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
-        eps = sigma * (x - a * mu) / (a2 * s * s + sigma * sigma)
-        if prediction_type == "epsilon":
-            return eps
-        return a * eps - sigma * (mu + a * s * s * (x - a * mu) / (a2 * s * s + sigma * sigma))
-
-    return fn
+    return label_gaussian_model(GOLDEN["alphas_cumprod"], prediction_type, s, mu)
 
 
 def test_the_golden_covers_every_order():

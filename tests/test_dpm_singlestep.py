@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from gaussian_model import label_gaussian_model
 
 GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "singlestep.npz")))
 CASES = sorted(k.rsplit("/", 1)[0] for k in GOLDEN if k.endswith("/final"))
@@ -26,17 +27,7 @@ RTOL = 1e-10
 
 
 def exact_model(prediction_type):
-    table = jnp.asarray(GOLDEN["alphas_cumprod"])
-
-    def fn(x, label):
-        a2 = table[jnp.round(label).astype(jnp.int32)][:, None]
-        a, sigma = jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
-        eps = sigma * (x - a * MU) / (a2 * S * S + sigma * sigma)
-        if prediction_type == "epsilon":
-            return eps
-        return a * eps - sigma * (MU + a * S * S * (x - a * MU) / (a2 * S * S + sigma * sigma))
-
-    return fn
+    return label_gaussian_model(GOLDEN["alphas_cumprod"], prediction_type, S, MU)
 
 
 def test_the_golden_covers_every_algorithm_type_and_order():

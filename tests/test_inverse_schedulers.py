@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from gaussian_model import label_gaussian_model
 
 GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "ddim_inverse.npz")))
 DPM = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "dpm_inverse.npz")))
@@ -29,17 +30,7 @@ SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012
 
 def exact_model(prediction_type, s, mu=0.5):
     """The golden's model at an integer label (data N(mu, s^2 I)), on samples of shape (B, ...)."""
-    table = jnp.asarray(GOLDEN["alphas_cumprod"])
-
-    def fn(x, label):
-        a2 = table[jnp.round(label).astype(jnp.int32)].reshape((-1,) + (1,) * (x.ndim - 1))
-        a, sigma = jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
-        eps = sigma * (x - a * mu) / (a2 * s * s + sigma * sigma)
-        if prediction_type == "epsilon":
-            return eps
-        return a * eps - sigma * (mu + a * s * s * (x - a * mu) / (a2 * s * s + sigma * sigma))
-
-    return fn
+    return label_gaussian_model(GOLDEN["alphas_cumprod"], prediction_type, s, mu)
 
 
 def setup(case):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from gaussian_model import label_gaussian_model
 from sdevp_jax import solvers
 
 GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "sasolver.npz")))
@@ -32,17 +33,7 @@ RTOL = 1e-10
 
 def exact_model(prediction_type, s, mu=0.5):
     """The golden's model at an integer label, on samples of shape (B, 3, 1)."""
-    table = jnp.asarray(GOLDEN["alphas_cumprod"])
-
-    def fn(x, label):
-        a2 = table[jnp.round(label).astype(jnp.int32)][:, None, None]
-        a, sigma = jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
-        eps = sigma * (x - a * mu) / (a2 * s * s + sigma * sigma)
-        if prediction_type == "epsilon":
-            return eps
-        return a * eps - sigma * (mu + a * s * s * (x - a * mu) / (a2 * s * s + sigma * sigma))
-
-    return fn
+    return label_gaussian_model(GOLDEN["alphas_cumprod"], prediction_type, s, mu)
 
 
 def _golden_state(case):
