@@ -25,3 +25,22 @@ def label_gaussian_model(alphas_cumprod, prediction_type: str, s: float, mu: flo
         return a * eps - sigma * (mu + a * s * s * (x - a * mu) / (a2 * s * s + sigma * sigma))
 
     return fn
+
+
+def assert_draws_the_mixture(mixture, x, exact, bias: float = 0.01) -> None:
+    """Mode weights, means and standard deviations of samples ``x`` (B, D) of the embedded ``mixture`` against its
+    exact draws ``exact``, each within 5 of its standard errors plus ``bias`` (the discretisation's, measured by
+    each caller): a mode weight w has SE sqrt(w (1 - w) / B), a mean coordinate s / sqrt(B), a standard deviation
+    about s / sqrt(2B) for a near-normal marginal and twice that for a bimodal one (hence 10)."""
+    import numpy as np
+
+    import sdevp_jax as sv
+
+    batch = x.shape[0]
+    weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=len(mixture.weights)) / batch
+    w = np.asarray(mixture.weights)
+    assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + bias), (weights, w)
+    assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + bias), (x.mean(0),
+                                                                                                 exact.mean(0))
+    assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + bias), (x.std(0),
+                                                                                                    exact.std(0))

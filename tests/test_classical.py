@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from gaussian_model import assert_draws_the_mixture
 
 GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "classical.npz")))
 CASES = sorted(k.rsplit("/", 1)[0] for k in GOLDEN if k.endswith("/final"))
@@ -360,11 +361,7 @@ def test_kdpm2_ancestral_draws_the_mixture():
     x = np.asarray(jax.jit(lambda key: sv.sample_ode(state, model, key, (batch, 2), method="kdpm2_ancestral"))(
         jax.random.key(11)))
     exact = np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(12), 200_000))
-    weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / batch
-    w = np.asarray(mixture.weights)
-    assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + 0.01), (weights, w)
-    assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + 0.01)
-    assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
+    assert_draws_the_mixture(mixture, x, exact)
 
 
 @pytest.mark.slow  # three traced runs
@@ -403,11 +400,7 @@ def test_euler_ancestral_draws_the_mixture():
     x = np.asarray(jax.jit(lambda key: sv.sample_ode(state, model, key, (batch, 2), method="euler_ancestral"))(
         jax.random.key(11)))
     exact = np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(12), 200_000))
-    weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / batch
-    w = np.asarray(mixture.weights)
-    assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + 0.01), (weights, w)
-    assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + 0.01)
-    assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
+    assert_draws_the_mixture(mixture, x, exact)
 
 
 @pytest.mark.slow  # three compiled runs

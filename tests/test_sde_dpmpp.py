@@ -16,6 +16,7 @@ import pytest
 from scipy import integrate
 
 import sdevp_jax as sv
+from gaussian_model import assert_draws_the_mixture
 from sdevp_jax import solvers
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "kdiff.npz")
@@ -245,9 +246,4 @@ def test_draws_the_mixture(mixture_samples, index):
     """
     mixture, samples, exact = mixture_samples
     x = np.asarray(samples[index])
-    batch = x.shape[0]
-    weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / batch
-    w = np.asarray(mixture.weights)
-    assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + 0.01), (weights, w)
-    assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + 0.01)
-    assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
+    assert_draws_the_mixture(mixture, x, exact)

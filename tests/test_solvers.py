@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sdevp_jax as sv
+from gaussian_model import assert_draws_the_mixture
 from sdevp_jax import solvers
 
 # A smooth two-mode mixture: its ODE is not stiff, so the solvers reach their asymptotic orders
@@ -352,12 +353,7 @@ def test_solvers_draw_the_mixture_on_stable_diffusions_schedule(stable_diffusion
     batch = 8000
     x = np.asarray(samples[method])
     assert x.shape == (batch, 2)
-    weights = np.bincount(np.asarray(sv.mixtures.assign_modes(mixture, x)), minlength=5) / batch
-    w = np.asarray(mixture.weights)
-    assert np.all(np.abs(weights - w) <= 5 * np.sqrt(w * (1 - w) / batch) + 0.01), (weights, w)
-    assert np.all(np.abs(x.mean(0) - exact.mean(0)) <= 5 * exact.std(0) / np.sqrt(batch) + 0.01)
-    # std: SE of a sample std ~ s / sqrt(2B) for a near-normal marginal; bimodal marginals ~2x that
-    assert np.all(np.abs(x.std(0) - exact.std(0)) <= 10 * exact.std(0) / np.sqrt(2 * batch) + 0.01)
+    assert_draws_the_mixture(mixture, x, exact)
 
 
 def test_sample_x_init_replaces_the_prior_draw_only():
