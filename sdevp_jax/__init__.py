@@ -20,7 +20,7 @@ deprecated top-level spellings
 names their ``sv.mixtures`` spelling.
 """
 
-__version__ = "0.5.0"  # before the submodules, which record it
+__version__ = "0.6.0"  # before the submodules, which record it
 
 from . import grids, mixtures, schedules, sde, solvers
 from .config import load_config, save_config

@@ -222,8 +222,10 @@ def test_discrete_config_job_runs_records_and_refuses_changes(tmp_path):
     assert recorded["schedule"]["kind"] == "discrete" and recorded["schedule"]["beta_schedule"] == "scaled_linear"
     assert (recorded["spacing"], recorded["scheduler"]["steps_offset"]) == ("leading", 1)
     assert jobs.JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
-    state = jobs.job_state(spec)  # the grid of the file: DDIM's leading labels + steps_offset 1
-    np.testing.assert_allclose(np.asarray(sv.model_time(state, state.timesteps)), [751, 501, 251, 1], atol=1e-3)
+    # the grid of the file: DDIM's leading labels + steps_offset 1, then label 0, where DDIM with
+    # set_alpha_to_one = false takes its last step (its final_alpha_cumprod)
+    state = jobs.job_state(spec)
+    np.testing.assert_array_equal(np.asarray(sv.model_time(state, state.timesteps)), [751, 501, 251, 1, 0])
     other = dict(SD_DDIM, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     with pytest.raises(jobs.JobMismatchError, match="schedule: "):
         jobs.check_manifest(jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4,
