@@ -281,7 +281,9 @@ def test_every_prediction_type_gives_the_eps_models_samples(prediction_type_samp
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {}), ("sde_dpm_solver_singlestep", {}), ("sa_solver", {})]
+STOCHASTIC = [("ddim", {"eta": 1.0}), ("sde_dpm_solver_pp", {}), ("sde_dpm_solver_singlestep", {}), ("sa_solver", {}),
+              ("er_sde", {}), ("euler_ancestral", {}), ("kdpm2_ancestral", {}),
+              ("restart", {"restarts": ((2, 1, 0.05, 0.5),)})]
 
 
 @pytest.fixture(scope="module")
