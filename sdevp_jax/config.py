@@ -444,7 +444,8 @@ THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolv
 
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
-SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler")
+SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
+                 "DEISMultistepScheduler")
 _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lambdas",
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
@@ -642,8 +643,10 @@ class DiscreteConfig:
                 options["third_order"] = "diffusers"
             return names[algorithm], options
         if self.class_name == "DEISMultistepScheduler":
+            # its label grids end at label 0's sigma; its sigma grids there already, then a zero-length step
             return "deis", {"order": extra.get("solver_order", 2), "lower_order_final": multistep["lower_order_final"],
-                            "final_sigmas_type": "last", **thresholding}
+                            "final_sigmas_type": "repeat" if self.sigma_spacing is not None else "last",
+                            **thresholding}
         if self.class_name == "SASolverScheduler":
             # diffusers' default tau_func, 1 for the labels 200 <= n <= 800 (whatever N), at t = (n + 1) / N; and its
             # second-order steps in data prediction (see sdevp_jax.solvers.sa_solver)

@@ -73,10 +73,11 @@ def test_step_integrates_a_quadratic_in_log_rho_exactly(x64):
 
 
 def test_deis_refuses_what_it_cannot_serve():
-    """diffusers' DEIS sigma grids end with a zero-length step; a zero-terminal-SNR start needs a data-prediction
-    solver (DEIS' first-order step is alpha_t / alpha_s x)."""
-    with pytest.raises(ValueError, match="use_karras_sigmas = True changes sampling"):
-        sv.load_config({"_class_name": "DEISMultistepScheduler", "use_karras_sigmas": True})
+    """Flow-matching sigmas are not a VP model's; a zero-terminal-SNR start needs a data-prediction solver (DEIS'
+    first-order step is alpha_t / alpha_s x). (Its Karras, exponential and beta sigma grids are served:
+    tests/test_sigma_grids.py.)"""
+    with pytest.raises(ValueError, match="use_flow_sigmas"):
+        sv.load_config({"_class_name": "DEISMultistepScheduler", "use_flow_sigmas": True})
     zsnr = sv.create_state(schedule=sv.schedules.from_diffusers(**SD, rescale_betas_zero_snr=True),
                            prediction_type="v_prediction")
     with pytest.raises(ValueError, match="deis: the grid reaches t = 1"):

@@ -39,7 +39,7 @@ def exact_model(x, label):
 
 
 def test_the_golden_covers_every_option():
-    assert len(CASES) == 27 and "diffusers 0.42.1" in list(GOLDEN["versions"])
+    assert len(CASES) == 30 and "diffusers 0.42.1" in list(GOLDEN["versions"])
     names = {case.split("/")[1] for case in CASES}
     assert set(sv.grids.SIGMA_SPACINGS) | {"lambda_min_clipped", "lambda_min_clipped_trailing",
                                            "euler_at_final"} | {f"{g}_sigma_min" for g in (

@@ -1,4 +1,4 @@
-r"""Regenerate ``tests/golden/sigmas.npz``: diffusers' DPMSolverMultistep and UniPC loops on their sigma grids
+r"""Regenerate ``tests/golden/sigmas.npz``: diffusers' DPMSolverMultistep, UniPC and DEIS loops on their sigma grids
 (``use_karras_sigmas``, ``use_exponential_sigmas``, ``use_beta_sigmas``, ``use_lu_lambdas``) and with
 ``lambda_min_clipped``, ``euler_at_final`` and ``final_sigmas_type="sigma_min"``, in float64.
 
@@ -61,6 +61,9 @@ CASES += [
 ]
 CASES += [("UniPCMultistep", field.removeprefix("use_"), {field: True}, order, 10)
           for field in GRIDS[:3] for order in (2, 3)]
+# DEIS on its sigma grids: they end at sigma_min, then (always) a zero-length step
+CASES += [("DEISMultistep", grid.removeprefix("use_"), {grid: True}, order, 10)
+          for grid, order in (("use_karras_sigmas", 2), ("use_exponential_sigmas", 3), ("use_beta_sigmas", 2))]
 # final_sigmas_type="sigma_min" on a sigma grid: the grid ends at sigma_min, then a zero-length step
 CASES += [("DPMSolverMultistep", f"{grid.removeprefix('use_')}_sigma_min", {grid: True, "final_sigmas_type": "sigma_min"},
            order, steps) for grid, order, steps in (("use_karras_sigmas", 2, 10), ("use_karras_sigmas", 3, 10),
@@ -101,7 +104,7 @@ def float64_sigmas(sched, fields: dict, steps: int) -> torch.Tensor:
         sigmas = sched._convert_to_beta(in_sigmas=flipped, num_inference_steps=steps)
     else:
         sigmas = train[sched.timesteps.numpy()]
-    if fields.get("final_sigmas_type") != "sigma_min":
+    if fields.get("final_sigmas_type") != "sigma_min" and not isinstance(sched, diffusers.DEISMultistepScheduler):
         last = 0.0
     else:  # a label grid's last step goes to label 0's sigma; a sigma grid's repeats its last sigma
         last = sigmas[-1] if any(fields.get(g) for g in GRIDS) else train[0]
