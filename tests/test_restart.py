@@ -170,6 +170,7 @@ def test_the_jump_carries_the_exact_marginal_at_t_min_to_t_max(x64):
     ({"restarts": 3}, TypeError, "restarts must be a tuple"),
     ({"s_noise": -1.0}, ValueError, r"s_noise must be a finite number >= 0 \(method='restart'\)"),
     ({"restart_gamma": float("inf")}, ValueError, "restart_gamma must be a finite number >= 0"),
+    ({"final_sigmas_type": "repeat"}, ValueError, r"final_sigmas_type must be one of \['zero', 'last'\]"),
 ])
 def test_bad_options_are_refused(options, err, match):
     state, model_fn = _setup(4)

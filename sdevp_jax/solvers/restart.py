@@ -46,7 +46,6 @@ import numpy as np
 from flax import struct
 
 from .base import Grid, Solver, StepInfo, choice_option, option, register
-from .multistep import FINAL_SIGMAS_TYPES
 
 __all__ = ["Restart", "restart_plan"]
 
@@ -127,6 +126,10 @@ def restart_plan(rho, restarts, restart_gamma: float = 0.0) -> Plan:
     return plan._replace(rho_in=jnp.concatenate([plan.rho_from[:1], plan.rho_to])[:-1])
 
 
+#: Restart's last steps: to sigma = 0 (EDM's) or ending at the last grid time (no zero-length "repeat" step).
+RESTART_FINAL_SIGMAS_TYPES = ("zero", "last")
+
+
 class State(NamedTuple):
     plan: Plan
 
@@ -143,7 +146,7 @@ class Restart(Solver):
     s_noise: float = option(1.0, help="the factor on the jump's and the churn's noise (default 1; the authors': 1.003)")
     restart_gamma: float = option(0.0, help=(
         "EDM's churn gamma at each restart step (default 0; the authors' runs: 0.05)"))
-    final_sigmas_type: str = option("zero", choices=FINAL_SIGMAS_TYPES, help=(
+    final_sigmas_type: str = option("zero", choices=RESTART_FINAL_SIGMAS_TYPES, help=(
         "the last step: 'zero' (default, EDM's): one more network call, to sigma = 0; 'last': end at the last grid "
         "time"))
 
@@ -157,7 +160,7 @@ class Restart(Solver):
 
     def __post_init__(self):
         object.__setattr__(self, "restarts", _check_restarts(self.restarts))
-        choice_option("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
+        choice_option("final_sigmas_type", self.final_sigmas_type, RESTART_FINAL_SIGMAS_TYPES)
         for name in ("s_noise", "restart_gamma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < float("inf"):
