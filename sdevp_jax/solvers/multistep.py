@@ -136,7 +136,7 @@ class GridSolver(Solver):
     max_order = 1
     #: whether final_sigmas_type="repeat" is served: the solvers diffusers takes through a zero-length last step
     repeat_ready = False
-    nfe_formula = "N - 1 (+ 1 with final_sigmas_type='zero')"
+    nfe_formula = "N - 1 (+ 1 with final_sigmas_type 'zero' or 'repeat')"
 
     def __post_init__(self):
         choice_option("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
