@@ -375,7 +375,12 @@ def _rho_alpha_sigma(lam):
 
 class _SigmaSolver(GridSolver):
     """What the two-call sigma-space solvers share: the noise prediction a step in rho uses, and the model at a
-    log-SNR between grid points."""
+    log-SNR between grid points, two calls a step."""
+
+    nfe_formula = "2 (N - 1) (+ 1 with final_sigmas_type='zero')"
+
+    def nfe(self, num_points: int) -> int:
+        return 2 * (num_points - 1) + (1 if self.final_zero else 0)
 
     def _noise(self, model, x, eps, d0, alpha, sigma):
         """The slope d(x/alpha)/d(rho): the model's noise prediction, or with a thresholded or clipped data prediction
@@ -424,11 +429,7 @@ class HeunSigma(_SigmaSolver):
     name = "heun_sigma"
     diffusers_scheduler = "HeunDiscreteScheduler"
     description = "Heun's method in sigma/alpha, 2 calls a step (EDM's sampler; Karras et al. 2022)"
-    nfe_formula = "2 (N - 1) (+ 1 with final_sigmas_type='zero')"
     order = 2
-
-    def nfe(self, num_points: int) -> int:
-        return 2 * (num_points - 1) + (1 if self.final_zero else 0)
 
     def step(self, model, x, hist, grid, k, noise):
         c = grid.coeffs(k, k + 1)
@@ -463,11 +464,7 @@ class KDPM2(_SigmaSolver):
     name = "kdpm2"
     diffusers_scheduler = "KDPM2DiscreteScheduler"
     description = "KDPM2: DPM-Solver-2 in sigma/alpha with a log-SNR midpoint, 2 calls a step (k-diffusion)"
-    nfe_formula = "2 (N - 1) (+ 1 with final_sigmas_type='zero')"
     order = 2
-
-    def nfe(self, num_points: int) -> int:
-        return 2 * (num_points - 1) + (1 if self.final_zero else 0)
 
     def step(self, model, x, hist, grid, k, noise):
         c = grid.coeffs(k, k + 1)
@@ -513,12 +510,8 @@ class KDPM2Ancestral(_SigmaSolver):
     diffusers_scheduler = "KDPM2AncestralDiscreteScheduler"
     kind = "sde_solver"
     description = "KDPM2 ancestral: KDPM2 to rho_t^2/rho_s, then noise up to rho_t, 2 calls a step (k-diffusion)"
-    nfe_formula = "2 (N - 1) (+ 1 with final_sigmas_type='zero')"
     order = 1
     noise_slots = 1
-
-    def nfe(self, num_points: int) -> int:
-        return 2 * (num_points - 1) + (1 if self.final_zero else 0)
 
     def step(self, model, x, hist, grid, k, noise):
         c = grid.coeffs(k, k + 1)
