@@ -63,16 +63,17 @@ def _check_schedule_state(scale: Any, state: Any) -> None:
                          "continuous time)")
 
 
-def _continuous_time(state: ScoreSdeVpSchedulerState, t: jax.Array) -> jax.Array:
-    """The continuous time of the model's time input ``t`` (a discrete schedule's label, else ``t``)."""
-    return time_from_model_time(state, t) if state.schedule.is_discrete else t
+def _alpha_sigma_at(state: ScoreSdeVpSchedulerState, t: jax.Array, x: jax.Array, dtype) -> tuple:
+    """The schedule's ``(alpha, sigma)`` at the model's time input ``t``, per sample, shaped to broadcast over ``x``."""
+    tb = _checks.per_sample(time_from_model_time(state, t), x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    return state.schedule.cast(dtype).alpha_sigma(tb)
 
 
 def _scale_at(scale: Any, x: jax.Array, t: jax.Array, state: Any, dtype) -> jax.Array:
     """The guidance scale per sample at the model's time input ``t``, shaped to broadcast over ``x``: ``scale``
     itself, or a schedule's value (:class:`GuidanceSchedule`, any callable of the continuous time)."""
     if callable(scale):
-        scale = scale(_continuous_time(state, t))
+        scale = scale(time_from_model_time(state, t))
     return _per_sample_scale(scale, x).astype(dtype)
 
 
@@ -172,7 +173,7 @@ def cfg(
         out_c, out_u = _two_predictions(model_fn, x, t, cond, null_cond)
         w = _scale_at(scale, x, t, state, out_c.dtype)
         if bounds is not None:
-            t_cont = t if not state.schedule.is_discrete else time_from_model_time(state, t)
+            t_cont = time_from_model_time(state, t)
             inside = (t_cont >= bounds[0]) & (t_cont <= bounds[1])
             w = jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), w, jnp.ones((), out_c.dtype))
         y = out_u + w * (out_c - out_u)
@@ -246,8 +247,7 @@ def classifier_guidance(
         dtype = _checks.compute_dtype(x.dtype)
         xc = x.astype(dtype)
         grad = jax.grad(lambda z: jnp.sum(_per_sample_log_prob(log_prob_fn(z, t, cond), x.shape[0])))(xc)
-        tb = _checks.per_sample(time_from_model_time(state, t), x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        alpha, sigma = state.schedule.cast(dtype).alpha_sigma(tb)
+        alpha, sigma = _alpha_sigma_at(state, t, x, dtype)
         eps = eps_from_prediction(state.prediction_type, out.astype(dtype), xc, alpha, sigma)
         eps = eps - _per_sample_scale(scale, x).astype(dtype) * sigma * grad
         return prediction_from_eps(state.prediction_type, eps, xc, alpha, sigma).astype(out.dtype)
@@ -311,8 +311,7 @@ def guidance_schedule(kind: str, scale: Any) -> GuidanceSchedule:
 def _to_x0(state, out, x, t, dtype):
     """The data prediction of the model output ``out`` at ``x`` and the model time input ``t``; and ``alpha``,
     ``sigma`` there (shaped to broadcast over ``x``)."""
-    tb = _checks.per_sample(_continuous_time(state, t), x.shape[0], dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-    alpha, sigma = state.schedule.cast(dtype).alpha_sigma(tb)
+    alpha, sigma = _alpha_sigma_at(state, t, x, dtype)
     return x0_from_prediction(state.prediction_type, out.astype(dtype), x.astype(dtype), alpha, sigma), alpha, sigma
 
 
