@@ -859,24 +859,19 @@ def invert_ode(
     if method is None and config is not None and config.class_name == "DPMSolverMultistepInverseScheduler":
         name, options = config.inverse_solver()  # the inverse scheduler's own solver and options
         solver = solvers.make(name, **options).check()
-        times = solver.times(state, _checks.compute_dtype(x0.dtype))
-        check_zero_snr_start(solver, state, times)
-        x, _, nfe_per_sample = run(solver, state, model_fn, x0, None, _checks.compute_dtype(x0.dtype), cond,
-                                   times=times[::-1])
-        x = x.astype(x0.dtype)
-        return (x, SamplerInfo(jnp.max(nfe_per_sample), nfe_per_sample)) if return_info else x
-    method = "ddim" if method is None else method
-    if evaluate_at is None:
-        evaluate_at = "end" if inverse_config and method == "ddim" else "start"
-    if evaluate_at not in ("start", "end"):
-        raise ValueError(f"evaluate_at must be 'start' or 'end', got {evaluate_at!r}")
-    if evaluate_at == "end" and method != "ddim":
-        raise ValueError(f"evaluate_at='end' (diffusers' DDIMInverseScheduler's convention) applies to method='ddim', "
-                         f"not {method!r}")
-    solver = ode_solver(method, "ode", order=order, solver_type=solver_type, lower_order_final=lower_order_final,
-                        third_order=third_order, predict_x0=predict_x0, final_sigmas_type="last").check()
-    if evaluate_at == "end":
-        solver = solver.replace(evaluate_at="end")
+    else:
+        method = "ddim" if method is None else method
+        if evaluate_at is None:
+            evaluate_at = "end" if inverse_config and method == "ddim" else "start"
+        if evaluate_at not in ("start", "end"):
+            raise ValueError(f"evaluate_at must be 'start' or 'end', got {evaluate_at!r}")
+        if evaluate_at == "end" and method != "ddim":
+            raise ValueError(f"evaluate_at='end' (diffusers' DDIMInverseScheduler's convention) applies to "
+                             f"method='ddim', not {method!r}")
+        solver = ode_solver(method, "ode", order=order, solver_type=solver_type, lower_order_final=lower_order_final,
+                            third_order=third_order, predict_x0=predict_x0, final_sigmas_type="last").check()
+        if evaluate_at == "end":
+            solver = solver.replace(evaluate_at="end")
     work = _checks.compute_dtype(x0.dtype)
     times = solver.times(state, work)
     check_zero_snr_start(solver, state, times)  # an inversion ending at alpha = 0
