@@ -520,7 +520,7 @@ ODE_OPTIONS = {"order": None, "solver_type": None, "eta": None, "s_noise": None,
                "algorithm_type": None, "predictor_order": None, "corrector_order": None, "tau": None,
                "tau_t_min": None, "tau_t_max": None, "second_order": None, "warmup": None, "noise_scale": None,
                "quadrature": None, "first_derivative": None, "variance_floor": None, "restarts": None,
-               "restart_gamma": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
+               "restart_gamma": None, "churn_range": None, "rtol": 1e-5, "atol": 1e-5, "max_steps": 4096}
 
 
 def ode_solver(method, kind=("ode", "sde_solver"), **options) -> Solver:
@@ -618,6 +618,7 @@ def sample_ode(
     variance_floor: Optional[float] = None,
     restarts: Optional[tuple] = None,
     restart_gamma: Optional[float] = None,
+    churn_range: Optional[tuple] = None,
     cond=None,
     noise=None,
 ):
@@ -719,8 +720,9 @@ def sample_ode(
       noise_scale, quadrature, first_derivative, variance_floor: ``er_sde``'s noise scale function, its
         integrals' quadrature, order 3's first-derivative estimate and the variance below which a step's
         noise is dropped (``None``: its defaults; see :class:`sdevp_jax.solvers.ERSDE`).
-      restarts, restart_gamma: ``restart``'s intervals ``((n_steps, K, t_min, t_max), ...)`` and its churn
-        (see :class:`sdevp_jax.solvers.Restart`; ``s_noise`` scales its noise).
+      restarts, restart_gamma, churn_range: ``restart``'s intervals ``((n_steps, K, t_min, t_max), ...)``, its
+        churn and the levels ``(S_min, S_max)`` it applies within (see :class:`sdevp_jax.solvers.Restart`;
+        ``s_noise`` scales its noise).
       cond: the samples' conditions, as for :func:`sample`.
       noise: for a stochastic method, the noise instead of the keyed draws, as for :func:`sample`.
 
@@ -743,7 +745,7 @@ def sample_ode(
                    predictor_order=predictor_order, corrector_order=corrector_order, tau=tau, tau_t_min=tau_t_min,
                    tau_t_max=tau_t_max, second_order=second_order, warmup=warmup, noise_scale=noise_scale,
                    quadrature=quadrature, first_derivative=first_derivative, variance_floor=variance_floor,
-                   restarts=restarts, restart_gamma=restart_gamma)
+                   restarts=restarts, restart_gamma=restart_gamma, churn_range=churn_range)
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":

@@ -88,9 +88,26 @@ def _check_restarts(restarts) -> tuple:
     return tuple(out)
 
 
-def restart_plan(rho, restarts, restart_gamma: float = 0.0) -> Plan:
+def _check_churn_range(churn_range) -> tuple:
+    """``churn_range`` as ``()`` or a ``(S_min, S_max)`` tuple of floats (a list accepted: a job's JSON), checked."""
+    if not isinstance(churn_range, (tuple, list)) or len(churn_range) not in (0, 2):
+        raise ValueError(f"churn_range must be () (every restart step) or a pair (S_min, S_max), got {churn_range!r}")
+    if not churn_range:
+        return ()
+    lo, hi = churn_range
+    for name, value in (("S_min", lo), ("S_max", hi)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < float("inf"):
+            raise ValueError(f"churn_range's {name} must be a finite number >= 0 (a level sigma/alpha), got {value!r}")
+    if not hi >= lo:
+        raise ValueError(f"churn_range's S_max must be >= its S_min, got {tuple(churn_range)!r}")
+    return float(lo), float(hi)
+
+
+def restart_plan(rho, restarts, restart_gamma: float = 0.0, churn_range=()) -> Plan:
     """The Heun steps of a run over the main levels ``rho`` (shape ``(N,)``, decreasing, possibly traced) with
-    ``restarts`` (see the module docstring), as a :class:`Plan` of ``(N - 1) + sum(K (n - 1))`` steps.
+    ``restarts`` (see the module docstring), as a :class:`Plan` of ``(N - 1) + sum(K (n - 1))`` steps. A restart
+    step churns where ``restart_gamma > 0`` and, given ``churn_range = (S_min, S_max)``, its level before the churn
+    lies in ``[S_min, S_max]``.
 
     Examples:
       >>> plan = sv.solvers.restart_plan(jnp.array([10.0, 1.0, 0.3, 0.1]), ((3, 2, 0.25, 2.0),))
@@ -114,10 +131,12 @@ def restart_plan(rho, restarts, restart_gamma: float = 0.0) -> Plan:
         sub = sub.at[-1].set(low)
         steps = k * (n - 1)
         keys.append(jnp.full(steps, 2 * (idx - 1) + 1))
-        rho_from.append(jnp.tile(sub[:-1], k)), rho_to.append(jnp.tile(sub[1:], k))
+        levels = jnp.tile(sub[:-1], k)  # each step's level before its churn
+        rho_from.append(levels), rho_to.append(jnp.tile(sub[1:], k))
         point.append(jnp.full(steps, -1))
         first = jnp.zeros(n - 1, dtype).at[0].set(jnp.sqrt(jnp.maximum(t_max**2 - low * low, 0.0)))
-        jump.append(jnp.tile(first, k)), churn.append(jnp.full(steps, restart_gamma > 0.0))
+        within = jnp.full(steps, True) if not churn_range else (levels >= churn_range[0]) & (levels <= churn_range[1])
+        jump.append(jnp.tile(first, k)), churn.append(within & (restart_gamma > 0.0))
     if len(keys) == 1:  # no restart pass: the main steps in order, each starting where the last ended
         return Plan(rho_from[0], rho_to[0], point[0], jump[0], churn[0], rho_from[0])
     order = jnp.argsort(jnp.concatenate(keys), stable=True)
@@ -146,6 +165,9 @@ class Restart(Solver):
     s_noise: float = option(1.0, help="the factor on the jump's and the churn's noise (default 1; the authors': 1.003)")
     restart_gamma: float = option(0.0, help=(
         "EDM's churn gamma at each restart step (default 0; the authors' runs: 0.05)"))
+    churn_range: tuple = option((), help=(
+        "(S_min, S_max): restart_gamma's churn only on the restart steps that start at a level sigma/alpha in "
+        "[S_min, S_max] (EDM's S_tmin, S_tmax; the authors' runs: (0.01, 1)); default (): on every restart step"))
     final_sigmas_type: str = option("zero", choices=RESTART_FINAL_SIGMAS_TYPES, help=(
         "the last step: 'zero' (default, EDM's): one more network call, to sigma = 0; 'last': end at the last grid "
         "time"))
@@ -160,6 +182,7 @@ class Restart(Solver):
 
     def __post_init__(self):
         object.__setattr__(self, "restarts", _check_restarts(self.restarts))
+        object.__setattr__(self, "churn_range", _check_churn_range(self.churn_range))
         choice_option("final_sigmas_type", self.final_sigmas_type, RESTART_FINAL_SIGMAS_TYPES)
         for name in ("s_noise", "restart_gamma"):
             value = getattr(self, name)
@@ -173,7 +196,7 @@ class Restart(Solver):
         return 2 * self.num_steps(num_points) + (1 if self.final_sigmas_type == "zero" else 0)
 
     def init(self, x, grid: Grid) -> State:
-        return State(restart_plan(grid.sigma / grid.alpha, self.restarts, self.restart_gamma))
+        return State(restart_plan(grid.sigma / grid.alpha, self.restarts, self.restart_gamma, self.churn_range))
 
     def _eps(self, model, xbar, rho, k_point, grid: Grid):
         """The noise prediction at level ``rho``: at the grid's time where the step is on the grid (``k_point`` >= 0),
