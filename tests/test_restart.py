@@ -62,6 +62,12 @@ def test_plan_orders_the_restart_passes_after_their_point(x64):
     np.testing.assert_allclose(plan.rho_to[4:8], [karras, 0.3, karras, 0.3], rtol=1e-14)
     np.testing.assert_allclose(plan.jump, [0, np.sqrt(400 - 100), 0, 0, np.sqrt(0.81 - 0.09), 0,
                                            np.sqrt(0.81 - 0.09), 0, 0], rtol=1e-14)
+    np.testing.assert_array_equal(plan.churn, [False] * 9)  # restart_gamma = 0: no churn
+    # churn on restart steps only, and with churn_range only on those starting within it (20 is above 1)
+    gamma = solvers.restart_plan(rho, ((3, 2, 0.28, 0.9), (2, 1, 8.0, 20.0)), 0.05).churn
+    np.testing.assert_array_equal(gamma, [p == -1 for p in plan.point])
+    window = solvers.restart_plan(rho, ((3, 2, 0.28, 0.9), (2, 1, 8.0, 20.0)), 0.05, (0.01, 1.0)).churn
+    np.testing.assert_array_equal(window, [False, False, False, False, True, True, True, True, False])
 
 
 @pytest.mark.parametrize("restarts", [(), ((3, 0, 0.3, 1.0),)])
@@ -169,6 +175,9 @@ def test_the_jump_carries_the_exact_marginal_at_t_min_to_t_max(x64):
     ({"s_noise": -1.0}, ValueError, r"s_noise must be a finite number >= 0 \(method='restart'\)"),
     ({"restart_gamma": float("inf")}, ValueError, "restart_gamma must be a finite number >= 0"),
     ({"final_sigmas_type": "repeat"}, ValueError, r"final_sigmas_type must be one of \['zero', 'last'\]"),
+    ({"churn_range": (0.5,)}, ValueError, r"churn_range must be \(\) \(every restart step\) or a pair"),
+    ({"churn_range": (1.0, 0.5)}, ValueError, r"churn_range's S_max must be >= its S_min"),
+    ({"churn_range": (-1.0, 0.5)}, ValueError, r"churn_range's S_min must be a finite number >= 0"),
 ])
 def test_bad_options_are_refused(options, err, match):
     state, model_fn = _setup(4)

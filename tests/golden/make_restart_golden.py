@@ -20,8 +20,8 @@ Its ``sigma_min``/``sigma_max`` are EDM's ``VPPrecond``'s (:math:`\beta_d = 19.9
 Noise: ``noise`` is laid out as ``sv.sample_ode(..., noise=)`` takes it for ``method="restart"``, two draws per
 Heun step (slot 0: a restart pass's jump, slot 1: the churn), ``(2 * steps, B, D)``; the authors' ``randn_like``
 is fed from it in their order (each main step's churn draw, which their ``S_churn = 0`` scales by 0, gets that
-step's slot 1, which sdevp_jax also scales by 0, the last one's, to sigma = 0, zeros; a pass's jump its first step's slot 0; each restart step's churn
-its slot 1). The script checks that every draw was used.
+step's slot 1, which sdevp_jax also scales by 0, and the last one's, to sigma = 0, zeros; a pass's jump its first
+step's slot 0; each restart step's churn its slot 1). The script checks that every draw was used.
 
 Two runs per case: ``final32``, the function as published (its restart grid, ``get_steps``, starts from a float32
 ``arange``, so torch keeps each pass's levels, the jump's scale, the churned level and the step sizes in float32),
