@@ -27,10 +27,9 @@ GOLDEN = dict(np.load(os.path.join(os.path.dirname(__file__), "golden", "singles
 CASES = sorted(k.rsplit("/", 1)[0] for k in GOLDEN if k.endswith("/final"))
 MU, S = 0.5, 0.8  # the golden's data: N(MU, S^2) in 3-D
 RTOL = 1e-10
-#: the sigma grids' sigma_min cases that run in the fast tier (one for each last group's order and the SDE's noise)
-FAST_SIGMA_MIN = {"dpmsolver++/midpoint/1/karras_sigmas_sigma_min/10",
-                  "dpmsolver++/midpoint/2/exponential_sigmas_sigma_min/10",
-                  "dpmsolver/midpoint/3/karras_sigmas_sigma_min/12",
+#: the sigma grids' sigma_min cases that run in the fast tier: diffusers' defaults (a last group of order 2) and
+#: order 3 with the SDE's noise for the zero-length step (the others, and order 1, in the slow tier)
+FAST_SIGMA_MIN = {"dpmsolver++/midpoint/2/exponential_sigmas_sigma_min/10",
                   "sde-dpmsolver++/midpoint/3/karras_sigmas_sigma_min/12"}
 SIGMA_MIN_GRIDS = [c for c in CASES if "_sigmas_sigma_min" in c]
 
@@ -206,6 +205,7 @@ def test_zero_length_step_of_a_second_order_midpoint_group(x64):
                                rtol=1e-12)
 
 
+@pytest.mark.slow  # two compiled runs
 def test_the_loop_ends_the_last_group_with_the_zero_length_step(x64):
     """final_sigmas_type="repeat" on three grid points, order 3, lower_order_final=False: diffusers' groups over the
     three steps (two intervals and the zero-length one) are [1, 2, 3], so the run's last step is the order-3 step
