@@ -851,12 +851,6 @@ def discrete_config(config: Any, *, source: str = "config", zero_snr: str = "exa
                          f"{', '.join(SIGMA_CLASSES)} only; allowed: False")
     if len(asked) > 1:
         raise ValueError(f"{source}: {' and '.join(asked)} are all True; diffusers' grids are exclusive: set one")
-    if asked and own.get("final_sigmas_type") == "sigma_min" and name == "DPMSolverSinglestepScheduler":
-        raise ValueError(f"{source}: {asked[0]} with final_sigmas_type = 'sigma_min': the sigma grid already ends at "
-                         f"sigma_min, and diffusers then takes a zero-length last step (sigma_min to sigma_min) that "
-                         f"counts in the single-step solver's order groups, which this package does not express; "
-                         f"allowed: final_sigmas_type = 'zero' (DPMSolverMultistep and UniPC serve it: "
-                         f"final_sigmas_type='repeat')")
     if name == "DPMSolverMultistepInverseScheduler" and own.get("lambda_min_clipped", -math.inf) != -math.inf:
         raise ValueError(f"{source}: lambda_min_clipped = {own['lambda_min_clipped']!r} changes the inverse grid's top "
                          f"and is not supported for DPMSolverMultistepInverseScheduler; allowed: -inf")

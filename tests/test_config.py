@@ -70,12 +70,14 @@ def test_save_never_overwrites_silently(tmp_path):
 
 def discrete_files() -> dict:
     """diffusers 0.42.1's save_config output of each discrete class (tests/golden/make_spacing_golden.py),
-    Stable-Diffusion-style and default (and tests/golden/make_classical_golden.py's classes), plus an LMSDiscreteScheduler file written by hand (v-prediction,
+    Stable-Diffusion-style and default (and the classes of tests/golden/make_classical_golden.py and
+    make_singlestep_golden.py), plus an LMSDiscreteScheduler file written by hand (v-prediction,
     trained_betas: the fields the goldens do not cover)."""
     with np.load(GOLDEN) as data:
         files = {k.split("/", 1)[1]: json.loads(str(data[k])) for k in data.files if k.startswith("config/")}
-    with np.load(os.path.join(os.path.dirname(GOLDEN), "classical.npz")) as data:  # the classes it made loadable
-        files |= {k.split("/", 1)[1]: json.loads(str(data[k])) for k in data.files if k.startswith("config/")}
+    for other in ("classical.npz", "singlestep.npz"):  # the classes they made loadable
+        with np.load(os.path.join(os.path.dirname(GOLDEN), other)) as data:
+            files |= {k.split("/", 1)[1]: json.loads(str(data[k])) for k in data.files if k.startswith("config/")}
     files["LMSDiscreteScheduler"] = {
         "_class_name": "LMSDiscreteScheduler", "_diffusers_version": "0.42.1", "num_train_timesteps": 20,
         "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",

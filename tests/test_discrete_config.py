@@ -135,11 +135,11 @@ def test_foreign_thresholding_and_final_sigmas_type_are_ignored_as_diffusers_ign
 
 # ------------------------------------------------------------------- every option of every class: a table
 #
-# diffusers 0.42.1's save_config output of each discrete class (tests/golden/spacings.npz, classical.npz), with one
-# option set as diffusers would write it. "samples": loads and its config's solver samples (finite, 4 steps); "method":
-# loads, and sampling names the method this package lacks; any other value: the load's refusal, which names
-# the field. Each served row's parity with diffusers is tested where it is implemented (test_clip_sample,
-# test_variance_types, test_zero_snr, test_sigma_grids, test_config_solver, test_classical).
+# diffusers 0.42.1's save_config output of each discrete class (tests/golden/spacings.npz, classical.npz,
+# singlestep.npz), with one option set as diffusers would write it. "samples": loads and its config's solver samples
+# (finite, 4 steps); "method": loads, and sampling names the method this package lacks; any other value: the load's
+# refusal, which names the field. Each served row's parity with diffusers is tested where it is implemented (test_clip_sample,
+# test_variance_types, test_zero_snr, test_sigma_grids, test_config_solver, test_classical, test_dpm_singlestep).
 V = {"prediction_type": "v_prediction"}  # zero terminal SNR: its first label has alpha = 0 (no epsilon model)
 OPTION_TABLE = [
     ("DDPMScheduler", {"clip_sample": True}, "samples"),
@@ -161,6 +161,13 @@ OPTION_TABLE = [
     ("DPMSolverMultistepScheduler", {"variance_type": "learned_range"}, "samples"),
     ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}, "samples"),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}, "method"),
+    ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}, "samples"),
+    ("DPMSolverSinglestepScheduler", {"final_sigmas_type": "sigma_min"}, "samples"),
+    ("DPMSolverSinglestepScheduler", {"use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}, "samples"),
+    ("DPMSolverSinglestepScheduler", {"use_beta_sigmas": True, "final_sigmas_type": "sigma_min",
+                                      "algorithm_type": "sde-dpmsolver++"}, "samples"),
+    ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min",
+                                      "algorithm_type": "dpmsolver"}, "samples"),
     ("UniPCMultistepScheduler", {"rescale_betas_zero_snr": True, **V}, "samples"),
     ("UniPCMultistepScheduler", {"use_karras_sigmas": True}, "samples"),
     ("UniPCMultistepScheduler", {"use_exponential_sigmas": True}, "samples"),
@@ -196,7 +203,7 @@ def _table_id(row):
     return f"{row[0]}-{','.join(f'{k}={v}' for k, v in row[1].items()) or 'default'}"
 
 
-@pytest.mark.slow  # 33 compiled 4-step runs
+@pytest.mark.slow  # 43 compiled 4-step runs
 @pytest.mark.parametrize("cls, change, outcome", OPTION_TABLE, ids=[_table_id(r) for r in OPTION_TABLE])
 def test_every_option_of_every_class_is_served_or_refused_by_name(cls, change, outcome):
     saved = _default_files()[cls]

@@ -4,7 +4,8 @@ euler_at_final.
 Parity with diffusers 0.42.1's DPMSolverMultistep and UniPC loops in float64 (tests/golden/sigmas.npz, by
 tests/golden/make_sigmas_golden.py) on Stable Diffusion's schedule with an exact Gaussian epsilon model: the
 labels the model is called at, the noise levels stepped through, and the final samples; the grid formulas
-and the label rule tested directly; the refusals.
+and the label rule tested directly; the refusals. DPMSolverSinglestep's sigma grids with final_sigmas_type="sigma_min"
+are tested here once and in tests/test_dpm_singlestep.py in full.
 """
 
 import json
@@ -150,14 +151,33 @@ def test_euler_at_final_lowers_the_last_step_on_long_grids():
     ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True},
      "use_karras_sigmas = True changes sampling and is supported for DPMSolverMultistepScheduler"),
     ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "are all True; diffusers' grids are exclusive"),
-    ({"_class_name": "DPMSolverSinglestepScheduler", "use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"},
-     "zero-length last step"),
     ({"lambda_min_clipped": float("nan")}, "lambda_min_clipped must be a number or -inf"),
     ({"lambda_min_clipped": True}, "lambda_min_clipped must be a number or -inf"),
 ])
 def test_unsupported_sigma_options_are_refused(change, match):
     with pytest.raises(ValueError, match=match):
         sv.load_config({"_class_name": "DPMSolverMultistepScheduler", **change})
+
+
+def test_singlestep_sigma_min_on_a_sigma_grid_loads_and_matches_diffusers(x64):
+    """DPMSolverSinglestep with a sigma grid and final_sigmas_type="sigma_min" (its other fields diffusers' defaults:
+    order 2, midpoint, lower_order_final false) loads, with final_sigmas_type="repeat": diffusers' zero-length last
+    step ends the last order group, [1, 2] over 10 steps, the order-2 step from the ninth point to the tenth again.
+    Its final samples against diffusers 0.42.1's (tests/golden/singlestep.npz; tests/test_dpm_singlestep.py holds
+    the other algorithms, orders and grids) to 1e-10."""
+    from gaussian_model import label_gaussian_model
+
+    golden = np.load(os.path.join(os.path.dirname(__file__), "golden", "singlestep.npz"))
+    state = sv.set_timesteps(sv.load_config({"_class_name": "DPMSolverSinglestepScheduler", **SD,
+                                             "use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}), 10)
+    method, options = state.diffusers_config.solver_options()
+    assert (method, options["final_sigmas_type"], options["order"]) == ("dpm_solver_singlestep", "repeat", 2)
+    case = "dpmsolver++/midpoint/2/exponential_sigmas_sigma_min/10"
+    model = label_gaussian_model(golden["alphas_cumprod"], "epsilon", S, MU)
+    x = np.asarray(sv.sample_ode(state, model, jax.random.key(int(golden["seed"])), golden["x_T"].shape,
+                                 dtype=jnp.float64))
+    ref = golden[f"{case}/final"]
+    assert float(np.max(np.abs(x - ref)) / np.max(np.abs(ref))) <= RTOL
 
 
 def test_sigma_grids_need_a_finite_sigma_max():

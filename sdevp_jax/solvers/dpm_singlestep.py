@@ -27,6 +27,19 @@ integral :math:`-\alpha_t(h^2/2 - h + 1 - e^{-h})/h^2`. The noise-prediction for
 first paper's) is the same with :math:`\alpha \leftrightarrow \sigma`, :math:`h \to -h` and the noise
 predictions; SDE-DPM-Solver++ (Lu et al. 2022b, app. B) takes :math:`e^{-h}` into the first term,
 :math:`1 - e^{-2h}` for :math:`-\varphi` and adds :math:`\sigma_t\sqrt{1 - e^{-2h}}\,z`.
+
+With ``final_sigmas_type="repeat"`` (diffusers' ``final_sigmas_type="sigma_min"`` on its sigma grids, which end at
+:math:`\sigma_{min}` already) the run ends with a zero-length step from the last point to itself, one more network
+call, and that step counts in the order groups as diffusers' ``get_order_list`` counts it. It is a step of the loop
+(its own noise slot in the SDE form). In a group of order 1 it leaves :math:`x` where it is (exactly: :math:`h = 0`
+makes :math:`\varphi = 0` and :math:`\sigma_t/\sigma_s = 1`, and the SDE noise's :math:`\sqrt{1 - e^{-2h}} = 0`).
+In a group of order :math:`p \ge 2` it is the group's last step with :math:`t = s_0`: from the group's start
+:math:`s_{p-1}` to the last grid point again, :math:`h = \lambda_{s_0} - \lambda_{s_{p-1}} \ne 0` and
+:math:`r_0 = 1`, so nothing divides by zero: it replaces :math:`x_{s_0}`, which the group's lower-order step reached
+from :math:`s_{p-1}`, by the order-:math:`p` step over the same interval with the prediction at :math:`s_0` as well
+(for ``heun``, exact for predictions polynomial of degree :math:`p - 1` in :math:`\lambda`). diffusers 0.42.1 gives
+finite results in every such case (measured in float64: orders 1-3, the three algorithms and solver types, its
+Karras, exponential and beta grids, 10 to 25 steps, ``lower_order_final`` both ways).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from .base import StepCoeffs, choice_option, option, register
+from .base import StepCoeffs, StepInfo, choice_option, option, register
 from .dpm import DPMPP_TYPES
 from .multistep import GridSolver, History
 
@@ -145,6 +158,7 @@ class DPMSolverSinglestep(GridSolver):
     name = "dpm_solver_singlestep"
     description = "single-step DPM-Solver(++) on the grid's points, orders 1-3 (Lu et al. 2022a,b)"
     max_order = 3
+    repeat_ready = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -159,10 +173,27 @@ class DPMSolverSinglestep(GridSolver):
         """In data prediction only (the noise form's ``alpha_t/alpha_s`` is infinite from alpha = 0)."""
         return self.algorithm_type == "dpmsolver++"
 
+    @property
+    def _repeat(self) -> bool:
+        return self.final_sigmas_type == "repeat"
+
+    def num_steps(self, num_points: int) -> int:
+        """One step per interval, and with ``final_sigmas_type="repeat"`` the zero-length step at the last point (a
+        step of the loop: it ends an order group and, in the SDE form, draws its noise)."""
+        return num_points - 1 + (1 if self._repeat else 0)
+
     def orders(self, num_points: int):
-        num_steps = num_points - 1 + (1 if self.final_zero else 0)
+        """The order of each step of the loop (:meth:`num_steps`), diffusers' groups over all of its steps (the step
+        to sigma = 0 or the zero-length one included)."""
+        num_steps = num_points - 1 + (1 if self.final_call else 0)
         return jnp.asarray(singlestep_orders(num_steps, self.order, self.lower_order_final,
-                                             self.final_zero)[: num_points - 1])
+                                             self.final_zero)[: self.num_steps(num_points)])
+
+    def finish(self, model, x, hist, grid):
+        """As the other grid solvers' (the step to sigma = 0), but the zero-length step is the loop's last."""
+        if self._repeat:
+            return x, hist, StepInfo(0)
+        return super().finish(model, x, hist, grid)
 
     def _sde_terms(self, noise) -> dict:
         """The SDE form's arguments of :func:`singlestep_dpm_step` (none here)."""
@@ -172,7 +203,7 @@ class DPMSolverSinglestep(GridSolver):
         pred = eps if self.algorithm_type == "dpmsolver" else d0
         start = jnp.maximum(k - order + 1, 0)  # the group's first point
         x_start = jnp.where(order == 1, x, hist.x_prev)
-        c = grid.coeffs(start, k + 1)
+        c = grid.coeffs(start, jnp.minimum(k + 1, grid.num_points - 1))  # (the zero-length step: to point k)
         x_next = singlestep_dpm_step(x_start, (pred, hist.m1, hist.m2), (grid.lam[k], hist.lam1, hist.lam2), c,
                                      order, solver_type=self.solver_type, algorithm=self.algorithm_type,
                                      **self._sde_terms(noise))
