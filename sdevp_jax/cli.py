@@ -455,7 +455,7 @@ def add_model_fn_arguments(parser: argparse.ArgumentParser, model_id_help: str) 
              "--class")
     add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
     add("--model-id", default=None, metavar="NAME",
-        help=f"{model_id_help} (default: the --model string; name a checkpoint by its name and hash here)")
+        help=f"{model_id_help}, e.g. a checkpoint's name and hash; without it, the --model string")
 
 
 def fittable_methods() -> list[str]:
