@@ -33,6 +33,17 @@ CFG-rescale; a user's ``--model`` with ``--class`` is called ``model_fn(x, t, co
 per sample, -1 for the null class). The picture then shows the class's exact density
 and weights. ``sdevp-jax info`` prints the backend, devices, versions, the schedule (of the
 same options), the embedded model's classes and the methods with their kind.
+
+``sdevp-jax fit-grid --method M --nfe K --out FILE`` fits the times of ``M``'s grid at ``K``
+network calls to the model of the same model, schedule, solver and class options as ``sample``
+(:func:`sdevp_jax.fit_grid`, ``--algorithm dp`` or ``gradient``, on ``--batch-size`` starting
+points drawn from ``--seed``) and writes them with :func:`sdevp_jax.fitting.save_grid`, recording
+the model identity (``--model-id``, default the ``--model`` string), the sample shape and the
+class and guidance; an existing ``FILE`` is refused without ``--force``. ``sample --grid FILE``
+samples on those times: the file is checked against the command's schedule, method and options,
+model identity, shape and class (:func:`sdevp_jax.jobs.with_saved_grid`; any difference is an
+error that names it), the grid's length is the number of steps, and the job's manifest records
+the times, so that a job never resumes on another grid.
 """
 
 from __future__ import annotations
@@ -122,8 +133,9 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that name the model's schedule, prediction type and grid (``sample`` and ``info``)."""
+def add_model_arguments(parser: argparse.ArgumentParser, spacing: bool = True) -> None:
+    """The options that name the model's schedule, prediction type and grid (``sample`` and ``info``; ``fit-grid``
+    without ``--spacing``: it fits the grid)."""
     from .config import DISCRETE_CLASSES
     from .denoiser import PREDICTION_TYPES
     from .grids import SPACINGS
@@ -139,9 +151,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="the cosine schedule's offset s (default 0.008; with --schedule cosine)")
     add("--prediction-type", default=None, choices=list(PREDICTION_TYPES),
         help="what the model returns (default: the --config's; epsilon without one)")
-    add("--spacing", default=None, choices=list(SPACINGS),
-        help="the grid of times: default 'reference' (ScoreSdeVpScheduler's) for the linear schedule, the "
-             "config's timestep_spacing for a discrete one, 'logsnr' otherwise")
+    if spacing:
+        add("--spacing", default=None, choices=list(SPACINGS),
+            help="the grid of times: default 'reference' (ScoreSdeVpScheduler's) for the linear schedule, the "
+                 "config's timestep_spacing for a discrete one, 'logsnr' otherwise")
 
 
 def model_options(args: argparse.Namespace) -> dict:
@@ -180,7 +193,7 @@ def model_options(args: argparse.Namespace) -> dict:
         options["schedule"] = {"kind": "cosine", "s": 0.008 if args.cosine_s is None else args.cosine_s}
     if args.prediction_type is not None:
         options["prediction_type"] = args.prediction_type
-    if args.spacing is not None:
+    if getattr(args, "spacing", None) is not None:
         options["spacing"] = args.spacing
     return options
 
@@ -400,18 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
              "in low dimension)")
     add_solver_arguments(sample)
     add_condition_arguments(sample)
-    add("--steps", type=_int_at_least(1), default=1000, help="num_inference_steps of the scheduler")
+    add("--steps", type=_int_at_least(1), default=argparse.SUPPRESS,
+        help="num_inference_steps of the scheduler (default 1000; with --grid the grid's length)")
+    add("--grid", type=Path, default=None, metavar="FILE",
+        help="sample on the times of a grid file written by 'sdevp-jax fit-grid' (or sv.fitting.save_grid), "
+             "checked against this command's schedule, --method and its options, --model-id, --shape and "
+             "--class/guidance; recorded in the job's manifest")
     add("--num-samples", type=_int_at_least(1, 2**32), default=4096, help="number of samples")
     add("--batch-size", type=_int_at_least(1), default=1024,
         help="samples per compiled call and per chunk file (other sizes: same samples to float rounding)")
     # jax.random.key keeps only a seed's low 32 bits unless x64 is enabled.
     add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed")
     add_model_arguments(sample)
-    add("--model", default="default",
-        help="'default' (the embedded mixture, exact under the schedule) or module:function, a model_fn(x, t) "
-             "of --prediction-type taking sv.model_time (a discrete schedule's label); model_fn(x, t, cond) with "
-             "--class")
-    add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
+    add_model_fn_arguments(sample, "the model identity that --grid was fitted for")
     add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the samples' dtype")
     add("--plot", action=argparse.BooleanOptionalAction, default=None,
         help="write OUT/samples.png, the first two coordinates (default: when samples are 2-D)")
@@ -428,7 +442,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="JAX's persistent compilation cache: a rerun or resumed job loads the compiled sampler from here "
         "(default: $SDEVP_JAX_CACHE_DIR, else $XDG_CACHE_HOME/sdevp-jax/jax or ~/.cache/sdevp-jax/jax)")
     add("--no-cache", action="store_true", help="do not use the persistent compilation cache")
+    add_fit_grid_parser(commands)
     return parser
+
+
+def add_model_fn_arguments(parser: argparse.ArgumentParser, model_id_help: str) -> None:
+    """``--model``, ``--shape`` and ``--model-id`` (``sample`` and ``fit-grid``)."""
+    add = parser.add_argument
+    add("--model", default="default",
+        help="'default' (the embedded mixture, exact under the schedule) or module:function, a model_fn(x, t) "
+             "of --prediction-type taking sv.model_time (a discrete schedule's label); model_fn(x, t, cond) with "
+             "--class")
+    add("--shape", type=_event_shape, default=(2,), help="the shape of one sample, e.g. 3,32,32")
+    add("--model-id", default=None, metavar="NAME",
+        help=f"{model_id_help}, e.g. a checkpoint's name and hash; without it, the --model string")
+
+
+def fittable_methods() -> list[str]:
+    """The methods whose grid ``fit-grid`` fits: the deterministic fixed-grid ODE solvers (all but ``adaptive``)."""
+    from .samplers import list_methods
+
+    return [m for m in list_methods("ode") if m != "adaptive"]
+
+
+def add_fit_grid_parser(commands) -> None:
+    """The ``fit-grid`` subcommand's parser."""
+    from .fitting import ALGORITHMS
+
+    fit = commands.add_parser(
+        "fit-grid",
+        help="fit a time grid to the model for a solver and NFE, for 'sample --grid'",
+        description="Fit the times of a --method's grid at --nfe network calls to the model (sv.fit_grid: GITS's "
+        "dynamic programme, or gradient descent through the sampler) on --batch-size starting points x_T drawn "
+        "from --seed as 'sample' draws them, and write them with what they were fitted for to the JSON file "
+        "--out (sv.fitting.save_grid). 'sdevp-jax sample --grid FILE' with the same model, schedule, method and "
+        "options samples on them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = fit.add_argument
+    add("--method", required=True, choices=fittable_methods(),
+        help="the solver that will run the grid: a deterministic fixed-grid ODE method")
+    add_solver_arguments(fit)
+    add("--nfe", type=_int_at_least(1), required=True,
+        help="the solver's network calls per sample on the grid (the grid's length follows: "
+             "sv.fitting.num_points_for_nfe)")
+    add("--algorithm", default="dp", choices=list(ALGORITHMS),
+        help="'dp': GITS's dynamic programme over a fine grid (one first-order step's cost); 'gradient': Adam on "
+             "the grid through the compiled solver")
+    add("--batch-size", type=_int_at_least(1), default=256, help="the starting points x_T the grid is fitted on")
+    add("--seed", type=_int_at_least(0, 2**32 - 1), default=0, help="PRNG seed of the x_T")
+    add("--fine-points", type=_int_at_least(2), default=61,
+        help="the fine grid's times (Karras-spaced) through which the teacher runs: dp picks the grid among them")
+    add("--teacher-substeps", type=_int_at_least(1), default=4,
+        help="the teacher's Heun steps between consecutive fine times")
+    add("--iterations", type=_int_at_least(1), default=None, help="gradient: Adam steps (default 200)")
+    add("--learning-rate", type=_positive_float, default=None,
+        help="gradient: Adam's step size on the grid's log-SNR increments (default 0.05)")
+    add("--free-end", action="store_true",
+        help="gradient, with a solver whose output is the data prediction at the last grid time "
+             "(final_sigmas_type 'zero'): fit the last time too")
+    add_model_arguments(fit, spacing=False)
+    add_model_fn_arguments(fit, "the model identity recorded in the file, which 'sample --grid' checks")
+    add_condition_arguments(fit)
+    add("--out", type=Path, required=True, metavar="FILE", help="the grid file to write (JSON)")
+    add("--force", action="store_true", help="overwrite --out if it exists")
 
 
 def mode_weights(samples: np.ndarray, mixture) -> tuple[np.ndarray, np.ndarray]:
@@ -567,12 +644,30 @@ def _job_spec(args: argparse.Namespace):
     from . import jobs
 
     options = model_options(args)  # JobSpec's defaults (the paper's VP) unless given
+    steps = getattr(args, "steps", None)  # left out: 1000, or the grid's length
+    saved = None
+    if args.grid is not None:
+        if args.spacing is not None:
+            raise ValueError(f"--spacing {args.spacing} and --grid exclude each other: the grid file gives the times")
+        saved = read_grid(args.grid)
+        if steps is not None and steps != len(saved.timesteps):
+            raise ValueError(f"--steps {steps} contradicts --grid {args.grid}, a grid of {len(saved.timesteps)} "
+                             "times (leave --steps out)")
+        steps = len(saved.timesteps)
+    elif args.model_id is not None:
+        raise ValueError("--model-id names the model that a --grid was fitted for; it needs --grid")
     spec = jobs.JobSpec(
-        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+        steps=1000 if steps is None else steps,
         method=args.method, corrector=args.corrector, snr=args.snr, corrector_steps=args.corrector_steps,
         step_rule=args.step_rule, event_shape=tuple(args.shape), model=args.model, dtype=args.dtype, **options,
         **solver_options(args), **condition_options(args),
     )
+    if saved is not None:
+        try:
+            spec = jobs.with_saved_grid(spec, saved, model=args.model_id)
+        except ValueError as err:
+            raise ValueError(f"--grid {args.grid}: {err}") from None
     if spec.model == "default" and math.prod(spec.event_shape) < 2:
         raise ValueError(f"--shape {','.join(map(str, spec.event_shape))}: the default model needs at least 2 "
                          "entries per sample")
@@ -587,6 +682,88 @@ def _job_spec(args: argparse.Namespace):
 
 #: What a user can cause through the command line: each ends in one line and a non-zero exit.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+
+
+def read_grid(path: Path):
+    """The :class:`~sdevp_jax.fitting.SavedGrid` in ``path``, or a ValueError naming ``--grid`` and the file."""
+    from . import fitting
+
+    try:
+        return fitting.load_grid(path)
+    except OSError as err:
+        raise ValueError(f"--grid {path}: cannot read it ({err.strerror or err})") from None
+    except (ValueError, KeyError, TypeError) as err:
+        reason = f"no field {err}" if isinstance(err, KeyError) else _first_line(err).removeprefix(f"{path} ")
+        raise ValueError(f"--grid {path}: not a grid file of 'sdevp-jax fit-grid' or sv.fitting.save_grid "
+                         f"({reason})") from None
+
+
+def run_fit_grid(args: argparse.Namespace) -> int:
+    """The ``fit-grid`` subcommand; returns the exit code."""
+    from . import fitting, jobs, solvers
+
+    out: Path = args.out
+    try:
+        if (out.exists() or out.is_symlink()) and not args.force:
+            raise ValueError(f"--out {out} exists; pass --force to overwrite it")
+        gradient = {"iterations": args.iterations, "learning_rate": args.learning_rate,
+                    "free_end": True if args.free_end else None}
+        if args.algorithm != "gradient":
+            given = [name for name, value in gradient.items() if value is not None]
+            if given:
+                raise ValueError(f"--{given[0].replace('_', '-')} applies to --algorithm gradient, not "
+                                 f"{args.algorithm}")
+        options = solver_options(args)
+        try:
+            points = fitting.num_points_for_nfe(args.method, args.nfe, **options)
+        except ValueError as err:
+            raise ValueError(f"--nfe {args.nfe}: {err}") from None
+        if args.fine_points < points:
+            raise ValueError(f"--fine-points must be >= the grid's {points} times (--nfe {args.nfe}), "
+                             f"got {args.fine_points}")
+        # The job that the grid is for: its schedule, model, solver and condition, as 'sample' builds them.
+        spec = jobs.JobSpec(num_samples=args.batch_size, batch_size=args.batch_size, seed=args.seed, steps=points,
+                            method=args.method, event_shape=tuple(args.shape), model=args.model,
+                            **model_options(args), **options, **condition_options(args))
+        if spec.model == "default" and math.prod(spec.event_shape) < 2:
+            raise ValueError(f"--shape {','.join(map(str, spec.event_shape))}: the default model needs at least 2 "
+                             "entries per sample")
+        jobs.check_resources(spec)
+        import jax
+
+        state = jobs.job_state(spec)
+        model_fn = jobs.job_model(spec, state, jobs.load_model(spec, state))
+        solver = solvers.make(spec.method, **spec.solver_options())
+        start = time.perf_counter()
+        grid, info = fitting.fit_grid(
+            state, model_fn, jax.random.key(spec.seed), (spec.batch_size, *spec.event_shape), method=solver,
+            nfe=args.nfe, algorithm=args.algorithm, cond=jobs.job_cond(spec, spec.batch_size), dtype=spec.dtype,
+            fine_points=args.fine_points, teacher_substeps=args.teacher_substeps, return_info=True,
+            **{name: value for name, value in gradient.items() if value is not None})
+        seconds = time.perf_counter() - start
+        fit = {"algorithm": args.algorithm, "batch_size": spec.batch_size, "seed": spec.seed, "nfe": args.nfe,
+               "fine_points": args.fine_points, "teacher_substeps": args.teacher_substeps,
+               "loss": info.loss, "initial_loss": info.initial_loss, "teacher_nfe": info.teacher_nfe}
+        if args.algorithm == "gradient":
+            fit |= {"iterations": 200 if args.iterations is None else args.iterations,
+                    "learning_rate": 0.05 if args.learning_rate is None else args.learning_rate,
+                    "free_end": args.free_end}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fitting.save_grid(out, grid, state=state, method=solver, model=args.model_id or spec.model,
+                          metadata=jobs.grid_metadata(spec) | {"fit": fit, "versions": jobs.versions()},
+                          overwrite=args.force)
+    except FileExistsError:  # it appeared while the grid was fitted
+        return _error(f"--out {out} exists; pass --force to overwrite it")
+    except USER_ERRORS as err:
+        return _error(_first_line(err), 1 if isinstance(err, OSError) else 2)
+    start_grid = "log-SNR grid" if args.algorithm == "dp" else "starting grid"
+    print(f"wrote {out}: {len(grid)} times for {spec.method} at NFE {args.nfe} ({args.algorithm} on "
+          f"{spec.batch_size} x_T, {seconds:.1f} s): mean squared error to the teacher {info.loss:.4g} "
+          f"({start_grid}: {info.initial_loss:.4g}); times {', '.join(f'{t:.4g}' for t in grid)}")
+    if args.algorithm == "dp" and info.loss > info.initial_loss:  # dp's cost is a first-order step's
+        print(f"note: the fitted grid's error on the fitting batch is above the log-SNR grid's; dp's cost is that "
+              f"of a first-order (DDIM) step, and --algorithm gradient fits {spec.method}'s own steps")
+    return 0
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -668,8 +845,9 @@ def run_sample(args: argparse.Namespace) -> int:
         return 0
     defaults = jobs.solver_defaults(spec.method, thresholding=bool(spec.thresholding))
     method = spec.method + "".join(f", {k} {v}" for k, v in spec.solver_options().items() if v != defaults[k])
+    grid = "" if spec.timesteps is None else f" of --grid {args.grid}"
     print(f"wrote {' and '.join(map(str, written))}: {spec.num_samples} samples, {method}{describe_condition(spec)}, "
-          f"{spec.steps} steps, seed {spec.seed}, in {seconds:.1f} s")
+          f"{spec.steps} steps{grid}, seed {spec.seed}, in {seconds:.1f} s")
     return 0
 
 
@@ -733,6 +911,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     if args.command == "info":
         return run_info(args)
+    if args.command == "fit-grid":
+        return run_fit_grid(args)
     return run_sample(args)
 
 

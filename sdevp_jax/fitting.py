@@ -599,11 +599,11 @@ def schedule_description(state: ScoreSdeVpSchedulerState) -> dict:
         if isinstance(value, (bool, int, str)):
             out[field.name] = value
             continue
-        data = np.ascontiguousarray(np.asarray(value, np.float64))
-        if data.ndim == 0:
+        data = np.asarray(value, np.float64)
+        if data.ndim == 0:  # before ascontiguousarray, which makes a 0-d array 1-d
             out[field.name] = float(data)
         else:
-            out[field.name + "_sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
+            out[field.name + "_sha256"] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
     out["sampling_eps"] = float(np.asarray(state.sampling_eps))
     out["prediction_type"] = state.prediction_type
     return out

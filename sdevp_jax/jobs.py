@@ -58,7 +58,12 @@ schedule, prediction type or grid is refused like any other change:
   "beta_schedule": ..., "beta_start": ..., "beta_end": ..., "num_train_timesteps": ...,
   "trained_betas": ...}`` (a discrete config's, the one way to name a discrete schedule);
 * ``prediction_type``: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``;
-* ``spacing``: the grid of :func:`~sdevp_jax.set_timesteps` (one of ``sv.SPACINGS``).
+* ``spacing``: the grid of :func:`~sdevp_jax.set_timesteps` (one of ``sv.SPACINGS``), or
+  ``"custom"`` for a job on its own ``timesteps`` (a grid fitted by :func:`~sdevp_jax.fit_grid`
+  and saved with :func:`~sdevp_jax.fitting.save_grid`: :func:`with_saved_grid` puts a job on it
+  after checking that it was fitted for the job's schedule, solver and model). The manifest
+  records the times themselves, so a job never resumes on another grid: mixing the samples
+  of two grids in one job is refused like any other change.
 
 Left out (``None``), each takes the scheduler config's: the linear schedule, epsilon
 and ScoreSdeVpScheduler's ``"reference"`` grid for a ``ScoreSdeVpScheduler`` config (a
@@ -116,7 +121,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__, grids, schedules
+from . import __version__, _checks, grids, schedules
 from ._cache import compilation_cache
 from ._io import atomic_write
 from .config import (_same, discrete_config, discrete_config_dict, discrete_state, is_discrete_class,
@@ -133,7 +138,7 @@ from .scheduler import create_state, set_timesteps
 
 __all__ = ["JobSpec", "JobError", "JobMismatchError", "JobIntegrityError", "JobLockedError", "JobWriteError",
            "NonFiniteChunkError", "ModelError", "JobWarning", "run_job", "verify_chunks", "job_lock", "job_id", "check_resources", "load_model", "job_model", "job_cond", "job_state",
-           "schedule_json", "solver_defaults",
+           "schedule_json", "solver_defaults", "with_saved_grid", "grid_metadata",
            "SOLVER_FIELDS", "CONDITION_FIELDS", "DEFAULT_CLASSES"]
 
 MANIFEST = "manifest.json"
@@ -228,6 +233,12 @@ class _JobFields:
       guidance_interval: ``None`` or ``(t_lo, t_hi)``, continuous times with
         ``0 <= t_lo < t_hi <= 1``: guide only there (the conditional model elsewhere).
       guidance_rescale: CFG-rescale's ``phi`` in ``[0, 1]`` (0: none).
+      timesteps: ``None`` (the grid of ``spacing``) or the job's own grid of times, a strictly
+        decreasing sequence of ``steps`` floats inside the schedule's range, run as
+        ``set_timesteps(state, timesteps=...)`` (a grid fitted by :func:`~sdevp_jax.fit_grid`:
+        :func:`with_saved_grid` reads one from its file and checks it against the job);
+        the spacing is then ``"custom"``. Recorded in the manifest time by time, so that a job
+        never resumes on another grid.
     """
 
     num_samples: int
@@ -251,6 +262,7 @@ class _JobFields:
     guidance_scale: Optional[float] = None
     guidance_interval: Optional[tuple[float, float]] = None
     guidance_rescale: float = 0.0
+    timesteps: Optional[tuple[float, ...]] = None
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size", "steps", "corrector_steps"):
@@ -293,7 +305,10 @@ class _JobFields:
         object.__setattr__(self, "scheduler", scheduler)
         object.__setattr__(self, "schedule", schedule_json(state))
         object.__setattr__(self, "prediction_type", state.prediction_type)
-        object.__setattr__(self, "spacing", _check_spacing(state, self.spacing, self.steps))
+        timesteps = _resolve_timesteps(self, state)
+        object.__setattr__(self, "timesteps", timesteps)
+        object.__setattr__(self, "spacing",
+                           "custom" if timesteps is not None else _check_spacing(state, self.spacing, self.steps))
 
     def solver_options(self) -> dict:
         """The solver options that apply to the method, resolved: ``sv.solvers.make(method, **options)``."""
@@ -308,13 +323,16 @@ class _JobFields:
         config = dataclasses.asdict(self) | {"event_shape": list(self.event_shape)}
         if self.guidance_interval is not None:
             config["guidance_interval"] = list(self.guidance_interval)
+        if self.timesteps is not None:
+            config["timesteps"] = list(self.timesteps)
         return identity(config)
 
     @classmethod
     def from_json(cls, data: dict) -> "JobSpec":
         data = data | {"event_shape": tuple(data["event_shape"])}
-        if data.get("guidance_interval") is not None:
-            data["guidance_interval"] = tuple(data["guidance_interval"])
+        for name in ("guidance_interval", "timesteps"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
         return cls(**data)
 
     @property
@@ -439,6 +457,25 @@ def _resolve_condition(spec: "JobSpec") -> dict:
             "guidance_rescale": rescale}
 
 
+def _resolve_timesteps(spec: "JobSpec", state) -> Optional[tuple[float, ...]]:
+    """``spec.timesteps`` as a tuple of floats, checked on the host against ``spec.steps``, ``spec.spacing``
+    and the schedule's range (``None`` stays ``None``).
+
+    Raises:
+      ValueError, TypeError: not a strictly decreasing 1-D sequence of finite real numbers in the
+        schedule's range, a length other than ``steps``, or a ``spacing`` other than ``"custom"``.
+    """
+    if spec.timesteps is None:
+        return None
+    if spec.spacing not in (None, "custom"):
+        raise ValueError(f"timesteps give the job's grid; spacing={spec.spacing!r} contradicts them (leave it out)")
+    values = _checks.host_real_array("timesteps", spec.timesteps)
+    grids.check_grid(state, values, "timesteps")
+    if values.shape[0] != spec.steps:
+        raise ValueError(f"steps must equal len(timesteps) = {values.shape[0]}, got {spec.steps}")
+    return tuple(float(t) for t in values)
+
+
 def identity(config: dict) -> dict:
     """A job config without the options that change nothing, with the fields a manifest may lack filled in.
 
@@ -449,10 +486,12 @@ def identity(config: dict) -> dict:
     it, so such jobs still resume. Solver options that do not apply to the method are
     left out. The class and guidance fields (:data:`CONDITION_FIELDS`) are kept only where
     they apply: ``class_label`` for a conditional job, the guidance's with a
-    ``guidance_scale``; a manifest without them was unconditional.
+    ``guidance_scale``; a manifest without them was unconditional. ``timesteps`` is kept
+    only for a job on its own grid; a manifest without it ran the grid of its ``spacing``.
     """
     dropped = [k for k in CONDITION_FIELDS if config.get("class_label") is None
                or (k in GUIDANCE_FIELDS and config.get("guidance_scale") is None)]
+    dropped += ["timesteps"] if config.get("timesteps") is None else []  # a job on a spacing's grid
     config = {k: v for k, v in config.items() if k not in dropped}
     method = config.get("method", "euler_maruyama")
     applicable = solver_defaults(method, thresholding=bool(config.get("thresholding")))
@@ -571,8 +610,86 @@ def job_state(spec: JobSpec):
       (10, 'reference')
     """
     state, _ = _config_state(spec)
+    if spec.timesteps is not None:
+        return set_timesteps(state, timesteps=np.asarray(spec.timesteps, np.float64))
     spacing = None if spec.spacing == default_spacing(state) else spec.spacing
     return set_timesteps(state, spec.steps, spacing=spacing)
+
+
+def with_saved_grid(spec: JobSpec, grid, *, model: Optional[str] = None) -> JobSpec:
+    """``spec`` on a grid saved by :func:`~sdevp_jax.fitting.save_grid`, checked against the job first.
+
+    The file must have been fitted for this job's sampler and model: the same schedule
+    (:func:`~sdevp_jax.fitting.schedule_description`: its parameters, ``sampling_eps``,
+    ``prediction_type``), the same ``method`` with the same options (those that differ from
+    the method's defaults), the model identity ``model`` (``spec.model`` when not given),
+    and, where the file records them (``sdevp-jax fit-grid`` does), the same ``event_shape``
+    and the same class and guidance (the model that was fitted is the guided one). Any
+    difference is a ValueError that names every field that differs, with both values; a
+    grid is never used for a sampler or a model it was not fitted for.
+
+    Args:
+      spec: the job; its ``steps`` and ``spacing`` are replaced by the grid's length and ``"custom"``.
+      grid: the file's path, or the :class:`~sdevp_jax.fitting.SavedGrid` that
+        :func:`~sdevp_jax.fitting.load_grid` read from it.
+      model: the model identity the grid was saved with.
+
+    Returns:
+      ``spec`` with ``timesteps`` (the file's times, float64 as saved), ``steps`` and ``spacing="custom"``.
+
+    Examples:
+      >>> import os, tempfile
+      >>> spec = sv.JobSpec(num_samples=8, batch_size=4, seed=0, steps=10, method="dpm_solver_pp")
+      >>> state = sv.jobs.job_state(spec)
+      >>> path = os.path.join(tempfile.mkdtemp(), "grid.json")
+      >>> times = np.asarray(sv.set_timesteps(state, 5, spacing="logsnr").timesteps, np.float64)
+      >>> _ = sv.fitting.save_grid(path, times, state=state, method="dpm_solver_pp", model="default")
+      >>> on_grid = sv.jobs.with_saved_grid(spec, path)
+      >>> on_grid.steps, on_grid.spacing, len(sv.jobs.job_state(on_grid).timesteps)
+      (5, 'custom', 5)
+      >>> sv.jobs.with_saved_grid(spec, path, model="my-net")
+      Traceback (most recent call last):
+      ...
+      ValueError: ... was fitted for another job: model 'default' in the file, 'my-net' here
+    """
+    from . import fitting
+
+    saved = grid if isinstance(grid, fitting.SavedGrid) else fitting.load_grid(grid)
+    where = "the grid" if isinstance(grid, fitting.SavedGrid) else str(grid)
+    model = spec.model if model is None else model
+    differ = []
+
+    def compare(name, theirs, ours):
+        if theirs != ours:
+            differ.append(f"{name} {theirs!r} in the file, {ours!r} here")
+
+    state, _ = _config_state(spec)
+    here = fitting.schedule_description(state)
+    keys = ["class"] if saved.schedule.get("class") != here["class"] else sorted(set(saved.schedule) | set(here))
+    for key in keys:  # another class of schedule: its parameters are other parameters, not shown
+        compare(f"schedule {key}", saved.schedule.get(key), here.get(key))
+    compare("method", saved.method, spec.method)
+    if saved.method == spec.method and spec.method in solvers.names(SAMPLE_ODE_KINDS):
+        theirs = fitting._given_options(solvers.make(saved.method, **saved.options))
+        ours = fitting._given_options(solvers.make(spec.method, **spec.solver_options()))
+        for key in sorted(set(theirs) | set(ours)):
+            compare(key, theirs.get(key, "default"), ours.get(key, "default"))
+    compare("model", saved.model, model)
+    for key, ours in grid_metadata(spec).items():
+        if key in saved.extra:
+            compare(key, saved.extra[key], ours)
+    if differ:
+        raise ValueError(f"{where} was fitted for another job: {'; '.join(differ)}")
+    times = tuple(float(t) for t in saved.timesteps)
+    return dataclasses.replace(spec, steps=len(times), spacing="custom", timesteps=times)
+
+
+def grid_metadata(spec: JobSpec) -> dict:
+    """What :func:`with_saved_grid` checks beyond the schedule, method and model identity: the job's
+    ``event_shape`` and its class and guidance (``save_grid``'s ``metadata``, as ``sdevp-jax fit-grid`` writes it)."""
+    config = spec.to_json()
+    return {"event_shape": list(spec.event_shape),
+            "condition": {k: config[k] for k in CONDITION_FIELDS if k in config}}
 
 
 def versions() -> dict:

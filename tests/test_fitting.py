@@ -248,6 +248,21 @@ def test_fitted_grid_beats_the_logsnr_grid_on_held_out_starts(algorithm, method,
 # ------------------------------------------------------------------------------------------------- grid files
 
 
+def test_schedule_description_writes_numbers_as_numbers_and_tables_by_digest():
+    """A 0-d parameter (the linear schedule's beta_min, beta_max) as its float, readable in the file and in a
+    mismatch message; a table (a discrete schedule's knots) by the SHA-256 of its float64 bytes."""
+    assert fitting.schedule_description(sv.create_state()) == {
+        "class": "LinearSchedule", "beta_min": 0.1, "beta_max": 20.0, "sampling_eps": 0.001,
+        "prediction_type": "epsilon"}
+    state = sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000))
+    described = fitting.schedule_description(state)
+    import hashlib
+
+    knots = np.ascontiguousarray(np.asarray(state.schedule.knots, np.float64))
+    assert described["knots_sha256"] == hashlib.sha256(knots.tobytes()).hexdigest()
+    assert described["num_train_timesteps"] == 1000
+
+
 def test_save_load_round_trip_and_refusal_to_overwrite(tmp_path):
     state = sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000))
     grid = np.asarray(sv.set_timesteps(state, 6, spacing="karras").timesteps, np.float64)

@@ -263,6 +263,7 @@ def test_building_a_spec_does_not_start_jax():
             "thresholding=True, sample_max_value=2.0)\n"  # the solver options are checked on the host too
             "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=4, class_label=2, guidance_scale=2.0, "
             "guidance_interval=(0.1, 0.9))\n"  # and the condition (the default model's classes: DEFAULT_CLASSES)
+            "jobs.JobSpec(num_samples=2, batch_size=2, seed=0, steps=3, timesteps=(1.0, 0.5, 0.001))\n"  # a grid
             "assert not xla_bridge.backends_are_initialized()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
