@@ -67,7 +67,7 @@ from .loops import check_common, check_zero_snr_start, make_sample_keys, per_sam
 from .scheduler import ScoreSdeVpSchedulerState
 
 __all__ = ["fit_grid", "num_points_for_nfe", "dp_select", "gits_costs", "teacher_trajectory", "FitInfo",
-           "save_grid", "load_grid", "SavedGrid", "schedule_description", "ALGORITHMS", "FORMAT"]
+           "save_grid", "load_grid", "SavedGrid", "schedule_description", "recorded_schedule", "ALGORITHMS", "FORMAT"]
 
 #: the fitting algorithms of :func:`fit_grid`
 ALGORITHMS = ("dp", "gradient")
@@ -681,6 +681,26 @@ def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union
     return atomic_write(path, lambda f: f.write(text.encode()), overwrite=bool(overwrite))
 
 
+def recorded_schedule(recorded: dict, here: dict) -> dict:
+    """A grid file's schedule fields, compared with ``here`` (:func:`schedule_description` of a state).
+
+    Files written by sdevp-jax 0.6.0 record a number parameter such as ``beta_min`` as the
+    SHA-256 digest of its float64 bytes (key ``beta_min_sha256``) instead of the number;
+    where that digest is the one of ``here``'s number, the field is read as that number,
+    so those files keep loading on the schedule they were fitted on.
+    """
+    import hashlib
+
+    out = dict(recorded)
+    for key, digest in recorded.items():
+        name = key[:-len("_sha256")]
+        if key.endswith("_sha256") and isinstance(here.get(name), float) and name not in recorded:
+            if hashlib.sha256(np.asarray([here[name]], np.float64).tobytes()).hexdigest() == digest:
+                del out[key]
+                out[name] = here[name]
+    return out
+
+
 def load_grid(path, *, state: Optional[ScoreSdeVpSchedulerState] = None, model: Optional[str] = None) -> SavedGrid:
     """Read a file written by :func:`save_grid`.
 
@@ -699,10 +719,11 @@ def load_grid(path, *, state: Optional[ScoreSdeVpSchedulerState] = None, model: 
                       int(record["nfe"]), dict(record["schedule"]), record["model"], dict(record.get("metadata", {})))
     if state is not None:
         here = schedule_description(state)
-        differ = sorted(k for k in set(here) | set(saved.schedule) if here.get(k) != saved.schedule.get(k))
+        theirs = recorded_schedule(saved.schedule, here)
+        differ = sorted(k for k in set(here) | set(theirs) if here.get(k) != theirs.get(k))
         if differ:
             raise ValueError(f"{path} was fitted on another schedule: {', '.join(differ)} differ "
-                             f"(file {[saved.schedule.get(k) for k in differ]}, state {[here.get(k) for k in differ]})")
+                             f"(file {[theirs.get(k) for k in differ]}, state {[here.get(k) for k in differ]})")
     if model is not None and model != saved.model:
         raise ValueError(f"{path} was fitted for model {saved.model!r}, not {model!r}")
     return saved

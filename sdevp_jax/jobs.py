@@ -665,9 +665,10 @@ def with_saved_grid(spec: JobSpec, grid, *, model: Optional[str] = None) -> JobS
 
     state, _ = _config_state(spec)
     here = fitting.schedule_description(state)
-    keys = ["class"] if saved.schedule.get("class") != here["class"] else sorted(set(saved.schedule) | set(here))
+    theirs = fitting.recorded_schedule(saved.schedule, here)
+    keys = ["class"] if theirs.get("class") != here["class"] else sorted(set(theirs) | set(here))
     for key in keys:  # another class of schedule: its parameters are other parameters, not shown
-        compare(f"schedule {key}", saved.schedule.get(key), here.get(key))
+        compare(f"schedule {key}", theirs.get(key), here.get(key))
     compare("method", saved.method, spec.method)
     if saved.method == spec.method and spec.method in solvers.names(SAMPLE_ODE_KINDS):
         theirs = fitting._given_options(solvers.make(saved.method, **saved.options))

@@ -263,6 +263,30 @@ def test_schedule_description_writes_numbers_as_numbers_and_tables_by_digest():
     assert described["num_train_timesteps"] == 1000
 
 
+def test_a_file_with_digests_of_number_parameters_loads_on_its_schedule_only(tmp_path):
+    """sdevp-jax 0.6.0 wrote a number parameter as the SHA-256 of its float64 bytes (``beta_min_sha256``): such a
+    file still matches the schedule it was fitted on, in load_grid and in the jobs' check, and no other."""
+    import hashlib
+
+    spec = sv.jobs.JobSpec(num_samples=1, batch_size=1, seed=0, steps=4, method="ddim")
+    other = sv.jobs.JobSpec(num_samples=1, batch_size=1, seed=0, steps=4, method="ddim",
+                            scheduler=spec.scheduler | {"beta_max": 10.0})
+    state = sv.jobs.job_state(spec)
+    grid = np.asarray(sv.set_timesteps(state, 4, spacing="logsnr").timesteps, np.float64)
+    path = fitting.save_grid(tmp_path / "g.json", grid, state=state, method="ddim", model="default")
+    record = json.loads(path.read_text())
+    for name in ("beta_min", "beta_max"):  # the earlier form, written out: a 1-element float64 array's digest
+        value = record["schedule"].pop(name)
+        record["schedule"][name + "_sha256"] = hashlib.sha256(np.asarray([value], np.float64).tobytes()).hexdigest()
+    path.write_text(json.dumps(record))
+    assert np.array_equal(fitting.load_grid(path, state=state).timesteps, grid)
+    with pytest.raises(ValueError, match="another schedule: beta_max, beta_max_sha256 differ"):
+        fitting.load_grid(path, state=sv.jobs.job_state(other))
+    assert np.array_equal(sv.jobs.with_saved_grid(spec, path).timesteps, grid)
+    with pytest.raises(ValueError, match="schedule beta_max_sha256"):
+        sv.jobs.with_saved_grid(other, path)
+
+
 def test_save_load_round_trip_and_refusal_to_overwrite(tmp_path):
     state = sv.create_state(schedule=sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012, 1000))
     grid = np.asarray(sv.set_timesteps(state, 6, spacing="karras").timesteps, np.float64)
