@@ -24,7 +24,10 @@ changes), the number of steps, how the loop starts, and the numbers and toleranc
         model_output = model(scheduler.scale_model_input(sample, t), t)
         sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
 
-runs twice: in float32 as their test runs it (``sum32``/``mean32``: their number, reproduced or not), recording each
+(the sigma-space ``*Discrete`` schedulers' tests rebind ``sample`` to the scaled model input before
+``step``, so that each step starts from :math:`x/\sqrt{1 + \sigma^2}`: not a sampling loop; for those the script also
+runs the loop as diffusers' pipelines run it, ``step`` on the unscaled sample, stored under ``<case>/pipeline/``:
+``final``, ``final32``, ``sum32``, ``mean32``, ``noise``) runs twice: in float32 as their test runs it (``sum32``/``mean32``: their number, reproduced or not), recording each
 normal draw of the stochastic schedulers (``randn_tensor`` in the scheduler's module is wrapped: the draw is the
 generator's, kept); then in float64 with those draws fed back (as float64) in order. For the float64 run the
 scheduler's module sees a ``torch`` whose ``float32`` is float64 (:class:`_golden.Float32As64`) and the default dtype
@@ -32,7 +35,8 @@ is float64 (and its ``np.float32`` is ``np.float64``), so its tables (``betas``,
 checks every float tensor of the scheduler is float64 after ``set_timesteps``.
 
 Per case ``<class>/<test>`` the file holds ``config`` (JSON), ``n``, ``start``, ``labels`` (the ``timesteps`` the loop
-steps through, float64), ``x_start`` (the sample entering the loop, float64 run), ``noise`` (the name of the array
+steps through, float64), ``x_start`` (the sample entering the loop, float64 run), ``sigma_start`` (the sigma-space schedulers'
+sigma there, else 0), ``noise`` (the name of the array
 ``noise/<digest>`` of the generator's draws, ``(draws, 4, ...)``, stored in float32, which holds them exactly; absent
 for deterministic loops), ``final`` (float64 run's last sample), ``final32`` (float32
 run's), ``sum32``, ``mean32``, and ``expected`` = [sum, sum tolerance, mean, mean tolerance] from their test (NaN
@@ -226,6 +230,17 @@ def ramps(one_d: bool):
     return sample, noise
 
 
+class _Numpy64(Float32As64):
+    """``numpy`` for a float64 run: ``float32`` is float64, but ``linspace(..., dtype=float32)`` keeps its float32
+    values (then float64): the sigma-space schedulers' label grids are those float32 labels, which sdevp_jax takes
+    as given (their sigmas are then interpolated in float64 at them)."""
+
+    def linspace(self, *args, dtype=None, **kwargs):
+        if dtype is self.float32:
+            return self._torch.linspace(*args, dtype=np.float32, **kwargs).astype(np.float64)
+        return self._torch.linspace(*args, dtype=dtype, **kwargs)
+
+
 def model(sample, t):
     """SchedulerCommonTest's ``dummy_model``: ``sample * t / (t + 1)``, ``t`` cast to the sample's dtype."""
     if isinstance(t, torch.Tensor):
@@ -233,7 +248,7 @@ def model(sample, t):
     return sample * t / (t + 1)
 
 
-def run(case, dtype, noise_in=None):
+def run(case, dtype, noise_in=None, as_written=True):
     file, test, cls_name, config, n, mode, t_start, _ = case
     cls = getattr(diffusers, cls_name)
     module = importlib.import_module(cls.__module__)
@@ -255,7 +270,7 @@ def run(case, dtype, noise_in=None):
         module.randn_tensor = randn
     previous = torch.get_default_dtype()
     if dtype == torch.float64:
-        module.torch, module.np = Float32As64(torch), Float32As64(np)
+        module.torch, module.np = Float32As64(torch), _Numpy64(np)
         torch.set_default_dtype(torch.float64)
     try:
         scheduler = cls(**config)
@@ -277,6 +292,7 @@ def run(case, dtype, noise_in=None):
         if "noise" in mode:
             sample = scheduler.add_noise(sample, noise, timesteps[:1])
         x_start = sample.double().numpy().copy()
+        sigma_start = float(scheduler.sigmas[start]) if "Discrete" in cls_name else 0.0
         generator = torch.manual_seed(0)
         takes_generator = "generator" in inspect.signature(scheduler.step).parameters
         for t in timesteps:
@@ -286,7 +302,7 @@ def run(case, dtype, noise_in=None):
                 sample = model_input
             else:
                 model_input = scheduler.scale_model_input(sample, t)
-                if "Discrete" in cls_name:  # the sigma-space tests rebind sample to the scaled input
+                if "Discrete" in cls_name and as_written:  # their sigma-space tests rebind sample to the input
                     sample = model_input
             kwargs = {"generator": generator} if takes_generator and cls_name != "SASolverScheduler" else {}
             if cls_name == "DDPMScheduler":
@@ -299,7 +315,7 @@ def run(case, dtype, noise_in=None):
         module.torch, module.np = real_torch, real_np
         torch.set_default_dtype(previous)
     labels = np.asarray(timesteps.double().numpy() if isinstance(timesteps, torch.Tensor) else timesteps, np.float64)
-    return sample.double().numpy(), x_start, labels, draws
+    return sample.double().numpy(), (x_start, sigma_start), labels, draws
 
 
 def main():
@@ -309,7 +325,7 @@ def main():
         file, test, cls_name, config, n, mode, t_start, expected = case
         key = f"{cls_name}/{test}"
         final32, _, labels32, draws = run(case, torch.float32)
-        final, x_start, labels, _ = run(case, torch.float64, noise_in=draws if draws else None)
+        final, (x_start, sigma_start), labels, _ = run(case, torch.float64, noise_in=draws if draws else None)
         s32, m32 = float(np.abs(final32).sum()), float(np.abs(final32).mean())
         s64, m64 = float(np.abs(final).sum()), float(np.abs(final).mean())
         ok = all(np.isnan(e) or abs(v - e) < tol for v, e, tol in ((s32, expected[0], expected[1]),
@@ -318,10 +334,19 @@ def main():
               f"expected {expected[0]:.6g}/{expected[2]:.6g} {'reproduced' if ok else 'NOT REPRODUCED'}")
         arrays.update({f"{key}/config": json.dumps(dict(config, _class_name=cls_name)), f"{key}/n": n,
                        f"{key}/mode": mode, f"{key}/t_start": t_start, f"{key}/labels": labels,
-                       f"{key}/labels32": labels32, f"{key}/x_start": x_start, f"{key}/final": final,
+                       f"{key}/labels32": labels32, f"{key}/x_start": x_start, f"{key}/sigma_start": sigma_start, f"{key}/final": final,
                        f"{key}/final32": final32, f"{key}/sum32": s32, f"{key}/mean32": m32,
                        f"{key}/expected": np.array(expected, np.float64), f"{key}/reproduced32": ok,
                        f"{key}/source": f"tests/schedulers/{file}::{test.replace('1D:', 'UniPCMultistepScheduler1DTest::')}"})
+        if "Discrete" in cls_name and "karras" not in test:  # the same loop as a pipeline runs it
+            p32, _, _, p_draws = run(case, torch.float32, as_written=False)
+            p64, _, _, _ = run(case, torch.float64, noise_in=p_draws if p_draws else None, as_written=False)
+            arrays.update({f"{key}/pipeline/final": p64, f"{key}/pipeline/final32": p32,
+                           f"{key}/pipeline/sum32": float(np.abs(p32).sum()),
+                           f"{key}/pipeline/mean32": float(np.abs(p32).mean())})
+            print(f"{'':75s} pipeline: sum32 {np.abs(p32).sum():.6g} sum64 {np.abs(p64).sum():.6g}")
+            if p_draws:
+                arrays[f"{key}/pipeline/noise"] = np.stack(p_draws).astype(np.float32)
         if draws:  # the generator's float32 draws, exact in float32; loops drawing the same ones share them
             noise = np.stack(draws).astype(np.float32)
             assert np.array_equal(noise.astype(np.float64), np.stack(draws))
