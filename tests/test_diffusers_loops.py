@@ -89,13 +89,25 @@ def noise_of(case: str, pipeline: bool):
     return GOLDEN[str(GOLDEN[f"{case}/noise"])] if f"{case}/noise" in GOLDEN else None
 
 
+def start_sample(case: str) -> np.ndarray:
+    """The sample entering the loop (float64): diffusers' sigma-space sample :math:`x/\alpha` is sdevp_jax's
+    :math:`x` over :math:`\alpha = 1/\sqrt{1 + \sigma^2}` at its start."""
+    x_start = GOLDEN[f"{case}/x_start"]
+    if is_sigma_space(case):
+        return x_start / np.sqrt(1.0 + float(GOLDEN[f"{case}/sigma_start"]) ** 2)
+    return x_start
+
+
+def from_point(state, start: int):
+    """The state's grid from its point ``start`` on (and, on a sigma grid, the model labels there)."""
+    labels = None if state.model_labels is None else state.model_labels[start:]
+    return state.replace(timesteps=state.timesteps[start:], model_labels=labels)
+
+
 def run(case: str, dtype, pipeline: bool = False) -> np.ndarray:
     """The loop of ``case`` by sdevp_jax in ``dtype``: the last sample (at sigma = 0 or, inverting, the grid's top)."""
     n, mode, start = int(GOLDEN[f"{case}/n"]), str(GOLDEN[f"{case}/mode"]), int(GOLDEN[f"{case}/t_start"])
-    x_start = GOLDEN[f"{case}/x_start"]
-    if is_sigma_space(case):  # diffusers' sample x / alpha at its sigma: sdevp_jax's x is alpha times it
-        x_start = x_start / np.sqrt(1.0 + float(GOLDEN[f"{case}/sigma_start"]) ** 2)
-    x_start = jnp.asarray(x_start).astype(dtype)
+    x_start = jnp.asarray(start_sample(case)).astype(dtype)
     noise = noise_of(case, pipeline)
     base = sv.load_config(config(case))
     if "Inverse" in case:
@@ -110,8 +122,7 @@ def run(case: str, dtype, pipeline: bool = False) -> np.ndarray:
                                     noise=jnp.asarray(z).astype(dtype), dtype=dtype, denoise=True))
     state = sv.set_timesteps(base, n)
     if mode == "noise":  # the tests' add_noise start at grid point t_start (diffusers' timesteps[t_start * order])
-        labels = None if state.model_labels is None else state.model_labels[start:]
-        state = state.replace(timesteps=state.timesteps[start:], model_labels=labels)
+        state = from_point(state, start)
     options = {}
     if noise is not None:
         if is_sigma_space(case):  # one draw per interval; diffusers' draw at its step to sigma = 0 is scaled by 0
@@ -247,13 +258,9 @@ def test_started_inside_the_grid_is_not_expressed(case, x64):
     (measured: 0.15, 0.006 and 0.84 relative), so these loops are not claimed. The same configs run from the top of
     the grid are held to diffusers at 1e-10 above."""
     n, mode = int(GOLDEN[f"{case}/n"]), str(GOLDEN[f"{case}/mode"])
-    state = sv.set_timesteps(sv.load_config(config(case)), n)
     start = int(GOLDEN[f"{case}/t_start"]) if mode == "noise" else 3
-    labels = None if state.model_labels is None else state.model_labels[start:]
-    state = state.replace(timesteps=state.timesteps[start:], model_labels=labels)
-    x_start = GOLDEN[f"{case}/x_start"]
-    if is_sigma_space(case):
-        x_start = x_start / np.sqrt(1.0 + float(GOLDEN[f"{case}/sigma_start"]) ** 2)
+    state = from_point(sv.set_timesteps(sv.load_config(config(case)), n), start)
+    x_start = start_sample(case)
     got = np.asarray(sv.sample_ode(state, dummy_model, None, x_start.shape, x_init=jnp.asarray(x_start),
                                    dtype=jnp.float64))
     assert rel_err(got, GOLDEN[f"{case}/pipeline/final" if is_sigma_space(case) else f"{case}/final"]) > 1e-3
