@@ -90,7 +90,7 @@ def noise_of(case: str, pipeline: bool):
 
 
 def start_sample(case: str) -> np.ndarray:
-    """The sample entering the loop (float64): diffusers' sigma-space sample :math:`x/\alpha` is sdevp_jax's
+    r"""The sample entering the loop (float64): diffusers' sigma-space sample :math:`x/\alpha` is sdevp_jax's
     :math:`x` over :math:`\alpha = 1/\sqrt{1 + \sigma^2}` at its start."""
     x_start = GOLDEN[f"{case}/x_start"]
     if is_sigma_space(case):
