@@ -24,23 +24,29 @@ changes), the number of steps, how the loop starts, and the numbers and toleranc
         model_output = model(scheduler.scale_model_input(sample, t), t)
         sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
 
-(the sigma-space ``*Discrete`` schedulers' tests rebind ``sample`` to the scaled model input before
-``step``, so that each step starts from :math:`x/\sqrt{1 + \sigma^2}`: not a sampling loop; for those the script also
-runs the loop as diffusers' pipelines run it, ``step`` on the unscaled sample, stored under ``<case>/pipeline/``:
-``final``, ``final32``, ``sum32``, ``mean32``, ``noise``) runs twice: in float32 as their test runs it (``sum32``/``mean32``: their number, reproduced or not), recording each
-normal draw of the stochastic schedulers (``randn_tensor`` in the scheduler's module is wrapped: the draw is the
-generator's, kept); then in float64 with those draws fed back (as float64) in order. For the float64 run the
-scheduler's module sees a ``torch`` whose ``float32`` is float64 (:class:`_golden.Float32As64`) and the default dtype
-is float64 (and its ``np.float32`` is ``np.float64``), so its tables (``betas``, ``alphas_cumprod``, sigmas) are built in float64 from the config; the script
-checks every float tensor of the scheduler is float64 after ``set_timesteps``.
+The tests' variations: DDPM's loop over ``range`` hands the model an int ``t``; SA-Solver's test hands the
+generator to ``scale_model_input`` (the scheduler's draws then come from torch's global generator, which
+``manual_seed`` seeded); the sigma-space ``*Discrete`` schedulers' tests rebind ``sample`` to the scaled model input
+before ``step``, so that each step starts from :math:`x/\sqrt{1 + \sigma^2}`: not a sampling loop. For those the
+script also runs the loop as diffusers' pipelines run it (``step`` on the unscaled sample), stored under
+``<case>/pipeline/``: ``final``, ``final32``, ``sum32``, ``mean32``, ``noise``.
 
-Per case ``<class>/<test>`` the file holds ``config`` (JSON), ``n``, ``start``, ``labels`` (the ``timesteps`` the loop
-steps through, float64), ``x_start`` (the sample entering the loop, float64 run), ``sigma_start`` (the sigma-space schedulers'
-sigma there, else 0), ``noise`` (the name of the array
-``noise/<digest>`` of the generator's draws, ``(draws, 4, ...)``, stored in float32, which holds them exactly; absent
-for deterministic loops), ``final`` (float64 run's last sample), ``final32`` (float32
-run's), ``sum32``, ``mean32``, and ``expected`` = [sum, sum tolerance, mean, mean tolerance] from their test (NaN
-where the test asserts no sum), ``source`` (file::test).
+Each loop runs twice: in float32 as their test runs it (``sum32``/``mean32``: their number, reproduced or not,
+``reproduced32``), recording each normal draw of the stochastic schedulers (``randn_tensor`` in the scheduler's
+module is wrapped: the draw is the generator's, kept); then in float64 with those draws fed back in order. For the
+float64 run the scheduler's module sees a ``torch`` whose ``float32`` is float64 (:class:`_golden.Float32As64`), a
+``numpy`` whose ``float32`` is float64 but whose ``linspace(..., dtype=float32)`` keeps its float32 values
+(:class:`_Numpy64`: the sigma-space schedulers' label grids are those float32 labels, which sdevp_jax takes as
+given), and float64 as the default dtype, so its tables (``betas``, ``alphas_cumprod``, sigmas) are built in float64
+from the config; the script checks that every float tensor of the scheduler is float64 after ``set_timesteps``.
+
+Per case ``<class>/<test>`` (``1D:`` before the test for UniPC's 1D class) the file holds ``config`` (JSON), ``n``,
+``mode``, ``t_start``, ``labels`` and ``labels32`` (the ``timesteps`` the loop steps through, float64 and float32
+runs), ``x_start`` (the sample entering the loop, float64 run), ``sigma_start`` (the sigma-space schedulers' sigma
+there, else 0), ``noise`` (the name of the array ``noise/<digest>`` of the generator's draws, ``(draws, 4, ...)``,
+stored in float32, which holds them exactly; absent for deterministic loops), ``final`` (the float64 run's last
+sample), ``final32`` (the float32 run's), ``sum32``, ``mean32``, ``expected`` = [sum, sum tolerance, mean, mean
+tolerance] from their test (NaN where the test asserts no sum), ``reproduced32`` and ``source`` (file::test).
 """
 
 from __future__ import annotations
