@@ -137,34 +137,14 @@ def linear_vp_betas(beta_min: float, beta_max: float, n: int = 1000) -> np.ndarr
 def train_digits_model(steps: int, seed: int = 0):
     """The examples' EpsMLP trained as ``examples/train_digits.py`` trains it (same loss, optimiser, batch, seed)."""
     sys.path.insert(0, str(HERE.parent / "examples"))
-    import optax
     import train_digits as td
 
     train, test = td.load_digits(seed)
     state = sv.create_state()
     net = td.EpsMLP(depth=DIGITS_DEPTH)
-    key = jax.random.key(seed)
-    params = net.init(key, jnp.zeros((1, 64)), jnp.zeros((1,)))
-    optimizer = optax.adamw(optax.cosine_decay_schedule(2e-3, steps), weight_decay=1e-4)
-    opt_state = optimizer.init(params)
-    data = jnp.asarray(train)
-
-    @jax.jit
-    def train_step(params, opt_state, key):
-        k_batch, k_loss = jax.random.split(key)
-        x0 = data[jax.random.randint(k_batch, (128,), 0, data.shape[0])]
-        loss, grads = jax.value_and_grad(
-            lambda p: sv.dsm_loss(state, lambda x, t: net.apply(p, x, t), x0, k_loss))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    start = time.perf_counter()
-    losses = []
-    for step in range(steps):
-        params, opt_state, loss = train_step(params, opt_state, jax.random.fold_in(key, step))
-        losses.append(loss)
-    losses = np.asarray(jax.device_get(losses))
-    info = {"train_steps": steps, "seed": seed, "train_seconds": time.perf_counter() - start,
+    params, losses, seconds = td.train_model(state, net, train, steps, 128, seed)
+    losses = np.asarray(losses)
+    info = {"train_steps": steps, "seed": seed, "train_seconds": seconds,
             "loss_first_100": float(losses[:100].mean()), "loss_last_100": float(losses[-100:].mean()),
             "train_digits": int(len(train)), "test_digits": int(len(test))}
     return state, net, params, train, test, info
@@ -308,10 +288,24 @@ def diffusers_rows(args, parts, meta_extra) -> tuple[list, dict]:
                   "torch_network_probe_error": dmeta.get("probe_errors")}
 
 
-def fit_probe(args) -> int:
-    """In a fresh process: one digits fit repeated, its wall time each time and the process's peak RSS."""
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB: ``VmHWM`` of /proc/self/status (Linux), else ``ru_maxrss``.
+
+    ``VmHWM`` belongs to the process's own address space; ``getrusage``'s ``ru_maxrss`` keeps, across the
+    ``exec`` that started a child, the peak of the parent that forked it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def fit_probe(args) -> int:
+    """In a fresh process: one digits fit repeated, its wall time each time and the process's peak RSS."""
     with np.load(args.fit_probe) as data:
         flat = {k: jnp.asarray(data[k]) for k in data.files}
     sys.path.insert(0, str(HERE.parent / "examples"))
@@ -327,14 +321,14 @@ def fit_probe(args) -> int:
     def model_fn(x, t):
         return net.apply(params, x, t)
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = peak_rss_kib()
     runs = []
     for _ in range(args.probe_repeats):
         start = time.perf_counter()
         grid = sv.fit_grid(state, model_fn, jax.random.key(0), (args.fit_batch, 64), method=args.probe_method,
                            nfe=args.probe_nfe, algorithm=args.probe_algorithm, iterations=args.iterations)
         runs.append(time.perf_counter() - start)
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after = peak_rss_kib()
     print(json.dumps({"seconds": runs, "maxrss_kib_before_fit": rss_before, "maxrss_kib_after_fits": rss_after,
                       "grid": [float(t) for t in grid]}))
     return 0
@@ -350,7 +344,7 @@ def probe_rows(args, part) -> list:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "params.npz")
         np.savez(path, **flat_params(part["params"]))
-        for algorithm in ("dp", "gradient"):
+        for algorithm in args.probe_algorithms:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--fit-probe", path, "--probe-algorithm", algorithm,
                    "--probe-method", args.probe_method, "--probe-nfe", str(args.probe_nfe), "--probe-repeats",
                    str(args.probe_repeats), "--fit-batch", str(args.fit_batch), "--iterations", str(args.iterations)]
@@ -666,8 +660,8 @@ def markdown(results, command) -> str:
         lines += ["## Fitting time and memory on CPU (digits network)", "",
                   "Each configuration in a fresh process (`--fit-probe`), the fit repeated; wall seconds of each "
                   "`sv.fit_grid` call (each compiles its own functions: the first also pays the process's first "
-                  "compilations), and the process's peak resident memory (`resource.getrusage(RUSAGE_SELF)."
-                  "ru_maxrss`) after loading the network and after the fits.", "",
+                  "compilations), and the process's peak resident memory (`VmHWM` of /proc/self/status) after "
+                  "loading the network and after the fits.", "",
                   "| algorithm | solver | NFE | fit batch | iterations | seconds (each) | min | max | peak RSS before "
                   "(MiB) | peak RSS after (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["fit_probe"]:
@@ -713,6 +707,7 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-repeats", type=int, default=3, help="digits: repeats of the timed fits (0: none)")
     parser.add_argument("--probe-method", default="dpm_solver_pp")
     parser.add_argument("--probe-nfe", type=int, default=6)
+    parser.add_argument("--probe-algorithms", nargs="+", default=["dp", "gradient"], choices=("dp", "gradient"))
     parser.add_argument("--probe-algorithm", default="gradient", help=argparse.SUPPRESS)
     parser.add_argument("--fit-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", dest="memory", action="store_false")

@@ -50,6 +50,9 @@ sys.path.insert(0, str(GOLDEN))
 from _golden import Float32As64, float64_tables  # noqa: E402
 from make_sigmas_golden import float64_sigmas  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_vs_nfe_diffusers import mixture_eps  # noqa: E402  (beside this script)
+
 #: (row label, scheduler class name, fields); every one with diffusers' defaults otherwise
 METHODS = [
     ("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++"}),
@@ -81,12 +84,7 @@ def mixture_model(weights, means, scales):
 
     def eps(x, sigma_over_alpha):
         alpha = 1.0 / math.sqrt(1.0 + sigma_over_alpha**2)
-        sigma = sigma_over_alpha * alpha
-        var = alpha**2 * scales**2 + sigma**2  # (K, D)
-        diff = x[:, None, :] - alpha * means  # (B, K, D)
-        logits = torch.log(weights) - 0.5 * torch.sum(torch.log(2 * math.pi * var) + diff**2 / var, dim=-1)
-        resp = torch.softmax(logits, dim=-1)
-        return sigma * torch.sum(resp[..., None] * diff / var, dim=1)
+        return mixture_eps(x, alpha, sigma_over_alpha * alpha, weights, means, scales)
 
     return eps
 

@@ -290,12 +290,15 @@ def test_fitted_grids_benchmark_digits_smoke(tmp_path):
     fitted = load("fitted_grids")
     args = ["--model", "digits", "--digits-train-steps", "20", "--solvers", "ddim", "--nfes", "4", "--fit-batch", "16",
             "--eval-sets", "2", "--iterations", "2", "--directions", "8", "--em-steps", "0", "--probe-repeats", "1",
-            "--no-memory", "--out", str(tmp_path)]
-    assert fitted.main(args) == 0
+            "--probe-algorithms", "dp", "--no-memory", "--out", str(tmp_path)]
+    import jax
+
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes its int step count with floats
+        assert fitted.main(args) == 0
     results = json.loads((tmp_path / "fitted_grids.json").read_text())
     assert [r["grid"] for r in results["rows"]] == list(fitted.GRIDS)
     assert all(np.isfinite(r["rms"]).all() and np.isfinite(r["sw2"]).all() for r in results["rows"])
-    assert [p["algorithm"] for p in results["fit_probe"]] == ["dp", "gradient"]
+    assert [p["algorithm"] for p in results["fit_probe"]] == ["dp"]
     assert all(len(p["seconds"]) == 1 and p["maxrss_kib_after_fits"] >= p["maxrss_kib_before_fit"] > 0
                for p in results["fit_probe"])
     text = (tmp_path / "fitted_grids.md").read_text()
