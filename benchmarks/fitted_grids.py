@@ -595,7 +595,7 @@ def markdown(results, command) -> str:
         lines += ["## Sliced W2 at the largest NFE against Euler-Maruyama", "",
                   "Within noise: the mean over the held-out sets of the difference (set r's sliced W2 minus EM's on "
                   "set r, both to set r's reference) is negative or at most 2 standard errors of those differences "
-                  "(3 sets: a coarse test).", "", "| part | solver | grid | NFE | sliced W2 | EM | difference | 2 SE | within |",
+                  f"({a['eval_sets']} sets: a coarse test).", "", "| part | solver | grid | NFE | sliced W2 | EM | difference | 2 SE | within |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for c in checks:
             lines.append(f"| {c['part']} | {c['method']} | {c['grid']} | {c['nfe']} | {c['sw2']:.4f} | "
