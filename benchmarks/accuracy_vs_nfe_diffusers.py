@@ -50,6 +50,15 @@ ROWS = [
 ]
 
 
+def mixture_eps(x, alpha, sigma, weights, means, scales):
+    """The exact noise prediction of the mixture diffused to (alpha, sigma), in the tensors' dtype."""
+    var = alpha**2 * scales**2 + sigma**2  # (K, D)
+    diff = x[:, None, :] - alpha * means  # (B, K, D)
+    logits = torch.log(weights) - 0.5 * torch.sum(torch.log(2 * math.pi * var) + diff**2 / var, dim=-1)
+    resp = torch.softmax(logits, dim=-1)
+    return sigma * torch.sum(resp[..., None] * diff / var, dim=1)
+
+
 def make_model(weights, means, scales, alphas_cumprod, counter):
     weights, means, scales = (torch.as_tensor(a, dtype=torch.float32) for a in (weights, means, scales))
     abar = alphas_cumprod.to(torch.float32)
@@ -57,12 +66,7 @@ def make_model(weights, means, scales, alphas_cumprod, counter):
     def eps(x, label):
         counter[0] += 1
         a2 = abar[int(label)]
-        alpha, sigma = torch.sqrt(a2), torch.sqrt(1.0 - a2)
-        var = alpha**2 * scales**2 + sigma**2  # (K, D)
-        diff = x[:, None, :] - alpha * means  # (B, K, D)
-        logits = torch.log(weights) - 0.5 * torch.sum(torch.log(2 * math.pi * var) + diff**2 / var, dim=-1)
-        resp = torch.softmax(logits, dim=-1)
-        return sigma * torch.sum(resp[..., None] * diff / var, dim=1)
+        return mixture_eps(x, torch.sqrt(a2), torch.sqrt(1.0 - a2), weights, means, scales)
 
     return eps
 

@@ -65,6 +65,35 @@ def load_digits(seed: int):
     return x[:1500], x[1500:]
 
 
+def train_model(state, net, train, steps: int, batch_size: int, seed: int, log: bool = False):
+    """``net``'s parameters after ``steps`` AdamW steps (cosine-decayed from 2e-3) on ``sv.dsm_loss`` over batches of
+    ``train``; returns ``(params, losses, seconds)``. The key ``jax.random.key(seed)`` initialises the network, and
+    step ``k`` draws its batch and noise from ``fold_in(key, k)``."""
+    key = jax.random.key(seed)
+    params = net.init(key, jnp.zeros((1, train.shape[1])), jnp.zeros((1,)))
+    optimizer = optax.adamw(optax.cosine_decay_schedule(2e-3, steps), weight_decay=1e-4)
+    opt_state = optimizer.init(params)
+    data = jnp.asarray(train)
+
+    @jax.jit
+    def train_step(params, opt_state, key):
+        k_batch, k_loss = jax.random.split(key)
+        x0 = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
+        loss, grads = jax.value_and_grad(
+            lambda p: sv.dsm_loss(state, lambda x, t: net.apply(p, x, t), x0, k_loss))(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    start = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        params, opt_state, loss = train_step(params, opt_state, jax.random.fold_in(key, step))
+        losses.append(float(loss))
+        if log and (step + 1) % max(1, steps // 10) == 0:
+            print(f"step {step + 1:6d}  dsm loss (last 100 mean) {np.mean(losses[-100:]):.3f}", flush=True)
+    return params, losses, time.perf_counter() - start
+
+
 def save_grid(samples: np.ndarray, file) -> None:
     import matplotlib
 
@@ -101,30 +130,8 @@ def main(argv=None) -> int:
     train, test = load_digits(args.seed)
     state = sv.create_state()
     net = EpsMLP()
-    key = jax.random.key(args.seed)
-    params = net.init(key, jnp.zeros((1, 64)), jnp.zeros((1,)))
-    schedule = optax.cosine_decay_schedule(2e-3, args.train_steps)
-    optimizer = optax.adamw(schedule, weight_decay=1e-4)
-    opt_state = optimizer.init(params)
-    data = jnp.asarray(train)
-
-    @jax.jit
-    def train_step(params, opt_state, key):
-        k_batch, k_loss = jax.random.split(key)
-        x0 = data[jax.random.randint(k_batch, (args.batch_size,), 0, data.shape[0])]
-        loss, grads = jax.value_and_grad(
-            lambda p: sv.dsm_loss(state, lambda x, t: net.apply(p, x, t), x0, k_loss))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    start = time.perf_counter()
-    losses = []
-    for step in range(args.train_steps):
-        params, opt_state, loss = train_step(params, opt_state, jax.random.fold_in(key, step))
-        losses.append(float(loss))
-        if (step + 1) % max(1, args.train_steps // 10) == 0:
-            print(f"step {step + 1:6d}  dsm loss (last 100 mean) {np.mean(losses[-100:]):.3f}", flush=True)
-    train_seconds = time.perf_counter() - start
+    params, losses, train_seconds = train_model(state, net, train, args.train_steps, args.batch_size, args.seed,
+                                                log=True)
 
     def model_fn(x, t):
         return net.apply(params, x, t)

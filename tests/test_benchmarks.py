@@ -248,3 +248,58 @@ def test_fitted_grids_benchmark_smoke(tmp_path):
     assert all(np.isfinite(r["rms"]).all() and np.isfinite(r["sw2"]).all() for r in results["rows"])
     assert "| gradient, free end |" in (tmp_path / "fitted_grids.md").read_text()
     assert fitted.main(args) == 1  # refuses to overwrite without --force
+
+
+def test_fitted_grids_linear_vp_betas_reproduce_the_schedule():
+    """The diffusers side's betas for the digits network: alphas_cumprod[k] = alpha(t)^2 of sv's linear VP
+    schedule at t = (k + 1)/1000 (float32 schedule against a float64 table: relative 1e-5)."""
+    fitted = load("fitted_grids")
+    import jax.numpy as jnp
+
+    import sdevp_jax as sv
+
+    acp = np.cumprod(1.0 - fitted.linear_vp_betas(0.1, 20.0))
+    labels = np.array([0, 1, 250, 500, 998, 999])
+    alpha, _ = sv.create_state().schedule.alpha_sigma(jnp.asarray((labels + 1) / 1000.0, jnp.float32))
+    np.testing.assert_allclose(acp[labels], np.asarray(alpha, np.float64) ** 2, rtol=1e-5)
+
+
+def test_fitted_grids_target_takes_the_best_fixed_grid_of_either_library():
+    """The target's ratio divides the best fitted RMS by the least of both libraries' fixed grids."""
+    fitted = load("fitted_grids")
+
+    def row(library, grid, rms, method="dpm_solver_pp"):
+        extra = {"lower_order_final": True, "final_sigmas_type": "zero"} if library == "diffusers" else {}
+        return {"library": library, "part": "2-D", "method": method, "nfe": 5, "grid": grid, "rms": rms, **extra}
+
+    rows = [row("sdevp-jax", "gradient", [0.10, 0.12]), row("sdevp-jax", "dp", [0.3, 0.3]),
+            row("sdevp-jax", "logsnr", [0.30, 0.32]), row("diffusers", "karras", [0.24, 0.26], "UniPC bh2 order 2")]
+    (t,) = fitted.target_table({"rows": rows})
+    assert (t["fitted"], t["sv_fixed"], t["diffusers"]) == ("gradient", "logsnr", "UniPC bh2 order 2, karras")
+    assert t["ratio"] == pytest.approx(0.11 / 0.25) and t["half"]
+    (t,) = fitted.target_table({"rows": rows[:3]})  # without diffusers' rows: sdevp-jax's best fixed grid only
+    assert not t["diffusers_measured"] and t["ratio"] == pytest.approx(0.11 / 0.31) and t["half"]
+    rows[3]["rms"] = [0.2, 0.2]
+    (t,) = fitted.target_table({"rows": rows})
+    assert t["ratio"] == pytest.approx(0.55) and not t["half"]
+
+
+@pytest.mark.slow
+def test_fitted_grids_benchmark_digits_smoke(tmp_path):
+    """--model digits at a tiny size: the network trained here, every grid row, the timed fits in their process."""
+    fitted = load("fitted_grids")
+    args = ["--model", "digits", "--digits-train-steps", "20", "--solvers", "ddim", "--nfes", "4", "--fit-batch", "16",
+            "--eval-sets", "2", "--iterations", "2", "--directions", "8", "--em-steps", "0", "--probe-repeats", "1",
+            "--probe-algorithms", "dp", "--no-memory", "--out", str(tmp_path)]
+    import jax
+
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes its int step count with floats
+        assert fitted.main(args) == 0
+    results = json.loads((tmp_path / "fitted_grids.json").read_text())
+    assert [r["grid"] for r in results["rows"]] == list(fitted.GRIDS)
+    assert all(np.isfinite(r["rms"]).all() and np.isfinite(r["sw2"]).all() for r in results["rows"])
+    assert [p["algorithm"] for p in results["fit_probe"]] == ["dp"]
+    assert all(len(p["seconds"]) == 1 and p["maxrss_kib_after_fits"] >= p["maxrss_kib_before_fit"] > 0
+               for p in results["fit_probe"])
+    text = (tmp_path / "fitted_grids.md").read_text()
+    assert "| digits | ddim | 4 |" in text and "not measured" in text and "Fitting time and memory" in text
