@@ -286,9 +286,11 @@ def test_fitted_grids_target_takes_the_best_fixed_grid_of_either_library():
 
 @pytest.mark.slow
 def test_fitted_grids_benchmark_digits_smoke(tmp_path):
-    """--model digits at a tiny size: the network trained here, every grid row, the timed fits in their process."""
+    """--model digits at a tiny size: the network trained here, a fitted and a fixed grid's rows (the mixture's smoke
+    test runs every grid), the timed fits in their process."""
     fitted = load("fitted_grids")
     args = ["--model", "digits", "--digits-train-steps", "20", "--solvers", "ddim", "--nfes", "4", "--fit-batch", "16",
+            "--grids", "dp", "logsnr",
             "--eval-sets", "2", "--iterations", "2", "--directions", "8", "--em-steps", "0", "--probe-repeats", "1",
             "--probe-algorithms", "dp", "--no-memory", "--out", str(tmp_path)]
     import jax
@@ -296,7 +298,7 @@ def test_fitted_grids_benchmark_digits_smoke(tmp_path):
     with jax.numpy_dtype_promotion("standard"):  # optax mixes its int step count with floats
         assert fitted.main(args) == 0
     results = json.loads((tmp_path / "fitted_grids.json").read_text())
-    assert [r["grid"] for r in results["rows"]] == list(fitted.GRIDS)
+    assert [r["grid"] for r in results["rows"]] == ["dp", "logsnr"]  # a fitted and a fixed grid: each kind of row
     assert all(np.isfinite(r["rms"]).all() and np.isfinite(r["sw2"]).all() for r in results["rows"])
     assert [p["algorithm"] for p in results["fit_probe"]] == ["dp"]
     assert all(len(p["seconds"]) == 1 and p["maxrss_kib_after_fits"] >= p["maxrss_kib_before_fit"] > 0
