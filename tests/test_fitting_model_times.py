@@ -226,3 +226,18 @@ def test_fitted_model_times_beat_the_grid_only_fit_on_held_out_starts():
     e_shift = errors(sv.set_timesteps(sd, timesteps=grid, model_times=times))
     d = e_grid - e_shift
     assert d.mean() > 4 * d.std() / np.sqrt(d.size), (np.sqrt(e_shift.mean()), np.sqrt(e_grid.mean()))
+
+
+def test_the_command_line_refuses_a_grid_file_with_model_times(tmp_path, capsys):
+    """sdevp-jax sample --grid on a file with model times: one error line naming them, exit 2, no samples."""
+    from sdevp_jax import cli
+
+    state = sv.create_state()
+    grid = np.asarray(sv.set_timesteps(state, 5, spacing="logsnr").timesteps, np.float64)
+    path = tmp_path / "shifted.json"
+    fitting.save_grid(path, grid, state=state, method="dpm_solver_pp", model="default", model_times=grid)
+    code = cli.main(["sample", "--method", "dpm_solver_pp", "--grid", str(path), "--num-samples", "8",
+                     "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2
+    assert "records model times" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
