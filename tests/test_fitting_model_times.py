@@ -241,3 +241,23 @@ def test_the_command_line_refuses_a_grid_file_with_model_times(tmp_path, capsys)
     assert code == 2
     assert "records model times" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_model_times_benchmark_runs(capsys):
+    """benchmarks/fitted_model_times.py at a tiny size: a row per grid, the ratio row, finite numbers."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fitted_model_times.py"
+    spec = importlib.util.spec_from_file_location("fitted_model_times", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--dims", "2", "--solvers", "ddim", "--nfes", "4", "--fit-batch", "16", "--eval-batch",
+                        "50", "--iterations", "2", "--directions", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "NFE" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["logsnr", "karras", "time_quadratic", "ays", "gradient (grid only)",
+                                                     "gradient + model times", "grid + model times / best fixed"]
+    numbers = [float(v) for r in rows for v in r.replace("(", " ").replace(")", " ").split("|")[2].split()]
+    assert numbers and np.all(np.isfinite(numbers))
