@@ -48,9 +48,9 @@ def test_the_model_receives_the_model_time_of_each_grid_point(discrete):
     assert on.replace(timesteps=on.timesteps[:3]).model_times is None
 
 
-@pytest.mark.parametrize("method,discrete", [("dpm_solver_pp", True)]
-                         + [pytest.param(m, d, marks=pytest.mark.slow) for m in AT_GRID_POINTS for d in (False, True)
-                            if (m, d) != ("dpm_solver_pp", True)])
+@pytest.mark.slow
+@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("method", AT_GRID_POINTS)
 def test_model_times_equal_to_the_grid_give_the_plain_sampler_bitwise(method, discrete):
     """model_times = timesteps: the same bits as the state without model times, for every solver that applies
     them, on a continuous and a discrete schedule."""
