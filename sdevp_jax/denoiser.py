@@ -303,7 +303,9 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
     exactly an integer where ``t`` is a training time (to the rounding of ``t``: the nearest integer within
     :math:`2\epsilon (n + 1)`, so a model that casts it to int gets the right label); on diffusers'
     sigma grids, at the grid's times, the label diffusers gives its model there
-    (``state.model_labels``). Host values are checked against the schedule's range.
+    (``state.model_labels``). Where the state has ``model_times`` (a time :math:`s_k` per grid point), at
+    the grid's time :math:`t_k` the model receives this function's value at :math:`s_k` instead (continuous
+    or discrete). Host values are checked against the schedule's range.
 
     Examples:
       >>> state = sv.create_state(schedule=sv.schedules.from_diffusers("linear", 1e-4, 0.02, 1000))
@@ -316,24 +318,37 @@ def model_time(state: ScoreSdeVpSchedulerState, t: ArrayLike) -> jax.Array:
     if t_host is not None:
         check_times(state, t_host, "t")
     t = jnp.asarray(t)
+    model_times = getattr(state, "model_times", None)
     if not state.schedule.is_discrete:
-        return t
-    if not jnp.issubdtype(t.dtype, jnp.floating):
-        t = t.astype(_checks.default_float())
+        if model_times is None:
+            return t
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            t = t.astype(_checks.default_float())
+        label, table = t, model_times.astype(t.dtype)
+    else:
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            t = t.astype(_checks.default_float())
+        label = _label(state, t)
+        table = state.model_labels if model_times is None else _label(state, model_times.astype(t.dtype))
+        if table is None:
+            return label
+    # at the grid's times the table's input: diffusers' label on a sigma grid, or the model time of the point
+    # (state.model_times); elsewhere (a solver's intermediate point) the time's own
+    grid = state.timesteps.astype(t.dtype)
+    gap = jnp.abs(grid[None, :] - t.reshape(-1, 1))
+    nearest = jnp.argmin(gap, axis=1)
+    on_grid = jnp.min(gap, axis=1) <= 4.0 * jnp.finfo(t.dtype).eps * t.reshape(-1)
+    return jnp.where(on_grid, table.astype(t.dtype)[nearest], label.reshape(-1)).reshape(t.shape)
+
+
+def _label(state: ScoreSdeVpSchedulerState, t: jax.Array) -> jax.Array:
+    """A discrete schedule's label :math:`tN_{train} - 1` at the float times ``t`` (see :func:`model_time`)."""
     label = t * state.num_train_timesteps - 1.0
     # a training time gives its integer label exactly: t N - 1 misses it by the rounding of t (a model that casts
     # its time to int would get 249 for 249.99998); within that rounding, 2 eps (n + 1), the nearest integer
     nearest = jnp.round(label)
     rounding = 2.0 * jnp.finfo(t.dtype).eps * (jnp.abs(label) + 1.0)
-    label = jnp.where(jnp.abs(label - nearest) <= rounding, nearest, label)
-    if state.model_labels is None:
-        return label
-    # a sigma grid: at its times, the label diffusers gives the model there (elsewhere, t N - 1)
-    grid = state.timesteps.astype(t.dtype)
-    gap = jnp.abs(grid[None, :] - t.reshape(-1, 1))
-    nearest = jnp.argmin(gap, axis=1)
-    on_grid = jnp.min(gap, axis=1) <= 4.0 * jnp.finfo(t.dtype).eps * t.reshape(-1)
-    return jnp.where(on_grid, state.model_labels.astype(t.dtype)[nearest], label.reshape(-1)).reshape(t.shape)
+    return jnp.where(jnp.abs(label - nearest) <= rounding, nearest, label)
 
 
 def time_from_model_time(state: ScoreSdeVpSchedulerState, model_t: ArrayLike) -> jax.Array:

@@ -33,6 +33,22 @@ many steps. Two algorithms:
   too (for the grid solvers that return the data prediction at the last grid time, whose
   place is then a free choice rather than ``sampling_eps``).
 
+  With ``fit_model_times=True`` the model's time is fitted with the grid, per grid point:
+  the solver steps with the grid's :math:`t_k`, and the model is evaluated at
+  :math:`s_k` (``state.model_times``, see :func:`~sdevp_jax.set_timesteps`): decoupled model
+  times as learned by LD3 (Tong et al., "Learning to Discretize Denoising Diffusion ODEs",
+  ICLR 2025), a time shift as the exposure-bias time-shift sampler's (Li et al., ICLR 2024).
+  :math:`s_k` is the time at the log-SNR :math:`\lambda_k + \delta_k`, the shifts
+  :math:`\delta_k` free parameters initialised at 0 and fitted jointly with :math:`\theta`;
+  written as :math:`s_k = t_k + (t(\lambda_k + \delta_k) - t(\lambda_k))`, so that
+  :math:`\delta = 0` gives :math:`s_k = t_k` in every bit and the fit starts as the
+  grid-only one. :math:`\lambda_k + \delta_k` is clipped to the fitted grid's log-SNR range
+  (the model is not evaluated outside the schedule's top and ``sampling_eps``). Only the
+  solvers that call the model once at each grid point and nowhere else
+  (``Solver.model_at_grid_points``: ``ddim``, ``dpm_solver_pp``, ``unipc``, ``deis``,
+  ``ipndm``) give :math:`s_k` one meaning; the others (``heun``, ``euler``, the single-step
+  methods, ``dpm_solver``, ...) are refused.
+
 Both return the grid as a host NumPy array for ``sv.set_timesteps(state, timesteps=grid)``,
 and :func:`save_grid` / :func:`load_grid` keep it with what it was fitted for.
 
@@ -64,7 +80,7 @@ from . import _checks, grids, solvers
 from ._io import atomic_write
 from .denoiser import Denoiser, GuidedModel, is_stateful
 from .loops import check_common, check_zero_snr_start, make_sample_keys, per_sample_normal, sample, sample_ode
-from .scheduler import ScoreSdeVpSchedulerState
+from .scheduler import ScoreSdeVpSchedulerState, set_timesteps
 
 __all__ = ["fit_grid", "num_points_for_nfe", "dp_select", "gits_costs", "teacher_trajectory", "FitInfo",
            "save_grid", "load_grid", "SavedGrid", "schedule_description", "recorded_schedule", "ALGORITHMS", "FORMAT"]
@@ -75,6 +91,9 @@ ALGORITHMS = ("dp", "gradient")
 #: the ``format`` field of a file written by :func:`save_grid`
 FORMAT = "sdevp_jax.fitted_grid"
 _VERSION = 1
+#: the version of a file that records model times (``save_grid(..., model_times=...)``): readers of version 1
+#: alone refuse it rather than run its grid without them; :func:`load_grid` reads both
+_VERSION_MODEL_TIMES = 2
 
 
 class FitInfo(NamedTuple):
@@ -90,6 +109,7 @@ class FitInfo(NamedTuple):
       nfe: the solver's network calls on it.
       teacher_nfe: the network calls of the teacher run (per sample).
       dp_cost: the dynamic programme's optimal cost (``"dp"``; ``nan`` otherwise).
+      model_times: with ``fit_model_times=True``, the fitted model time of each grid point; ``None`` otherwise.
     """
 
     loss: float
@@ -99,6 +119,7 @@ class FitInfo(NamedTuple):
     nfe: int
     teacher_nfe: int
     dp_cost: float
+    model_times: Optional[np.ndarray] = None
 
 
 def _solver(method, options: dict) -> solvers.Solver:
@@ -342,6 +363,7 @@ def fit_grid(
     optimizer: Any = None,
     checkpoint: bool = False,
     free_end: bool = False,
+    fit_model_times: bool = False,
     return_info: bool = False,
     **options,
 ):
@@ -391,12 +413,17 @@ def fit_grid(
         (``final_sigmas_type="zero"``): fit the last time too, anywhere above ``sampling_eps``
         (its log-SNR is a sigmoid of one more parameter), since the output is the data
         prediction there; ``False`` (default): the last time is ``sampling_eps``.
+      fit_model_times: ``"gradient"`` with a solver that calls the model at grid points alone
+        (``Solver.model_at_grid_points``): fit a model time per grid point too (a shift in
+        log-SNR from the point's time, starting at 0; see the module docstring).
       return_info: also return a :class:`FitInfo`.
 
     Returns:
       The grid, a float64 NumPy array of ``N`` strictly decreasing times, for
       ``sv.set_timesteps(state, timesteps=grid)`` (or ``(grid, info)``). The ``"gradient"``
-      fit returns the iterate of least loss on the fitting batch.
+      fit returns the iterate of least loss on the fitting batch. With ``fit_model_times=True``,
+      ``(grid, model_times)`` (or ``(grid, model_times, info)``): the model times, float64,
+      one per grid point, for ``sv.set_timesteps(state, timesteps=grid, model_times=model_times)``.
 
     Examples:
       >>> state = sv.create_state()
@@ -424,6 +451,12 @@ def fit_grid(
         if m < n:
             raise ValueError(f"fine_points must be >= the grid's {n} points, got {m}")
     iterations = _checks.positive_int("iterations", iterations)
+    if fit_model_times and algorithm != "gradient":
+        raise ValueError("fit_model_times=True fits the model times by gradient descent: algorithm='gradient'")
+    if fit_model_times and not solver.model_at_grid_points:
+        ready = [name for name, c in solvers.REGISTRY.items() if c.model_at_grid_points and c.kind == "ode"]
+        raise ValueError(f"fit_model_times=True fits one model time per grid point, for a solver that calls the model "
+                         f"at grid points alone, one of {ready}; method {solver.name!r} calls it between grid points")
     if free_end and not (algorithm == "gradient" and getattr(solver, "final_zero", False)):
         raise ValueError("free_end=True fits the last time of algorithm='gradient' for a solver whose output is the "
                          "data prediction at the last grid time (final_sigmas_type='zero')")
@@ -452,12 +485,14 @@ def fit_grid(
 
     run_model = jax.checkpoint(model_fn) if checkpoint else model_fn
 
-    def student(grid, x):
-        return sample(_with_grid(state, grid), run_model, key, shape, solver=solver, x_init=x, dtype=dtype,
-                      cond=cond, unroll=1)
+    def student(grid, x, model_times=None):
+        on_grid = _with_grid(state, grid)
+        if model_times is not None:
+            on_grid = on_grid.replace(model_times=model_times)
+        return sample(on_grid, run_model, key, shape, solver=solver, x_init=x, dtype=dtype, cond=cond, unroll=1)
 
-    def loss_of_grid(grid, x, y):
-        return jnp.mean(jnp.square((student(grid, x) - y).astype(work)))
+    def loss_of_grid(grid, x, y, model_times=None):
+        return jnp.mean(jnp.square((student(grid, x, model_times) - y).astype(work)))
 
     loss_jit = jax.jit(loss_of_grid)
     dp_cost = math.nan
@@ -467,23 +502,26 @@ def fit_grid(
         idx, dp_cost = dp_select(costs, n - 1, coeff)
         dp_grid = np.asarray(fine, np.float64)[idx]
     history = np.zeros((0,))
+    model_times = None
     if algorithm == "dp":
         grid = dp_grid
         start = np.asarray(grids.continuous_grid(state, n, "logsnr"), np.float64)
     else:
         if init_dp:
             start = dp_grid
-        grid, history = _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, learning_rate,
-                                 optimizer, free_end)
+        grid, model_times, history = _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations,
+                                              learning_rate, optimizer, free_end, fit_model_times)
     grid = np.asarray(grid, np.float64)
     if grid.shape[0] >= 2 and not np.all(np.diff(grid) < 0):  # cannot happen for the parametrisation; checked
         raise FloatingPointError(f"the fitted grid is not strictly decreasing in float64: {grid}")
     if not return_info:
-        return grid
+        return grid if model_times is None else (grid, model_times)
     dt = _checks.default_float()  # the grids' dtype, as set_timesteps stores them
-    loss = float(loss_jit(jnp.asarray(grid, dt), x_T, target))
+    given = None if model_times is None else jnp.asarray(model_times, dt)
+    loss = float(loss_jit(jnp.asarray(grid, dt), x_T, target, given))
     initial = float(loss_jit(jnp.asarray(start, dt), x_T, target))
-    return grid, FitInfo(loss, initial, history, n, solver.nfe(n), teacher_nfe, dp_cost)
+    info = FitInfo(loss, initial, history, n, solver.nfe(n), teacher_nfe, dp_cost, model_times)
+    return (grid, info) if model_times is None else (grid, model_times, info)
 
 
 def _initial_grid(state, n: int, init, dp_grid) -> np.ndarray:
@@ -505,9 +543,10 @@ def _initial_grid(state, n: int, init, dp_grid) -> np.ndarray:
 
 
 def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, learning_rate, optimizer,
-             free_end=False):
-    """Adam on the log-increments of the grid in log-SNR (and, with ``free_end``, on the last time's place);
-    returns the iterate of least loss and the loss history."""
+             free_end=False, fit_model_times=False):
+    """Adam on the log-increments of the grid in log-SNR (and, with ``free_end``, on the last time's place; with
+    ``fit_model_times``, on the model times' log-SNR shifts); returns the iterate of least loss (its grid, its
+    model times or ``None``) and the loss history."""
     try:
         import optax
     except ImportError as err:  # pragma: no cover - optax is in the test and docs extras
@@ -523,6 +562,8 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
         # the last time's log-SNR lam_end = lam_hi - (lam_hi - lam_0) sigmoid(phi), below the fixed end's lam_hi;
         # phi = -7 starts it 0.09 % of the range above the fixed end
         params["end"] = jnp.asarray(-7.0, dt)
+    if fit_model_times:
+        params["shift"] = jnp.zeros(lam.shape, dt)
 
     def grid_of(params):
         if not free_end:
@@ -531,8 +572,12 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
         last = schedule.t_from_log_snr(lam_hi - (lam_hi - lam0) * jax.nn.sigmoid(params["end"]))
         return _grid_of(params["theta"], jnp.stack([ends[0], last]), schedule)
 
+    def times_of(params, grid):
+        return _model_times_of(params["shift"], grid, ends, schedule) if fit_model_times else None
+
     def loss_of_params(params, x, y):
-        return loss_of_grid(grid_of(params), x, y)
+        grid = grid_of(params)
+        return loss_of_grid(grid, x, y, times_of(params, grid))
 
     @jax.jit
     def update(params, opt_state, x, y):
@@ -552,11 +597,21 @@ def _descend(state, loss_jit, loss_of_grid, start, x_T, target, iterations, lear
         if loss < best_loss:  # the loss is that of params, before the update
             best, best_loss = params, loss
         params = new
-    last = float(loss_jit(grid_of(params), x_T, target))
+    last = float(loss_jit(grid_of(params), x_T, target, times_of(params, grid_of(params))))
     history.append(last)
     if last < best_loss:
         best = params
-    return np.asarray(grid_of(best), np.float64), np.asarray(history)
+    grid = grid_of(best)
+    model_times = None if not fit_model_times else np.asarray(times_of(best, grid), np.float64)
+    return np.asarray(grid, np.float64), model_times, np.asarray(history)
+
+
+def _model_times_of(shift: jax.Array, grid: jax.Array, ends: jax.Array, schedule) -> jax.Array:
+    r"""The model times of ``grid`` shifted by ``shift`` in log-SNR: :math:`s_k = t_k + (t(\lambda_k + \delta_k)
+    - t(\lambda_k))`, the shifted log-SNR clipped to that of ``ends``; ``shift = 0`` gives ``grid`` bitwise."""
+    lam = schedule.log_snr(grid)
+    lo, hi = schedule.log_snr(ends[0]), schedule.log_snr(ends[1])
+    return grid + (schedule.t_from_log_snr(jnp.clip(lam + shift, lo, hi)) - schedule.t_from_log_snr(lam))
 
 # ---------------------------------------------------------------------------------------------- saving and loading
 
@@ -574,6 +629,9 @@ class SavedGrid(NamedTuple):
         ``prediction_type``), as :func:`schedule_description` writes it.
       model: the model identity string the user gave.
       extra: any further fields the user gave to :func:`save_grid` (``metadata``).
+      model_times: the model time of each grid point (``fit_grid(..., fit_model_times=True)``), float64, or
+        ``None`` where the file records none: ``sv.set_timesteps(state, timesteps=saved.timesteps,
+        model_times=saved.model_times)`` applies them.
     """
 
     timesteps: np.ndarray
@@ -583,6 +641,7 @@ class SavedGrid(NamedTuple):
     schedule: dict
     model: str
     extra: dict
+    model_times: Optional[np.ndarray] = None
 
 
 def schedule_description(state: ScoreSdeVpSchedulerState) -> dict:
@@ -632,7 +691,8 @@ def _given_options(solver: solvers.Solver) -> dict:
 
 
 def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union[str, solvers.Solver], model: str,
-              options: Optional[dict] = None, metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
+              options: Optional[dict] = None, metadata: Optional[dict] = None, overwrite: bool = False,
+              model_times=None) -> Path:
     """Write a fitted grid and what it was fitted for to the JSON file ``path``, atomically.
 
     Records the grid (each float64 time exactly: JSON's shortest round-trip decimal), the
@@ -648,6 +708,9 @@ def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union
       model: the model's identity, a non-empty string.
       metadata: further JSON-able fields to keep (returned as :attr:`SavedGrid.extra`).
       overwrite: replace an existing file.
+      model_times: the grid's model times (:func:`fit_grid` with ``fit_model_times=True``), one per point, for a
+        solver that applies them (``Solver.model_at_grid_points``); recorded exactly, in a file of version 2
+        (files without them stay version 1).
 
     Examples:
       >>> import tempfile, os
@@ -666,9 +729,18 @@ def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union
     if grid.ndim != 1 or grid.shape[0] < 2 or not np.all(np.isfinite(grid)) or not np.all(np.diff(grid) < 0):
         raise ValueError(f"timesteps must be a strictly decreasing 1-D array of >= 2 finite times, got {grid}")
     grids.custom_grid(state, grid)  # inside the schedule's range, as set_timesteps would check
+    shifted = None
+    if model_times is not None:
+        if not solver.model_at_grid_points:
+            raise ValueError(f"model_times apply to a solver that calls the model at grid points alone "
+                             f"(Solver.model_at_grid_points); method {solver.name!r} does not")
+        shifted = np.asarray(model_times, np.float64)
+        if shifted.shape != grid.shape or not np.all(np.isfinite(shifted)):
+            raise ValueError(f"model_times must be {grid.shape[0]} finite times, one per grid point, got {shifted}")
+        set_timesteps(state, timesteps=grid, model_times=shifted)  # in the schedule's range
     record = {
         "format": FORMAT,
-        "version": _VERSION,
+        "version": _VERSION if shifted is None else _VERSION_MODEL_TIMES,
         "timesteps": [float(t) for t in grid],
         "method": solver.name,
         "options": _given_options(solver),
@@ -677,6 +749,8 @@ def save_grid(path, timesteps, *, state: ScoreSdeVpSchedulerState, method: Union
         "model": model,
         "metadata": dict(metadata or {}),
     }
+    if shifted is not None:
+        record["model_times"] = [float(t) for t in shifted]
     text = json.dumps(record, indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()), overwrite=bool(overwrite))
 
@@ -708,15 +782,26 @@ def load_grid(path, *, state: Optional[ScoreSdeVpSchedulerState] = None, model: 
     differing fields); with ``model`` the recorded model identity must equal it.
     ``sv.set_timesteps(state, timesteps=saved.timesteps)`` then runs the grid with
     ``sv.sample_ode(..., method=saved.method, **saved.options)`` (the options that differ
-    from the method's defaults suffice).
+    from the method's defaults suffice); a file with model times (version 2) needs
+    ``sv.set_timesteps(state, timesteps=saved.timesteps, model_times=saved.model_times)``.
     """
     record = json.loads(Path(path).read_text())
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fitted grid file (format {FORMAT!r})")
-    if record.get("version") != _VERSION:
-        raise ValueError(f"{path}: version {record.get('version')!r} is not the one this package reads ({_VERSION})")
+    version = record.get("version")
+    if version not in (_VERSION, _VERSION_MODEL_TIMES):
+        raise ValueError(f"{path}: version {version!r} is not one this package reads ({_VERSION}, "
+                         f"{_VERSION_MODEL_TIMES})")
+    shifted = record.get("model_times")
+    if (shifted is not None) != (version == _VERSION_MODEL_TIMES):
+        raise ValueError(f"{path}: a file of version {version} must {'' if version == _VERSION_MODEL_TIMES else 'not '}"
+                         f"record model_times")
     saved = SavedGrid(np.asarray(record["timesteps"], np.float64), record["method"], dict(record["options"]),
-                      int(record["nfe"]), dict(record["schedule"]), record["model"], dict(record.get("metadata", {})))
+                      int(record["nfe"]), dict(record["schedule"]), record["model"], dict(record.get("metadata", {})),
+                      None if shifted is None else np.asarray(shifted, np.float64))
+    if saved.model_times is not None and saved.model_times.shape != saved.timesteps.shape:
+        raise ValueError(f"{path}: model_times must have one time per grid point ({saved.timesteps.shape[0]}), "
+                         f"got {saved.model_times.shape}")
     if state is not None:
         here = schedule_description(state)
         theirs = recorded_schedule(saved.schedule, here)

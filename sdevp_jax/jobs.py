@@ -656,6 +656,10 @@ def with_saved_grid(spec: JobSpec, grid, *, model: Optional[str] = None) -> JobS
 
     saved = grid if isinstance(grid, fitting.SavedGrid) else fitting.load_grid(grid)
     where = "the grid" if isinstance(grid, fitting.SavedGrid) else str(grid)
+    if saved.model_times is not None:
+        raise ValueError(f"{where} records model times (fit_grid(..., fit_model_times=True)), which a job does not "
+                         f"apply: sample it with sv.sample_ode on sv.set_timesteps(state, timesteps=..., "
+                         f"model_times=...) (sdevp_jax.fitting.load_grid reads both)")
     model = spec.model if model is None else model
     differ = []
 

@@ -238,6 +238,7 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
     batch = x.shape[0]
     model = Denoiser(state, model_fn, x.dtype, dtype, cond)
     check_guided_model(solver, model_fn)
+    check_model_times(solver, state, inversion=times is not None)
     if isinstance(solver, Adaptive):
         check_zero_snr_start(solver, state, state.timesteps)
         x, nfe = solver.solve(model, x)
@@ -252,6 +253,22 @@ def run(solver: Solver, state, model_fn, x, sample_keys, dtype, cond=None, unrol
         x = x.astype(dtype)
     x, solver_state, nfe = integrate(solver, model, x, grid, sample_keys, unroll, noise, sample_index)
     return x, solver_state, jnp.full((batch,), nfe, jnp.int32)
+
+
+def check_model_times(solver: Solver, state, inversion: bool = False) -> None:
+    """Refuse a state with per-point model times (``state.model_times``) for a solver that calls the model
+    anywhere but once at each grid point (``Solver.model_at_grid_points``), or for an inversion: there a model
+    time belongs to no single call."""
+    if getattr(state, "model_times", None) is None:
+        return
+    if inversion:
+        raise ValueError("the state has model_times (a model time per grid point, fitted for sampling); invert_ode "
+                         "does not apply them: set the grid again without model_times")
+    if not solver.model_at_grid_points:
+        ready = [n for n, c in solvers.REGISTRY.items() if c.model_at_grid_points]
+        raise ValueError(f"the state has model_times (the model's time at each grid point), which only the methods "
+                         f"that call the model at grid points alone apply: {ready}; method {solver.name!r} calls "
+                         f"it between grid points (or is not a grid solver)")
 
 
 def check_guided_model(solver: Solver, model_fn) -> None:

@@ -144,6 +144,13 @@ class ScoreSdeVpSchedulerState:
         label the model receives at each grid time (diffusers' rounded or truncated one,
         :func:`~sdevp_jax.grids.sigma_grid`), shape ``(N,)``; ``None`` on every other grid, where
         a discrete model receives :math:`tN_{train} - 1`.
+      model_times: ``None``, or the time :math:`s_k` the model is evaluated at for grid point ``k``, shape
+        ``(N,)``, in the grid's units (continuous times; ``set_timesteps(..., model_times=...)``): a solver that
+        calls the model only at grid points (``Solver.model_at_grid_points``) steps with the grid's
+        :math:`t_k` and gives the model :func:`~sdevp_jax.model_time` of :math:`s_k` there (the time itself
+        for a continuous schedule, the label :math:`s_k N_{train} - 1` for a discrete one). Learned
+        decoupled model times (Tong et al. 2025, LD3) or a time shift (Li et al. 2024); fitted by
+        :func:`~sdevp_jax.fit_grid` with ``fit_model_times=True``. ``None``: the grid's own times.
     """
 
     schedule: Any
@@ -156,6 +163,7 @@ class ScoreSdeVpSchedulerState:
     spacing_given: bool = _static(False)
     diffusers_config: Any = _static(None)
     model_labels: Optional[jax.Array] = None
+    model_times: Optional[jax.Array] = None
 
     def replace(self, **updates: Any) -> "ScoreSdeVpSchedulerState":
         """A new state with ``updates``, checked as :func:`create_state` checks (see the class docstring)."""
@@ -263,11 +271,25 @@ def _replace(self: ScoreSdeVpSchedulerState, **updates: Any) -> ScoreSdeVpSchedu
         check_prediction_type(updates["prediction_type"])
     if "timesteps" in updates and "model_labels" not in updates:
         updates["model_labels"] = None  # the labels belong to the grid they were computed with
+    if "timesteps" in updates and "model_times" not in updates:
+        updates["model_times"] = None  # so do the model times
     new = dataclasses.replace(self, **updates)  # the dataclass's own replace: no checks
     labels = _checks.concrete(new.model_labels)
     if labels is not None and (new.timesteps is None or labels.shape != tuple(new.timesteps.shape)):
         raise ValueError(f"model_labels must have the shape of timesteps, got {labels.shape} for "
                          f"{None if new.timesteps is None else tuple(new.timesteps.shape)}")
+    if new.model_times is not None:
+        if new.model_labels is not None:
+            raise ValueError("model_times and model_labels (a sigma grid's or label_rounding's labels) both give the "
+                             "model's time input at the grid's points: give one of them")
+        if new.timesteps is None or tuple(new.model_times.shape) != tuple(new.timesteps.shape):
+            raise ValueError(f"model_times must have the shape of timesteps, got {tuple(new.model_times.shape)} for "
+                             f"{None if new.timesteps is None else tuple(new.timesteps.shape)}")
+        host = _checks.concrete(new.model_times)
+        if host is not None:
+            from .denoiser import check_times
+
+            check_times(new, np.asarray(host), "model_times")
     if updates.get("timesteps") is not None or (new.timesteps is not None and ("schedule" in updates or "sampling_eps" in updates)):
         grids.check_grid(new, new.timesteps, "timesteps")
     return new
@@ -376,6 +398,7 @@ def set_timesteps(
     timesteps: Optional[ArrayLike] = None,
     steps_offset: Optional[int] = None,
     label_rounding: Optional[str] = None,
+    model_times: Optional[ArrayLike] = None,
 ) -> ScoreSdeVpSchedulerState:
     r"""Return a new state with a grid of ``num_inference_steps`` decreasing times.
 
@@ -424,6 +447,12 @@ def set_timesteps(
         rounded to the nearest integer or truncated, as diffusers feeds its model on its fractional-label
         grids while stepping with the unrounded noise level. Off the grid's times (a solver's
         intermediate points) the model always gets the exact label.
+      model_times: ``None`` (default), or one time per grid point, shape ``(N,)``, on the host: the time the
+        model is evaluated at for grid point ``k`` while the solver steps with the grid's time there (the
+        state's ``model_times``; from :func:`~sdevp_jax.fit_grid` with ``fit_model_times=True``). Each in the
+        schedule's range; not with a grid that has its own labels (a sigma grid, ``label_rounding``). Only
+        the solvers that call the model at grid points alone run such a state (``Solver.model_at_grid_points``:
+        ``ddim``, ``dpm_solver_pp``, ``sde_dpm_solver_pp``, ``unipc``, ``deis``, ``ipndm``); the others refuse it.
 
     Returns:
       The new state.
@@ -437,6 +466,16 @@ def set_timesteps(
     """
     if not isinstance(state, ScoreSdeVpSchedulerState):
         raise TypeError(f"state must be a ScoreSdeVpSchedulerState from sv.create_state, got {type(state).__name__}")
+    if model_times is not None:
+        new = set_timesteps(state, num_inference_steps, spacing=spacing, timesteps=timesteps,
+                            steps_offset=steps_offset, label_rounding=label_rounding)
+        try:
+            times = np.asarray(model_times, np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"model_times must be an array of times, got {type(model_times).__name__}") from err
+        if times.ndim != 1 or not np.all(np.isfinite(times)):
+            raise ValueError(f"model_times must be a 1-D array of finite times, got {times}")
+        return new.replace(model_times=jnp.asarray(times, new.timesteps.dtype))
     if label_rounding is not None and label_rounding not in LABEL_ROUNDINGS:
         raise ValueError(f"label_rounding must be None or one of {list(LABEL_ROUNDINGS)}, got {label_rounding!r}")
     if label_rounding is not None and not state.schedule.is_discrete:

@@ -100,6 +100,8 @@ def check_fitted_grids(ns):
     assert ns["x"].shape == (256, 2) and finite(ns["x"])
     np.testing.assert_array_equal(ns["saved"].timesteps, grid)
     np.testing.assert_array_equal(ns["x_again"], ns["x"])
+    assert ns["model_times"].shape == (5,) and ns["x_mt"].shape == (256, 2) and finite(ns["x_mt"])
+    np.testing.assert_array_equal(ns["saved_mt"].model_times, ns["model_times"])
 
 
 def check_guidance(ns):

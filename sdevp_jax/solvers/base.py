@@ -169,6 +169,12 @@ class Solver:
     #: whether the step takes its data prediction and its noise from the model separately, so that a renoising
     #: guided model (CFG++: guided data, unconditional noise) changes only the renoising direction
     renoise_ready: ClassVar[bool] = False
+    #: whether every network call of a run is at a grid point of ``state.timesteps`` with the point's own sample,
+    #: once per point (the multistep grid solvers): then a per-point model time (``set_timesteps(...,
+    #: model_times=...)``) has one meaning, the time the model is evaluated at for that point's call. The
+    #: solvers that call the model between grid points (Heun's and the single-step methods' intermediate
+    #: points, the adaptive solver, the SDE steps) or twice at a point refuse a state with model times
+    model_at_grid_points: ClassVar[bool] = False
 
     #: the order of accuracy (ODE solvers) or weak order (SDE predictors): a field or a property of each solver
     order: ClassVar[int] = 0

@@ -73,6 +73,7 @@ class DEIS(GridSolver):
     order: int = option(2, choices=(1, 2, 3), help="the multistep order, 1-3")
     lower_order_final: bool = option(True, help="lower the order at the last steps below 15 steps, as diffusers")
 
+    model_at_grid_points = True
     name = "deis"
     repeat_ready = True
     description = "multistep DEIS in log rho, orders 1-3 (Zhang & Chen 2023)"

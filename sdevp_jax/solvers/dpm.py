@@ -158,6 +158,7 @@ class DDIM(GridSolver):
 
     zero_snr_start = True
     renoise_ready = True
+    model_at_grid_points = True
     name = "ddim"
     diffusers_scheduler = "DDIMScheduler"
     description = "DDIM (Song, Meng & Ermon 2021); eta > 0 makes it stochastic, per-sample keyed noise"
@@ -271,6 +272,7 @@ class DPMSolverPP(GridSolver):
 
     zero_snr_start = True
     renoise_ready = True
+    model_at_grid_points = True
     name = "dpm_solver_pp"
     repeat_ready = True
     diffusers_scheduler = "DPMSolverMultistepScheduler"
@@ -394,6 +396,7 @@ class SDEDPMSolverPP(GridSolver):
         "as sample_dpmpp_3m_sde) or 'diffusers' (diffusers' sde-dpmsolver++ order 3, an O(1) coefficient)"))
 
     zero_snr_start = True
+    model_at_grid_points = True
     name = "sde_dpm_solver_pp"
     repeat_ready = True
     diffusers_scheduler = "DPMSolverMultistepScheduler"

@@ -57,6 +57,7 @@ class IPNDM(GridSolver):
 
     order: int = option(4, choices=(1, 2, 3, 4), help="the Adams-Bashforth order, 1-4 (the authors' default 4)")
 
+    model_at_grid_points = True
     name = "ipndm"
     description = "iPNDM: Adams-Bashforth in sigma/alpha with uniform-step coefficients, orders 1-4 (Zhang & Chen 2023)"
     max_order = 4

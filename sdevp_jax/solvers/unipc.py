@@ -148,6 +148,7 @@ class UniPC(GridSolver):
     predict_x0: bool = option(True, help=(
         "data prediction (default, as diffusers); False: the noise-prediction form (Zhao et al. give both)"))
 
+    model_at_grid_points = True
     name = "unipc"
     repeat_ready = True
     diffusers_scheduler = "UniPCMultistepScheduler"
