@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import sdevp_jax as sv  # noqa: E402
 from sdevp_jax import fitting  # noqa: E402
 from accuracy_vs_nfe import sliced_w2  # noqa: E402
-from fitted_grids import FIXED, held_out, sd_state  # noqa: E402
+from fitted_grids import FIXED, held_out, sd_state, unit_directions  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,12 +48,10 @@ def main(argv=None) -> int:
     for dim in args.dims:
         mixture = sv.mixtures.default_mixture(dim)
         model_fn = sv.mixtures.make_mixture_eps_fn(state, mixture)
-        rng = np.random.default_rng(0)
-        directions = rng.standard_normal((args.directions, dim))
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        directions = unit_directions(args.directions, dim)
         sets = []
         for r in range(args.eval_sets):
-            x_T, target = held_out(state, model_fn, jax.random.key(1000 + r), args.eval_batch, dim, 8)
+            x_T, target, _ = held_out(state, model_fn, jax.random.key(1000 + r), args.eval_batch, dim, 8)
             exact = np.asarray(sv.mixtures.sample_mixture(mixture, jax.random.key(2000 + r), args.eval_batch))
             sets.append((x_T, target, exact))
         for method in args.solvers:
