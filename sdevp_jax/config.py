@@ -496,7 +496,8 @@ class DiscreteConfig:
       flax_labels: with ``flax_class``, sample on the labels the Flax class builds (in float32 JAX
         arithmetic: ``FlaxDPMSolverMultistepScheduler``'s ``linspace`` and ``trailing`` grids round a float32
         ``linspace``/``arange``, one label off the torch class's at some step counts, e.g. 833 for 832 at 30
-        steps), not the torch class's; for DDIM, DDPM and PNDM the two are the same.
+        steps), not the torch class's, and end where it ends (the Flax DPM-Solver's last step goes to label 0's
+        noise level, the torch class's to sigma = 0); for DDIM, DDPM and PNDM the two are the same.
       zero_snr: with ``rescale_betas_zero_snr``, ``"exact"`` (the last label's ``alphas_cumprod`` is 0,
         :math:`\alpha(1) = 0`) or ``"diffusers"`` (``2**-24`` for :data:`ZERO_SNR_CLAMP_CLASSES`, as diffusers
         sets it; DDIM and DDPM keep 0 there too). Not written to the file.
@@ -540,6 +541,8 @@ class DiscreteConfig:
         label grid gets label 0 appended, and the config's solver ends there (``final_sigmas_type="last"``) instead
         of stepping to sigma = 0 (with a method given, pass ``final_sigmas_type="last"`` to it to end there as
         diffusers does)."""
+        if self.flax_labels and self.flax_class == "FlaxDPMSolverMultistepScheduler":
+            return True  # the Flax class's last step goes to label 0 (its prev_timestep 0), not to sigma = 0
         if self.class_name in ("DEISMultistepScheduler", "SASolverScheduler"):  # they always end at label 0's sigma
             return True
         if self.class_name == "PNDMScheduler":  # set_alpha_to_one=False: its last step goes to label 0's alphas_cumprod
