@@ -30,9 +30,14 @@ def stepped(stepper, model_fn, x, keys=None):
     return jax.jit(lambda x: jax.lax.fori_loop(0, stepper.num_calls, body, (x, stepper.init(x)))[0])(x)
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("method,options", [
-    ("ddim", {}), ("dpm_solver_pp", {"order": 3}), ("dpm_solver_pp", {"final_sigmas_type": "last"}),
-    ("unipc", {}), ("deis", {}), ("ipndm", {}), ("lms", {}), ("euler", {}),
+    ("ddim", {}), ("dpm_solver_pp", {"final_sigmas_type": "last"}),
+    pytest.param("dpm_solver_pp", {"order": 3}, marks=SLOW), pytest.param("unipc", {}, marks=SLOW),
+    pytest.param("deis", {}, marks=SLOW), pytest.param("ipndm", {}, marks=SLOW), pytest.param("lms", {}, marks=SLOW),
+    pytest.param("euler", {}, marks=SLOW),
 ])
 def test_a_stepped_run_is_sample_odes_run(setup, method, options):
     """The same solver, grid and model: the stepped run and sample_ode's scan agree to float32 rounding (1e-6 of
@@ -44,6 +49,7 @@ def test_a_stepped_run_is_sample_odes_run(setup, method, options):
     np.testing.assert_allclose(stepped(stepper, model_fn, x), ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sde_dpm_solver_pp", "euler_ancestral"])
 def test_a_stochastic_solver_draws_each_samples_own_stream(setup, method):
     """Per-sample keys make_sample_keys(key, batch, 0) give the stepped run sv.sample's noise: the same samples; and
