@@ -48,6 +48,26 @@ def tokenizer(folder: Path):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=8)
 
 
+def random_params(init, seed: int):
+    """Random weights of the shapes ``init(key)`` makes, without running it (its compilation, and JAX's per-shape
+    random draws, are the slow part on a CPU): norm scales 1, biases 0, every other array normal (NumPy's
+    generator of ``seed``) with variance 1/fan-in (the fan-in: all but the last axis)."""
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    rng = np.random.default_rng(seed)
+    out = []
+    for path, leaf in leaves:
+        name = str(path[-1])
+        if "scale" in name:
+            value = np.ones(leaf.shape, np.float32)
+        elif "bias" in name:
+            value = np.zeros(leaf.shape, np.float32)
+        else:
+            value = rng.standard_normal(leaf.shape).astype(np.float32) / np.float32(np.sqrt(max(1, np.prod(leaf.shape[:-1]))))
+        out.append(jnp.asarray(value, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def components(folder: Path, seed: int = 0):
     """``(vae, text_encoder, tokenizer, unet, params)``: the pipeline's parts with random weights."""
     quiet()
@@ -55,21 +75,21 @@ def components(folder: Path, seed: int = 0):
     from transformers import CLIPTextConfig, FlaxCLIPTextModel
 
     tok = tokenizer(folder)
-    keys = jax.random.split(jax.random.key(seed), 3)
     unet = FlaxUNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
                                     layers_per_block=1, attention_head_dim=4, cross_attention_dim=16,
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    unet_params = unet.init_weights(keys[0])
+    unet_params = random_params(unet.init_weights, seed)
     vae = FlaxAutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                             latent_channels=4, norm_num_groups=4, sample_size=HEIGHT,
                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    vae_params = vae.init_weights(keys[1])
+    vae_params = random_params(vae.init_weights, seed + 1)
     config = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                             num_attention_heads=2, max_position_embeddings=8, projection_dim=16,
                             bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    text_encoder = FlaxCLIPTextModel(config, seed=seed)
-    params = {"unet": unet_params, "vae": vae_params, "text_encoder": text_encoder.params}
+    text_encoder = FlaxCLIPTextModel(config, seed=seed, _do_init=False)
+    text_params = random_params(lambda key: text_encoder.init_weights(key, (1, 8)), seed + 2)
+    params = {"unet": unet_params, "vae": vae_params, "text_encoder": text_params}
     return vae, text_encoder, tok, unet, params
 
 
@@ -95,8 +115,10 @@ def images(pipe, params, steps: int, seed: int = 0, prompt=("a photo of a cat", 
 
 
 def img2img(pipe, params, steps: int, strength: float = 0.6, seed: int = 0, prompt=("a photo of a cat", "a red dog")):
-    """The img2img pipeline's images from a fixed smooth start image."""
-    ids = pipe.prepare_inputs(list(prompt))
+    """The img2img pipeline's images from a fixed smooth start image (given as the array prepare_inputs would
+    make: its PIL path rounds sizes down to multiples of 32)."""
+    ids = pipe.tokenizer(list(prompt), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="np").input_ids
     grid = jnp.linspace(-1.0, 1.0, HEIGHT)
     start = jnp.stack([jnp.sin(3 * grid)[:, None] * jnp.cos(2 * grid)[None, :]] * 3)[None]
     start = jnp.broadcast_to(start, (len(prompt), 3, HEIGHT, WIDTH))
