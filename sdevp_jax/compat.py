@@ -7,15 +7,12 @@ Each class has the API diffusers' Flax pipelines and maxdiffusion's generate scr
 ``to_tuple()``), ``add_noise``, ``save_pretrained`` and the state's ``init_noise_sigma`` and
 ``timesteps``. A pipeline switches with ``scheduler=`` and ``params["scheduler"] = state``:
 
-=============================  ===================================  ==================================
-class                          replaces                             solver (:func:`sdevp_jax.load_config`)
-=============================  ===================================  ==================================
-:class:`DDIMAdapter`           ``FlaxDDIMScheduler``                ``ddim``
-:class:`DPMSolverMultistepAdapter`  ``FlaxDPMSolverMultistepScheduler``  ``dpm_solver_pp``, ``sde_dpm_solver_pp``
-:class:`EulerDiscreteAdapter`  ``FlaxEulerDiscreteScheduler``       ``ddim`` in :math:`\sigma/\alpha`
-:class:`UniPCMultistepAdapter` (torch's ``UniPCMultistepScheduler``)  ``unipc``
-:class:`LMSDiscreteAdapter`    ``FlaxLMSDiscreteScheduler``         ``lms``
-=============================  ===================================  ==================================
+* :class:`DDIMAdapter` for ``FlaxDDIMScheduler``: ``ddim``;
+* :class:`DPMSolverMultistepAdapter` for ``FlaxDPMSolverMultistepScheduler``: ``dpm_solver_pp``, or
+  ``sde_dpm_solver_pp`` with ``algorithm_type="sde-dpmsolver++"`` (the torch class's variant);
+* :class:`EulerDiscreteAdapter` for ``FlaxEulerDiscreteScheduler``: ``ddim`` in :math:`\sigma/\alpha`;
+* :class:`LMSDiscreteAdapter` for ``FlaxLMSDiscreteScheduler``: ``lms``;
+* :class:`UniPCMultistepAdapter` for torch's ``UniPCMultistepScheduler`` (diffusers has no Flax UniPC): ``unipc``.
 
 The config (the Flax class's fields) is read by :func:`sdevp_jax.load_config` as the scheduler's
 torch class, which chooses the solver and the grid; ``flax_labels=True`` puts the grid on the labels
@@ -93,13 +90,15 @@ def _diffusers_bases() -> tuple:
 class AdapterState:
     """An adapter's state, a pytree: the grid's labels (``timesteps``, the model's ``timestep`` at each call),
     ``init_noise_sigma``, the solver's memory, the key of :meth:`SchedulerAdapter.create_state` and the
-    per-sample keys drawn from it (``()`` where there are none), and the steps it was set for."""
+    per-sample keys drawn from it (``()`` where there are none), the call the run started at (``first``, -1 before
+    the first step: img2img starts mid-grid) and the steps it was set for."""
 
     timesteps: jax.Array
     init_noise_sigma: jax.Array
     solver_state: Any = ()
     key: Any = ()
     sample_keys: Any = ()
+    first: Any = -1
     num_inference_steps: Optional[int] = struct.field(pytree_node=False, default=None)
 
 
@@ -273,7 +272,7 @@ class SchedulerAdapter(*_diffusers_bases()):
             labels = jnp.stack([stepper.model_time(k) for k in range(stepper.num_calls)]).astype(jnp.float32)
             sigma = self._sigma_of_label(labels[0]) if self.sigma_space else 1.0
         return state.replace(timesteps=labels, init_noise_sigma=jnp.asarray(self._init_noise_sigma(sigma), self.dtype),
-                             solver_state=stepper.init(x), key=key, sample_keys=sample_keys,
+                             solver_state=stepper.init(x), key=key, sample_keys=sample_keys, first=jnp.int32(-1),
                              num_inference_steps=num_inference_steps)
 
     def _index(self, state: AdapterState, timestep) -> jax.Array:
@@ -310,16 +309,17 @@ class SchedulerAdapter(*_diffusers_bases()):
         stepper = self.stepper(state.num_inference_steps)
         k = self._index(state, timestep)
         keys = state.sample_keys if stepper.solver.stochastic else None
+        first = jnp.where(state.first < 0, k, state.first).astype(jnp.int32)
         if self.sigma_space:
             x = sample * self._alpha_at(stepper, k)
-            x, memory = stepper.step(state.solver_state, model_output, x.astype(sample.dtype), k, keys)
+            x, memory = stepper.step(state.solver_state, model_output, x.astype(sample.dtype), k, keys, first)
             # after the step over interval k: alpha at point k + 1; after finish (the step to sigma = 0): 1
             after = jnp.where(k < stepper.num_steps, self._alpha_at(stepper, k + 1), 1.0)
             prev = x / after
         else:
-            prev, memory = stepper.step(state.solver_state, model_output, sample, k, keys)
+            prev, memory = stepper.step(state.solver_state, model_output, sample, k, keys, first)
         prev = prev.astype(sample.dtype)
-        state = state.replace(solver_state=memory)
+        state = state.replace(solver_state=memory, first=first)
         return AdapterOutput(prev, state) if return_dict else (prev, state)
 
     def add_noise(self, state: AdapterState, original_samples, noise, timesteps) -> jax.Array:

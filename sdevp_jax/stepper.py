@@ -30,7 +30,7 @@ from . import solvers
 from .denoiser import Denoiser, model_time
 from .loops import check_zero_snr_start, make_sample_keys
 from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
-from .solvers import Grid, Noise, Solver
+from .solvers import Grid, GridSolver, Noise, Solver
 from .solvers.adaptive import Adaptive
 
 __all__ = ["Stepper", "make_sample_keys", "model_calls"]
@@ -146,12 +146,15 @@ class Stepper:
             labels = model_time(self.state, self.grid.t.astype(self.state.timesteps.dtype))
         return labels[jnp.minimum(k, self.grid.num_points - 1)]
 
-    def step(self, solver_state, model_output: jax.Array, x: jax.Array, k, sample_keys: Optional[jax.Array] = None):
+    def step(self, solver_state, model_output: jax.Array, x: jax.Array, k, sample_keys: Optional[jax.Array] = None,
+             first=0):
         """``(x_next, solver_state)``: call ``k`` of the run, ``model_output`` the model's output at ``x`` and
         :meth:`model_time` ``(k)`` (its ``prediction_type``). ``k < num_steps``: the solver's step over interval
         ``k``; ``k = num_steps``: its ``finish``. ``sample_keys`` (``(batch,)``, :func:`make_sample_keys`): each
         sample's noise stream, for a stochastic solver (slots ``1 + k s`` to ``k s + s`` at step ``k``, as
-        :func:`~sdevp_jax.loops.integrate`). ``x_next`` has ``x``'s dtype."""
+        :func:`~sdevp_jax.loops.integrate`). ``first`` (possibly traced): the call the run started at, for a run
+        that starts mid-grid (diffusers' img2img): a multistep solver warms up from there, its memory empty
+        (:meth:`~sdevp_jax.solvers.GridSolver.step`). ``x_next`` has ``x``'s dtype."""
         if self.solver.stochastic and sample_keys is None:
             raise ValueError(f"solver {self.solver.name!r} draws noise: pass sample_keys (sv.stepper.make_sample_keys)")
         model = _given(self.state, model_output, x.dtype, self.dtype)
@@ -162,7 +165,10 @@ class Stepper:
 
         def advance(carry):
             work, solver_state = carry
-            out, solver_state, _ = self.solver.step(model, work, solver_state, self.grid, k, noise)
+            if isinstance(self.solver, GridSolver):
+                out, solver_state, _ = self.solver.step(model, work, solver_state, self.grid, k, noise, first)
+            else:
+                out, solver_state, _ = self.solver.step(model, work, solver_state, self.grid, k, noise)
             return out.astype(work.dtype), solver_state
 
         def finish(carry):

@@ -33,8 +33,9 @@ def model(x, t):
     return jnp.tanh(0.5 * x + 0.001 * t.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1)))
 
 
-def loop(scheduler, state, steps, x, int_timestep=True):
-    """The Flax pipeline's denoising loop, jitted, the timestep cast to int32 as the pipeline casts it (or kept)."""
+def loop(scheduler, state, steps, x, int_timestep=True, start=0):
+    """The Flax pipeline's denoising loop, jitted, the timestep cast to int32 as the pipeline casts it (or kept);
+    from step ``start`` as the img2img pipeline runs it."""
     state = scheduler.set_timesteps(state, steps, x.shape)
     x = x * state.init_noise_sigma
 
@@ -44,7 +45,7 @@ def loop(scheduler, state, steps, x, int_timestep=True):
         out = model(scheduler.scale_model_input(state, x, t), jnp.broadcast_to(t, x.shape[:1]))
         return scheduler.step(state, out, t, x).to_tuple()
 
-    return jax.jit(lambda x: jax.lax.fori_loop(0, steps, body, (x, state))[0])(x)
+    return jax.jit(lambda x: jax.lax.fori_loop(start, steps, body, (x, state))[0])(x)
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +87,17 @@ def test_an_adapter_steps_as_its_flax_scheduler(x, case):
     want = loop(flax, flax.create_state(), steps, x, int_t)
     got = loop(ours, ours.create_state(), steps, x, int_t)
     assert rel(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_a_multistep_adapter_started_mid_grid_warms_up_as_the_flax_scheduler(x, order):
+    """img2img's loop starts at step 4 of 10: the Flax DPM-Solver counts its steps (lower_order_nums) and takes
+    orders 1, 2, 3 from there; the adapter records the call it started at and does the same (within 1e-5)."""
+    config = dict(SD_SCHEDULE, solver_order=order)
+    flax = diffusers.FlaxDPMSolverMultistepScheduler(**config)
+    ours = compat.DPMSolverMultistepAdapter(**config, flax_labels=True)
+    want = loop(flax, flax.create_state(), 10, x, start=4)
+    assert rel(loop(ours, ours.create_state(), 10, x, start=4), want) <= 1e-5
 
 
 def test_the_flax_euler_scheduler_loses_its_step_on_fractional_labels_and_the_adapter_does_not(x):
