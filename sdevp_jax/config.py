@@ -764,16 +764,28 @@ class DiscreteConfig:
 
 def _flax_dpm_solver_labels(num_train: int, n: int, spacing: str, steps_offset: int) -> np.ndarray:
     """FlaxDPMSolverMultistepScheduler's labels (diffusers 0.39), in its float32 JAX arithmetic."""
+    import jax
     import jax.numpy as jnp
 
     f32 = jnp.float32
-    if spacing == "linspace":
-        labels = jnp.round(jnp.linspace(0.0, num_train - 1.0, n + 1, dtype=f32))[::-1][:-1]
-    elif spacing == "leading":
-        labels = jnp.round(jnp.arange(0, n + 1, dtype=f32) * (num_train // (n + 1)))[::-1][:-1] + steps_offset
-    else:
-        labels = jnp.round(jnp.arange(num_train, 0, -num_train / n, dtype=f32)) - 1
-    return np.asarray(labels.astype(jnp.int32), np.int64)
+
+    def labels():
+        if spacing == "linspace":
+            out = jnp.round(jnp.linspace(0.0, num_train - 1.0, n + 1, dtype=f32))[::-1][:-1]
+        elif spacing == "leading":
+            out = jnp.round(jnp.arange(0, n + 1, dtype=f32) * (num_train // (n + 1)))[::-1][:-1] + steps_offset
+        else:
+            out = jnp.round(jnp.arange(num_train, 0, -num_train / n, dtype=f32)) - 1
+        return out.astype(jnp.int32)
+
+    # run as the Flax class's set_timesteps runs (eagerly or in its pipeline's jit): XLA's float32 linspace rounds
+    # some points differently from JAX's constant folding under jax.ensure_compile_time_eval (166.50002 and 166.5 at
+    # 30 steps: labels 167 and 166), so in a thread of its own, out of the caller's trace and evaluation context
+    # (both are thread-local)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: np.asarray(jax.jit(labels)(), np.int64)).result()
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -89,6 +89,18 @@ def test_an_adapter_steps_as_its_flax_scheduler(x, case):
     assert rel(got, want) <= 1e-5
 
 
+def test_flax_labels_are_the_flax_classs_labels_inside_a_trace_too():
+    """The Flax DPM-Solver's labels are a float32 linspace rounded as XLA computes it (label 167 at 30 steps, where
+    JAX's constant folding gives 166.5, rounded to 166): the adapter builds its grid under
+    jax.ensure_compile_time_eval, and still gets the Flax class's labels at every count."""
+    flax = diffusers.FlaxDPMSolverMultistepScheduler(**SD_SCHEDULE)
+    ours = compat.DPMSolverMultistepAdapter(**SD_SCHEDULE, flax_labels=True)
+    for steps in (10, 25, 30, 50):
+        want = np.asarray(flax.set_timesteps(flax.create_state(), steps, SHAPE).timesteps)
+        np.testing.assert_array_equal(np.asarray(ours.set_timesteps(ours.create_state(), steps, SHAPE).timesteps),
+                                      want)
+
+
 @pytest.mark.parametrize("order", [2, 3])
 def test_a_multistep_adapter_started_mid_grid_warms_up_as_the_flax_scheduler(x, order):
     """img2img's loop starts at step 4 of 10: the Flax DPM-Solver counts its steps (lower_order_nums) and takes
