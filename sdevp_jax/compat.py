@@ -23,6 +23,9 @@ the grid, so the pipeline's ``int32`` cast of a fractional label finds its step)
 and, for the stochastic ones, each sample's key (:func:`~sdevp_jax.stepper.make_sample_keys` of the
 key given to :meth:`create_state`) ride in the state, a pytree a ``lax.fori_loop`` carries.
 
+A run that starts mid-grid (img2img's ``strength``) is recognised by its first call: a multistep solver
+warms up from there (orders 1, 2, ... as the Flax DPM-Solver's ``lower_order_nums``).
+
 The sigma-space classes (Euler, LMS) step samples scaled by :math:`1/\alpha` and show the model
 :math:`x/\sqrt{\sigma^2 + 1}`, as diffusers does: the adapter converts to the VP sample
 :math:`x_{VP} = \alpha x_\sigma` at each step and back, so the pipeline's own arithmetic
