@@ -3,7 +3,7 @@ them (a lax.fori_loop, the int32 timestep, scale_model_input, step(...).to_tuple
 model; and against sv.sample_ode / sv.sample where diffusers has no Flax class (UniPC, LMS, the SDE variant).
 
 Needs the flax-pipeline extra (diffusers 0.39, transformers 4.57); the whole pipeline is in
-tests/test_compat_pipeline.py."""
+tests/test_compat_pipeline.py. The tests that compile loops take 3 to 10 s each on the shared 2-core VM: slow."""
 
 import json
 
@@ -77,6 +77,7 @@ CASES = {  # id: (Flax class, adapter, config, adapter options, steps, int times
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_adapter_steps_as_its_flax_scheduler(x, case):
     """The adapter in the Flax scheduler's place: the same final sample within 1e-5 relative (float32 both, the
@@ -101,6 +102,7 @@ def test_flax_labels_are_the_flax_classs_labels_inside_a_trace_too():
                                       want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [2, 3])
 def test_a_multistep_adapter_started_mid_grid_warms_up_as_the_flax_scheduler(x, order):
     """img2img's loop starts at step 4 of 10: the Flax DPM-Solver counts its steps (lower_order_nums) and takes
@@ -112,6 +114,7 @@ def test_a_multistep_adapter_started_mid_grid_warms_up_as_the_flax_scheduler(x, 
     assert rel(loop(ours, ours.create_state(), 10, x, start=4), want) <= 1e-5
 
 
+@pytest.mark.slow
 def test_the_flax_euler_scheduler_loses_its_step_on_fractional_labels_and_the_adapter_does_not(x):
     """FlaxEulerDiscreteScheduler finds its step by timesteps == timestep; on 'linspace' labels (fractional) the
     pipeline's int32 timestep matches none, and every step takes index 0 (jnp.where's fill): its result is far from
@@ -122,6 +125,7 @@ def test_the_flax_euler_scheduler_loses_its_step_on_fractional_labels_and_the_ad
     assert rel(loop(ours, ours.create_state(), 10, x, True), loop(ours, ours.create_state(), 10, x, False)) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter,config", [
     (compat.UniPCMultistepAdapter, dict(SD_SCHEDULE, solver_order=3)),
     (compat.LMSDiscreteAdapter, SD_SCHEDULE),
@@ -142,6 +146,7 @@ def test_an_adapter_without_a_runnable_flax_class_steps_as_sample_ode(x, adapter
     assert rel(got, ref) <= 1e-5
 
 
+@pytest.mark.slow
 def test_the_sde_variant_draws_per_sample_noise_from_the_states_key(x):
     """algorithm_type='sde-dpmsolver++' (the torch class's; no Flax class has it): the key given to create_state
     gives each sample its stream fold_in(key, b), so the loop equals sv.sample with that key, and the first sample
@@ -209,6 +214,7 @@ def test_what_has_no_adapter_is_refused_by_name():
         ours.step(ours.create_state(), jnp.zeros(SHAPE), 981, jnp.zeros(SHAPE))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter,config", [(compat.DPMSolverMultistepAdapter, SD_SCHEDULE),
                                             (compat.EulerDiscreteAdapter, SD_SCHEDULE)])
 def test_the_adapters_run_under_strict_promotion(x, adapter, config):
