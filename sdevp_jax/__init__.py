@@ -49,6 +49,7 @@ from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
 from .training import add_noise, dsm_loss  # noqa: E402
 from .jobs import JobSpec, run_job  # noqa: E402
 from . import fitting  # noqa: E402
+from .stepper import Stepper  # noqa: E402
 from .fitting import fit_grid  # noqa: E402
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "jobs",
     "run_job",
     "fitting",
+    "Stepper",
     "fit_grid",
     "load_config",
     "save_config",
@@ -111,7 +113,17 @@ __all__ = [
 _MOVED_TO_MIXTURES = frozenset(mixtures.__all__) - {"NULL_CLASS"}
 
 
+#: the adapters of :mod:`sdevp_jax.compat`, resolved here on first use (diffusers' pipeline loader looks a saved
+#: component's class up on its library's top-level module)
+_COMPAT = frozenset({"SchedulerAdapter", "DDIMAdapter", "DPMSolverMultistepAdapter", "EulerDiscreteAdapter",
+                     "UniPCMultistepAdapter", "LMSDiscreteAdapter"})
+
+
 def __getattr__(name: str):
+    if name in _COMPAT:
+        from . import compat
+
+        return getattr(compat, name)
     if name in _MOVED_TO_MIXTURES:
         import warnings
 

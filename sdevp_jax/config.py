@@ -496,7 +496,8 @@ class DiscreteConfig:
       flax_labels: with ``flax_class``, sample on the labels the Flax class builds (in float32 JAX
         arithmetic: ``FlaxDPMSolverMultistepScheduler``'s ``linspace`` and ``trailing`` grids round a float32
         ``linspace``/``arange``, one label off the torch class's at some step counts, e.g. 833 for 832 at 30
-        steps), not the torch class's; for DDIM, DDPM and PNDM the two are the same.
+        steps), not the torch class's, and end where it ends (the Flax DPM-Solver's last step goes to label 0's
+        noise level, the torch class's to sigma = 0); for DDIM, DDPM and PNDM the two are the same.
       zero_snr: with ``rescale_betas_zero_snr``, ``"exact"`` (the last label's ``alphas_cumprod`` is 0,
         :math:`\alpha(1) = 0`) or ``"diffusers"`` (``2**-24`` for :data:`ZERO_SNR_CLAMP_CLASSES`, as diffusers
         sets it; DDIM and DDPM keep 0 there too). Not written to the file.
@@ -540,6 +541,8 @@ class DiscreteConfig:
         label grid gets label 0 appended, and the config's solver ends there (``final_sigmas_type="last"``) instead
         of stepping to sigma = 0 (with a method given, pass ``final_sigmas_type="last"`` to it to end there as
         diffusers does)."""
+        if self.flax_labels and self.flax_class == "FlaxDPMSolverMultistepScheduler":
+            return True  # the Flax class's last step goes to label 0 (its prev_timestep 0), not to sigma = 0
         if self.class_name in ("DEISMultistepScheduler", "SASolverScheduler"):  # they always end at label 0's sigma
             return True
         if self.class_name == "PNDMScheduler":  # set_alpha_to_one=False: its last step goes to label 0's alphas_cumprod
@@ -761,16 +764,28 @@ class DiscreteConfig:
 
 def _flax_dpm_solver_labels(num_train: int, n: int, spacing: str, steps_offset: int) -> np.ndarray:
     """FlaxDPMSolverMultistepScheduler's labels (diffusers 0.39), in its float32 JAX arithmetic."""
+    import jax
     import jax.numpy as jnp
 
     f32 = jnp.float32
-    if spacing == "linspace":
-        labels = jnp.round(jnp.linspace(0.0, num_train - 1.0, n + 1, dtype=f32))[::-1][:-1]
-    elif spacing == "leading":
-        labels = jnp.round(jnp.arange(0, n + 1, dtype=f32) * (num_train // (n + 1)))[::-1][:-1] + steps_offset
-    else:
-        labels = jnp.round(jnp.arange(num_train, 0, -num_train / n, dtype=f32)) - 1
-    return np.asarray(labels.astype(jnp.int32), np.int64)
+
+    def labels():
+        if spacing == "linspace":
+            out = jnp.round(jnp.linspace(0.0, num_train - 1.0, n + 1, dtype=f32))[::-1][:-1]
+        elif spacing == "leading":
+            out = jnp.round(jnp.arange(0, n + 1, dtype=f32) * (num_train // (n + 1)))[::-1][:-1] + steps_offset
+        else:
+            out = jnp.round(jnp.arange(num_train, 0, -num_train / n, dtype=f32)) - 1
+        return out.astype(jnp.int32)
+
+    # run as the Flax class's set_timesteps runs (eagerly or in its pipeline's jit): XLA's float32 linspace rounds
+    # some points differently from JAX's constant folding under jax.ensure_compile_time_eval (166.50002 and 166.5 at
+    # 30 steps: labels 167 and 166), so in a thread of its own, out of the caller's trace and evaluation context
+    # (both are thread-local)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: np.asarray(jax.jit(labels)(), np.int64)).result()
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -147,6 +147,8 @@ def check_migrating(ns):
     np.testing.assert_array_equal(labels.astype(np.int32), want)  # the config's class's labels, cast as a UNet would
     assert ns["replayed"].shape == (4, 4, 8, 8) and finite(ns["replayed"])
     assert ns["x"].shape == (8, 2) and finite(ns["x"])
+    # the adapter in the Flax loop is sample_ode on the same grid (float32 rounding of two compilations)
+    np.testing.assert_allclose(ns["flax_loop"], ns["ode"], rtol=0, atol=1e-5)
 
 
 def check_semantics(ns):
@@ -219,7 +221,7 @@ DOCTEST_MODULES = [
     "sdevp_jax.solvers.base", "sdevp_jax.solvers.registry", "sdevp_jax.solvers.multistep",
     "sdevp_jax.solvers.sde", "sdevp_jax.solvers.dpm", "sdevp_jax.solvers.unipc", "sdevp_jax.solvers.dpm_singlestep",
     "sdevp_jax.solvers.deis", "sdevp_jax.solvers.ipndm", "sdevp_jax.solvers.sa_solver", "sdevp_jax.solvers.classical",
-    "sdevp_jax.fitting", "sdevp_jax.solvers.er_sde", "sdevp_jax.solvers.restart",
+    "sdevp_jax.fitting", "sdevp_jax.solvers.er_sde", "sdevp_jax.solvers.restart", "sdevp_jax.stepper",
 ]
 
 

@@ -208,10 +208,14 @@ class GridSolver(Solver):
     def init(self, x, grid: Grid) -> History:
         return History.init(x)
 
-    def step(self, model, x, hist: History, grid: Grid, k, noise):
-        """Predict at point ``k``, take the solver's ``update`` to ``k + 1``, remember the prediction."""
+    def step(self, model, x, hist: History, grid: Grid, k, noise, first=0):
+        """Predict at point ``k``, take the solver's ``update`` to ``k + 1``, remember the prediction. ``first``:
+        the point the run started from (a run started mid-grid, diffusers' img2img, warms up from there as from
+        point 0: its order at most ``k - first + 1``, as diffusers' ``lower_order_nums`` counts)."""
         eps, d0 = self.predict(model, x, grid, k)
         order = self.orders(grid.num_points)[k]
+        if not (isinstance(first, int) and first == 0):
+            order = jnp.minimum(order, k - first + 1)
         x_from, x_next, m = self.update(x, hist, grid, k, eps, d0, order, noise)
         if model.renoises:
             x_next = self.renoised(x_next, x_from, eps, d0, grid, k)

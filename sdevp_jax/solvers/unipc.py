@@ -192,7 +192,7 @@ class UniPC(GridSolver):
         previous = History(hist.m2, hist.m3, hist.m3, hist.lam2, hist.lam3, hist.lam3, hist.x_prev, hist.order_prev)
         corrected = unipc_correct(hist.x_prev, hist.m1, previous, grid.coeffs(k - 1, k), d0, hist.order_prev,
                                   variant=self.solver_type, predict_x0=self.predict_x0)
-        x = jnp.where(k > 0, corrected, x)
+        x = jnp.where(hist.order_prev > 0, corrected, x)  # a step before it: the run's first step has none
         x_next = unipc_predict(x, d0, hist, grid.coeffs(k, k + 1), order, variant=self.solver_type,
                                predict_x0=self.predict_x0)
         return x, x_next, d0

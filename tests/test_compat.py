@@ -1,0 +1,226 @@
+"""sdevp_jax.compat's adapters against diffusers 0.39's Flax schedulers, stepped the way the Flax pipelines step
+them (a lax.fori_loop, the int32 timestep, scale_model_input, step(...).to_tuple()) with a small smooth stand-in
+model; and against sv.sample_ode / sv.sample where diffusers has no Flax class (UniPC, LMS, the SDE variant).
+
+Needs the flax-pipeline extra (diffusers 0.39, transformers 4.57); the whole pipeline is in
+tests/test_compat_pipeline.py. The tests that compile loops take 3 to 10 s each on the shared 2-core VM: slow."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+diffusers = pytest.importorskip("diffusers", reason="the flax-pipeline extra (diffusers==0.39, with its Flax "
+                                "schedulers) is not installed: pip install -e '.[flax-pipeline]'")
+if not hasattr(diffusers, "FlaxDDIMScheduler"):
+    pytest.skip("diffusers has no Flax schedulers (removed in 0.40): install the flax-pipeline extra, diffusers==0.39",
+                allow_module_level=True)
+
+import sdevp_jax as sv  # noqa: E402
+from sdevp_jax import compat  # noqa: E402
+
+from flax_pipeline import SD_SCHEDULE, quiet  # noqa: E402
+
+quiet()
+SHAPE = (2, 4, 4, 4)
+SD_DDIM = dict(SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def model(x, t):
+    """A smooth stand-in for the UNet: the noise prediction as a function of x and the label."""
+    return jnp.tanh(0.5 * x + 0.001 * t.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1)))
+
+
+def loop(scheduler, state, steps, x, int_timestep=True, start=0):
+    """The Flax pipeline's denoising loop, jitted, the timestep cast to int32 as the pipeline casts it (or kept);
+    from step ``start`` as the img2img pipeline runs it."""
+    state = scheduler.set_timesteps(state, steps, x.shape)
+    x = x * state.init_noise_sigma
+
+    def body(i, carry):
+        x, state = carry
+        t = state.timesteps[i].astype(jnp.int32) if int_timestep else state.timesteps[i]
+        out = model(scheduler.scale_model_input(state, x, t), jnp.broadcast_to(t, x.shape[:1]))
+        return scheduler.step(state, out, t, x).to_tuple()
+
+    return jax.jit(lambda x: jax.lax.fori_loop(start, steps, body, (x, state))[0])(x)
+
+
+@pytest.fixture(autouse=True)
+def lenient():
+    """diffusers' Flax code promotes ranks and dtypes implicitly (the suite's conftest refuses both): allowed here;
+    test_the_adapters_run_under_strict_promotion runs the adapters without it."""
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+@pytest.fixture(scope="module")
+def x():
+    return jax.random.normal(jax.random.key(0), SHAPE)
+
+
+CASES = {  # id: (Flax class, adapter, config, adapter options, steps, int timestep)
+    "ddim": ("FlaxDDIMScheduler", compat.DDIMAdapter, SD_DDIM, {}, 10, True),
+    "dpm2m-10": ("FlaxDPMSolverMultistepScheduler", compat.DPMSolverMultistepAdapter, SD_SCHEDULE,
+                 {"flax_labels": True}, 10, True),
+    "dpm3m-30": ("FlaxDPMSolverMultistepScheduler", compat.DPMSolverMultistepAdapter,
+                 dict(SD_SCHEDULE, solver_order=3), {"flax_labels": True}, 30, True),
+    "euler-leading": ("FlaxEulerDiscreteScheduler", compat.EulerDiscreteAdapter,
+                      dict(SD_SCHEDULE, timestep_spacing="leading"), {}, 10, True),
+    "euler-linspace-float-t": ("FlaxEulerDiscreteScheduler", compat.EulerDiscreteAdapter, SD_SCHEDULE, {}, 10, False),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_adapter_steps_as_its_flax_scheduler(x, case):
+    """The adapter in the Flax scheduler's place: the same final sample within 1e-5 relative (float32 both, the
+    grid's alphas computed in different orders)."""
+    name, adapter, config, options, steps, int_t = CASES[case]
+    flax = getattr(diffusers, name)(**config)
+    ours = adapter(**config, **options)
+    want = loop(flax, flax.create_state(), steps, x, int_t)
+    got = loop(ours, ours.create_state(), steps, x, int_t)
+    assert rel(got, want) <= 1e-5
+
+
+def test_flax_labels_are_the_flax_classs_labels_inside_a_trace_too():
+    """The Flax DPM-Solver's labels are a float32 linspace rounded as XLA computes it (label 167 at 30 steps, where
+    JAX's constant folding gives 166.5, rounded to 166): the adapter builds its grid under
+    jax.ensure_compile_time_eval, and still gets the Flax class's labels at every count."""
+    flax = diffusers.FlaxDPMSolverMultistepScheduler(**SD_SCHEDULE)
+    ours = compat.DPMSolverMultistepAdapter(**SD_SCHEDULE, flax_labels=True)
+    for steps in (10, 25, 30, 50):
+        want = np.asarray(flax.set_timesteps(flax.create_state(), steps, SHAPE).timesteps)
+        np.testing.assert_array_equal(np.asarray(ours.set_timesteps(ours.create_state(), steps, SHAPE).timesteps),
+                                      want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [2, 3])
+def test_a_multistep_adapter_started_mid_grid_warms_up_as_the_flax_scheduler(x, order):
+    """img2img's loop starts at step 4 of 10: the Flax DPM-Solver counts its steps (lower_order_nums) and takes
+    orders 1, 2, 3 from there; the adapter records the call it started at and does the same (within 1e-5)."""
+    config = dict(SD_SCHEDULE, solver_order=order)
+    flax = diffusers.FlaxDPMSolverMultistepScheduler(**config)
+    ours = compat.DPMSolverMultistepAdapter(**config, flax_labels=True)
+    want = loop(flax, flax.create_state(), 10, x, start=4)
+    assert rel(loop(ours, ours.create_state(), 10, x, start=4), want) <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_flax_euler_scheduler_loses_its_step_on_fractional_labels_and_the_adapter_does_not(x):
+    """FlaxEulerDiscreteScheduler finds its step by timesteps == timestep; on 'linspace' labels (fractional) the
+    pipeline's int32 timestep matches none, and every step takes index 0 (jnp.where's fill): its result is far from
+    its own run with the float labels. The adapter finds the nearest label and gives the same run either way."""
+    flax = diffusers.FlaxEulerDiscreteScheduler(**SD_SCHEDULE)
+    ours = compat.EulerDiscreteAdapter(**SD_SCHEDULE)
+    assert rel(loop(flax, flax.create_state(), 10, x, True), loop(flax, flax.create_state(), 10, x, False)) > 0.1
+    assert rel(loop(ours, ours.create_state(), 10, x, True), loop(ours, ours.create_state(), 10, x, False)) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter,config", [
+    (compat.UniPCMultistepAdapter, dict(SD_SCHEDULE, solver_order=3)),
+    (compat.LMSDiscreteAdapter, SD_SCHEDULE),
+])
+def test_an_adapter_without_a_runnable_flax_class_steps_as_sample_ode(x, adapter, config):
+    """UniPC (diffusers has no Flax UniPC; sdevp_jax's unipc matches the torch class, tests/test_solver_parity.py)
+    and LMS (the Flax class integrates its coefficients with SciPy inside step, which a jitted loop cannot run):
+    the adapter's loop equals sv.sample_ode of the same config and grid (the model fed the same int32 label)."""
+    ours = adapter(**config)
+    got = loop(ours, ours.create_state(), 10, x)
+    state = ours.stepper(10).state
+    method, options = state.diffusers_config.solver_options()
+    # the loop starts from x * init_noise_sigma; a sigma-space adapter's sample is x_VP / alpha
+    start = x * ours.set_timesteps(ours.create_state(), 10, SHAPE).init_noise_sigma
+    x_vp = start * ours.stepper(10).grid.alpha[0] if ours.sigma_space else start
+    ref = sv.sample_ode(state, lambda y, t: model(y, t.astype(jnp.int32)), None, SHAPE, x_init=x_vp,
+                        method=method, **options)
+    assert rel(got, ref) <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_sde_variant_draws_per_sample_noise_from_the_states_key(x):
+    """algorithm_type='sde-dpmsolver++' (the torch class's; no Flax class has it): the key given to create_state
+    gives each sample its stream fold_in(key, b), so the loop equals sv.sample with that key, and the first sample
+    of a batch of 2 equals a batch of 1."""
+    ours = compat.DPMSolverMultistepAdapter(**SD_SCHEDULE, algorithm_type="sde-dpmsolver++")
+    key = jax.random.key(5)
+    got = loop(ours, ours.create_state(key=key), 10, x)
+    state = ours.stepper(10).state
+    method, options = state.diffusers_config.solver_options()
+    ref = sv.sample(state, lambda y, t: model(y, t.astype(jnp.int32)), key, SHAPE, x_init=x,
+                    solver=sv.solvers.make(method, **options))
+    assert rel(got, ref) <= 1e-5
+    one = loop(ours, ours.create_state(key=key), 10, x[:1])
+    assert rel(one, got[:1]) <= 1e-5
+    with pytest.raises(ValueError, match="draws noise: pass key="):
+        ours.set_timesteps(ours.create_state(), 10, SHAPE)
+
+
+@pytest.mark.parametrize("name,adapter,config", [
+    ("FlaxDDIMScheduler", compat.DDIMAdapter, SD_DDIM),
+    ("FlaxEulerDiscreteScheduler", compat.EulerDiscreteAdapter, dict(SD_SCHEDULE, timestep_spacing="leading")),
+])
+def test_add_noise_is_the_flax_schedulers(x, name, adapter, config):
+    flax = getattr(diffusers, name)(**config)
+    ours = adapter(**config)
+    fs = flax.set_timesteps(flax.create_state(), 10, SHAPE)
+    noise = jax.random.normal(jax.random.key(1), SHAPE)
+    labels = jnp.array([fs.timesteps[3]] * 2).astype(jnp.int32)
+    want = flax.add_noise(flax.create_state(), x, noise, labels)
+    if name.startswith("FlaxEuler"):  # the Flax Euler class indexes its sigmas by the argument: pass the step index
+        want = x + noise * fs.sigmas[3]
+    assert rel(ours.add_noise(ours.create_state(), x, noise, labels), want) <= 1e-5
+
+
+def test_from_pretrained_reads_a_flax_schedulers_saved_config(tmp_path):
+    """A config saved by FlaxDPMSolverMultistepScheduler loads into the adapter with from_pretrained(path,
+    subfolder=...) -> (scheduler, state), unknown fields returned with return_unused_kwargs; the adapter saves its
+    own class name and reloads to the same config."""
+    flax = diffusers.FlaxDPMSolverMultistepScheduler(**SD_SCHEDULE, solver_order=3)
+    flax.save_pretrained(tmp_path / "scheduler")
+    scheduler, state = compat.DPMSolverMultistepAdapter.from_pretrained(tmp_path, subfolder="scheduler")
+    assert scheduler.config.solver_order == 3 and scheduler.config.beta_schedule == "scaled_linear"
+    assert isinstance(state, compat.AdapterState) and float(state.init_noise_sigma) == 1.0
+    _, _, unused = compat.DPMSolverMultistepAdapter.from_pretrained(tmp_path / "scheduler", return_unused_kwargs=True,
+                                                                    foo=1)
+    assert unused == {"foo": 1}
+    scheduler.save_pretrained(tmp_path / "again")
+    saved = json.loads((tmp_path / "again" / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "DPMSolverMultistepAdapter"
+    again, _ = compat.DPMSolverMultistepAdapter.from_pretrained(tmp_path / "again")
+    assert dict(again.config) == dict(scheduler.config)
+
+
+def test_what_has_no_adapter_is_refused_by_name():
+    for name in ("FlaxPNDMScheduler", "FlaxDDPMScheduler", "FlaxKarrasVeScheduler"):
+        with pytest.raises(ValueError, match=f"{name} has no adapter: "):
+            compat.adapter_for(name)
+    with pytest.raises(ValueError, match=r"unknown config fields \['steps_offset'\]"):
+        compat.DPMSolverMultistepAdapter(steps_offset=1)
+    ours = compat.DDIMAdapter(**SD_DDIM)
+    state = ours.set_timesteps(ours.create_state(), 10, SHAPE)
+    with pytest.raises(TypeError, match=r"\['eta'\] are not served"):
+        ours.step(state, jnp.zeros(SHAPE), 981, jnp.zeros(SHAPE), eta=0.5)
+    with pytest.raises(ValueError, match="call set_timesteps before step"):
+        ours.step(ours.create_state(), jnp.zeros(SHAPE), 981, jnp.zeros(SHAPE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter,config", [(compat.DPMSolverMultistepAdapter, SD_SCHEDULE),
+                                            (compat.EulerDiscreteAdapter, SD_SCHEDULE)])
+def test_the_adapters_run_under_strict_promotion(x, adapter, config):
+    """The adapters' own arithmetic is dtype- and rank-clean (the suite's strict promotion), a loop and add_noise."""
+    ours = adapter(**config, flax_labels=adapter is compat.DPMSolverMultistepAdapter)
+    with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+        out = loop(ours, ours.create_state(), 10, x)
+        noisy = ours.add_noise(ours.create_state(), x, x, jnp.array([500, 20]))
+    assert np.all(np.isfinite(out)) and noisy.shape == x.shape
