@@ -445,7 +445,8 @@ THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolv
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
 SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
-                 "DEISMultistepScheduler")
+                 "DEISMultistepScheduler", "SASolverScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                 "LMSDiscreteScheduler")
 _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lambdas",
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
@@ -654,7 +655,8 @@ class DiscreteConfig:
             n = self.num_train_timesteps
             return "sa_solver", {"predictor_order": extra.get("predictor_order", 2),
                                  "corrector_order": extra.get("corrector_order", 2), "algorithm_type": algorithm,
-                                 "lower_order_final": multistep["lower_order_final"], "final_sigmas_type": "last",
+                                 "lower_order_final": multistep["lower_order_final"],
+                                 "final_sigmas_type": "repeat" if self.sigma_spacing is not None else "last",
                                  "tau": 1.0, "tau_t_min": 201.0 / n, "tau_t_max": 801.0 / n,
                                  "second_order": "diffusers" if algorithm == "data_prediction" else "lagrange",
                                  **thresholding}

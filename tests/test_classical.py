@@ -3,7 +3,9 @@
 Parity with diffusers 0.42.1's EulerDiscrete, EulerAncestralDiscrete and LMSDiscrete schedulers in float64
 (tests/golden/classical.npz, by tests/golden/make_classical_golden.py): each loaded from its config and sampled with
 no method given (LMS' other orders with ``method="lms", order=p``), on diffusers' fractional ``linspace`` labels
-and its ``leading``/``trailing`` integer ones, epsilon and v models, the ancestral ones with sv's own per-sample
+and its ``leading``/``trailing`` integer ones, on its sigma grids (``use_karras_sigmas``, ``use_exponential_sigmas``,
+``use_beta_sigmas`` of Euler, Heun and LMS: spaced between the noise levels of the label grid's ends, the model at
+diffusers' float32 fractional labels), epsilon and v models, the ancestral ones with sv's own per-sample
 noise (handed to diffusers by the golden). Each step's arithmetic is tested directly: Euler in sigma/alpha is
 DDIM's update, the ancestral step's mean and variance, LMS of order p integrates a polynomial-in-sigma noise
 prediction of degree p - 1 exactly, and LMS' closed-form coefficients against diffusers' quadrature. Orders of
@@ -50,13 +52,19 @@ def test_the_golden_covers_every_scheduler():
                                                 "HeunDiscrete", "KDPM2Discrete", "KDPM2AncestralDiscrete"}
     assert {c.split("/")[1] for c in CASES if c.startswith("PNDM")} >= {"plms", "prk"}
     assert {c.split("/")[2] for c in CASES if c.startswith("LMS")} == {"1", "2", "3", "4"}
+    # the sigma grids of the classes that space them between their label grid's ends (trailing: a shorter range)
+    for name in ("EulerDiscrete", "HeunDiscrete", "LMSDiscrete"):
+        assert {c.split("/")[1] for c in CASES if c.startswith(name + "/")} >= {
+            "karras_sigmas", "exponential_sigmas", "beta_sigmas", "karras_sigmas_trailing"}
 
 
 #: the fast tier's cases: each scheduler's default config at 10 steps (LMS at its default order 4), PNDM's both
 #: warm-ups; the other options and step counts run in the slow tier
 FAST = {f"{name}/linspace/1/10" for name in ("EulerDiscrete", "EulerAncestralDiscrete", "HeunDiscrete", "KDPM2Discrete",
                                              "KDPM2AncestralDiscrete")} | {"LMSDiscrete/linspace/4/10", "PNDM/plms/4/10",
-                                                                           "PNDM/prk/4/10"}
+                                                                           "PNDM/prk/4/10",
+                                                                           "EulerDiscrete/karras_sigmas/1/10",
+                                                                           "HeunDiscrete/karras_sigmas_trailing/1/10"}
 
 
 def _slow_if_long(case):
