@@ -446,7 +446,7 @@ THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolv
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
 SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
                  "DEISMultistepScheduler", "SASolverScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
-                 "LMSDiscreteScheduler")
+                 "LMSDiscreteScheduler", "DPMSolverMultistepInverseScheduler")
 _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lambdas",
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
@@ -712,7 +712,8 @@ class DiscreteConfig:
         DDIMInverseScheduler: ``ddim`` (its ``evaluate_at`` and ``start`` are set by ``invert_ode``);
         DPMSolverMultistepInverseScheduler: ``dpm_solver_pp`` with ``solver_order``, ``solver_type``,
         ``lower_order_final``, ``euler_at_final`` and thresholding, ending at the noisiest label's noise level
-        (``trailing``: a zero-length last step there, ``final_sigmas_type="repeat"``)."""
+        (``trailing`` and the sigma grids, which reach it at their last point: a zero-length last step there,
+        ``final_sigmas_type="repeat"``)."""
         extra = dict(self.extra)
         if self.class_name == "DDIMInverseScheduler":
             return "ddim", {}
@@ -722,7 +723,8 @@ class DiscreteConfig:
                              f"inversion is deterministic and in the data prediction: 'dpmsolver++'); pass a method")
         options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
                    "lower_order_final": extra.get("lower_order_final", True),
-                   "final_sigmas_type": "repeat" if self.timestep_spacing == "trailing" else "last"}
+                   "final_sigmas_type": "repeat" if self.timestep_spacing == "trailing" or self.sigma_spacing is not None
+                   else "last"}
         if extra.get("euler_at_final"):
             options["euler_at_final"] = True
         if options["order"] == 3:

@@ -688,6 +688,12 @@ def sigma_grid(state: "ScoreSdeVpSchedulerState", n: int, spacing: str,
     sigmas = diffusers_sigmas(state.schedule, n, spacing, bounds)
     labels = sigma_to_label(sigmas, state.schedule)
     rule = sigma_label_rounding(spacing, scheduler, beta_schedule) if rounding is None else rounding
+    if scheduler == "DPMSolverMultistepInverseScheduler" and rounding is None:
+        model_labels = np.round(labels) if rule == "round" else np.trunc(labels)
+        if np.unique(model_labels).size < n:
+            raise ValueError(f"the {spacing!r} grid of {n} steps gives DPMSolverMultistepInverseScheduler's model a "
+                             f"label twice; diffusers then drops the repeated labels but not their noise levels, "
+                             f"which no longer match: use fewer steps or a label spacing")
     if rule == "float32":
         labels = labels.astype(np.float32).astype(np.float64)
     elif rule != "exact":

@@ -23,8 +23,7 @@ The loops the tests write that sdevp_jax does not run as written, each tested be
   test ends at :math:`|x| \sim 10^{-13}`). Their expected numbers are of that recursion. sdevp_jax is tested on the
   same configs, start and draws in the loop diffusers' pipelines run (``step`` on the unscaled sample), which the
   golden runs too (``<case>/pipeline``);
-* ``use_karras_sigmas=True`` on DPMSolverMultistepInverse, and PNDM with ``prediction_type="v_prediction"``: refused
-  by name (:func:`test_refused_by_name`);
+* PNDM with ``prediction_type="v_prediction"``: refused by name (:func:`test_refused_by_name`);
 * DPMSolverSinglestep and LMSDiscrete started inside the grid (``test_full_loop_with_noise``,
   ``test_full_uneven_loop``): diffusers keeps the whole grid's order schedule (the single-step groups, LMS' order
   ``min(step_index + 1, 4)`` with the Lagrange weights of grid points never visited), which a grid that starts there
@@ -48,11 +47,7 @@ GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "diffusers_lo
 CASES = [str(c) for c in GOLDEN["cases"]]
 RTOL64 = 1e-10
 
-REFUSED = {
-    "DPMSolverMultistepInverseScheduler/test_full_loop_with_karras_and_v_prediction":
-        "use_karras_sigmas = True changes sampling and is supported for",
-    "PNDMScheduler/test_full_loop_with_v_prediction": "combines the model's raw v outputs",
-}
+REFUSED = {"PNDMScheduler/test_full_loop_with_v_prediction": "combines the model's raw v outputs"}
 #: the sigma grids of the sigma-space classes: their model labels are diffusers' fractional labels, which diffusers
 #: casts to float32 (sdevp_jax's default, tested against tests/golden/classical.npz) and the golden's float64 run
 #: keeps in float64 (its _Numpy64): those runs take the labels unrounded
