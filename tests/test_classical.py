@@ -426,3 +426,34 @@ def test_euler_ancestral_is_keyed_per_sample():
     four, two, another = (np.asarray(x) for x in runs(jax.random.key(2), jax.random.key(3)))
     np.testing.assert_allclose(two, four[:2], rtol=2e-5, atol=2e-5)
     assert np.all(np.abs(another - four) > 1e-3)
+
+
+def test_lms_begin_index_weights_the_grid_points_before_the_start_as_diffusers(x64):
+    """Started at grid point b (diffusers' set_begin_index), LMS takes order min(4, b + 1) at once: the Lagrange
+    weights of the nodes rho_b, rho_{b-1}, ... (points it never visited) with only its own prediction summed (diffusers
+    zips the weights with the derivatives it has). With a constant noise prediction c the step from b is
+    x/alpha + w_0 c, w_0 the integral of the first basis polynomial of the four nodes over [rho_b, rho_{b+1}],
+    computed here with numpy's polynomials; a grid that starts at b takes the first-order step (rho_{b+1} - rho_b) c."""
+    state = sv.set_timesteps(sv.load_config({"_class_name": "LMSDiscreteScheduler", **SD}), 6)
+    rho = np.exp(-np.asarray(state.schedule.log_snr(state.timesteps)))
+    alpha = 1.0 / np.sqrt(1.0 + rho**2)
+    c = np.array([0.3, -0.2, 0.5])
+    x4 = np.array([[0.7, -1.1, 0.4]])
+
+    def model(x, t):
+        return jnp.broadcast_to(jnp.asarray(c), x.shape)
+
+    nodes = rho[[4, 3, 2, 1]]
+    basis = np.poly1d([1.0])
+    for m in (1, 2, 3):
+        basis = basis * np.poly1d([1.0, -nodes[m]]) / (nodes[0] - nodes[m])
+    w0 = basis.integ()(rho[5]) - basis.integ()(rho[4])
+    want = alpha[5] * (x4 / alpha[4] + w0 * c)
+    got = sv.sample_ode(state, model, None, x4.shape, x_init=jnp.asarray(x4), dtype=jnp.float64,
+                        final_sigmas_type="last", begin_index=4)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+    sliced = state.replace(timesteps=state.timesteps[4:], model_labels=state.model_labels[4:])
+    first = sv.sample_ode(sliced, model, None, x4.shape, x_init=jnp.asarray(x4), dtype=jnp.float64,
+                          final_sigmas_type="last")
+    np.testing.assert_allclose(np.asarray(first), alpha[5] * (x4 / alpha[4] + (rho[5] - rho[4]) * c), rtol=1e-12)
+    assert abs(w0 - (rho[5] - rho[4])) > 1e-3 * abs(rho[5] - rho[4])  # the two differ

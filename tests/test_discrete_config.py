@@ -71,7 +71,7 @@ def test_trained_betas_round_trip():
     ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "_class_name must be one of"),
     ({"clip_sample": 1}, "clip_sample = 1 changes sampling"),
     ({"thresholding": True}, "thresholding = True changes sampling and is not supported for DDPMScheduler"),
-    ({"_class_name": "LMSDiscreteScheduler", "use_karras_sigmas": True},
+    ({"_class_name": "KDPM2AncestralDiscreteScheduler", "use_karras_sigmas": True},
      "use_karras_sigmas = True changes sampling and is supported for DPMSolverMultistepScheduler"),
     ({"_class_name": "EulerDiscreteScheduler", "final_sigmas_type": "sigma_min"},
      "final_sigmas_type = 'sigma_min' changes sampling and is supported for DPMSolverMultistepScheduler"),
