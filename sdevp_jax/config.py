@@ -286,7 +286,7 @@ _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "predict_x0": None,
     "disable_corrector": None,
     "solver_p": (None,),
-    # diffusers' sigma grids (sdevp_jax.grids.SIGMA_SPACINGS): DPMSolverMultistep's and UniPC's
+    # diffusers' sigma grids (sdevp_jax.grids.SIGMA_SPACINGS), served for SIGMA_CLASSES
     "use_karras_sigmas": (False, True),
     "use_exponential_sigmas": (False, True),
     "use_beta_sigmas": (False, True),

@@ -57,7 +57,9 @@ eq. 5 with :math:`\rho = 7`; log-uniform; the Beta(0.6, 0.6) quantiles of Lee et
 Sampling is All You Need"; uniform in :math:`\lambda`, Lu et al. 2022), step through those exact
 noise levels, and call the model at a label interpolated linearly in :math:`\log(\sigma/\alpha)`
 between training labels, rounded (Karras, :math:`\lambda`) or truncated (exponential, beta; and
-DPMSolverMultistep's Karras and :math:`\lambda` grids on ``squaredcos_cap_v2``).
+DPMSolverMultistep's Karras and :math:`\lambda` grids on ``squaredcos_cap_v2``), or, for EulerDiscrete,
+HeunDiscrete and LMSDiscrete (:data:`SIGMA_RANGE_CLASSES`), kept fractional in float32 -- those three space their
+grids between the noise levels of their ``timestep_spacing`` grid's first and last labels.
 :func:`sigma_grid` gives the times and those labels; the state keeps the labels
 (``model_labels``) and :func:`~sdevp_jax.model_time` hands them to the model at the grid's times.
 """
@@ -94,6 +96,7 @@ __all__ = [
     "training_sigmas",
     "diffusers_sigmas",
     "sigma_to_label",
+    "SIGMA_RANGE_CLASSES",
     "sigma_grid",
     "interpolated_label_grid",
 ]

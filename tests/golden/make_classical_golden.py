@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import os
 import subprocess
@@ -186,13 +185,9 @@ def float64_sigma_grid(sched, fields: dict, steps: int) -> np.ndarray:
     plain = type(sched)(**{k: v for k, v in sched.config.items() if k not in SIGMA_FIELDS and not k.startswith("_")})
     plain.set_timesteps(steps)
     in_sigmas = np.interp(plain.timesteps.numpy().astype(np.float64), np.arange(1000), train_sigmas())
-    if fields.get("use_karras_sigmas"):
-        if "num_inference_steps" in inspect.signature(sched._convert_to_karras).parameters:
-            return np.asarray(sched._convert_to_karras(in_sigmas=in_sigmas, num_inference_steps=steps), np.float64)
-        return np.asarray(sched._convert_to_karras(in_sigmas=in_sigmas), np.float64)  # LMS: its own step count
-    if fields.get("use_exponential_sigmas"):
-        return np.asarray(sched._convert_to_exponential(in_sigmas=in_sigmas, num_inference_steps=steps), np.float64)
-    return np.asarray(sched._convert_to_beta(in_sigmas=in_sigmas, num_inference_steps=steps), np.float64)
+    from _golden import converted_sigmas
+
+    return converted_sigmas(sched, fields, in_sigmas, steps)
 
 
 def _pairs(values, head, tail):

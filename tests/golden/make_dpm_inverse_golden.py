@@ -30,7 +30,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers import scheduling_dpmsolver_multistep_inverse as inverse_module
-from _golden import Float32As64, float64_tables, write_npz  # noqa: E402  (beside this script)
+from _golden import Float32As64, converted_sigmas, float64_tables, write_npz  # noqa: E402  (beside this script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = os.path.join(HERE, "dpm_inverse.npz")
@@ -79,14 +79,7 @@ def run(fields: dict, steps: int, x0: np.ndarray):
     sched.set_timesteps(steps)
     train = ((1 - acp64()) / acp64()) ** 0.5
     labels = sched.timesteps.numpy()
-    if fields.get("use_karras_sigmas"):  # the scheduler's own conversions of the float64 training sigmas
-        grid = sched._convert_to_karras(in_sigmas=train, num_inference_steps=steps)
-    elif fields.get("use_exponential_sigmas"):
-        grid = sched._convert_to_exponential(in_sigmas=train, num_inference_steps=steps)
-    elif fields.get("use_beta_sigmas"):
-        grid = sched._convert_to_beta(in_sigmas=train, num_inference_steps=steps)
-    else:
-        grid = None
+    grid = converted_sigmas(sched, fields, train, steps)  # its own conversion of the float64 training sigmas
     if grid is not None:
         assert len(np.unique(labels)) == steps, "diffusers dropped a repeated label"
         sigmas = torch.tensor(np.concatenate([grid, grid[-1:]]), dtype=torch.float64)

@@ -92,16 +92,12 @@ def float64_sigmas(sched, fields: dict, steps: int) -> np.ndarray:
     the scheduler's own ``_convert_to_karras`` (``_exponential``, ``_beta``) of the float64 training sigmas, then its
     last again."""
     train = ((1 - acp64()) / acp64()) ** 0.5
-    flipped = np.flip(train).copy()
-    if fields.get("use_karras_sigmas"):
-        sigmas = sched._convert_to_karras(in_sigmas=flipped, num_inference_steps=steps)
-    elif fields.get("use_exponential_sigmas"):
-        sigmas = sched._convert_to_exponential(in_sigmas=flipped, num_inference_steps=steps)
-    elif fields.get("use_beta_sigmas"):
-        sigmas = sched._convert_to_beta(in_sigmas=flipped, num_inference_steps=steps)
-    else:
+    from _golden import converted_sigmas
+
+    sigmas = converted_sigmas(sched, fields, np.flip(train).copy(), steps)
+    if sigmas is None:
         return np.concatenate([train[sched.timesteps.numpy()], [train[0]]])
-    return np.concatenate([sigmas, sigmas[-1:]]).astype(np.float64)
+    return np.concatenate([sigmas, sigmas[-1:]])
 
 
 def jax_noise(path: str) -> None:
