@@ -286,7 +286,7 @@ _EXTRA_FIELDS: dict[str, Optional[tuple]] = {
     "predict_x0": None,
     "disable_corrector": None,
     "solver_p": (None,),
-    # diffusers' sigma grids (sdevp_jax.grids.SIGMA_SPACINGS): DPMSolverMultistep's and UniPC's
+    # diffusers' sigma grids (sdevp_jax.grids.SIGMA_SPACINGS), served for SIGMA_CLASSES
     "use_karras_sigmas": (False, True),
     "use_exponential_sigmas": (False, True),
     "use_beta_sigmas": (False, True),
@@ -445,7 +445,8 @@ THRESHOLDING_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolv
 #: Classes whose sigma grids (``use_karras_sigmas``, ...) are served: :data:`sdevp_jax.grids.SIGMA_SPACINGS`,
 #: by config field, in the order diffusers' ``set_timesteps`` tests them.
 SIGMA_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
-                 "DEISMultistepScheduler")
+                 "DEISMultistepScheduler", "SASolverScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                 "LMSDiscreteScheduler", "DPMSolverMultistepInverseScheduler")
 _SIGMA_FIELDS = {"use_karras_sigmas": "karras_sigmas", "use_lu_lambdas": "lu_lambdas",
                  "use_exponential_sigmas": "exponential_sigmas", "use_beta_sigmas": "beta_sigmas"}
 
@@ -657,7 +658,8 @@ class DiscreteConfig:
             n = self.num_train_timesteps
             return "sa_solver", {"predictor_order": extra.get("predictor_order", 2),
                                  "corrector_order": extra.get("corrector_order", 2), "algorithm_type": algorithm,
-                                 "lower_order_final": multistep["lower_order_final"], "final_sigmas_type": "last",
+                                 "lower_order_final": multistep["lower_order_final"],
+                                 "final_sigmas_type": "repeat" if self.sigma_spacing is not None else "last",
                                  "tau": 1.0, "tau_t_min": 201.0 / n, "tau_t_max": 801.0 / n,
                                  "second_order": "diffusers" if algorithm == "data_prediction" else "lagrange",
                                  **thresholding}
@@ -713,7 +715,8 @@ class DiscreteConfig:
         DDIMInverseScheduler: ``ddim`` (its ``evaluate_at`` and ``start`` are set by ``invert_ode``);
         DPMSolverMultistepInverseScheduler: ``dpm_solver_pp`` with ``solver_order``, ``solver_type``,
         ``lower_order_final``, ``euler_at_final`` and thresholding, ending at the noisiest label's noise level
-        (``trailing``: a zero-length last step there, ``final_sigmas_type="repeat"``)."""
+        (``trailing`` and the sigma grids, which reach it at their last point: a zero-length last step there,
+        ``final_sigmas_type="repeat"``)."""
         extra = dict(self.extra)
         if self.class_name == "DDIMInverseScheduler":
             return "ddim", {}
@@ -723,7 +726,8 @@ class DiscreteConfig:
                              f"inversion is deterministic and in the data prediction: 'dpmsolver++'); pass a method")
         options = {"order": extra.get("solver_order", 2), "solver_type": extra.get("solver_type", "midpoint"),
                    "lower_order_final": extra.get("lower_order_final", True),
-                   "final_sigmas_type": "repeat" if self.timestep_spacing == "trailing" else "last"}
+                   "final_sigmas_type": "repeat" if self.timestep_spacing == "trailing" or self.sigma_spacing is not None
+                   else "last"}
         if extra.get("euler_at_final"):
             options["euler_at_final"] = True
         if options["order"] == 3:

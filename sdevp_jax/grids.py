@@ -57,7 +57,9 @@ eq. 5 with :math:`\rho = 7`; log-uniform; the Beta(0.6, 0.6) quantiles of Lee et
 Sampling is All You Need"; uniform in :math:`\lambda`, Lu et al. 2022), step through those exact
 noise levels, and call the model at a label interpolated linearly in :math:`\log(\sigma/\alpha)`
 between training labels, rounded (Karras, :math:`\lambda`) or truncated (exponential, beta; and
-DPMSolverMultistep's Karras and :math:`\lambda` grids on ``squaredcos_cap_v2``).
+DPMSolverMultistep's Karras and :math:`\lambda` grids on ``squaredcos_cap_v2``), or, for EulerDiscrete,
+HeunDiscrete and LMSDiscrete (:data:`SIGMA_RANGE_CLASSES`), kept fractional in float32 -- those three space their
+grids between the noise levels of their ``timestep_spacing`` grid's first and last labels.
 :func:`sigma_grid` gives the times and those labels; the state keeps the labels
 (``model_labels``) and :func:`~sdevp_jax.model_time` hands them to the model at the grid's times.
 """
@@ -94,6 +96,7 @@ __all__ = [
     "training_sigmas",
     "diffusers_sigmas",
     "sigma_to_label",
+    "SIGMA_RANGE_CLASSES",
     "sigma_grid",
     "interpolated_label_grid",
 ]
@@ -578,7 +581,8 @@ def training_sigmas(schedule: Any) -> np.ndarray:
         return ((1.0 - acp) / acp) ** 0.5
 
 
-def diffusers_sigmas(schedule: Any, num_inference_steps: int, spacing: str) -> np.ndarray:
+def diffusers_sigmas(schedule: Any, num_inference_steps: int, spacing: str,
+                     bounds: Optional[tuple[float, float]] = None) -> np.ndarray:
     r"""The ``num_inference_steps`` noise levels :math:`\sigma/\alpha`, decreasing, of diffusers' ``spacing``.
 
     Between :math:`\sigma_{\max}` (label ``N - 1``) and :math:`\sigma_{\min}` (label 0):
@@ -588,7 +592,9 @@ def diffusers_sigmas(schedule: Any, num_inference_steps: int, spacing: str) -> n
     ``"beta_sigmas"`` :math:`\sigma_{\min} + q(\sigma_{\max} - \sigma_{\min})` with ``q`` the
     Beta(0.6, 0.6) quantiles of ``1 - r`` (Lee et al. 2024). A zero-terminal-SNR schedule's
     :math:`\sigma_{\max}` is infinite: refused (diffusers' DPMSolverMultistep and UniPC clamp it,
-    ``load_config(..., zero_snr="diffusers")``).
+    ``load_config(..., zero_snr="diffusers")``). ``bounds`` ``(sigma_min, sigma_max)`` replaces those two ends
+    (EulerDiscrete, HeunDiscrete and LMSDiscrete space their sigma grids between the noise levels of the first and
+    last labels of their ``timestep_spacing`` grid: :func:`sigma_grid`).
 
     Examples:
       >>> sd = sv.schedules.from_diffusers("scaled_linear", 0.00085, 0.012)
@@ -602,7 +608,7 @@ def diffusers_sigmas(schedule: Any, num_inference_steps: int, spacing: str) -> n
     if spacing not in SIGMA_SPACINGS:
         raise ValueError(f"spacing must be one of {', '.join(map(repr, SIGMA_SPACINGS))}, got {spacing!r}")
     sigmas = training_sigmas(schedule)
-    sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])
+    sigma_min, sigma_max = (float(sigmas[0]), float(sigmas[-1])) if bounds is None else map(float, bounds)
     if not np.isfinite(sigma_max):
         raise ValueError(f"spacing={spacing!r} spaces sigma/alpha up to its value at the last label, which is "
                          "infinite on a zero-terminal-SNR schedule (alpha = 0); load the config with "
@@ -636,10 +642,19 @@ def sigma_to_label(sigmas: ArrayLike, schedule: Any) -> np.ndarray:
     return (1.0 - w) * low + w * (low + 1)
 
 
+#: diffusers' classes whose sigma grids span the noise levels of their ``timestep_spacing`` grid's first and last
+#: labels (interpolated linearly in the label) rather than the training labels' (``N - 1`` and 0), and give the model
+#: the fractional label in float32.
+SIGMA_RANGE_CLASSES = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler")
+
+
 def sigma_label_rounding(spacing: str, scheduler: str = "DPMSolverMultistepScheduler",
                          beta_schedule: Optional[str] = None) -> str:
-    """How diffusers' ``scheduler`` turns a sigma grid's fractional labels into the model's: ``"round"`` or
-    ``"truncate"`` (its int64 cast), read from its ``set_timesteps``."""
+    """How diffusers' ``scheduler`` turns a sigma grid's fractional labels into the model's: ``"round"``,
+    ``"truncate"`` (its int64 cast) or ``"float32"`` (the sigma-space classes, :data:`SIGMA_RANGE_CLASSES`: the
+    fractional label rounded to float32, their ``timesteps``' dtype), read from its ``set_timesteps``."""
+    if scheduler in SIGMA_RANGE_CLASSES:
+        return "float32"
     if spacing in ("exponential_sigmas", "beta_sigmas"):
         return "truncate"
     if scheduler == "DPMSolverMultistepScheduler" and beta_schedule == "squaredcos_cap_v2":
@@ -652,25 +667,46 @@ def sigma_grid(state: "ScoreSdeVpSchedulerState", n: int, spacing: str,
     r"""``(times, labels)`` of diffusers' sigma grid ``spacing`` (:func:`diffusers_sigmas`) on ``state``'s schedule.
 
     ``times`` (JAX's default float) are where the schedule has those noise levels
-    (:math:`\lambda = -\log(\sigma/\alpha)`, :meth:`t_from_log_snr`; the first is 1, the last
-    ``1/N``); ``labels`` are the model's labels there, diffusers' (:func:`sigma_to_label`, rounded or
-    truncated as the state's config class does, DPMSolverMultistep's rule without a config), or with
-    ``rounding`` (``"exact"``, ``"round"``, ``"truncate"``) that rule instead.
+    (:math:`\lambda = -\log(\sigma/\alpha)`, :meth:`t_from_log_snr`; 1 where the level is label ``N - 1``'s,
+    ``1/N`` where it is label 0's); ``labels`` are the model's labels there, diffusers' (:func:`sigma_to_label`,
+    rounded, truncated or rounded to float32 as the state's config class does, DPMSolverMultistep's rule without a
+    config), or with ``rounding`` (``"exact"``, ``"round"``, ``"truncate"``) that rule instead. The grid spans the
+    training labels' noise levels, except for :data:`SIGMA_RANGE_CLASSES`, whose grid spans those of the first and
+    last labels of the config's ``timestep_spacing`` grid (diffusers builds the label grid, interpolates its noise
+    levels, then respaces between its ends: ``leading`` and ``trailing`` grids span less than the training range).
     """
     config = state.diffusers_config
     scheduler = config.class_name if config is not None else "DPMSolverMultistepScheduler"
     beta_schedule = config.beta_schedule if config is not None else None
-    sigmas = diffusers_sigmas(state.schedule, n, spacing)
+    big_n = state.num_train_timesteps
+    top, bottom = float(big_n - 1), 0.0
+    bounds = None
+    if scheduler in SIGMA_RANGE_CLASSES:
+        ends = diffusers_label_spacing(big_n, n, config.timestep_spacing, config.steps_offset,
+                                       scheduler=scheduler)[[0, -1]].astype(np.float64)
+        top, bottom = float(ends[0]), float(ends[1])
+        train = training_sigmas(state.schedule)
+        high, low = np.interp(ends, np.arange(big_n), train)
+        bounds = (float(low), float(high))
+    sigmas = diffusers_sigmas(state.schedule, n, spacing, bounds)
     labels = sigma_to_label(sigmas, state.schedule)
     rule = sigma_label_rounding(spacing, scheduler, beta_schedule) if rounding is None else rounding
-    if rule != "exact":
+    if scheduler == "DPMSolverMultistepInverseScheduler" and rounding is None:
+        model_labels = np.round(labels) if rule == "round" else np.trunc(labels)
+        if np.unique(model_labels).size < n:
+            raise ValueError(f"the {spacing!r} grid of {n} steps gives DPMSolverMultistepInverseScheduler's model a "
+                             f"label twice; diffusers then drops the repeated labels but not their noise levels, "
+                             f"which no longer match: use fewer steps or a label spacing")
+    if rule == "float32":
+        labels = labels.astype(np.float32).astype(np.float64)
+    elif rule != "exact":
         labels = np.round(labels) if rule == "round" else np.trunc(labels)
     dtype = _checks.default_float()
-    big_n = state.num_train_timesteps
     times = np.asarray(state.schedule.cast(dtype).t_from_log_snr(jnp.asarray(-np.log(sigmas), dtype)), np.float64)
     times = np.clip(times, 1.0 / big_n, 1.0)
-    times[0] = 1.0  # sigma_max is the last label's
-    if n > 1:
+    if top == big_n - 1:
+        times[0] = 1.0  # sigma_max is the last label's
+    if n > 1 and bottom == 0.0:
         times[-1] = 1.0 / big_n  # sigma_min the first label's
     grid = jnp.asarray(times, dtype)
     check_grid(state, grid, f"the {spacing!r} grid of {n} steps")

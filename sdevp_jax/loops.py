@@ -217,9 +217,14 @@ def integrate(solver: Solver, model: Denoiser, x: jax.Array, grid: Grid, sample_
         per_step.append(info.nfe)
         return (x, state, k + 1, held.held()), None
 
-    num_steps = solver.num_steps(grid.num_points)
+    # a solver's begin_index (diffusers' set_begin_index): x is at that grid point; the steps before it are not run
+    begin = getattr(solver, "begin_index", 0)
+    num_steps = solver.num_steps(grid.num_points) - begin
+    if num_steps < 1:
+        raise ValueError(f"begin_index = {begin} must be below the grid's last point, {grid.num_points - 1}: the "
+                         f"loop starts at that grid point and steps from it")
     memory = model.model_fn.init(x) if model.stateful else ()
-    (x, state, _, memory), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(0), memory), None,
+    (x, state, _, memory), _ = lax.scan(body, (x, solver.init(x, grid), jnp.int32(begin), memory), None,
                                         length=num_steps, unroll=unroll)
     x, state, info = solver.finish(model.holding(memory), x, state, grid)
     return x, state, per_step[0] * num_steps + info.nfe
@@ -636,6 +641,7 @@ def sample_ode(
     restarts: Optional[tuple] = None,
     restart_gamma: Optional[float] = None,
     churn_range: Optional[tuple] = None,
+    begin_index: int = 0,
     cond=None,
     noise=None,
 ):
@@ -740,6 +746,10 @@ def sample_ode(
       restarts, restart_gamma, churn_range: ``restart``'s intervals ``((n_steps, K, t_min, t_max), ...)``, its
         churn and the levels ``(S_min, S_max)`` it applies within (see :class:`sdevp_jax.solvers.Restart`;
         ``s_noise`` scales its noise).
+      begin_index: ``dpm_solver_singlestep``'s and ``lms``' start inside the grid (diffusers'
+        ``set_begin_index``, img2img): ``x_init`` is at grid point ``begin_index`` and the loop steps from there
+        with the whole grid's order schedule (see :class:`sdevp_jax.solvers.LMS`,
+        :class:`sdevp_jax.solvers.DPMSolverSinglestep`); default 0.
       cond: the samples' conditions, as for :func:`sample`.
       noise: for a stochastic method, the noise instead of the keyed draws, as for :func:`sample`.
 
@@ -763,6 +773,9 @@ def sample_ode(
                    tau_t_max=tau_t_max, second_order=second_order, warmup=warmup, noise_scale=noise_scale,
                    quadrature=quadrature, first_derivative=first_derivative, variance_floor=variance_floor,
                    restarts=restarts, restart_gamma=restart_gamma, churn_range=churn_range)
+    if begin_index != 0 and x_init is None:
+        raise ValueError(f"begin_index = {begin_index!r} starts the loop at that grid point: pass the samples there "
+                         f"as x_init (e.g. a noised image, diffusers' img2img)")
     if method is None:  # the state's diffusers scheduler's own solver, else DPM-Solver
         method, defaults = config_solver(state) if state.diffusers_config is not None else ("dpm_solver", {})
         if solvers.get(method).kind == "predictor":
@@ -771,6 +784,13 @@ def sample_ode(
         # the options given replace the config's; those left at their defaults do not
         options = dict(defaults, **{k: v for k, v in options.items() if not _is_default(v, ODE_OPTIONS[k])})
     solver = ode_solver(method, rtol=rtol, atol=atol, max_steps=max_steps, **options).check()
+    if begin_index != 0:  # (not a solver option of jobs or the CLI: they start from the prior)
+        takers = [name for name, cls in solvers.REGISTRY.items() if "begin_index" in cls.__dataclass_fields__]
+        if solver.name not in takers:
+            raise ValueError(f"begin_index applies to the methods {takers} (diffusers' schedulers whose loop "
+                             f"started inside the grid keeps the whole grid's order schedule); method="
+                             f"{solver.name!r} starts where its grid starts: pass the grid from that point instead")
+        solver = solver.replace(begin_index=begin_index)
     return _draw(solver, state, model_fn, key, shape, dtype, index_offset, 1, x_init, cond, False, return_info, noise)
 
 

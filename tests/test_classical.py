@@ -3,7 +3,9 @@
 Parity with diffusers 0.42.1's EulerDiscrete, EulerAncestralDiscrete and LMSDiscrete schedulers in float64
 (tests/golden/classical.npz, by tests/golden/make_classical_golden.py): each loaded from its config and sampled with
 no method given (LMS' other orders with ``method="lms", order=p``), on diffusers' fractional ``linspace`` labels
-and its ``leading``/``trailing`` integer ones, epsilon and v models, the ancestral ones with sv's own per-sample
+and its ``leading``/``trailing`` integer ones, on its sigma grids (``use_karras_sigmas``, ``use_exponential_sigmas``,
+``use_beta_sigmas`` of Euler, Heun and LMS: spaced between the noise levels of the label grid's ends, the model at
+diffusers' float32 fractional labels), epsilon and v models, the ancestral ones with sv's own per-sample
 noise (handed to diffusers by the golden). Each step's arithmetic is tested directly: Euler in sigma/alpha is
 DDIM's update, the ancestral step's mean and variance, LMS of order p integrates a polynomial-in-sigma noise
 prediction of degree p - 1 exactly, and LMS' closed-form coefficients against diffusers' quadrature. Orders of
@@ -50,13 +52,19 @@ def test_the_golden_covers_every_scheduler():
                                                 "HeunDiscrete", "KDPM2Discrete", "KDPM2AncestralDiscrete"}
     assert {c.split("/")[1] for c in CASES if c.startswith("PNDM")} >= {"plms", "prk"}
     assert {c.split("/")[2] for c in CASES if c.startswith("LMS")} == {"1", "2", "3", "4"}
+    # the sigma grids of the classes that space them between their label grid's ends (trailing: a shorter range)
+    for name in ("EulerDiscrete", "HeunDiscrete", "LMSDiscrete"):
+        assert {c.split("/")[1] for c in CASES if c.startswith(name + "/")} >= {
+            "karras_sigmas", "exponential_sigmas", "beta_sigmas", "karras_sigmas_trailing"}
 
 
 #: the fast tier's cases: each scheduler's default config at 10 steps (LMS at its default order 4), PNDM's both
 #: warm-ups; the other options and step counts run in the slow tier
 FAST = {f"{name}/linspace/1/10" for name in ("EulerDiscrete", "EulerAncestralDiscrete", "HeunDiscrete", "KDPM2Discrete",
                                              "KDPM2AncestralDiscrete")} | {"LMSDiscrete/linspace/4/10", "PNDM/plms/4/10",
-                                                                           "PNDM/prk/4/10"}
+                                                                           "PNDM/prk/4/10",
+                                                                           "EulerDiscrete/karras_sigmas/1/10",
+                                                                           "HeunDiscrete/karras_sigmas_trailing/1/10"}
 
 
 def _slow_if_long(case):
@@ -418,3 +426,34 @@ def test_euler_ancestral_is_keyed_per_sample():
     four, two, another = (np.asarray(x) for x in runs(jax.random.key(2), jax.random.key(3)))
     np.testing.assert_allclose(two, four[:2], rtol=2e-5, atol=2e-5)
     assert np.all(np.abs(another - four) > 1e-3)
+
+
+def test_lms_begin_index_weights_the_grid_points_before_the_start_as_diffusers(x64):
+    """Started at grid point b (diffusers' set_begin_index), LMS takes order min(4, b + 1) at once: the Lagrange
+    weights of the nodes rho_b, rho_{b-1}, ... (points it never visited) with only its own prediction summed (diffusers
+    zips the weights with the derivatives it has). With a constant noise prediction c the step from b is
+    x/alpha + w_0 c, w_0 the integral of the first basis polynomial of the four nodes over [rho_b, rho_{b+1}],
+    computed here with numpy's polynomials; a grid that starts at b takes the first-order step (rho_{b+1} - rho_b) c."""
+    state = sv.set_timesteps(sv.load_config({"_class_name": "LMSDiscreteScheduler", **SD}), 6)
+    rho = np.exp(-np.asarray(state.schedule.log_snr(state.timesteps)))
+    alpha = 1.0 / np.sqrt(1.0 + rho**2)
+    c = np.array([0.3, -0.2, 0.5])
+    x4 = np.array([[0.7, -1.1, 0.4]])
+
+    def model(x, t):
+        return jnp.broadcast_to(jnp.asarray(c), x.shape)
+
+    nodes = rho[[4, 3, 2, 1]]
+    basis = np.poly1d([1.0])
+    for m in (1, 2, 3):
+        basis = basis * np.poly1d([1.0, -nodes[m]]) / (nodes[0] - nodes[m])
+    w0 = basis.integ()(rho[5]) - basis.integ()(rho[4])
+    want = alpha[5] * (x4 / alpha[4] + w0 * c)
+    got = sv.sample_ode(state, model, None, x4.shape, x_init=jnp.asarray(x4), dtype=jnp.float64,
+                        final_sigmas_type="last", begin_index=4)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+    sliced = state.replace(timesteps=state.timesteps[4:], model_labels=state.model_labels[4:])
+    first = sv.sample_ode(sliced, model, None, x4.shape, x_init=jnp.asarray(x4), dtype=jnp.float64,
+                          final_sigmas_type="last")
+    np.testing.assert_allclose(np.asarray(first), alpha[5] * (x4 / alpha[4] + (rho[5] - rho[4]) * c), rtol=1e-12)
+    assert abs(w0 - (rho[5] - rho[4])) > 1e-3 * abs(rho[5] - rho[4])  # the two differ

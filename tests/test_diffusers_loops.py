@@ -13,7 +13,7 @@ start and with the same draws (``noise=``):
 * float64: within 1e-10 relative (max-norm) of diffusers' float64 run, every case;
 * float32: ``sum(|x|)`` and ``mean(|x|)`` within the tolerances their test asserts (1e-2 and 1e-3, or the test's own)
   of the numbers in their test file; where diffusers' own float32 run is farther than that from its float64 run
-  (DDPM's ``test_full_loop_with_noise``, whose ``1 - alphas_cumprod[1]/alphas_cumprod[0]`` cancels, and five more:
+  (DDPM's ``test_full_loop_with_noise``, whose ``1 - alphas_cumprod[1]/alphas_cumprod[0]`` cancels, and seven more:
   :data:`FLOAT32_OFF`), of the float64 value (:func:`float32_targets`).
 
 The loops the tests write that sdevp_jax does not run as written, each tested below:
@@ -23,12 +23,12 @@ The loops the tests write that sdevp_jax does not run as written, each tested be
   test ends at :math:`|x| \sim 10^{-13}`). Their expected numbers are of that recursion. sdevp_jax is tested on the
   same configs, start and draws in the loop diffusers' pipelines run (``step`` on the unscaled sample), which the
   golden runs too (``<case>/pipeline``);
-* ``use_karras_sigmas=True`` on EulerDiscrete, HeunDiscrete, LMSDiscrete, SASolver and DPMSolverMultistepInverse,
-  and PNDM with ``prediction_type="v_prediction"``: refused by name (:func:`test_refused_by_name`);
+* PNDM with ``prediction_type="v_prediction"``: refused by name (:func:`test_refused_by_name`);
 * DPMSolverSinglestep and LMSDiscrete started inside the grid (``test_full_loop_with_noise``,
   ``test_full_uneven_loop``): diffusers keeps the whole grid's order schedule (the single-step groups, LMS' order
   ``min(step_index + 1, 4)`` with the Lagrange weights of grid points never visited), which a grid that starts there
-  does not carry (:func:`test_started_inside_the_grid_is_not_expressed`);
+  does not carry (:func:`test_a_grid_that_starts_inside_runs_its_own_order_schedule`); ``sample_ode``'s
+  ``begin_index`` runs them on the whole grid from that point, as diffusers does (in the parity tests above);
 * DPMSolverSDE (torchsde's Brownian tree noise), LCM and TCD: not served, refused by class name.
 """
 
@@ -48,16 +48,14 @@ GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "diffusers_lo
 CASES = [str(c) for c in GOLDEN["cases"]]
 RTOL64 = 1e-10
 
-REFUSED = {
-    **{c: "use_karras_sigmas = True changes sampling and is supported for" for c in CASES
-       if "karras" in c and c.split("/")[0] in ("EulerDiscreteScheduler", "HeunDiscreteScheduler",
-                                                 "LMSDiscreteScheduler", "SASolverScheduler",
-                                                 "DPMSolverMultistepInverseScheduler")},
-    "PNDMScheduler/test_full_loop_with_v_prediction": "combines the model's raw v outputs",
-}
+REFUSED = {"PNDMScheduler/test_full_loop_with_v_prediction": "combines the model's raw v outputs"}
+#: the sigma grids of the sigma-space classes: their model labels are diffusers' fractional labels, which diffusers
+#: casts to float32 (sdevp_jax's default, tested against tests/golden/classical.npz) and the golden's float64 run
+#: keeps in float64 (its _Numpy64): those runs take the labels unrounded
+EXACT_LABELS = {c for c in CASES if "karras" in c and "Discrete" in c.split("/")[0]}
 INSIDE = ["DPMSolverSinglestepScheduler/test_full_loop_with_noise", "DPMSolverSinglestepScheduler/test_full_uneven_loop",
           "LMSDiscreteScheduler/test_full_loop_with_noise"]
-RUN = [c for c in CASES if c not in REFUSED and c not in INSIDE]
+RUN = [c for c in CASES if c not in REFUSED]
 #: the fast tier: three short loops (a label grid from add_noise, a stochastic multistep loop, a stochastic
 #: sigma-space loop from add_noise); the others in the slow tier
 FAST = {"DDIMScheduler/test_full_loop_with_noise", "SASolverScheduler/test_full_loop_no_noise",
@@ -120,12 +118,16 @@ def run(case: str, dtype, pipeline: bool = False) -> np.ndarray:
         z = np.concatenate([noise, np.zeros_like(noise[:1])])
         return np.asarray(sv.sample(state, dummy_model, None, x_start.shape, predictor="ancestral", x_init=x_start,
                                     noise=jnp.asarray(z).astype(dtype), dtype=dtype, denoise=True))
-    state = sv.set_timesteps(base, n)
-    if mode == "noise":  # the tests' add_noise start at grid point t_start (diffusers' timesteps[t_start * order])
-        state = from_point(state, start)
+    state = sv.set_timesteps(base, n, label_rounding="exact" if case in EXACT_LABELS else None)
     options = {}
+    if case in INSIDE:  # diffusers keeps the whole grid's order schedule: the loop starts inside the grid
+        options["begin_index"] = start if mode == "noise" else 3
+    elif mode == "noise":  # the tests' add_noise start at grid point t_start (diffusers' timesteps[t_start * order])
+        state = from_point(state, start)
     if noise is not None:
-        if is_sigma_space(case):  # one draw per interval; diffusers' draw at its step to sigma = 0 is scaled by 0
+        if is_sigma_space(case) or case.startswith("SASolverScheduler/"):
+            # one draw per interval; diffusers' draw at its step to sigma = 0 is scaled by 0, and so is SA-Solver's at
+            # the zero-length last step of its sigma grids
             noise = noise[: state.timesteps.shape[0] - 1]
         options["noise"] = jnp.asarray(noise).astype(dtype)
     return np.asarray(sv.sample_ode(state, dummy_model, None, x_start.shape, x_init=x_start, dtype=dtype, **options))
@@ -202,6 +204,8 @@ FLOAT32_OFF = {
     "HeunDiscreteScheduler/test_full_loop_with_noise/pipeline": (0.0277, 3.6e-5),
     "KDPM2DiscreteScheduler/test_full_loop_with_noise/pipeline": (-0.1214, -1.58e-4),
     "KDPM2AncestralDiscreteScheduler/test_full_loop_with_noise/pipeline": (-0.01167, -1.52e-5),
+    "SASolverScheduler/test_full_loop_device_karras_sigmas": (-0.02146, -2.79e-5),
+    "LMSDiscreteScheduler/test_full_loop_with_noise/pipeline": (0.2133, 2.78e-4),
 }
 
 
@@ -252,11 +256,11 @@ def test_unserved_schedulers_are_refused_by_class_name(name):
 
 
 @pytest.mark.parametrize("case", _tier(INSIDE))
-def test_started_inside_the_grid_is_not_expressed(case, x64):
-    """A grid that starts inside diffusers' grid runs its own order schedule (single-step groups from its first
-    point; LMS from order 1), while diffusers continues the whole grid's: the two differ by far more than rounding
-    (measured: 0.15, 0.006 and 0.84 relative), so these loops are not claimed. The same configs run from the top of
-    the grid are held to diffusers at 1e-10 above."""
+def test_a_grid_that_starts_inside_runs_its_own_order_schedule(case, x64):
+    """A grid sliced from diffusers' grid at the start point runs its own order schedule (single-step groups from its
+    first point; LMS from order 1), while diffusers continues the whole grid's: the two differ by far more than
+    rounding (measured: 0.15, 0.006 and 0.84 relative). ``begin_index`` on the whole grid reproduces diffusers
+    (:func:`test_float64_parity` and the pipeline test above); here the sliced run is held apart from it."""
     n, mode = int(GOLDEN[f"{case}/n"]), str(GOLDEN[f"{case}/mode"])
     start = int(GOLDEN[f"{case}/t_start"]) if mode == "noise" else 3
     state = from_point(sv.set_timesteps(sv.load_config(config(case)), n), start)
@@ -264,6 +268,24 @@ def test_started_inside_the_grid_is_not_expressed(case, x64):
     got = np.asarray(sv.sample_ode(state, dummy_model, None, x_start.shape, x_init=jnp.asarray(x_start),
                                    dtype=jnp.float64))
     assert rel_err(got, GOLDEN[f"{case}/pipeline/final" if is_sigma_space(case) else f"{case}/final"]) > 1e-3
+
+
+def test_begin_index_is_refused_where_it_has_no_meaning():
+    """begin_index needs the samples at that point (x_init) and one of the solvers that keep a whole grid's order
+    schedule; elsewhere a grid that starts there is the same run."""
+    state = sv.set_timesteps(sv.load_config(config(INSIDE[0])), 10)
+    x = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="pass the samples there as x_init"):
+        sv.sample_ode(state, dummy_model, jax.random.key(0), x.shape, begin_index=3)
+    with pytest.raises(ValueError, match="begin_index applies to the methods"):
+        sv.sample_ode(state, dummy_model, None, x.shape, x_init=x, method="dpm_solver_pp", begin_index=3)
+    with pytest.raises(ValueError, match="begin_index must be an int >= 0"):
+        sv.sample_ode(state, dummy_model, None, x.shape, x_init=x, begin_index=-1)
+    with pytest.raises(ValueError, match="must be below the grid's last point"):
+        sv.sample_ode(state, dummy_model, None, x.shape, x_init=x, begin_index=10)
+    with pytest.raises(ValueError, match="deterministic dpm_solver_singlestep only"):
+        sv.sample_ode(state, dummy_model, jax.random.key(0), x.shape, x_init=x, method="sde_dpm_solver_singlestep",
+                      begin_index=3)
 
 
 @pytest.mark.parametrize("case", [c for c in RUN if is_sigma_space(c)])

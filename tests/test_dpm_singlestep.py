@@ -262,3 +262,25 @@ def test_options_are_checked():
         sv.sample_ode(sv.set_timesteps(sv.create_state(), 5), lambda x, t: x, jax.random.key(0), (2, 2),
                       method="dpm_solver_pp", algorithm_type="dpmsolver")
     assert not sv.solvers.make("dpm_solver_singlestep", algorithm_type="dpmsolver").zero_snr_start
+
+
+def test_begin_index_keeps_the_whole_grids_groups_lowered_to_the_predictions_made(x64):
+    """Started at grid point b, step k has the predictions of points b..k: its group's order is lowered to
+    k - b + 1 where that is less (diffusers' ``while model_outputs[-order] is None: order -= 1``), the groups
+    otherwise the whole grid's. The first step from b is then first order, DDIM's step (DPM-Solver++(1) is DDIM)."""
+    solver = sv.solvers.make("dpm_solver_singlestep", order=3, final_sigmas_type="last")
+    full = np.asarray(solver.orders(11))
+    started = np.asarray(solver.replace(begin_index=4).orders(11))
+    np.testing.assert_array_equal(started[4:], np.minimum(full[4:], np.arange(4, 10) - 4 + 1))
+    assert started[4] == 1 and full[4] > 1  # a group entered midway
+    state = sv.set_timesteps(sv.create_state(), 10, spacing="logsnr")
+    x = jnp.asarray([[0.4, -1.3], [2.0, 0.1]], jnp.float64)
+
+    def model(x, t):
+        return 0.3 * x + 0.1
+
+    one = sv.sample_ode(state, model, None, x.shape, x_init=x, dtype=jnp.float64, method="dpm_solver_singlestep",
+                        order=3, final_sigmas_type="last", begin_index=8)
+    ddim = sv.sample_ode(state.replace(timesteps=state.timesteps[8:]), model, None, x.shape, x_init=x,
+                         dtype=jnp.float64, method="ddim", final_sigmas_type="last")
+    np.testing.assert_allclose(np.asarray(one), np.asarray(ddim), rtol=1e-12)

@@ -113,8 +113,12 @@ def test_parity_with_diffusers_dpm_solver_multistep_inverse_scheduler(case, x64)
 def test_the_dpm_inverse_schedulers_refusals():
     with pytest.raises(ValueError, match="lambda_min_clipped = -3.0 changes the inverse grid's top"):
         sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", "lambda_min_clipped": -3.0})
-    with pytest.raises(ValueError, match="use_karras_sigmas = True changes sampling"):
-        sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", "use_karras_sigmas": True})
+    with pytest.raises(ValueError, match="use_flow_sigmas = True changes sampling"):
+        sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", "use_flow_sigmas": True})
+    # diffusers drops a sigma grid's repeated labels but not their sigmas (its tables then disagree): refused
+    with pytest.raises(ValueError, match="gives DPMSolverMultistepInverseScheduler's model a label twice"):
+        sv.set_timesteps(sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler", **SD,
+                                         "use_karras_sigmas": True}), 200)
     sde = sv.set_timesteps(sv.load_config({"_class_name": "DPMSolverMultistepInverseScheduler",
                                            "algorithm_type": "sde-dpmsolver++"}), 5)
     with pytest.raises(ValueError, match="algorithm_type='sde-dpmsolver\\+\\+' has no equivalent here"):

@@ -55,21 +55,27 @@ def _relative(x, ref):
 
 
 def test_the_golden_covers_every_order_and_both_forms():
-    assert len(CASES) == 30 and "diffusers 0.42.1" in list(GOLDEN["versions"])
+    assert len(CASES) == 36 and "diffusers 0.42.1" in list(GOLDEN["versions"])
+    assert {c.split("/")[3] for c in CASES} >= {"karras_sigmas", "exponential_sigmas", "beta_sigmas"}
     orders = {c.split("/")[1] for c in CASES if c.startswith("data_prediction")}
     assert {"11", "22", "33", "44", "32", "34"} <= orders
     assert {c.split("/")[0] for c in CASES} == {"data_prediction", "noise_prediction"}
     assert {c.split("/")[2] for c in CASES} == set(TAUS)
 
 
-FAST = ("data_prediction/22/default/plain/8",)  # the default orders and tau; the rest in the slow tier
+#: the default orders and tau, on its labels and on the Karras sigma grid; the rest in the slow tier
+FAST = ("data_prediction/22/default/plain/8", "data_prediction/22/default/karras_sigmas/8")
 
 
 @pytest.mark.parametrize("case", [c if c in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_parity_with_diffusers(case, x64):
     state, _ = _golden_state(case)
     labels = np.asarray(sv.model_time(state, state.timesteps))
-    np.testing.assert_array_equal(labels, np.append(GOLDEN[f"{case}/labels"], 0))  # it ends at label 0's sigma
+    if "sigmas" in case:  # a sigma grid ends at label 0's sigma (then a zero-length step there)
+        np.testing.assert_array_equal(labels, GOLDEN[f"{case}/labels"])
+        assert state.diffusers_config.solver_options()[1]["final_sigmas_type"] == "repeat"
+    else:  # a label grid gets label 0 appended: it ends at label 0's sigma
+        np.testing.assert_array_equal(labels, np.append(GOLDEN[f"{case}/labels"], 0))
     x = _run(case, **TAUS[case.split("/")[2]])  # x_T and the noise: sv's draws, as the golden's
     assert _relative(x, GOLDEN[f"{case}/final"]) <= RTOL
 
@@ -331,8 +337,8 @@ def test_sa_options_on_other_methods_are_refused():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"use_karras_sigmas": True}, "use_karras_sigmas = True changes sampling"),
     ({"use_flow_sigmas": True}, "use_flow_sigmas = True changes sampling"),
+    ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "grids are exclusive"),
     ({"prediction_type": "flow_prediction"}, "prediction_type must be one of"),
     ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type must be 'data_prediction' or 'noise_prediction'"),
     ({"predictor_order": 5}, r"predictor_order must be an int in \[1, 4\]"),

@@ -148,7 +148,7 @@ def test_euler_at_final_lowers_the_last_step_on_long_grids():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True},
+    ({"_class_name": "KDPM2DiscreteScheduler", "use_karras_sigmas": True},
      "use_karras_sigmas = True changes sampling and is supported for DPMSolverMultistepScheduler"),
     ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "are all True; diffusers' grids are exclusive"),
     ({"lambda_min_clipped": float("nan")}, "lambda_min_clipped must be a number or -inf"),

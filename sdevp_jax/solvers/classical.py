@@ -32,7 +32,7 @@ from flax import struct
 
 from .base import StepCoeffs, StepInfo, choice_option, option, register
 from .ipndm import ipndm_step
-from .multistep import GridSolver, History
+from .multistep import GridSolver, History, begin_index_option
 
 __all__ = ["EulerAncestral", "euler_ancestral_step", "LMS", "lms_step", "lms_coefficients", "PNDM", "pndm_transfer",
            "PNDM_WARMUPS", "HeunSigma", "heun_sigma_step", "KDPM2", "kdpm2_step", "KDPM2Ancestral",
@@ -179,6 +179,11 @@ class LMS(GridSolver):
     prediction of the other grid solvers."""
 
     order: int = option(4, choices=(1, 2, 3, 4), help="the multistep order, 1-4 (diffusers' step default 4)")
+    #: start at this grid point (diffusers' set_begin_index, img2img; :func:`sdevp_jax.sample_ode`'s ``begin_index``):
+    #: each step keeps the whole grid's order ``min(order, k + 1)`` and its weights on the grid's points before the
+    #: start, whose noise predictions it never made count as 0, as diffusers does (not an option of jobs or the CLI,
+    #: which start from the prior)
+    begin_index: int = struct.field(pytree_node=False, default=0)
 
     name = "lms"
     diffusers_scheduler = "LMSDiscreteScheduler"
@@ -188,6 +193,16 @@ class LMS(GridSolver):
     def __post_init__(self):
         super().__post_init__()
         self._check_order()
+        begin_index_option(self.begin_index, self.name)
+
+    def init(self, x, grid) -> History:
+        """The empty history; with ``begin_index`` b > 0, the grid's points b - 3 .. b - 1 (those that exist) with
+        zero noise predictions: diffusers' LMS started at point b takes order ``min(order, b + 1)`` at once, its
+        Lagrange weights on those points, and sums only the predictions it made (``zip`` stops at the shorter)."""
+        hist = History.init(x)
+        for j in range(min(self.begin_index, 3), 0, -1):
+            hist = hist.push(jnp.zeros_like(x), grid.lam[self.begin_index - j], x, jnp.zeros((), jnp.int32))
+        return hist
 
     def orders(self, num_points: int):
         """``min(order, k + 1)`` at step ``k``, the step to sigma = 0 included (diffusers lowers none at the end)."""

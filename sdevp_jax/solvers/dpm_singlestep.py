@@ -50,7 +50,7 @@ from flax import struct
 
 from .base import StepCoeffs, StepInfo, choice_option, option, register
 from .dpm import DPMPP_TYPES
-from .multistep import GridSolver, History
+from .multistep import GridSolver, History, begin_index_option
 
 __all__ = ["DPMSolverSinglestep", "SDEDPMSolverSinglestep", "singlestep_orders", "singlestep_dpm_step"]
 
@@ -154,6 +154,10 @@ class DPMSolverSinglestep(GridSolver):
     lower_order_final: bool = option(True, help=(
         "cut the last group short (as this package's other solvers, default True; diffusers' default is False, "
         "which its config carries; forced on by an uneven number of steps or a last step to sigma = 0)"))
+    #: start at this grid point (diffusers' set_begin_index, img2img; :func:`sdevp_jax.sample_ode`'s ``begin_index``):
+    #: the groups stay the whole grid's, a group entered midway lowered to the predictions made since the start, as
+    #: diffusers does (not an option of jobs or the CLI, which start from the prior)
+    begin_index: int = struct.field(pytree_node=False, default=0)
 
     name = "dpm_solver_singlestep"
     description = "single-step DPM-Solver(++) on the grid's points, orders 1-3 (Lu et al. 2022a,b)"
@@ -167,6 +171,7 @@ class DPMSolverSinglestep(GridSolver):
         choice_option("algorithm_type", self.algorithm_type, ALGORITHMS)
         if self.algorithm_type == "dpmsolver" and self.thresholding:
             raise ValueError("thresholding acts on the data prediction: it needs algorithm_type='dpmsolver++'")
+        begin_index_option(self.begin_index, self.name)
 
     @property
     def zero_snr_start(self) -> bool:
@@ -186,8 +191,11 @@ class DPMSolverSinglestep(GridSolver):
         """The order of each step of the loop (:meth:`num_steps`), diffusers' groups over all of its steps (the step
         to sigma = 0 or the zero-length one included)."""
         num_steps = num_points - 1 + (1 if self.final_call else 0)
-        return jnp.asarray(singlestep_orders(num_steps, self.order, self.lower_order_final,
-                                             self.final_zero)[: self.num_steps(num_points)])
+        orders = singlestep_orders(num_steps, self.order, self.lower_order_final, self.final_zero)
+        # started at begin_index b, step k has the predictions of points b..k: diffusers lowers its group's order to
+        # that many (its "while model_outputs[-order] is None")
+        made = np.maximum(np.arange(orders.shape[0]) - self.begin_index + 1, 1)
+        return jnp.asarray(np.minimum(orders, made).astype(np.int32)[: self.num_steps(num_points)])
 
     def finish(self, model, x, hist, grid):
         """As the other grid solvers' (the step to sigma = 0), but the zero-length step is the loop's last."""
@@ -231,6 +239,9 @@ class SDEDPMSolverSinglestep(DPMSolverSinglestep):
         if self.algorithm_type != "dpmsolver++":
             raise ValueError("the SDE form is SDE-DPM-Solver++ (data prediction): algorithm_type must be 'dpmsolver++'")
         choice_option("third_order", self.third_order, ("taylor", "diffusers"))
+        if self.begin_index != 0:
+            raise ValueError("begin_index is served for the deterministic dpm_solver_singlestep only (a stochastic "
+                             f"run's noise slots count from the grid's top), got begin_index={self.begin_index!r}")
 
     def _sde_terms(self, noise) -> dict:
         return {"z": noise.draw(), "third_order": self.third_order}

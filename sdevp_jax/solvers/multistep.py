@@ -63,6 +63,13 @@ class History(NamedTuple):
         return History(m, self.m1, self.m2, lam, self.lam1, self.lam2, x_prev, order)
 
 
+def begin_index_option(value, name: str) -> None:
+    """``begin_index`` must be an int >= 0 (a grid point; its upper bound, the grid's last point, is checked by the
+    loop)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"begin_index must be an int >= 0 (the grid point {name} starts at), got {value!r}")
+
+
 def step_orders(num_steps: int, order: int, lower_order_final: bool, final_zero: bool, rule: str) -> np.ndarray:
     """The order of each of ``num_steps`` steps (host NumPy int32), as diffusers schedules it.
 

@@ -272,6 +272,7 @@ class SASolver(GridSolver):
     order_rule = "unipc"
     max_order = MAX_ORDER
     noise_slots = 1
+    repeat_ready = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -308,7 +309,7 @@ class SASolver(GridSolver):
         return _checks.is_traced(self.tau) or isinstance(self.tau, jax.Array) or self.tau != 0.0
 
     def _num_steps(self, num_points: int) -> int:
-        return num_points - 1 + (1 if self.final_zero else 0)
+        return num_points - 1 + (1 if self.final_call else 0)
 
     def orders(self, num_points: int) -> jax.Array:
         """The predictor's order at each step (diffusers': ``min(p, k + 1)``, and ``min(p, N - k)``)."""
@@ -347,3 +348,22 @@ class SASolver(GridSolver):
         hist = hist.push(pred, grid.lam[k], x, self.corrector_orders(grid.num_points)[k])
         return x_next, SAState(hist, xi), StepInfo(1)
 
+    def finish(self, model, x, state: SAState, grid):
+        """With ``final_sigmas_type="repeat"`` (diffusers' sigma grids, whose last step is zero-length): the model at
+        the last grid point and the SA-Corrector of the step that reached it; the zero-length predictor after it
+        leaves the sample as it is (every term of :func:`sa_predict` but the sample's vanishes with ``h``). Else as
+        the other grid solvers."""
+        if self.final_sigmas_type != "repeat":
+            return super().finish(model, x, state, grid)
+        k = grid.num_points - 1
+        if k == 0:  # one point: no step to correct (diffusers' first step skips its corrector)
+            return x, state, StepInfo(1)
+        hist, xi_prev = state
+        eps, d0 = self.predict(model, x, grid, k)
+        data = self.algorithm_type == "data_prediction"
+        pred = d0 if data else self.noise_of(x, eps, d0, grid, k)
+        corrected = sa_correct(hist.x_prev, pred, hist, grid.coeffs(k - 1, k), hist.order_prev,
+                               self.tau_at(grid.t[k - 1]), xi_prev if self.stochastic else None,
+                               max_order=self.corrector_order, algorithm_type=self.algorithm_type,
+                               second_order=self.second_order)
+        return corrected, state, StepInfo(1)

@@ -64,3 +64,20 @@ def float64_tables(sched, betas) -> None:
     sched.sigma_t = torch.sqrt(1 - sched.alphas_cumprod)
     sched.lambda_t = torch.log(sched.alpha_t) - torch.log(sched.sigma_t)
     sched.sigmas = ((1 - sched.alphas_cumprod) / sched.alphas_cumprod) ** 0.5
+
+
+def converted_sigmas(sched, fields: dict, in_sigmas, steps: int):
+    """The scheduler's own sigma grid of ``fields`` (``use_karras_sigmas``: ``_convert_to_karras``;
+    ``use_exponential_sigmas``, ``use_beta_sigmas`` likewise) from ``in_sigmas``, as a float64 array; ``None`` for a
+    label grid. LMSDiscrete's ``_convert_to_karras`` takes no step count (it reads its own)."""
+    import inspect
+
+    if fields.get("use_karras_sigmas"):
+        if "num_inference_steps" in inspect.signature(sched._convert_to_karras).parameters:
+            return np.asarray(sched._convert_to_karras(in_sigmas=in_sigmas, num_inference_steps=steps), np.float64)
+        return np.asarray(sched._convert_to_karras(in_sigmas=in_sigmas), np.float64)
+    if fields.get("use_exponential_sigmas"):
+        return np.asarray(sched._convert_to_exponential(in_sigmas=in_sigmas, num_inference_steps=steps), np.float64)
+    if fields.get("use_beta_sigmas"):
+        return np.asarray(sched._convert_to_beta(in_sigmas=in_sigmas, num_inference_steps=steps), np.float64)
+    return None

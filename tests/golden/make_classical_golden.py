@@ -11,7 +11,10 @@ Stable Diffusion's schedule (``scaled_linear``, 0.00085 to 0.012, 1000 labels). 
 their ``alphas_cumprod`` is recomputed in float64, their module sees a ``torch`` whose ``float32`` is float64
 (their steps cast the sample to ``torch.float32``), and after ``set_timesteps`` their float32 ``sigmas`` are
 recomputed in float64 as ``set_timesteps`` computes them -- ``np.interp`` of the float64 training sigmas at its
-own (float32) labels, then 0 -- and checked to round to diffusers' own; for the two-call schedulers their
+own (float32) labels, then 0 (on the sigma grids of ``use_karras_sigmas``, ``use_exponential_sigmas`` and
+``use_beta_sigmas``: the scheduler's own ``_convert_to_karras`` (...) of those float64 sigmas at the labels of the
+config without the option, :func:`float64_sigma_grid`; the labels, fractional, stay diffusers' float32 ones) -- and
+checked to round to diffusers' own; for the two-call schedulers their
 interleaved tables too (Heun's repeated sigmas; KDPM2's log-midpoints ``sigmas_interpol`` and their labels by the
 scheduler's own ``_sigma_to_t`` on the float64 training log-sigmas; KDPM2 ancestral's ``sigmas_up`` and
 ``sigmas_down``), whose midpoint labels diffusers would otherwise round to float32.
@@ -92,6 +95,16 @@ CASES += [(name, option, fields, 1, steps) for name in ("HeunDiscrete", "KDPM2Di
                                         ("leading", {"timestep_spacing": "leading", "steps_offset": 1}, 10),
                                         ("v_prediction", {"prediction_type": "v_prediction"}, 10))]
 CASES += [("HeunDiscrete", "clip_sample", {"clip_sample": True, "clip_sample_range": 1.2}, 1, 10)]
+#: the sigma grids (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas) of the classes that space them between
+#: the noise levels of their label grid's ends (on trailing labels, label 99's at 10 steps, not label 0's)
+SIGMA_FIELDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+CASES += [(name, field.removeprefix("use_"), {field: True}, 4 if name == "LMSDiscrete" else 1, 10)
+          for name in ("EulerDiscrete", "HeunDiscrete", "LMSDiscrete") for field in SIGMA_FIELDS]
+CASES += [(name, "karras_sigmas_trailing", {"use_karras_sigmas": True, "timestep_spacing": "trailing"},
+           4 if name == "LMSDiscrete" else 1, 10) for name in ("EulerDiscrete", "HeunDiscrete", "LMSDiscrete")]
+CASES += [("EulerDiscrete", "karras_sigmas", {"use_karras_sigmas": True}, 1, 25),
+          ("EulerDiscrete", "exponential_sigmas_v_prediction",
+           {"use_exponential_sigmas": True, "prediction_type": "v_prediction"}, 1, 10)]
 MODULES = {"EulerDiscrete": "scheduling_euler_discrete", "EulerAncestralDiscrete": "scheduling_euler_ancestral_discrete",
            "LMSDiscrete": "scheduling_lms_discrete", "PNDM": "scheduling_pndm",
            "HeunDiscrete": "scheduling_heun_discrete", "KDPM2Discrete": "scheduling_k_dpm_2_discrete",
@@ -140,6 +153,8 @@ def setup(torch, diffusers, name: str, fields: dict, steps: int):
     sched = getattr(diffusers, f"{name}Scheduler")(**BASE, **fields)
     sched.alphas_cumprod = torch.tensor(acp64(), dtype=torch.float64)
     sched.set_timesteps(steps)
+    if any(fields.get(f) for f in SIGMA_FIELDS):  # its float32 labels (Heun casts them with the wrapped torch)
+        sched.timesteps = sched.timesteps.to(torch.float32).to(torch.float64)
     labels = sched.timesteps.numpy()
     if name in TWO_CALL_TABLES:  # the grid's labels: every other entry of the interleaved timesteps
         labels = labels[::2].copy()
@@ -149,6 +164,8 @@ def setup(torch, diffusers, name: str, fields: dict, steps: int):
         # adds midpoints)
         return module, sched, labels, np.concatenate([train_sigmas()[labels], [0.0]])
     sigmas = np.concatenate([np.interp(labels.astype(np.float64), np.arange(1000), train_sigmas()), [0.0]])
+    if any(fields.get(f) for f in SIGMA_FIELDS):  # diffusers' labels (float32) are its own; its sigmas in float64
+        sigmas = np.concatenate([float64_sigma_grid(sched, fields, steps), [0.0]])
     if name in TWO_CALL_TABLES:  # their interleaved tables, recomputed in float64
         for field, table in TWO_CALL_TABLES[name](sched, labels.astype(np.float64), sigmas).items():
             ours, theirs = np.asarray(table), getattr(sched, field).numpy().astype(np.float64)
@@ -159,6 +176,18 @@ def setup(torch, diffusers, name: str, fields: dict, steps: int):
     assert np.allclose(sigmas, sched.sigmas.numpy(), rtol=1e-6, atol=0), "sigmas changed"
     sched.sigmas = torch.tensor(sigmas, dtype=torch.float64)
     return module, sched, labels, sigmas
+
+
+def float64_sigma_grid(sched, fields: dict, steps: int) -> np.ndarray:
+    """The sigma grid as ``set_timesteps`` computes it, in float64: the float64 training sigmas interpolated at the
+    (float32) labels of the same config without the sigma option, respaced by the scheduler's own
+    ``_convert_to_karras`` (``_exponential``, ``_beta``) between the first and last of them."""
+    plain = type(sched)(**{k: v for k, v in sched.config.items() if k not in SIGMA_FIELDS and not k.startswith("_")})
+    plain.set_timesteps(steps)
+    in_sigmas = np.interp(plain.timesteps.numpy().astype(np.float64), np.arange(1000), train_sigmas())
+    from _golden import converted_sigmas
+
+    return converted_sigmas(sched, fields, in_sigmas, steps)
 
 
 def _pairs(values, head, tail):

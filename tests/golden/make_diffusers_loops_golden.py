@@ -37,7 +37,8 @@ module is wrapped: the draw is the generator's, kept); then in float64 with thos
 float64 run the scheduler's module sees a ``torch`` whose ``float32`` is float64 (:class:`_golden.Float32As64`), a
 ``numpy`` whose ``float32`` is float64 but whose ``linspace(..., dtype=float32)`` keeps its float32 values
 (:class:`_Numpy64`: the sigma-space schedulers' label grids are those float32 labels, which sdevp_jax takes as
-given), and float64 as the default dtype, so its tables (``betas``, ``alphas_cumprod``, sigmas) are built in float64
+given; their sigma grids' fractional labels, which diffusers casts to float32, stay float64 here: sdevp_jax's
+``label_rounding="exact"``), and float64 as the default dtype, so its tables (``betas``, ``alphas_cumprod``, sigmas) are built in float64
 from the config; the script checks that every float tensor of the scheduler is float64 after ``set_timesteps``.
 
 Per case ``<class>/<test>`` (``1D:`` before the test for UniPC's 1D class) the file holds ``config`` (JSON), ``n``,
@@ -344,7 +345,7 @@ def main():
                        f"{key}/final32": final32, f"{key}/sum32": s32, f"{key}/mean32": m32,
                        f"{key}/expected": np.array(expected, np.float64), f"{key}/reproduced32": ok,
                        f"{key}/source": f"tests/schedulers/{file}::{test.replace('1D:', 'UniPCMultistepScheduler1DTest::')}"})
-        if "Discrete" in cls_name and "karras" not in test:  # the same loop as a pipeline runs it
+        if "Discrete" in cls_name:  # the same loop as a pipeline runs it
             p32, _, _, p_draws = run(case, torch.float32, as_written=False)
             p64, _, _, _ = run(case, torch.float64, noise_in=p_draws if p_draws else None, as_written=False)
             arrays.update({f"{key}/pipeline/final": p64, f"{key}/pipeline/final32": p32,

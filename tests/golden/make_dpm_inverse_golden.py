@@ -8,7 +8,9 @@ Run from the repository root, in an environment with torch and diffusers::
 DPM-Solver++ run upwards as diffusers' inverse scheduler runs it: the model at each label of its ascending
 ``timesteps`` (linspace from label 0, leading from ``steps_offset``, trailing to the noisiest label), each step
 to the next label's sigma and the last to the noisiest label's (``trailing``: the noisiest label again, a
-zero-length step). Stable Diffusion's schedule; the scheduler's tables replaced by their float64 values
+zero-length step); on its sigma grids (``use_karras_sigmas``, ``use_exponential_sigmas``, ``use_beta_sigmas``)
+through those noise levels, ascending, at their rounded (Karras) or truncated labels, the last step zero-length at
+the noisiest (its sigmas recomputed in float64 by its own ``_convert_to_karras`` etc.). Stable Diffusion's schedule; the scheduler's tables replaced by their float64 values
 (``float64_tables``), its sigmas recomputed in float64 at its labels after ``set_timesteps`` (which casts them
 to float32), torch's default dtype float64, and its module's ``torch.float32`` float64 (its step casts the
 sample).
@@ -28,7 +30,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers import scheduling_dpmsolver_multistep_inverse as inverse_module
-from _golden import Float32As64, float64_tables, write_npz  # noqa: E402  (beside this script)
+from _golden import Float32As64, converted_sigmas, float64_tables, write_npz  # noqa: E402  (beside this script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = os.path.join(HERE, "dpm_inverse.npz")
@@ -43,6 +45,14 @@ CASES += [
     ("euler_at_final", 2, 16, {"solver_order": 2, "euler_at_final": True}),
     ("v_prediction", 2, 10, {"solver_order": 2, "prediction_type": "v_prediction"}),
     ("thresholding", 2, 10, {"solver_order": 2, "thresholding": True, "sample_max_value": 1.5}),
+]
+# its sigma grids: ascending from label 0's sigma to the noisiest label's, then a zero-length last step there
+CASES += [
+    ("karras_sigmas", 2, 10, {"solver_order": 2, "use_karras_sigmas": True}),
+    ("karras_sigmas_v_prediction", 2, 10, {"solver_order": 2, "use_karras_sigmas": True,
+                                           "prediction_type": "v_prediction", "lower_order_final": False}),
+    ("exponential_sigmas", 2, 10, {"solver_order": 2, "use_exponential_sigmas": True}),
+    ("beta_sigmas", 3, 10, {"solver_order": 3, "use_beta_sigmas": True}),
 ]
 
 
@@ -69,7 +79,12 @@ def run(fields: dict, steps: int, x0: np.ndarray):
     sched.set_timesteps(steps)
     train = ((1 - acp64()) / acp64()) ** 0.5
     labels = sched.timesteps.numpy()
-    sigmas = torch.tensor(np.concatenate([train[labels], [train[999]]]), dtype=torch.float64)
+    grid = converted_sigmas(sched, fields, train, steps)  # its own conversion of the float64 training sigmas
+    if grid is not None:
+        assert len(np.unique(labels)) == steps, "diffusers dropped a repeated label"
+        sigmas = torch.tensor(np.concatenate([grid, grid[-1:]]), dtype=torch.float64)
+    else:
+        sigmas = torch.tensor(np.concatenate([train[labels], [train[999]]]), dtype=torch.float64)
     assert np.allclose(sigmas.numpy(), sched.sigmas.numpy(), rtol=1e-6, atol=0), "sigmas changed"
     sched.sigmas = sigmas
     x = torch.tensor(x0[..., None], dtype=torch.float64)  # (B, C, 1): thresholding needs a pixel axis

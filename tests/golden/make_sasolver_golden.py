@@ -12,10 +12,12 @@ Stable Diffusion's schedule (``scaled_linear``, 0.00085 to 0.012, 1000 labels). 
 steps; (2, 2) at 5 steps (labels 799 and 200: both ends of the default interval); the noise-prediction form at
 orders 1-4 (both tau functions) and (2, 2) at 20 steps; ``tau_func = lambda t: 1`` (everywhere) in both forms;
 a v-model; ``lower_order_final=False``; ``trailing`` and ``leading`` (with ``steps_offset=1``) labels;
-thresholding; ``lambda_min_clipped=-2`` (the labels above 876 left out). The scheduler runs in float64: its
-tables are replaced by their float64 values (``_golden.float64_tables``) and after ``set_timesteps`` its float32
-``sigmas`` are recomputed in float64 at its labels (the last is label 0's sigma, where SA-Solver ends) and
-checked to round to its own.
+thresholding; ``lambda_min_clipped=-2`` (the labels above 876 left out); its sigma grids (``use_karras_sigmas``,
+``use_exponential_sigmas``, ``use_beta_sigmas``: labels rounded or truncated by the scheduler, a zero-length last
+step). The scheduler runs in float64: its tables are replaced by their float64 values (``_golden.float64_tables``)
+and after ``set_timesteps`` its float32 ``sigmas`` are recomputed in float64 at its labels (the last is label 0's
+sigma, where SA-Solver ends; on a sigma grid by its own ``_convert_to_karras`` etc., the last repeated:
+:func:`float64_sigmas`) and checked to round to its own.
 
 The model is exact and closed form (a test re-runs it without torch): data :math:`x_0 \sim N(\mu, s^2 I)`
 (:data:`MU` = 0.5, :data:`S` = 0.8, 2 for thresholding, ``D = 3``), at label ``n`` with :math:`a^2 =`
@@ -71,8 +73,31 @@ def cases():
         ("data_prediction", 2, 2, "default", "leading", 8, {"timestep_spacing": "leading", "steps_offset": 1}),
         ("data_prediction", 2, 2, "default", "thresholding", 8, {"thresholding": True, "sample_max_value": 1.5}),
         ("data_prediction", 2, 2, "default", "lambda_min_clipped", 8, {"lambda_min_clipped": -2.0}),
+        # its sigma grids: they end at label 0's sigma, then a zero-length last step
+        ("data_prediction", 2, 2, "default", "karras_sigmas", 8, {"use_karras_sigmas": True}),
+        ("data_prediction", 2, 2, "zero", "karras_sigmas", 8, {"use_karras_sigmas": True}),
+        ("data_prediction", 3, 4, "default", "karras_sigmas", 20, {"use_karras_sigmas": True}),
+        ("data_prediction", 3, 3, "default", "exponential_sigmas", 8, {"use_exponential_sigmas": True}),
+        ("noise_prediction", 2, 2, "default", "beta_sigmas", 8, {"use_beta_sigmas": True}),
+        ("data_prediction", 2, 2, "default", "beta_sigmas", 8, {"use_beta_sigmas": True}),
     ]
     return out
+
+
+SIGMA_FIELDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def float64_sigmas(sched, fields: dict, steps: int) -> np.ndarray:
+    """The step's sigmas as ``set_timesteps`` computes them, in float64: at its labels, then label 0's; on a sigma grid
+    the scheduler's own ``_convert_to_karras`` (``_exponential``, ``_beta``) of the float64 training sigmas, then its
+    last again."""
+    train = ((1 - acp64()) / acp64()) ** 0.5
+    from _golden import converted_sigmas
+
+    sigmas = converted_sigmas(sched, fields, np.flip(train).copy(), steps)
+    if sigmas is None:
+        return np.concatenate([train[sched.timesteps.numpy()], [train[0]]])
+    return np.concatenate([sigmas, sigmas[-1:]])
 
 
 def jax_noise(path: str) -> None:
@@ -114,8 +139,7 @@ def run(torch, diffusers, fields: dict, tau: str, steps: int, x_t, noise):
     sched = diffusers.SASolverScheduler(**BASE, **fields, tau_func=TAUS[tau])
     float64_tables(sched, torch.tensor(np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2, dtype=torch.float64))
     sched.set_timesteps(steps)
-    train = ((1 - acp64()) / acp64()) ** 0.5
-    sigmas = torch.tensor(np.concatenate([train[sched.timesteps.numpy()], [train[0]]]), dtype=torch.float64)
+    sigmas = torch.tensor(float64_sigmas(sched, fields, steps), dtype=torch.float64)
     assert np.allclose(sigmas.numpy(), sched.sigmas.numpy(), rtol=1e-6, atol=0), "sigmas changed"
     sched.sigmas = sigmas
     draws = iter(noise)
