@@ -114,6 +114,20 @@ def images(pipe, params, steps: int, seed: int = 0, prompt=("a photo of a cat", 
     return np.asarray(out.images)
 
 
+def images_pmapped(pipe, params, steps: int, seed: int = 0, prompt=("a photo of a cat", "a red dog"), guidance=7.5):
+    """The pipeline's images through its ``jit=True`` path: params replicated, prompts sharded and one key per
+    device, as diffusers' Flax examples call it (``pmap`` over ``jax.local_device_count()`` devices)."""
+    from flax.jax_utils import replicate
+    from flax.training.common_utils import shard
+
+    n = jax.local_device_count()
+    ids = shard(pipe.prepare_inputs(list(prompt) * n))
+    keys = jax.random.split(jax.random.key(seed), n)
+    out = pipe(ids, replicate(params), keys, num_inference_steps=steps, height=HEIGHT, width=WIDTH,
+               guidance_scale=jnp.full((n, 1), guidance, jnp.float32), jit=True)
+    return np.asarray(out.images).reshape(-1, HEIGHT, WIDTH, 3)
+
+
 def img2img(pipe, params, steps: int, strength: float = 0.6, seed: int = 0, prompt=("a photo of a cat", "a red dog")):
     """The img2img pipeline's images from a fixed smooth start image (given as the array prepare_inputs would
     make: its PIL path rounds sizes down to multiples of 32)."""

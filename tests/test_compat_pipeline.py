@@ -75,6 +75,18 @@ def test_the_adapter_in_the_pipeline_gives_the_flax_schedulers_images(parts, cas
     assert rel(got, want) <= 1e-5
 
 
+def test_the_adapter_in_the_pmapped_pipeline_gives_the_flax_schedulers_images(parts):
+    """The pipeline's jit=True path (pmap: the scheduler state replicated with the params, one key per device):
+    the adapter's images equal the Flax scheduler's within 1e-5 relative."""
+    name, adapter, config, options, steps = CASES["dpm2m-10"]
+    flax = getattr(diffusers, name)(**config)
+    ours = adapter(**config, **options)
+    want = fp.images_pmapped(*fp.pipeline(parts, flax, flax.create_state()), steps)
+    got = fp.images_pmapped(*fp.pipeline(parts, ours, ours.create_state()), steps)
+    assert got.shape == want.shape and np.std(want) > 0.01
+    assert rel(got, want) <= 1e-5
+
+
 @pytest.mark.parametrize("case", ["ddim-10", "dpm2m-10"])
 def test_the_adapter_in_the_img2img_pipeline_gives_the_flax_schedulers_images(parts, case):
     """img2img starts mid-grid (strength 0.6) from add_noise of the encoded image: the same images within 1e-5
