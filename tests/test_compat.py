@@ -258,6 +258,7 @@ def test_the_ddpm_adapter_is_sample_with_the_ancestral_predictor(x, variance_typ
         assert rel(loop(ours, ours.create_state(key=key), 10, x[:1], model=fn), got[:1]) <= LOOP_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variance_type,clip_sample", [("fixed_small", True), ("fixed_large", False)])
 def test_a_ddpm_adapter_step_is_the_flax_ddpm_step_on_the_training_grid(x64, variance_type, clip_sample, monkeypatch):
     """One step at a time against FlaxDDPMScheduler.step, both in float64, on a full grid (10 training labels, 10
