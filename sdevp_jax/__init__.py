@@ -115,8 +115,8 @@ _MOVED_TO_MIXTURES = frozenset(mixtures.__all__) - {"NULL_CLASS"}
 
 #: the adapters of :mod:`sdevp_jax.compat`, resolved here on first use (diffusers' pipeline loader looks a saved
 #: component's class up on its library's top-level module)
-_COMPAT = frozenset({"SchedulerAdapter", "DDIMAdapter", "DPMSolverMultistepAdapter", "EulerDiscreteAdapter",
-                     "UniPCMultistepAdapter", "LMSDiscreteAdapter"})
+_COMPAT = frozenset({"SchedulerAdapter", "DDIMAdapter", "DDPMAdapter", "DPMSolverMultistepAdapter",
+                     "EulerDiscreteAdapter", "UniPCMultistepAdapter", "LMSDiscreteAdapter"})
 
 
 def __getattr__(name: str):

@@ -8,6 +8,8 @@ Each class has the API diffusers' Flax pipelines and maxdiffusion's generate scr
 ``timesteps``. A pipeline switches with ``scheduler=`` and ``params["scheduler"] = state``:
 
 * :class:`DDIMAdapter` for ``FlaxDDIMScheduler``: ``ddim``;
+* :class:`DDPMAdapter` for ``FlaxDDPMScheduler``: ``ancestral`` (the torch ``DDPMScheduler``'s step, with the
+  config's ``variance_type``; each sample's noise from the state's key);
 * :class:`DPMSolverMultistepAdapter` for ``FlaxDPMSolverMultistepScheduler``: ``dpm_solver_pp``, or
   ``sde_dpm_solver_pp`` with ``algorithm_type="sde-dpmsolver++"`` (the torch class's variant);
 * :class:`EulerDiscreteAdapter` for ``FlaxEulerDiscreteScheduler``: ``ddim`` in :math:`\sigma/\alpha`;
@@ -32,9 +34,8 @@ The sigma-space classes (Euler, LMS) step samples scaled by :math:`1/\alpha` and
 (``init_noise_sigma``, ``scale_model_input``) is unchanged.
 
 Refused by name: ``FlaxPNDMScheduler`` (its Runge-Kutta warm-up makes four model calls per step;
-diffusers' PLMS with ``skip_prk_steps`` makes two in its first), ``FlaxDDPMScheduler`` (its ancestral
-step is sdevp_jax's ``ancestral`` predictor, run through :func:`sdevp_jax.sample`), the
-variance-exploding ``FlaxScoreSdeVeScheduler`` and ``FlaxKarrasVeScheduler``.
+diffusers' PLMS with ``skip_prk_steps`` makes two in its first), the variance-exploding
+``FlaxScoreSdeVeScheduler`` and ``FlaxKarrasVeScheduler``.
 
 Saving and reloading a pipeline: diffusers records each component as ``[library, class]`` in
 ``model_index.json`` and, when loading, looks the library up in its table of loadable classes
@@ -61,7 +62,7 @@ from .config import load_config
 from .scheduler import set_timesteps as _set_timesteps
 from .stepper import Stepper, make_sample_keys
 
-__all__ = ["ADAPTERS", "AdapterState", "AdapterOutput", "SchedulerAdapter", "DDIMAdapter",
+__all__ = ["ADAPTERS", "AdapterState", "AdapterOutput", "SchedulerAdapter", "DDIMAdapter", "DDPMAdapter",
            "DPMSolverMultistepAdapter", "EulerDiscreteAdapter", "UniPCMultistepAdapter", "LMSDiscreteAdapter",
            "register_with_diffusers"]
 
@@ -71,8 +72,6 @@ SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 REFUSED = {
     "FlaxPNDMScheduler": "its Runge-Kutta warm-up makes four model calls per step (two in the first with "
                          "skip_prk_steps), which one step() per model call cannot answer",
-    "FlaxDDPMScheduler": "its ancestral step is the 'ancestral' predictor: run it with sv.sample(state, ..., "
-                         "predictor='ancestral')",
     "FlaxScoreSdeVeScheduler": "variance-exploding: sdevp_jax samples variance-preserving models",
     "FlaxKarrasVeScheduler": "variance-exploding: sdevp_jax samples variance-preserving models",
 }
@@ -321,6 +320,10 @@ class SchedulerAdapter(*_diffusers_bases()):
             prev = x / after
         else:
             prev, memory = stepper.step(state.solver_state, model_output, sample, k, keys, first)
+        if not stepper.solver.in_work_dtype:
+            # a reverse-SDE update (DDPM's ancestral step): its memory is the update's noise-free mean, which the
+            # last call returns, as sv.sample(denoise=True) and diffusers' DDPM step (no noise at label 0) do
+            prev = jnp.where(k == stepper.num_steps - 1, memory.astype(prev.dtype), prev)
         prev = prev.astype(sample.dtype)
         state = state.replace(solver_state=memory, first=first)
         return AdapterOutput(prev, state) if return_dict else (prev, state)
@@ -350,6 +353,43 @@ class DDIMAdapter(SchedulerAdapter):
     flax_class = "FlaxDDIMScheduler"
     defaults = {**_COMMON, "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True,
                 "steps_offset": 0}
+
+
+class DDPMAdapter(SchedulerAdapter):
+    r"""``FlaxDDPMScheduler``: sdevp_jax's ``ancestral`` step on the config's grid (``leading`` labels, as the Flax
+    class's :math:`\lfloor N_{train}/n \rfloor i`), which is the torch ``DDPMScheduler``'s step
+    (Ho et al. 2020, eqs. 6-7: the posterior mean from the clipped :math:`\hat x_0` with ``clip_sample``, then
+    the ``variance_type``'s noise, none at the last call). Give :meth:`create_state` a key: sample ``b``'s noise
+    at call ``k`` is slot ``1 + k`` of ``fold_in(key, b)``, as :func:`sdevp_jax.sample` draws it, so a sample's
+    result does not depend on its batch.
+
+    Where it differs from the Flax class (diffusers 0.39), which it follows only on a full grid
+    (``num_inference_steps = num_train_timesteps``) with ``"fixed_small"`` or ``"fixed_large"``:
+
+    * the Flax class's step goes from label ``t`` to ``t - 1`` (``alphas_cumprod[t - 1]``, ``betas[t]``)
+      whatever the grid, so on a grid of fewer steps its mean and variance are those of one training step,
+      not of the step taken; this adapter steps from each grid label to the next, as the torch class;
+    * ``key``: the Flax class draws its noise from ``step``'s ``key``, and with none (the Flax pipelines pass
+      none) from ``jax.random.key(0)`` at every step: the same noise at each step and for every batch.
+      This adapter accepts ``key`` in :meth:`step` and ignores it: the noise comes from the per-sample keys
+      in the state, a fresh draw at each step;
+    * ``"fixed_small_log"`` and ``"fixed_large_log"``: the Flax class takes the square root of a log variance
+      (NaN); here they are the torch class's (:func:`sdevp_jax.solvers.sde.ddpm_variance`: the variances of
+      ``"fixed_small"`` and ``"fixed_large"``);
+    * ``"learned"`` and ``"learned_range"`` (the model returns twice the sample's channels along axis 1): the
+      Flax class splits the output into ``channels`` pieces (a failure unless there are 2) and interpolates
+      ``"learned_range"`` linearly in the variance; here the split is in two halves and the interpolation in
+      the log variance (Nichol & Dhariwal 2021, eq. 15), as the torch class."""
+
+    config_class = "DDPMScheduler"
+    flax_class = "FlaxDDPMScheduler"
+    defaults = {**_COMMON, "variance_type": "fixed_small", "clip_sample": True}
+
+    def step(self, state: AdapterState, model_output: jax.Array, timestep, sample: jax.Array,
+             key: Optional[jax.Array] = None, return_dict: bool = True, **unused):
+        """As :meth:`SchedulerAdapter.step`; ``key`` (the Flax class's argument) is accepted and ignored: each
+        sample's noise comes from the state's per-sample keys (see the class docstring)."""
+        return super().step(state, model_output, timestep, sample, return_dict=return_dict, **unused)
 
 
 class DPMSolverMultistepAdapter(SchedulerAdapter):
@@ -407,7 +447,8 @@ class UniPCMultistepAdapter(SchedulerAdapter):
 
 
 #: the adapters by the diffusers class each replaces
-ADAPTERS = {"FlaxDDIMScheduler": DDIMAdapter, "FlaxDPMSolverMultistepScheduler": DPMSolverMultistepAdapter,
+ADAPTERS = {"FlaxDDIMScheduler": DDIMAdapter, "FlaxDDPMScheduler": DDPMAdapter,
+            "FlaxDPMSolverMultistepScheduler": DPMSolverMultistepAdapter,
             "FlaxEulerDiscreteScheduler": EulerDiscreteAdapter, "FlaxLMSDiscreteScheduler": LMSDiscreteAdapter,
             "UniPCMultistepScheduler": UniPCMultistepAdapter}
 

@@ -13,7 +13,9 @@ the same model, grid and solver (``tests/test_stepper.py`` compares them).
 
 Only solvers that call the model once per step (and at most once in ``finish``) can be stepped so; the
 others (Heun, KDPM2, PNDM's Runge-Kutta warm-up, the predictor-corrector pairs, the adaptive solver) are
-refused by name. Stochastic solvers draw from per-sample keys (:func:`~sdevp_jax.loops.make_sample_keys`)
+refused by name. The reverse-SDE predictors (``ancestral``: DDPM's step) step too; their state is the last
+update's noise-free mean (what :func:`~sdevp_jax.sample` returns with ``denoise=True``). Stochastic solvers draw
+from per-sample keys (:func:`~sdevp_jax.loops.make_sample_keys`)
 at the slots :func:`~sdevp_jax.loops.integrate` gives step ``k``, so their noise is the loop's.
 """
 
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import solvers
-from .denoiser import Denoiser, model_time
+from .denoiser import Denoiser, model_time, output_shape
 from .loops import check_zero_snr_start, make_sample_keys
 from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
 from .solvers import Grid, GridSolver, Noise, Solver
@@ -44,12 +46,13 @@ def _given(state, output, sample_dtype, dtype) -> Denoiser:
 def model_calls(solver: Solver, state: ScoreSdeVpSchedulerState, dtype=jnp.float32) -> tuple[int, int]:
     """``(per_step, in_finish)``: the model calls ``solver``'s ``step`` and ``finish`` make, counted by tracing
     them (abstractly, on a one-element sample) on ``state``'s grid; a call inside both branches of a
-    ``lax.cond`` counts twice."""
+    ``lax.cond`` counts twice. The counting model returns the shape the state's model returns (twice the
+    channels for a learned variance, :func:`~sdevp_jax.denoiser.output_shape`)."""
     count = [0]
 
     def counting(x, t):
         count[0] += 1
-        return jnp.zeros_like(x)
+        return jnp.zeros(output_shape(state, x.shape), x.dtype)
 
     with jax.ensure_compile_time_eval():
         times = solver.times(state, dtype)

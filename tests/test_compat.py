@@ -20,6 +20,7 @@ if not hasattr(diffusers, "FlaxDDIMScheduler"):
 
 import sdevp_jax as sv  # noqa: E402
 from sdevp_jax import compat  # noqa: E402
+from sdevp_jax.loops import per_sample_normal  # noqa: E402
 
 from flax_pipeline import SD_SCHEDULE, quiet  # noqa: E402
 
@@ -33,7 +34,7 @@ def model(x, t):
     return jnp.tanh(0.5 * x + 0.001 * t.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1)))
 
 
-def loop(scheduler, state, steps, x, int_timestep=True, start=0):
+def loop(scheduler, state, steps, x, int_timestep=True, start=0, model=model):
     """The Flax pipeline's denoising loop, jitted, the timestep cast to int32 as the pipeline casts it (or kept);
     from step ``start`` as the img2img pipeline runs it."""
     state = scheduler.set_timesteps(state, steps, x.shape)
@@ -167,6 +168,7 @@ def test_the_sde_variant_draws_per_sample_noise_from_the_states_key(x):
 
 @pytest.mark.parametrize("name,adapter,config", [
     ("FlaxDDIMScheduler", compat.DDIMAdapter, SD_DDIM),
+    ("FlaxDDPMScheduler", compat.DDPMAdapter, SD_SCHEDULE),
     ("FlaxEulerDiscreteScheduler", compat.EulerDiscreteAdapter, dict(SD_SCHEDULE, timestep_spacing="leading")),
 ])
 def test_add_noise_is_the_flax_schedulers(x, name, adapter, config):
@@ -201,7 +203,7 @@ def test_from_pretrained_reads_a_flax_schedulers_saved_config(tmp_path):
 
 
 def test_what_has_no_adapter_is_refused_by_name():
-    for name in ("FlaxPNDMScheduler", "FlaxDDPMScheduler", "FlaxKarrasVeScheduler"):
+    for name in ("FlaxPNDMScheduler", "FlaxKarrasVeScheduler"):
         with pytest.raises(ValueError, match=f"{name} has no adapter: "):
             compat.adapter_for(name)
     with pytest.raises(ValueError, match=r"unknown config fields \['steps_offset'\]"):
@@ -224,3 +226,86 @@ def test_the_adapters_run_under_strict_promotion(x, adapter, config):
         out = loop(ours, ours.create_state(), 10, x)
         noisy = ours.add_noise(ours.create_state(), x, x, jnp.array([500, 20]))
     assert np.all(np.isfinite(out)) and noisy.shape == x.shape
+
+
+def learned_model(x, t):
+    """A stand-in for a learned-variance model (iDDPM, DiT): the noise prediction, then the variance half in
+    [-1, 1], along the channel axis."""
+    eps = model(x, t)
+    return jnp.concatenate([eps, jnp.sin(x + eps)], axis=1)
+
+
+#: a loop of 10 float32 steps whose arithmetic the two runs order differently (the adapter's step is traced in a
+#: fori_loop, sample's in a scan): each step may round each element differently by a few ulp of the sample's
+#: magnitude, so the results agree to about steps * 8 * eps32 of max|x| (measured: at most 3.0e-7 for 10 steps).
+LOOP_TOL = 10 * 8 * float(jnp.finfo(jnp.float32).eps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
+def test_the_ddpm_adapter_is_sample_with_the_ancestral_predictor(x, variance_type):
+    """DDPMAdapter in the pipeline's loop (10 of 1000 steps) equals sv.sample(..., predictor='ancestral') of the
+    same config and grid with the key given to create_state (each sample's noise at step k its slot 1 + k), to
+    float32 rounding; sample 0 of a batch of 1 equals sample 0 of the batch of 2 (its noise is its own)."""
+    fn = learned_model if variance_type == "learned_range" else model
+    ours = compat.DDPMAdapter(**SD_SCHEDULE, variance_type=variance_type)
+    key = jax.random.key(5)
+    got = loop(ours, ours.create_state(key=key), 10, x, model=fn)
+    ref = sv.sample(ours.stepper(10).state, lambda y, t: fn(y, t.astype(jnp.int32)), key, SHAPE, x_init=x,
+                    predictor="ancestral")
+    assert rel(got, ref) <= LOOP_TOL
+    if variance_type == "fixed_small":
+        assert rel(loop(ours, ours.create_state(key=key), 10, x[:1], model=fn), got[:1]) <= LOOP_TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variance_type,clip_sample", [("fixed_small", True), ("fixed_large", False)])
+def test_a_ddpm_adapter_step_is_the_flax_ddpm_step_on_the_training_grid(x64, variance_type, clip_sample, monkeypatch):
+    """One step at a time against FlaxDDPMScheduler.step, both in float64, on a full grid (10 training labels, 10
+    steps: the one grid where the Flax class's step from t to t - 1 is the step taken), each call fed the same
+    sample and model output. The Flax class's noise is sqrt(var) * normal(split(key, 1)[0]) for t > 0 (its step's
+    code), so its mean is its prev_sample less that term: the adapter's mean (its state's memory) equals it, its
+    noise term (prev_sample - mean) equals sqrt(var) times each sample's own draw (slot 1 + k of fold_in(key, b)),
+    and the last call (label 0) returns the mean, as the Flax class adds no noise there. A ``key`` given to step
+    is ignored. Tolerance: float64 (eps 2.2e-16) coefficients computed by other formulas (the Flax class's cumprod,
+    sdevp_jax's schedule), the mean's coefficients amplifying their error by at most
+    max 1/(1 - alphas_cumprod) = 1/beta_0 = 100: 1e-12 relative."""
+    # the Flax class's "fixed_small" calls jnp.clip(v, a_min=...), a keyword this jax's clip no longer has: run its
+    # code as written against the older signature
+    clip = jnp.clip
+    monkeypatch.setattr(jnp, "clip", lambda a, a_min=None, a_max=None, **kw: clip(a, a_min, a_max, **kw))
+    config = dict(num_train_timesteps=10, beta_start=0.01, beta_end=0.2, variance_type=variance_type,
+                  clip_sample=clip_sample)
+    flax = diffusers.FlaxDDPMScheduler(**config, dtype=jnp.float64)
+    fstate = flax.set_timesteps(flax.create_state(), 10)
+    ours = compat.DDPMAdapter(**config, dtype=jnp.float64)
+    key = jax.random.key(3)
+    shape = (2, 2, 3, 3)
+    state = ours.set_timesteps(ours.create_state(key=key), 10, shape)
+    np.testing.assert_array_equal(np.asarray(state.timesteps), np.asarray(fstate.timesteps))
+    inputs = jax.random.normal(jax.random.key(4), (10, 2) + shape, jnp.float64)
+    for k in range(10):
+        sample, output = inputs[k, 0], 1.5 * inputs[k, 1]
+        t = int(fstate.timesteps[k])
+        flax_key = jax.random.key(100 + k)
+        want = flax.step(fstate, output, t, sample, key=flax_key).prev_sample
+        flax_noise = jax.random.normal(jax.random.split(flax_key, num=1)[0], shape, jnp.float64)
+        flax_std = jnp.sqrt(flax._get_variance(fstate, t)) if t > 0 else 0.0
+        want_mean = want - flax_std * flax_noise
+        prev, after = ours.step(state, output, jnp.int32(t), sample, key=jax.random.key(9)).to_tuple()
+        again, _ = ours.step(state, output, jnp.int32(t), sample).to_tuple()
+        np.testing.assert_array_equal(np.asarray(prev), np.asarray(again))
+        assert rel(after.solver_state, want_mean) <= 1e-12
+        if t > 0:
+            z = per_sample_normal(state.sample_keys, 1 + k, shape[1:], jnp.float64)
+            assert rel(prev - after.solver_state, flax_std * z) <= 1e-12
+        else:
+            np.testing.assert_array_equal(np.asarray(prev), np.asarray(after.solver_state))
+        state = after
+
+
+def test_the_ddpm_adapter_is_served_by_name():
+    assert compat.adapter_for("FlaxDDPMScheduler") is compat.DDPMAdapter
+    assert sv.DDPMAdapter is compat.DDPMAdapter
+    with pytest.raises(ValueError, match="draws noise: pass key="):
+        compat.DDPMAdapter().set_timesteps(compat.DDPMAdapter().create_state(), 10, SHAPE)
