@@ -116,7 +116,7 @@ _MOVED_TO_MIXTURES = frozenset(mixtures.__all__) - {"NULL_CLASS"}
 #: the adapters of :mod:`sdevp_jax.compat`, resolved here on first use (diffusers' pipeline loader looks a saved
 #: component's class up on its library's top-level module)
 _COMPAT = frozenset({"SchedulerAdapter", "DDIMAdapter", "DDPMAdapter", "DPMSolverMultistepAdapter",
-                     "EulerDiscreteAdapter", "UniPCMultistepAdapter", "LMSDiscreteAdapter"})
+                     "EulerDiscreteAdapter", "UniPCMultistepAdapter", "LMSDiscreteAdapter", "PNDMAdapter"})
 
 
 def __getattr__(name: str):

@@ -14,6 +14,9 @@ Each class has the API diffusers' Flax pipelines and maxdiffusion's generate scr
   ``sde_dpm_solver_pp`` with ``algorithm_type="sde-dpmsolver++"`` (the torch class's variant);
 * :class:`EulerDiscreteAdapter` for ``FlaxEulerDiscreteScheduler``: ``ddim`` in :math:`\sigma/\alpha`;
 * :class:`LMSDiscreteAdapter` for ``FlaxLMSDiscreteScheduler``: ``lms``;
+* :class:`PNDMAdapter` for ``FlaxPNDMScheduler`` with ``skip_prk_steps=True``: ``pndm`` with
+  ``warmup="improved_euler"``, its two-call first step answered one call at a time
+  (:class:`ImprovedEulerPLMSStepper`; the state counts the calls, as the Flax class's);
 * :class:`UniPCMultistepAdapter` for torch's ``UniPCMultistepScheduler`` (diffusers has no Flax UniPC): ``unipc``.
 
 The config (the Flax class's fields) is read by :func:`sdevp_jax.load_config` as the scheduler's
@@ -33,8 +36,8 @@ The sigma-space classes (Euler, LMS) step samples scaled by :math:`1/\alpha` and
 :math:`x_{VP} = \alpha x_\sigma` at each step and back, so the pipeline's own arithmetic
 (``init_noise_sigma``, ``scale_model_input``) is unchanged.
 
-Refused by name: ``FlaxPNDMScheduler`` (its Runge-Kutta warm-up makes four model calls per step;
-diffusers' PLMS with ``skip_prk_steps`` makes two in its first), the variance-exploding
+Refused by name: ``FlaxPNDMScheduler`` with ``skip_prk_steps=False`` (its pseudo Runge-Kutta warm-up makes
+four model calls per step for three steps; :class:`PNDMAdapter` says so), the variance-exploding
 ``FlaxScoreSdeVeScheduler`` and ``FlaxKarrasVeScheduler``.
 
 Saving and reloading a pipeline: diffusers records each component as ``[library, class]`` in
@@ -48,6 +51,7 @@ then reloads a pipeline saved with an adapter (after ``import sdevp_jax.compat``
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -60,18 +64,18 @@ from flax import struct
 
 from .config import load_config
 from .scheduler import set_timesteps as _set_timesteps
-from .stepper import Stepper, make_sample_keys
+from .denoiser import Denoiser, model_time
+from .solvers import Noise
+from .stepper import Stepper, make_sample_keys, solver_grid
 
 __all__ = ["ADAPTERS", "AdapterState", "AdapterOutput", "SchedulerAdapter", "DDIMAdapter", "DDPMAdapter",
            "DPMSolverMultistepAdapter", "EulerDiscreteAdapter", "UniPCMultistepAdapter", "LMSDiscreteAdapter",
-           "register_with_diffusers"]
+           "PNDMAdapter", "ImprovedEulerPLMSStepper", "register_with_diffusers"]
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 #: the Flax classes no adapter replaces, and why
 REFUSED = {
-    "FlaxPNDMScheduler": "its Runge-Kutta warm-up makes four model calls per step (two in the first with "
-                         "skip_prk_steps), which one step() per model call cannot answer",
     "FlaxScoreSdeVeScheduler": "variance-exploding: sdevp_jax samples variance-preserving models",
     "FlaxKarrasVeScheduler": "variance-exploding: sdevp_jax samples variance-preserving models",
 }
@@ -446,11 +450,160 @@ class UniPCMultistepAdapter(SchedulerAdapter):
                 "final_sigmas_type": "zero"}
 
 
+@dataclasses.dataclass(frozen=True)
+class ImprovedEulerPLMSStepper:
+    r"""``pndm`` with ``warmup="improved_euler"`` stepped one model call at a time (diffusers' PLMS start,
+    ``skip_prk_steps=True``): the first interval's pseudo improved Euler step takes two calls, call 0 at point 0
+    (:meth:`~sdevp_jax.solvers.PNDM.improved_euler_predictor`: it returns the Euler-predicted sample at point 1,
+    where call 1 is made) and call 1 (:meth:`~sdevp_jax.solvers.PNDM.improved_euler_corrector`: the step's
+    result); call ``c >= 2`` is the solver's PLMS step over interval ``c - 1`` (one call), and with
+    ``final_sigmas_type="zero"`` the call after the last interval its ``finish``. The call is counted in the
+    memory (``(history, step start, first prediction, count)``), as the Flax class counts its calls: the
+    repeated label (calls 1 and 2 are both at point 1) cannot tell them apart. ``num_calls`` is ``solver.nfe``."""
+
+    solver: Any
+    state: Any
+    grid: Any
+    dtype: Any
+    num_steps: int
+    num_calls: int
+
+    @classmethod
+    def create(cls, state, dtype=jnp.float32, **options) -> "ImprovedEulerPLMSStepper":
+        from . import solvers
+
+        solver = solvers.make("pndm", **options).check()
+        if solver.warmup != "improved_euler":
+            raise ValueError(f"ImprovedEulerPLMSStepper steps pndm with warmup='improved_euler', got "
+                             f"warmup={solver.warmup!r}")
+        grid = solver_grid(solver, state, dtype)
+        if grid.num_points < 2:
+            raise ValueError(f"pndm's improved Euler step needs a grid of at least 2 points, got {grid.num_points} "
+                             f"(num_inference_steps >= 2, or >= 1 with steps_offset > 0)")
+        num_steps = solver.num_steps(grid.num_points)
+        return cls(solver, state, grid, jnp.dtype(dtype), num_steps, solver.nfe(grid.num_points))
+
+    def point(self, c):
+        """The grid point of call ``c``: ``c`` for calls 0 and 1, then ``c - 1`` (the last point for the call in
+        ``finish``)."""
+        return jnp.minimum(jnp.where(c < 2, c, c - 1), self.grid.num_points - 1)
+
+    def model_time(self, c) -> jax.Array:
+        """The model's time input (the training label) at call ``c``."""
+        with jax.ensure_compile_time_eval():
+            labels = model_time(self.state, self.grid.t.astype(self.state.timesteps.dtype))
+        return labels[self.point(c)]
+
+    def init(self, x: jax.Array) -> tuple:
+        x = x.astype(self.dtype)
+        return self.solver.init(x, self.grid), x, jnp.zeros_like(x), jnp.zeros((), jnp.int32)
+
+    def step(self, memory, model_output: jax.Array, x: jax.Array):
+        """``(x_next, memory)``: the memory's next call, ``model_output`` the model's output at ``x`` and that call's
+        :meth:`model_time`; after call 0, ``x_next`` is the sample call 1 is made at."""
+        hist, start, e0, c = memory
+        model = Denoiser(self.state, lambda y, t: model_output, x.dtype, self.dtype)
+        work = x.astype(self.dtype)
+        grid, solver = self.grid, self.solver
+
+        def predictor(_):
+            x_pred, e = solver.improved_euler_predictor(model, work, grid, 0)
+            return x_pred, hist, work, e
+
+        def corrector(_):
+            x_next = solver.improved_euler_corrector(model, start, work, e0, grid, 0)
+            return x_next, solver.remember(hist, e0, start, grid, 0), start, e0
+
+        def plms(_):
+            noise = Noise(None, jnp.int32(1), x.shape[1:], self.dtype)
+            x_next, h, _ = solver.step(model, work, hist, grid, c - 1, noise)
+            return x_next.astype(work.dtype), h, start, e0
+
+        def finish(_):
+            x_next, h, _ = solver.finish(model, work, hist, grid)
+            return x_next.astype(work.dtype), h, start, e0
+
+        branches = [predictor, corrector, plms] + ([finish] if self.num_calls > self.num_steps + 1 else [])
+        which = jnp.where(c < 2, c, jnp.where(c - 1 < self.num_steps, 2, len(branches) - 1))
+        x_next, hist, start, e0 = jax.lax.switch(jnp.clip(which, 0, len(branches) - 1), branches, None)
+        return x_next.astype(x.dtype), (hist, start, e0, c + 1)
+
+
+class PNDMAdapter(SchedulerAdapter):
+    r"""``FlaxPNDMScheduler`` with ``skip_prk_steps=True`` (Stable Diffusion's configs): sdevp_jax's ``pndm`` with
+    ``warmup="improved_euler"`` (Liu et al. 2022: PLMS, eq. 12, after one pseudo improved Euler step), on the
+    config's ``leading`` labels, stepped one model call at a time by :class:`ImprovedEulerPLMSStepper`.
+
+    As in the Flax class, ``state.timesteps`` repeats the second label (the improved Euler step's second call and
+    the first PLMS call are at the same point) and the state counts the calls: ``step`` makes the next call
+    whatever ``timestep`` it is given. The calls are ``solver.nfe``: with ``steps_offset = 0`` and
+    ``set_alpha_to_one = False`` the grid ends at label 0, ``num_inference_steps`` calls; with ``steps_offset > 0``
+    (the last step from label ``steps_offset`` to label 0) or ``set_alpha_to_one`` (a last step to
+    :math:`\bar\alpha = 1`) one more. The Flax pipelines' loop makes ``num_inference_steps`` calls, as with
+    the Flax class, whose ``timesteps`` always has ``num_inference_steps + 1`` labels (with ``steps_offset = 0``
+    the last a step from label 0 to label 0, which changes nothing): a loop over all of ``state.timesteps``
+    (the torch pipelines') computes what :func:`sdevp_jax.sample_ode` does with the config's solver.
+
+    Where the Flax class (diffusers 0.39) differs: its step to before label ``N/n`` goes to label 0's
+    :math:`\bar\alpha` even with ``set_alpha_to_one`` (it clips the label at 0 before the test that chooses
+    :math:`\bar\alpha = 1`), which the torch class and this one do not; the Flax pipelines' loop never makes that
+    call. ``skip_prk_steps=False`` (the pseudo Runge--Kutta warm-up, three steps of four calls whose samples
+    the Flax class's counter threads through its state) is refused: ``sdevp_jax.sample_ode(..., method="pndm",
+    warmup="prk_diffusers")`` computes it with the model called inside the loop."""
+
+    config_class = "PNDMScheduler"
+    flax_class = "FlaxPNDMScheduler"
+    defaults = {**_COMMON, "skip_prk_steps": False, "set_alpha_to_one": False, "steps_offset": 0}
+
+    def __init__(self, flax_labels: bool = False, dtype=jnp.float32, **config):
+        if not config.get("skip_prk_steps", False):
+            raise ValueError("PNDMAdapter serves skip_prk_steps=True (PLMS after one improved Euler step, Stable "
+                             "Diffusion's configs); skip_prk_steps=False (the pseudo Runge-Kutta warm-up, four model "
+                             "calls per step for three steps) is not served: sample it with "
+                             "sdevp_jax.sample_ode(..., method='pndm', warmup='prk_diffusers')")
+        super().__init__(flax_labels=flax_labels, dtype=dtype, **config)
+
+    def stepper(self, num_inference_steps: int) -> ImprovedEulerPLMSStepper:
+        """The :class:`ImprovedEulerPLMSStepper` of ``num_inference_steps`` steps (built once per count)."""
+        if num_inference_steps not in self._steppers:
+            with jax.ensure_compile_time_eval():
+                state = _set_timesteps(self.base_state, num_inference_steps)
+                self._steppers[num_inference_steps] = ImprovedEulerPLMSStepper.create(state, self.dtype,
+                                                                                      **self.options)
+        return self._steppers[num_inference_steps]
+
+    def set_timesteps(self, state: AdapterState, num_inference_steps: int, shape: tuple = (),
+                      key: Optional[jax.Array] = None) -> AdapterState:
+        """The state on the grid of ``num_inference_steps`` (a Python int): ``timesteps`` the label of each call
+        (the second repeated), the memory shaped by ``shape`` (the samples', batch first) and the call count 0."""
+        stepper = self.stepper(num_inference_steps)
+        if not shape:
+            raise ValueError("shape (the samples', batch first) is needed: the solver's memory has it")
+        with jax.ensure_compile_time_eval():
+            labels = jnp.stack([stepper.model_time(c) for c in range(stepper.num_calls)]).astype(jnp.float32)
+        return state.replace(timesteps=labels, init_noise_sigma=jnp.asarray(1.0, self.dtype),
+                             solver_state=stepper.init(jnp.zeros(tuple(shape), self.dtype)),
+                             key=state.key if key is None else key, num_inference_steps=num_inference_steps)
+
+    def step(self, state: AdapterState, model_output: jax.Array, timestep, sample: jax.Array,
+             return_dict: bool = True, **unused):
+        """The sample after the state's next call (``timestep`` is not read: the state counts the calls, as the
+        Flax class's), given the model's output there; after the first call, the sample the second is made at."""
+        if unused:
+            raise TypeError(f"{type(self).__name__}.step: {sorted(unused)} are not served (the options are the "
+                            f"config's)")
+        if state.num_inference_steps is None:
+            raise ValueError("call set_timesteps before step")
+        prev, memory = self.stepper(state.num_inference_steps).step(state.solver_state, model_output, sample)
+        state = state.replace(solver_state=memory)
+        return AdapterOutput(prev, state) if return_dict else (prev, state)
+
+
 #: the adapters by the diffusers class each replaces
 ADAPTERS = {"FlaxDDIMScheduler": DDIMAdapter, "FlaxDDPMScheduler": DDPMAdapter,
             "FlaxDPMSolverMultistepScheduler": DPMSolverMultistepAdapter,
             "FlaxEulerDiscreteScheduler": EulerDiscreteAdapter, "FlaxLMSDiscreteScheduler": LMSDiscreteAdapter,
-            "UniPCMultistepScheduler": UniPCMultistepAdapter}
+            "FlaxPNDMScheduler": PNDMAdapter, "UniPCMultistepScheduler": UniPCMultistepAdapter}
 
 _compatible = [c.__name__ for c in ADAPTERS.values()]
 for _cls in ADAPTERS.values():

@@ -35,7 +35,7 @@ from .scheduler import ScoreSdeVpSchedulerState, require_timesteps
 from .solvers import Grid, GridSolver, Noise, Solver
 from .solvers.adaptive import Adaptive
 
-__all__ = ["Stepper", "make_sample_keys", "model_calls"]
+__all__ = ["Stepper", "make_sample_keys", "model_calls", "solver_grid"]
 
 
 def _given(state, output, sample_dtype, dtype) -> Denoiser:
@@ -69,6 +69,15 @@ def model_calls(solver: Solver, state: ScoreSdeVpSchedulerState, dtype=jnp.float
     per_step, count[0] = count[0], 0
     jax.eval_shape(lambda x: solver.finish(model, x, solver.init(x, grid), grid)[0], x)
     return per_step, count[0]
+
+
+def solver_grid(solver: Solver, state: ScoreSdeVpSchedulerState, dtype) -> Grid:
+    """``solver``'s grid on ``state``'s timesteps, its coefficients computed once in ``dtype`` (concrete, on the
+    host, as :func:`~sdevp_jax.loops.run` computes them); a zero-SNR start the solver cannot take is refused."""
+    with jax.ensure_compile_time_eval():
+        times = solver.times(state, dtype)
+        check_zero_snr_start(solver, state, times)
+        return Grid.build(state.schedule.cast(dtype), times, solver.coefficients)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +136,7 @@ class Stepper:
                              f"times after the last): a stepper answers one model call per step; pass a solver "
                              f"with one call per step (ddim, dpm_solver_pp, sde_dpm_solver_pp, unipc, deis, ipndm, "
                              f"lms, euler, euler_ancestral, ...)")
-        with jax.ensure_compile_time_eval():
-            times = solver.times(state, dtype)
-            check_zero_snr_start(solver, state, times)
-            grid = Grid.build(state.schedule.cast(dtype), times, solver.coefficients)
+        grid = solver_grid(solver, state, dtype)
         num_steps = solver.num_steps(grid.num_points)
         return cls(solver, state, grid, dtype, num_steps, num_steps + in_finish)
 

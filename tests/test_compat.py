@@ -27,6 +27,7 @@ from flax_pipeline import SD_SCHEDULE, quiet  # noqa: E402
 quiet()
 SHAPE = (2, 4, 4, 4)
 SD_DDIM = dict(SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+SD_PNDM = dict(SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)  # Stable Diffusion's
 
 
 def model(x, t):
@@ -34,9 +35,10 @@ def model(x, t):
     return jnp.tanh(0.5 * x + 0.001 * t.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1)))
 
 
-def loop(scheduler, state, steps, x, int_timestep=True, start=0, model=model):
+def loop(scheduler, state, steps, x, int_timestep=True, start=0, model=model, calls=None):
     """The Flax pipeline's denoising loop, jitted, the timestep cast to int32 as the pipeline casts it (or kept);
-    from step ``start`` as the img2img pipeline runs it."""
+    from step ``start`` as the img2img pipeline runs it; ``calls`` model calls (default ``steps``, the Flax
+    pipelines' count)."""
     state = scheduler.set_timesteps(state, steps, x.shape)
     x = x * state.init_noise_sigma
 
@@ -46,7 +48,7 @@ def loop(scheduler, state, steps, x, int_timestep=True, start=0, model=model):
         out = model(scheduler.scale_model_input(state, x, t), jnp.broadcast_to(t, x.shape[:1]))
         return scheduler.step(state, out, t, x).to_tuple()
 
-    return jax.jit(lambda x: jax.lax.fori_loop(start, steps, body, (x, state))[0])(x)
+    return jax.jit(lambda x: jax.lax.fori_loop(start, steps if calls is None else calls, body, (x, state))[0])(x)
 
 
 @pytest.fixture(autouse=True)
@@ -170,6 +172,7 @@ def test_the_sde_variant_draws_per_sample_noise_from_the_states_key(x):
     ("FlaxDDIMScheduler", compat.DDIMAdapter, SD_DDIM),
     ("FlaxDDPMScheduler", compat.DDPMAdapter, SD_SCHEDULE),
     ("FlaxEulerDiscreteScheduler", compat.EulerDiscreteAdapter, dict(SD_SCHEDULE, timestep_spacing="leading")),
+    ("FlaxPNDMScheduler", compat.PNDMAdapter, SD_PNDM),
 ])
 def test_add_noise_is_the_flax_schedulers(x, name, adapter, config):
     flax = getattr(diffusers, name)(**config)
@@ -203,9 +206,19 @@ def test_from_pretrained_reads_a_flax_schedulers_saved_config(tmp_path):
 
 
 def test_what_has_no_adapter_is_refused_by_name():
-    for name in ("FlaxPNDMScheduler", "FlaxKarrasVeScheduler"):
+    for name in ("FlaxScoreSdeVeScheduler", "FlaxKarrasVeScheduler"):
         with pytest.raises(ValueError, match=f"{name} has no adapter: "):
             compat.adapter_for(name)
+    assert compat.adapter_for("FlaxPNDMScheduler") is compat.PNDMAdapter is sv.PNDMAdapter
+    with pytest.raises(ValueError, match=r"skip_prk_steps=False \(the pseudo Runge-Kutta warm-up"):
+        compat.PNDMAdapter(**SD_SCHEDULE)  # the Flax class's default
+    with pytest.raises(ValueError, match="skip_prk_steps=False"):
+        compat.PNDMAdapter.from_config(dict(SD_SCHEDULE, _class_name="FlaxPNDMScheduler"))
+    with pytest.raises(ValueError, match="v_prediction"):
+        compat.PNDMAdapter(**SD_PNDM, prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="at least 2 points"):
+        compat.PNDMAdapter(**dict(SD_PNDM, steps_offset=0)).set_timesteps(compat.PNDMAdapter(**SD_PNDM).create_state(),
+                                                                          1, SHAPE)
     with pytest.raises(ValueError, match=r"unknown config fields \['steps_offset'\]"):
         compat.DPMSolverMultistepAdapter(steps_offset=1)
     ours = compat.DDIMAdapter(**SD_DDIM)
@@ -309,3 +322,63 @@ def test_the_ddpm_adapter_is_served_by_name():
     assert sv.DDPMAdapter is compat.DDPMAdapter
     with pytest.raises(ValueError, match="draws noise: pass key="):
         compat.DDPMAdapter().set_timesteps(compat.DDPMAdapter().create_state(), 10, SHAPE)
+
+
+PNDM_CONFIGS = {"sd": SD_PNDM, "offset0": dict(SD_PNDM, steps_offset=0),
+                "alpha-to-one": dict(SD_PNDM, set_alpha_to_one=True)}
+
+
+@pytest.mark.parametrize("config", list(PNDM_CONFIGS))
+def test_the_pndm_adapters_calls_are_the_flax_classs(config):
+    """The labels of the calls (the improved Euler step's second call and the first PLMS call both at the second
+    label) are FlaxPNDMScheduler's timesteps; with steps_offset = 0 the Flax class has one more call, from label 0
+    to label 0, which leaves the sample as it is."""
+    cfg = PNDM_CONFIGS[config]
+    flax = diffusers.FlaxPNDMScheduler(**cfg)
+    ours = compat.PNDMAdapter(**cfg)
+    want = np.asarray(flax.set_timesteps(flax.create_state(), 10, SHAPE).timesteps)
+    got = np.asarray(ours.set_timesteps(ours.create_state(), 10, SHAPE).timesteps)
+    assert ours.stepper(10).num_calls == len(got)
+    np.testing.assert_array_equal(got, want[:len(got)])
+    assert len(want) - len(got) == (1 if cfg["steps_offset"] == 0 and not cfg["set_alpha_to_one"] else 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(PNDM_CONFIGS))
+def test_the_pndm_adapter_steps_as_the_flax_scheduler_and_sample_ode(x, config):
+    """In the Flax pipeline's jitted loop (num_inference_steps calls, int32 labels) the adapter equals
+    FlaxPNDMScheduler with skip_prk_steps=True; over all its timesteps (the torch pipelines' loop) it equals
+    sv.sample_ode with pndm, warmup='improved_euler', on the same grid (the model fed the same int32 labels)."""
+    cfg = PNDM_CONFIGS[config]
+    flax = diffusers.FlaxPNDMScheduler(**cfg)
+    ours = compat.PNDMAdapter(**cfg)
+    assert rel(loop(ours, ours.create_state(), 10, x), loop(flax, flax.create_state(), 10, x)) <= 1e-5
+    stepper = ours.stepper(10)
+    method, options = stepper.state.diffusers_config.solver_options()
+    assert method == "pndm" and options["warmup"] == "improved_euler"
+    got = loop(ours, ours.create_state(), 10, x, calls=stepper.num_calls)
+    ref = sv.sample_ode(stepper.state, lambda y, t: model(y, t.astype(jnp.int32)), None, SHAPE, x_init=x,
+                        method=method, **options)
+    assert rel(got, ref) <= 1e-5
+
+
+def test_the_pndm_adapters_first_two_calls_are_the_improved_euler_step(x):
+    """Call 0 returns the transfer part (Liu et al. 2022, eq. 9) from the first label to the second with the
+    first prediction; call 1, given the prediction there, the transfer of the starting sample with the mean of
+    the two (pseudo improved Euler); a linear prediction in the sample makes both derivable by hand. Strict
+    promotion (the suite's): the adapter's arithmetic is dtype- and rank-clean."""
+    ours = compat.PNDMAdapter(**SD_PNDM)
+    state = ours.set_timesteps(ours.create_state(), 10, SHAPE)
+    acp = np.cumprod(1 - np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2)
+    a0, a1 = acp[901], acp[801]
+
+    def phi(x, eps):  # eq. 9, in the form diffusers writes it
+        return (a1 / a0) ** 0.5 * x - (a1 - a0) * eps / (a0 * (1 - a1) ** 0.5 + (a0 * (1 - a0) * a1) ** 0.5)
+
+    x64 = np.asarray(x, np.float64)
+    with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+        pred, state = ours.step(state, 0.5 * x, 901, x).to_tuple()
+        assert rel(pred, phi(x64, 0.5 * x64)) <= 1e-5
+        out, state = ours.step(state, 0.25 * pred, 801, pred).to_tuple()
+    assert rel(out, phi(x64, 0.5 * (0.5 * x64 + 0.25 * np.asarray(pred, np.float64)))) <= 1e-5
+    assert int(state.solver_state[-1]) == 2

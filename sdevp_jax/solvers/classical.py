@@ -351,12 +351,24 @@ class PNDM(GridSolver):
         e4 = self._eps(model, pndm_transfer(x, e3, c), grid, k + 1)
         return pndm_transfer(x, (e1 + 2.0 * e2 + 2.0 * e3 + e4) / 6.0, c), e1
 
-    def _improved_euler(self, model, x, grid, k):
-        """Pseudo improved Euler: the transfer with the mean of the predictions at the start and at its end."""
-        c = grid.coeffs(k, k + 1)
+    def improved_euler_predictor(self, model, x, grid, k):
+        """The first call of the pseudo improved Euler step over interval ``k``: ``(x_pred, e0)``, the noise
+        prediction ``e0`` at point ``k`` and the transfer of ``x`` with it to point ``k + 1``, where the step's second
+        call (:meth:`improved_euler_corrector`) is made."""
         e0 = self._eps(model, x, grid, k)
-        e1 = self._eps(model, pndm_transfer(x, e0, c), grid, k + 1)
-        return pndm_transfer(x, 0.5 * (e0 + e1), c), e0
+        return pndm_transfer(x, e0, grid.coeffs(k, k + 1)), e0
+
+    def improved_euler_corrector(self, model, x, x_pred, e0, grid, k):
+        """The second call of the pseudo improved Euler step over interval ``k`` from ``x``: the prediction at
+        ``x_pred`` (point ``k + 1``), and the transfer of ``x`` with the mean of the two predictions."""
+        e1 = self._eps(model, x_pred, grid, k + 1)
+        return pndm_transfer(x, 0.5 * (e0 + e1), grid.coeffs(k, k + 1))
+
+    def _improved_euler(self, model, x, grid, k):
+        """Pseudo improved Euler (Heun's method with the transfer part as its step): the transfer with the mean of the
+        predictions at the start and at its end."""
+        x_pred, e0 = self.improved_euler_predictor(model, x, grid, k)
+        return self.improved_euler_corrector(model, x, x_pred, e0, grid, k), e0
 
     def _plms(self, model, x, hist, grid, k):
         eps = self._eps(model, x, grid, k)
@@ -367,7 +379,12 @@ class PNDM(GridSolver):
         warm = self._improved_euler if self.warmup == "improved_euler" else self._prk
         x_next, eps = jax.lax.cond(k < self._warmup_steps(), lambda: warm(model, x, grid, k),
                                    lambda: self._plms(model, x, hist, grid, k))
-        return x_next, hist.push(eps, grid.lam[k], x, jnp.int32(0)), StepInfo(1)
+        return x_next, self.remember(hist, eps, x, grid, k), StepInfo(1)
+
+    def remember(self, hist: History, eps, x, grid, k) -> History:
+        """The memory after the step over interval ``k`` from ``x``: ``eps``, the prediction at point ``k``, pushed
+        (the one PLMS combines; for the warm-up steps the first call's)."""
+        return hist.push(eps, grid.lam[k], x, jnp.int32(0))
 
     def finish(self, model, x, hist: History, grid):
         """With ``final_sigmas_type="zero"``: a PLMS step from the last grid point to sigma = 0; the warm-up's
