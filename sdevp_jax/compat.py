@@ -14,9 +14,9 @@ Each class has the API diffusers' Flax pipelines and maxdiffusion's generate scr
   ``sde_dpm_solver_pp`` with ``algorithm_type="sde-dpmsolver++"`` (the torch class's variant);
 * :class:`EulerDiscreteAdapter` for ``FlaxEulerDiscreteScheduler``: ``ddim`` in :math:`\sigma/\alpha`;
 * :class:`LMSDiscreteAdapter` for ``FlaxLMSDiscreteScheduler``: ``lms``;
-* :class:`PNDMAdapter` for ``FlaxPNDMScheduler`` with ``skip_prk_steps=True``: ``pndm`` with
-  ``warmup="improved_euler"``, its two-call first step answered one call at a time
-  (:class:`ImprovedEulerPLMSStepper`; the state counts the calls, as the Flax class's);
+* :class:`PNDMAdapter` for ``FlaxPNDMScheduler``: ``pndm`` with ``warmup="improved_euler"``
+  (``skip_prk_steps=True``) or ``"prk_diffusers"``, its warm-up steps of several model calls answered one
+  call at a time (:class:`PNDMStepper`; the state counts the calls, as the Flax class's);
 * :class:`UniPCMultistepAdapter` for torch's ``UniPCMultistepScheduler`` (diffusers has no Flax UniPC): ``unipc``.
 
 The config (the Flax class's fields) is read by :func:`sdevp_jax.load_config` as the scheduler's
@@ -36,9 +36,7 @@ The sigma-space classes (Euler, LMS) step samples scaled by :math:`1/\alpha` and
 :math:`x_{VP} = \alpha x_\sigma` at each step and back, so the pipeline's own arithmetic
 (``init_noise_sigma``, ``scale_model_input``) is unchanged.
 
-Refused by name: ``FlaxPNDMScheduler`` with ``skip_prk_steps=False`` (its pseudo Runge-Kutta warm-up makes
-four model calls per step for three steps; :class:`PNDMAdapter` says so), the variance-exploding
-``FlaxScoreSdeVeScheduler`` and ``FlaxKarrasVeScheduler``.
+Refused by name: the variance-exploding ``FlaxScoreSdeVeScheduler`` and ``FlaxKarrasVeScheduler``.
 
 Saving and reloading a pipeline: diffusers records each component as ``[library, class]`` in
 ``model_index.json`` and, when loading, looks the library up in its table of loadable classes
@@ -70,7 +68,7 @@ from .stepper import Stepper, make_sample_keys, solver_grid
 
 __all__ = ["ADAPTERS", "AdapterState", "AdapterOutput", "SchedulerAdapter", "DDIMAdapter", "DDPMAdapter",
            "DPMSolverMultistepAdapter", "EulerDiscreteAdapter", "UniPCMultistepAdapter", "LMSDiscreteAdapter",
-           "PNDMAdapter", "ImprovedEulerPLMSStepper", "register_with_diffusers"]
+           "PNDMAdapter", "PNDMStepper", "register_with_diffusers"]
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
@@ -451,15 +449,16 @@ class UniPCMultistepAdapter(SchedulerAdapter):
 
 
 @dataclasses.dataclass(frozen=True)
-class ImprovedEulerPLMSStepper:
-    r"""``pndm`` with ``warmup="improved_euler"`` stepped one model call at a time (diffusers' PLMS start,
-    ``skip_prk_steps=True``): the first interval's pseudo improved Euler step takes two calls, call 0 at point 0
-    (:meth:`~sdevp_jax.solvers.PNDM.improved_euler_predictor`: it returns the Euler-predicted sample at point 1,
-    where call 1 is made) and call 1 (:meth:`~sdevp_jax.solvers.PNDM.improved_euler_corrector`: the step's
-    result); call ``c >= 2`` is the solver's PLMS step over interval ``c - 1`` (one call), and with
-    ``final_sigmas_type="zero"`` the call after the last interval its ``finish``. The call is counted in the
-    memory (``(history, step start, first prediction, count)``), as the Flax class counts its calls: the
-    repeated label (calls 1 and 2 are both at point 1) cannot tell them apart. ``num_calls`` is ``solver.nfe``."""
+class PNDMStepper:
+    r"""sdevp_jax's ``pndm`` stepped one model call at a time (diffusers' ``PNDMScheduler`` API): each warm-up step
+    (``warmup_steps`` of ``warmup_calls`` calls: one pseudo improved Euler step of 2, or three pseudo Runge--Kutta
+    steps of 4) is answered call by call with :meth:`~sdevp_jax.solvers.PNDM.warmup_call`, each call returning
+    the sample the next is made at (after the step's last, the step's result); then each call is one PLMS step
+    (the solver's ``step``), and with ``final_sigmas_type="zero"`` the call after the last interval its
+    ``finish``. The memory (``(history, step start, combination of the step's predictions, its first
+    prediction, call count)``) counts the calls, as the Flax class counts them: labels repeat (the improved Euler
+    step's second call and the first PLMS call are at the same point), so a label cannot tell calls apart.
+    ``num_calls`` is ``solver.nfe``."""
 
     solver: Any
     state: Any
@@ -469,106 +468,111 @@ class ImprovedEulerPLMSStepper:
     num_calls: int
 
     @classmethod
-    def create(cls, state, dtype=jnp.float32, **options) -> "ImprovedEulerPLMSStepper":
+    def create(cls, state, dtype=jnp.float32, **options) -> "PNDMStepper":
         from . import solvers
 
         solver = solvers.make("pndm", **options).check()
-        if solver.warmup != "improved_euler":
-            raise ValueError(f"ImprovedEulerPLMSStepper steps pndm with warmup='improved_euler', got "
-                             f"warmup={solver.warmup!r}")
         grid = solver_grid(solver, state, dtype)
-        if grid.num_points < 2:
-            raise ValueError(f"pndm's improved Euler step needs a grid of at least 2 points, got {grid.num_points} "
-                             f"(num_inference_steps >= 2, or >= 1 with steps_offset > 0)")
+        if grid.num_points < solver.warmup_steps + 1:
+            raise ValueError(f"pndm with warmup={solver.warmup!r} needs a grid of at least {solver.warmup_steps + 1} "
+                             f"points, got {grid.num_points}")
         num_steps = solver.num_steps(grid.num_points)
         return cls(solver, state, grid, jnp.dtype(dtype), num_steps, solver.nfe(grid.num_points))
 
-    def point(self, c):
-        """The grid point of call ``c``: ``c`` for calls 0 and 1, then ``c - 1`` (the last point for the call in
-        ``finish``)."""
-        return jnp.minimum(jnp.where(c < 2, c, c - 1), self.grid.num_points - 1)
+    @property
+    def warm_calls(self) -> int:
+        """The warm-up's calls (2 or 12)."""
+        return self.solver.warmup_steps * self.solver.warmup_calls
 
-    def model_time(self, c) -> jax.Array:
-        """The model's time input (the training label) at call ``c``."""
+    def interval(self, c):
+        """The interval call ``c`` belongs to (``num_steps`` for the call in ``finish``)."""
+        return jnp.where(c < self.warm_calls, c // self.solver.warmup_calls,
+                         c - self.warm_calls + self.solver.warmup_steps)
+
+    def model_times(self) -> jax.Array:
+        """The model's time input (the training label) at each call (concrete)."""
+        solver, grid = self.solver, self.grid
         with jax.ensure_compile_time_eval():
-            labels = model_time(self.state, self.grid.t.astype(self.state.timesteps.dtype))
-        return labels[self.point(c)]
+            times = [solver.warmup_time(self.state, grid, k, j) for k in range(solver.warmup_steps)
+                     for j in range(solver.warmup_calls)]
+            times += [grid.t[min(k, grid.num_points - 1)] for k in range(solver.warmup_steps, self.num_calls
+                                                                           - self.warm_calls + solver.warmup_steps)]
+            return model_time(self.state, jnp.stack(times).astype(self.state.timesteps.dtype))
 
     def init(self, x: jax.Array) -> tuple:
         x = x.astype(self.dtype)
-        return self.solver.init(x, self.grid), x, jnp.zeros_like(x), jnp.zeros((), jnp.int32)
+        zero = jnp.zeros_like(x)
+        return self.solver.init(x, self.grid), x, zero, zero, jnp.zeros((), jnp.int32)
 
     def step(self, memory, model_output: jax.Array, x: jax.Array):
         """``(x_next, memory)``: the memory's next call, ``model_output`` the model's output at ``x`` and that call's
-        :meth:`model_time`; after call 0, ``x_next`` is the sample call 1 is made at."""
-        hist, start, e0, c = memory
+        label (:meth:`model_times`); during the warm-up ``x_next`` is the sample the next call is made at."""
+        hist, start, acc, first, c = memory
         model = Denoiser(self.state, lambda y, t: model_output, x.dtype, self.dtype)
         work = x.astype(self.dtype)
         grid, solver = self.grid, self.solver
+        k = self.interval(c)
 
-        def predictor(_):
-            x_pred, e = solver.improved_euler_predictor(model, work, grid, 0)
-            return x_pred, hist, work, e
-
-        def corrector(_):
-            x_next = solver.improved_euler_corrector(model, start, work, e0, grid, 0)
-            return x_next, solver.remember(hist, e0, start, grid, 0), start, e0
+        def warm(j):
+            def call(_):
+                begin = work if j == 0 else start
+                y, new_acc, eps = solver.warmup_call(model, work, begin, acc, grid, k, j)
+                new_first = eps if j == 0 else first
+                new_hist = solver.remember(hist, new_first, begin, grid, k) if j == solver.warmup_calls - 1 else hist
+                return y.astype(work.dtype), new_hist, begin, new_acc.astype(work.dtype), new_first
+            return call
 
         def plms(_):
             noise = Noise(None, jnp.int32(1), x.shape[1:], self.dtype)
-            x_next, h, _ = solver.step(model, work, hist, grid, c - 1, noise)
-            return x_next.astype(work.dtype), h, start, e0
+            x_next, h, _ = solver.step(model, work, hist, grid, k, noise)
+            return x_next.astype(work.dtype), h, start, acc, first
 
         def finish(_):
             x_next, h, _ = solver.finish(model, work, hist, grid)
-            return x_next.astype(work.dtype), h, start, e0
+            return x_next.astype(work.dtype), h, start, acc, first
 
-        branches = [predictor, corrector, plms] + ([finish] if self.num_calls > self.num_steps + 1 else [])
-        which = jnp.where(c < 2, c, jnp.where(c - 1 < self.num_steps, 2, len(branches) - 1))
-        x_next, hist, start, e0 = jax.lax.switch(jnp.clip(which, 0, len(branches) - 1), branches, None)
-        return x_next.astype(x.dtype), (hist, start, e0, c + 1)
+        branches = [warm(j) for j in range(solver.warmup_calls)] + [plms]
+        which = jnp.where(c < self.warm_calls, c % solver.warmup_calls, solver.warmup_calls)
+        if self.num_calls > self.num_steps + self.warm_calls - solver.warmup_steps:
+            branches.append(finish)
+            which = jnp.where(k >= self.num_steps, len(branches) - 1, which)
+        x_next, hist, start, acc, first = jax.lax.switch(which, branches, None)
+        return x_next.astype(x.dtype), (hist, start, acc, first, c + 1)
 
 
 class PNDMAdapter(SchedulerAdapter):
-    r"""``FlaxPNDMScheduler`` with ``skip_prk_steps=True`` (Stable Diffusion's configs): sdevp_jax's ``pndm`` with
-    ``warmup="improved_euler"`` (Liu et al. 2022: PLMS, eq. 12, after one pseudo improved Euler step), on the
-    config's ``leading`` labels, stepped one model call at a time by :class:`ImprovedEulerPLMSStepper`.
+    r"""``FlaxPNDMScheduler``: sdevp_jax's ``pndm`` (Liu et al. 2022: PLMS, eq. 12, after a warm-up) on the config's
+    ``leading`` labels, stepped one model call at a time by :class:`PNDMStepper`: with ``skip_prk_steps=True``
+    (Stable Diffusion's configs) ``warmup="improved_euler"``, one pseudo improved Euler step of two calls; with
+    ``skip_prk_steps=False`` ``warmup="prk_diffusers"``, three pseudo Runge--Kutta steps (eq. 13) of four calls,
+    the midpoint calls at diffusers' integer labels.
 
-    As in the Flax class, ``state.timesteps`` repeats the second label (the improved Euler step's second call and
-    the first PLMS call are at the same point) and the state counts the calls: ``step`` makes the next call
-    whatever ``timestep`` it is given. The calls are ``solver.nfe``: with ``steps_offset = 0`` and
-    ``set_alpha_to_one = False`` the grid ends at label 0, ``num_inference_steps`` calls; with ``steps_offset > 0``
-    (the last step from label ``steps_offset`` to label 0) or ``set_alpha_to_one`` (a last step to
-    :math:`\bar\alpha = 1`) one more. The Flax pipelines' loop makes ``num_inference_steps`` calls, as with
-    the Flax class, whose ``timesteps`` always has ``num_inference_steps + 1`` labels (with ``steps_offset = 0``
-    the last a step from label 0 to label 0, which changes nothing): a loop over all of ``state.timesteps``
-    (the torch pipelines') computes what :func:`sdevp_jax.sample_ode` does with the config's solver.
+    As in the Flax class, ``state.timesteps`` repeats labels (a warm-up step's last call and the next step's
+    first are at the same point; the Runge--Kutta midpoint's two calls) and the state counts the calls:
+    ``step`` makes the next call whatever ``timestep`` it is given, and during the warm-up returns the sample the
+    next call is made at. The calls are ``solver.nfe``: with ``steps_offset = 0`` and ``set_alpha_to_one = False``
+    the grid ends at label 0; with ``steps_offset > 0`` (a last step from label ``steps_offset`` to label 0) or
+    ``set_alpha_to_one`` (a last step to :math:`\bar\alpha = 1`) there is one more call. The Flax pipelines' loop
+    makes ``num_inference_steps`` calls of these, as it does with the Flax class, whose ``timesteps`` has one
+    more label with ``steps_offset = 0`` (a step from label 0 to label 0, which changes nothing); a loop over all
+    of ``state.timesteps`` (the torch pipelines') computes what :func:`sdevp_jax.sample_ode` does with the config's
+    solver.
 
-    Where the Flax class (diffusers 0.39) differs: its step to before label ``N/n`` goes to label 0's
+    Where the Flax class (diffusers 0.39) differs: its last step (from label ``steps_offset``) goes to label 0's
     :math:`\bar\alpha` even with ``set_alpha_to_one`` (it clips the label at 0 before the test that chooses
-    :math:`\bar\alpha = 1`), which the torch class and this one do not; the Flax pipelines' loop never makes that
-    call. ``skip_prk_steps=False`` (the pseudo Runge--Kutta warm-up, three steps of four calls whose samples
-    the Flax class's counter threads through its state) is refused: ``sdevp_jax.sample_ode(..., method="pndm",
-    warmup="prk_diffusers")`` computes it with the model called inside the loop."""
+    :math:`\bar\alpha = 1`); the torch class and this one go to :math:`\bar\alpha = 1`. The Flax pipelines' loop
+    does not reach that call."""
 
     config_class = "PNDMScheduler"
     flax_class = "FlaxPNDMScheduler"
     defaults = {**_COMMON, "skip_prk_steps": False, "set_alpha_to_one": False, "steps_offset": 0}
 
-    def __init__(self, flax_labels: bool = False, dtype=jnp.float32, **config):
-        if not config.get("skip_prk_steps", False):
-            raise ValueError("PNDMAdapter serves skip_prk_steps=True (PLMS after one improved Euler step, Stable "
-                             "Diffusion's configs); skip_prk_steps=False (the pseudo Runge-Kutta warm-up, four model "
-                             "calls per step for three steps) is not served: sample it with "
-                             "sdevp_jax.sample_ode(..., method='pndm', warmup='prk_diffusers')")
-        super().__init__(flax_labels=flax_labels, dtype=dtype, **config)
-
-    def stepper(self, num_inference_steps: int) -> ImprovedEulerPLMSStepper:
-        """The :class:`ImprovedEulerPLMSStepper` of ``num_inference_steps`` steps (built once per count)."""
+    def stepper(self, num_inference_steps: int) -> PNDMStepper:
+        """The :class:`PNDMStepper` of ``num_inference_steps`` steps (built once per count)."""
         if num_inference_steps not in self._steppers:
             with jax.ensure_compile_time_eval():
                 state = _set_timesteps(self.base_state, num_inference_steps)
-                self._steppers[num_inference_steps] = ImprovedEulerPLMSStepper.create(state, self.dtype,
+                self._steppers[num_inference_steps] = PNDMStepper.create(state, self.dtype,
                                                                                       **self.options)
         return self._steppers[num_inference_steps]
 
@@ -580,7 +584,7 @@ class PNDMAdapter(SchedulerAdapter):
         if not shape:
             raise ValueError("shape (the samples', batch first) is needed: the solver's memory has it")
         with jax.ensure_compile_time_eval():
-            labels = jnp.stack([stepper.model_time(c) for c in range(stepper.num_calls)]).astype(jnp.float32)
+            labels = stepper.model_times().astype(jnp.float32)
         return state.replace(timesteps=labels, init_noise_sigma=jnp.asarray(1.0, self.dtype),
                              solver_state=stepper.init(jnp.zeros(tuple(shape), self.dtype)),
                              key=state.key if key is None else key, num_inference_steps=num_inference_steps)

@@ -210,15 +210,13 @@ def test_what_has_no_adapter_is_refused_by_name():
         with pytest.raises(ValueError, match=f"{name} has no adapter: "):
             compat.adapter_for(name)
     assert compat.adapter_for("FlaxPNDMScheduler") is compat.PNDMAdapter is sv.PNDMAdapter
-    with pytest.raises(ValueError, match=r"skip_prk_steps=False \(the pseudo Runge-Kutta warm-up"):
-        compat.PNDMAdapter(**SD_SCHEDULE)  # the Flax class's default
-    with pytest.raises(ValueError, match="skip_prk_steps=False"):
-        compat.PNDMAdapter.from_config(dict(SD_SCHEDULE, _class_name="FlaxPNDMScheduler"))
     with pytest.raises(ValueError, match="v_prediction"):
         compat.PNDMAdapter(**SD_PNDM, prediction_type="v_prediction")
     with pytest.raises(ValueError, match="at least 2 points"):
         compat.PNDMAdapter(**dict(SD_PNDM, steps_offset=0)).set_timesteps(compat.PNDMAdapter(**SD_PNDM).create_state(),
                                                                           1, SHAPE)
+    with pytest.raises(ValueError, match="at least 4 points"):
+        compat.PNDMAdapter(**dict(SD_PNDM, skip_prk_steps=False)).stepper(2)
     with pytest.raises(ValueError, match=r"unknown config fields \['steps_offset'\]"):
         compat.DPMSolverMultistepAdapter(steps_offset=1)
     ours = compat.DDIMAdapter(**SD_DDIM)
@@ -231,7 +229,8 @@ def test_what_has_no_adapter_is_refused_by_name():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("adapter,config", [(compat.DPMSolverMultistepAdapter, SD_SCHEDULE),
-                                            (compat.EulerDiscreteAdapter, SD_SCHEDULE)])
+                                            (compat.EulerDiscreteAdapter, SD_SCHEDULE),
+                                            (compat.PNDMAdapter, dict(SD_PNDM, skip_prk_steps=False))])
 def test_the_adapters_run_under_strict_promotion(x, adapter, config):
     """The adapters' own arithmetic is dtype- and rank-clean (the suite's strict promotion), a loop and add_noise."""
     ours = adapter(**config, flax_labels=adapter is compat.DPMSolverMultistepAdapter)
@@ -324,21 +323,24 @@ def test_the_ddpm_adapter_is_served_by_name():
         compat.DDPMAdapter().set_timesteps(compat.DDPMAdapter().create_state(), 10, SHAPE)
 
 
-PNDM_CONFIGS = {"sd": SD_PNDM, "offset0": dict(SD_PNDM, steps_offset=0),
-                "alpha-to-one": dict(SD_PNDM, set_alpha_to_one=True)}
+PNDM_CONFIGS = {"sd": (SD_PNDM, 10), "offset0": (dict(SD_PNDM, steps_offset=0), 10),
+                "alpha-to-one": (dict(SD_PNDM, set_alpha_to_one=True), 10),
+                "prk": (dict(SD_PNDM, skip_prk_steps=False), 10),
+                # 7 steps: 142 labels a step, an odd count, diffusers' midpoint calls one label off the time midpoint
+                "prk-offset0-odd": (dict(SD_PNDM, skip_prk_steps=False, steps_offset=0), 7)}
 
 
 @pytest.mark.parametrize("config", list(PNDM_CONFIGS))
 def test_the_pndm_adapters_calls_are_the_flax_classs(config):
-    """The labels of the calls (the improved Euler step's second call and the first PLMS call both at the second
-    label) are FlaxPNDMScheduler's timesteps; with steps_offset = 0 the Flax class has one more call, from label 0
-    to label 0, which leaves the sample as it is."""
-    cfg = PNDM_CONFIGS[config]
+    """The labels of the calls (repeated: a warm-up step's last call and the next step's first at the same
+    point, the pseudo Runge-Kutta midpoint's two calls) are FlaxPNDMScheduler's timesteps; with steps_offset = 0
+    the Flax class has one more call, from label 0 to label 0, which leaves the sample as it is."""
+    cfg, steps = PNDM_CONFIGS[config]
     flax = diffusers.FlaxPNDMScheduler(**cfg)
     ours = compat.PNDMAdapter(**cfg)
-    want = np.asarray(flax.set_timesteps(flax.create_state(), 10, SHAPE).timesteps)
-    got = np.asarray(ours.set_timesteps(ours.create_state(), 10, SHAPE).timesteps)
-    assert ours.stepper(10).num_calls == len(got)
+    want = np.asarray(flax.set_timesteps(flax.create_state(), steps, SHAPE).timesteps)
+    got = np.asarray(ours.set_timesteps(ours.create_state(), steps, SHAPE).timesteps)
+    assert ours.stepper(steps).num_calls == len(got)
     np.testing.assert_array_equal(got, want[:len(got)])
     assert len(want) - len(got) == (1 if cfg["steps_offset"] == 0 and not cfg["set_alpha_to_one"] else 0)
 
@@ -347,16 +349,19 @@ def test_the_pndm_adapters_calls_are_the_flax_classs(config):
 @pytest.mark.parametrize("config", list(PNDM_CONFIGS))
 def test_the_pndm_adapter_steps_as_the_flax_scheduler_and_sample_ode(x, config):
     """In the Flax pipeline's jitted loop (num_inference_steps calls, int32 labels) the adapter equals
-    FlaxPNDMScheduler with skip_prk_steps=True; over all its timesteps (the torch pipelines' loop) it equals
-    sv.sample_ode with pndm, warmup='improved_euler', on the same grid (the model fed the same int32 labels)."""
-    cfg = PNDM_CONFIGS[config]
+    FlaxPNDMScheduler; over all its timesteps (the torch pipelines' loop) it equals sv.sample_ode with pndm and
+    the config's warm-up on the same grid (the model fed the same int32 labels), and, but with set_alpha_to_one
+    (the Flax class's last step goes to label 0's alphas_cumprod, not 1), FlaxPNDMScheduler looped as long."""
+    cfg, steps = PNDM_CONFIGS[config]
     flax = diffusers.FlaxPNDMScheduler(**cfg)
     ours = compat.PNDMAdapter(**cfg)
-    assert rel(loop(ours, ours.create_state(), 10, x), loop(flax, flax.create_state(), 10, x)) <= 1e-5
-    stepper = ours.stepper(10)
+    assert rel(loop(ours, ours.create_state(), steps, x), loop(flax, flax.create_state(), steps, x)) <= 1e-5
+    stepper = ours.stepper(steps)
     method, options = stepper.state.diffusers_config.solver_options()
-    assert method == "pndm" and options["warmup"] == "improved_euler"
-    got = loop(ours, ours.create_state(), 10, x, calls=stepper.num_calls)
+    assert method == "pndm" and options["warmup"] == ("improved_euler" if cfg["skip_prk_steps"] else "prk_diffusers")
+    got = loop(ours, ours.create_state(), steps, x, calls=stepper.num_calls)
+    want = loop(flax, flax.create_state(), steps, x, calls=stepper.num_calls)
+    assert (rel(got, want) <= 1e-5) != cfg["set_alpha_to_one"]
     ref = sv.sample_ode(stepper.state, lambda y, t: model(y, t.astype(jnp.int32)), None, SHAPE, x_init=x,
                         method=method, **options)
     assert rel(got, ref) <= 1e-5

@@ -323,52 +323,85 @@ class PNDM(GridSolver):
         eps, d0 = self.predict_at(model, x, t, alpha, sigma)
         return eps if not self.thresholding else (x - alpha * d0) / sigma
 
-    def _midpoints(self, model, grid, k):
+    def _midpoints(self, state, grid, k):
         """The pseudo Runge-Kutta midpoints of step ``k``: the time the first half-step goes to and the time of the
         two midpoint calls (and of the second half-step), each with the schedule's ``alpha``, ``sigma`` there."""
         t_s, t_t = grid.t[k], grid.t[k + 1]
-        schedule = model.state.schedule.cast(grid.t.dtype)
+        schedule = state.schedule.cast(grid.t.dtype)
         if self.warmup == "prk":
             t_mid = 0.5 * (t_s + t_t)
             return (t_mid, *schedule.alpha_sigma(t_mid)), (t_mid, *schedule.alpha_sigma(t_mid))
         if not schedule.is_discrete:
             raise ValueError("pndm with warmup='prk_diffusers' reproduces diffusers' integer-label midpoints and "
                              "needs a discrete schedule; use warmup='prk' (the time midpoint)")
-        big_n = model.state.num_train_timesteps
+        big_n = state.num_train_timesteps
         half = jnp.floor(jnp.round((t_s - t_t) * big_n) / 2.0) / big_n  # r // 2 labels, as a time
         first, call = t_s - half, t_t + half
         return (first, *schedule.alpha_sigma(first)), (call, *schedule.alpha_sigma(call))
 
-    def _prk(self, model, x, grid, k):
-        """Pseudo Runge-Kutta (eq. 13): RK4 with the transfer part as its step; four calls."""
+    @property
+    def warmup_steps(self) -> int:
+        """The warm-up's steps: 3 (pseudo Runge--Kutta) or 1 (``"improved_euler"``)."""
+        return self._warmup_steps()
+
+    @property
+    def warmup_calls(self) -> int:
+        """The model calls of each warm-up step: 4 (pseudo Runge--Kutta) or 2 (``"improved_euler"``)."""
+        return 2 if self.warmup == "improved_euler" else 4
+
+    def warmup_time(self, state, grid, k, j: int):
+        """The time of call ``j`` (``0 <= j <`` :attr:`warmup_calls`, a Python int) of warm-up step ``k``: point
+        ``k``, the midpoint call time (pseudo Runge--Kutta's calls 1 and 2), point ``k + 1``."""
+        if j == 0:
+            return grid.t[k]
+        if j == self.warmup_calls - 1:
+            return grid.t[k + 1]
+        return self._midpoints(state, grid, k)[1][0]
+
+    def warmup_call(self, model, x, start, acc, grid, k, j: int):
+        r"""Call ``j`` (a Python int, ``0 <= j <`` :attr:`warmup_calls`) of the warm-up step over interval ``k``
+        from ``start``, the model called at ``x`` (``start`` for ``j = 0``; else what call ``j - 1`` returned) and
+        :meth:`warmup_time`: ``(y, acc, eps)``, ``eps`` its noise prediction, ``acc`` the running combination of
+        the step's predictions (give ``acc`` = anything at ``j = 0``), ``y`` the sample of call ``j + 1``, or after
+        the last call the step's result. Pseudo improved Euler: :math:`y_1 = \phi(x, \epsilon_0)`, then
+        :math:`\phi(x, (\epsilon_0 + \epsilon_1)/2)`; pseudo Runge--Kutta (eq. 13): RK4's stages, each a transfer
+        :math:`\phi` from ``start``, the last with :math:`(\epsilon_1 + 2\epsilon_2 + 2\epsilon_3 + \epsilon_4)/6`.
+
+        Examples:
+          >>> state = sv.set_timesteps(sv.create_state(schedule=sv.schedules.from_diffusers("linear")), 10)
+          >>> solver = sv.solvers.make("pndm", warmup="improved_euler")
+          >>> grid = sv.solvers.Grid.build(state.schedule, solver.times(state, jnp.float32))
+          >>> model = sv.denoiser.Denoiser(state, lambda x, t: 0.5 * x, jnp.float32, jnp.float32)
+          >>> x = jnp.ones((1, 2))
+          >>> y, acc, e0 = solver.warmup_call(model, x, x, None, grid, 0, 0)
+          >>> out, _, e1 = solver.warmup_call(model, y, x, acc, grid, 0, 1)
+          >>> ref, _, _ = solver.step(model, x, solver.init(x, grid), grid, 0, None)  # both calls inside
+          >>> bool(jnp.allclose(out, ref)) and bool(jnp.allclose(e1, 0.5 * y))
+          True
+        """
         c = grid.coeffs(k, k + 1)
-        (_, alpha_1, sigma_1), (t_mid, alpha_mid, sigma_mid) = self._midpoints(model, grid, k)
-        e1 = self._eps(model, x, grid, k)
-        x_1 = pndm_transfer(x, e1, c._replace(alpha_t=alpha_1, sigma_t=sigma_1))
-        e2 = self._eps_at(model, x_1, t_mid, alpha_mid, sigma_mid)
-        to_mid = c._replace(alpha_t=alpha_mid, sigma_t=sigma_mid)
-        e3 = self._eps_at(model, pndm_transfer(x, e2, to_mid), t_mid, alpha_mid, sigma_mid)
-        e4 = self._eps(model, pndm_transfer(x, e3, c), grid, k + 1)
-        return pndm_transfer(x, (e1 + 2.0 * e2 + 2.0 * e3 + e4) / 6.0, c), e1
+        last = self.warmup_calls - 1
+        if j == 0 or j == last:
+            eps = self._eps(model, x, grid, k + 1 if j == last else k)
+        if self.warmup == "improved_euler":
+            if j == 0:
+                return pndm_transfer(start, eps, c), eps, eps
+            return pndm_transfer(start, 0.5 * (acc + eps), c), acc, eps
+        (_, alpha_1, sigma_1), (t_mid, alpha_mid, sigma_mid) = self._midpoints(model.state, grid, k)
+        if j == 0:
+            return pndm_transfer(start, eps, c._replace(alpha_t=alpha_1, sigma_t=sigma_1)), eps, eps
+        if j == last:
+            return pndm_transfer(start, (acc + eps) / 6.0, c), acc, eps
+        eps = self._eps_at(model, x, t_mid, alpha_mid, sigma_mid)
+        to = c._replace(alpha_t=alpha_mid, sigma_t=sigma_mid) if j == 1 else c
+        return pndm_transfer(start, eps, to), acc + 2.0 * eps, eps
 
-    def improved_euler_predictor(self, model, x, grid, k):
-        """The first call of the pseudo improved Euler step over interval ``k``: ``(x_pred, e0)``, the noise
-        prediction ``e0`` at point ``k`` and the transfer of ``x`` with it to point ``k + 1``, where the step's second
-        call (:meth:`improved_euler_corrector`) is made."""
-        e0 = self._eps(model, x, grid, k)
-        return pndm_transfer(x, e0, grid.coeffs(k, k + 1)), e0
-
-    def improved_euler_corrector(self, model, x, x_pred, e0, grid, k):
-        """The second call of the pseudo improved Euler step over interval ``k`` from ``x``: the prediction at
-        ``x_pred`` (point ``k + 1``), and the transfer of ``x`` with the mean of the two predictions."""
-        e1 = self._eps(model, x_pred, grid, k + 1)
-        return pndm_transfer(x, 0.5 * (e0 + e1), grid.coeffs(k, k + 1))
-
-    def _improved_euler(self, model, x, grid, k):
-        """Pseudo improved Euler (Heun's method with the transfer part as its step): the transfer with the mean of the
-        predictions at the start and at its end."""
-        x_pred, e0 = self.improved_euler_predictor(model, x, grid, k)
-        return self.improved_euler_corrector(model, x, x_pred, e0, grid, k), e0
+    def _warmup_step(self, model, x, grid, k):
+        """The warm-up step over interval ``k``: its calls in turn; ``(x_next, first prediction)``."""
+        y, acc, first = self.warmup_call(model, x, x, None, grid, k, 0)
+        for j in range(1, self.warmup_calls):
+            y, acc, _ = self.warmup_call(model, y, x, acc, grid, k, j)
+        return y, first
 
     def _plms(self, model, x, hist, grid, k):
         eps = self._eps(model, x, grid, k)
@@ -376,8 +409,7 @@ class PNDM(GridSolver):
         return ipndm_step(x, eps, hist, grid.coeffs(k, k + 1), order), eps
 
     def step(self, model, x, hist: History, grid, k, noise):
-        warm = self._improved_euler if self.warmup == "improved_euler" else self._prk
-        x_next, eps = jax.lax.cond(k < self._warmup_steps(), lambda: warm(model, x, grid, k),
+        x_next, eps = jax.lax.cond(k < self._warmup_steps(), lambda: self._warmup_step(model, x, grid, k),
                                    lambda: self._plms(model, x, hist, grid, k))
         return x_next, self.remember(hist, eps, x, grid, k), StepInfo(1)
 
