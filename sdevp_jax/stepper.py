@@ -12,8 +12,8 @@ loop of ``num_calls`` model calls and steps computes what :func:`~sdevp_jax.samp
 the same model, grid and solver (``tests/test_stepper.py`` compares them).
 
 Only solvers that call the model once per step (and at most once in ``finish``) can be stepped so; the
-others (Heun, KDPM2, PNDM's Runge-Kutta warm-up, the predictor-corrector pairs, the adaptive solver) are
-refused by name. The reverse-SDE predictors (``ancestral``: DDPM's step) step too; their state is the last
+others (Heun, KDPM2, PNDM's warm-up, the predictor-corrector pairs, the adaptive solver) are
+refused by name (:class:`sdevp_jax.compat.PNDMStepper` steps PNDM, its warm-up's calls answered one at a time). The reverse-SDE predictors (``ancestral``: DDPM's step) step too; their state is the last
 update's noise-free mean (what :func:`~sdevp_jax.sample` returns with ``denoise=True``). Stochastic solvers draw
 from per-sample keys (:func:`~sdevp_jax.loops.make_sample_keys`)
 at the slots :func:`~sdevp_jax.loops.integrate` gives step ``k``, so their noise is the loop's.
