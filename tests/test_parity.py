@@ -135,12 +135,13 @@ def test_whole_loop_parity(x64, index):
     np.testing.assert_allclose(x_mean, GOLDEN[f"loop{index}/float64/x_mean"], rtol=1e-12, atol=1e-12)
 
 
-# ---------------------------------------------------------------- live, when diffusers is installed
+# ------------------------------------------------------- live, when diffusers and torch are installed
 
 HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None and importlib.util.find_spec("torch") is not None
 
 
-@pytest.mark.skipif(not HAVE_DIFFUSERS, reason="diffusers and torch are not installed (the goldens cover this)")
+@pytest.mark.skipif(not HAVE_DIFFUSERS, reason="needs diffusers and torch (the test extra installs diffusers 0.39 "
+                    "without torch; the goldens cover this)")
 @pytest.mark.slow
 def test_live_parity_with_diffusers(x64):
     import diffusers_reference as ref
